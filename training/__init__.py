@@ -1,0 +1,1 @@
+"""Model, data, training, inference handlers, the local endpoint and SageMaker job launchers."""
