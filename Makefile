@@ -1,0 +1,42 @@
+# Entry points: `make run` (the service on localhost), `make test`, `make bench`, `make package`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# Reinstalled only when a requirements file changes.
+INSTALLED := $(VENV)/.installed
+STAGE ?= dev
+
+.PHONY: setup run test test-all lint bench bench-train package clean
+
+setup: $(INSTALLED)
+
+$(INSTALLED): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+run: setup
+	scripts/run_local.sh
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/pytest -m "not slow"
+
+# Everything, including full-data training and benchmark-sized tests.
+test-all: lint
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python bench/endpoint.py
+
+bench-train: setup
+	$(BIN)/python bench/train.py
+
+package: setup
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $(STAGE) build/package-$(STAGE)
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# `make run`: the whole service on localhost with the committed default model, no AWS account needed.
+#   local endpoint (SageMaker runtime API)  http://127.0.0.1:$ENDPOINT_PORT
+#   sample photos for URL requests           http://127.0.0.1:$FILES_PORT
+#   the API (`chalice local --stage local`)  http://127.0.0.1:$API_PORT
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENDPOINT_PORT=${ENDPOINT_PORT:-8080}
+FILES_PORT=${FILES_PORT:-8081}
+API_PORT=${API_PORT:-8000}
+MODEL_DIR=${MODEL_DIR:-models/default}
+SAMPLES=${SAMPLES:-../shared/data/samples}
+BIN=.venv/bin
+
+pids=()
+cleanup() {
+    trap - EXIT INT TERM
+    kill "${pids[@]}" 2>/dev/null || true
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+wait_for() {  # url seconds
+    for _ in $(seq "$2"); do
+        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+        sleep 1
+    done
+    echo "$1 did not come up within $2 s" >&2
+    return 1
+}
+
+$BIN/python -m training.serve --model-dir "$MODEL_DIR" --host 127.0.0.1 --port "$ENDPOINT_PORT" &
+pids+=($!)
+$BIN/python -m http.server --bind 127.0.0.1 --directory "$SAMPLES" "$FILES_PORT" >/dev/null 2>&1 &
+pids+=($!)
+# boto3 signs every request, so it needs some credentials and a region even though the local endpoint
+# checks neither; real ones in the environment are used as they are.
+export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-local} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-local}
+export AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-us-east-1}
+# The local stage's config points boto3 at the endpoint above; only that stage may fetch from loopback.
+AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME="http://127.0.0.1:$ENDPOINT_PORT" \
+    $BIN/chalice local --stage local --host 127.0.0.1 --port "$API_PORT" &
+pids+=($!)
+
+wait_for "http://127.0.0.1:$ENDPOINT_PORT/ping" 180
+wait_for "http://127.0.0.1:$API_PORT/health" 60
+
+cat <<MSG
+
+dogbreeds is running. Try:
+
+  curl -s -X POST http://127.0.0.1:$API_PORT/predict -H 'Content-Type: application/json' \\
+       -d '{"url": "http://127.0.0.1:$FILES_PORT/Labrador_retriever_06455.jpg", "top_k": 3}'
+
+  curl -s -X POST http://127.0.0.1:$API_PORT/predict/image -H 'Content-Type: image/jpeg' \\
+       --data-binary @$SAMPLES/Labrador_retriever_06455.jpg
+
+  scripts/smoke.sh http://127.0.0.1:$API_PORT http://127.0.0.1:$FILES_PORT
+
+Ctrl-C stops everything.
+MSG
+
+wait -n "${pids[@]}"
