@@ -47,8 +47,8 @@ class EndpointProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "training.serve", "--model-dir", str(model_dir), "--port", str(self.port),
-             *extra_args],
+            [sys.executable, "-m", "training.serve", "--model-dir", str(model_dir), "--port", str(self.port)]
+            + list(extra_args),
             cwd=PROJECT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )

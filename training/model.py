@@ -36,7 +36,7 @@ _FOLDER_PREFIX = re.compile(r"^\d+\.")
 
 
 def label_from_folder(folder_name: str) -> str:
-    """`"042.Labrador_retriever"` -> `"Labrador_retriever"` (dogImages layout); other names are kept as they are."""
+    """`"042.Labrador_retriever"` -> `"Labrador_retriever"` (dogImages); other names stay as they are."""
     return _FOLDER_PREFIX.sub("", folder_name)
 
 
@@ -66,7 +66,7 @@ def load_backbone(backbone: str, pretrained: bool = True) -> nn.Module:
 
 
 class BreedClassifier(nn.Module):
-    """EfficientNet-Lite features -> breed logits, with the backbone's ImageNet head kept for "is this a dog"."""
+    """EfficientNet-Lite features -> breed logits; its own ImageNet head is kept for "is this a dog"."""
 
     def __init__(self, backbone: str, num_classes: int, pretrained: bool = True):
         super().__init__()
@@ -82,7 +82,8 @@ class BreedClassifier(nn.Module):
     def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(breed logits, dog probability) from pooled features."""
         imagenet_probabilities = self.backbone._fc(features).softmax(dim=1)
-        dog_probability = imagenet_probabilities[:, IMAGENET_DOG_CLASSES.start : IMAGENET_DOG_CLASSES.stop].sum(1)
+        dogs = slice(IMAGENET_DOG_CLASSES.start, IMAGENET_DOG_CLASSES.stop)
+        dog_probability = imagenet_probabilities[:, dogs].sum(1)
         return self.breed_head(features), dog_probability
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,7 +125,7 @@ def read_config(model_dir: str | Path) -> tuple[dict, list[str], Preprocessing]:
     config = json.loads((model_dir / CONFIG_FILE).read_text())
     labels = json.loads((model_dir / LABELS_FILE).read_text())
     if len(labels) != config["num_classes"]:
-        raise ValueError(f"{model_dir}: {len(labels)} labels but the model has {config['num_classes']} outputs")
+        raise ValueError(f"{model_dir}: {len(labels)} labels for {config['num_classes']} outputs")
     return config, labels, Preprocessing.from_dict(config["preprocessing"])
 
 
@@ -133,21 +134,24 @@ def load_model(model_dir: str | Path) -> tuple[BreedClassifier, dict, list[str],
     config, labels, preprocessing = read_config(model_dir)
     model = BreedClassifier(config["backbone"], num_classes=len(labels))
     trained = torch.load(Path(model_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    missing_trained = [key for key in model.state_dict() if key.startswith("breed_head.") and key not in trained]
-    unexpected = [key for key in trained if key not in model.state_dict()]
-    if missing_trained or unexpected:
-        raise ValueError(f"{model_dir}: weights do not fit (missing {missing_trained}, unexpected {unexpected})")
+    expected = model.state_dict()
+    missing = [key for key in expected if key.startswith("breed_head.") and key not in trained]
+    unexpected = [key for key in trained if key not in expected]
+    if missing or unexpected:
+        raise ValueError(f"{model_dir}: weights do not fit (missing {missing}, unexpected {unexpected})")
     model.load_state_dict(trained, strict=False)
     return model.eval(), config, labels, preprocessing
 
 
-def init_breed_head_from_imagenet(model: BreedClassifier, mean_imagenet_probabilities: torch.Tensor) -> list[int]:
+def init_breed_head_from_imagenet(
+    model: BreedClassifier, mean_imagenet_probabilities: torch.Tensor
+) -> list[int]:
     """Start each breed's row from the ImageNet class that fits it best.
 
-    `mean_imagenet_probabilities[c]` is the backbone's mean ImageNet probability vector over breed c's training
-    images. The ImageNet head already knows most breeds, so its rows beat a random start (87.8% vs 83.8% on
-    Stanford Dogs with a frozen lite0); finding the match from data works for any breed list. Returns the
-    ImageNet index chosen for each breed.
+    `mean_imagenet_probabilities[c]` is the backbone's mean ImageNet probability vector over breed c's
+    training images. The ImageNet head already knows most breeds, so its rows beat a random start (87.8% vs
+    83.8% on Stanford Dogs with a frozen lite0); finding the match from data works for any breed list.
+    Returns the ImageNet index chosen for each breed.
     """
     matches = mean_imagenet_probabilities.argmax(dim=1)
     with torch.no_grad():

@@ -18,7 +18,7 @@ BACKBONE_IMAGE_SIZES = {
     "efficientnet-lite1": 240,
     "efficientnet-lite2": 260,
 }
-# The classic ImageNet evaluation recipe: resize the shorter side to image_size / 0.875, centre-crop image_size.
+# The classic ImageNet evaluation recipe: shorter side to image_size / 0.875, then the centred square.
 CROP_FRACTION = 0.875
 LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
@@ -95,7 +95,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit greyscale: scale 0..65535 to 0..255 rather than let Pillow clip everything above 255 to white.
+        # 16-bit greyscale: scale 0..65535 to 0..255; Pillow's own conversion clips everything above 255.
         array = np.clip(np.asarray(image, dtype=np.float64) / 257.0, 0, 255)
         return Image.fromarray(array.round().astype(np.uint8), mode="L").convert("RGB")
     return image.convert("RGB")
