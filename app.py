@@ -1,0 +1,54 @@
+"""dogbreeds API: the routes and the Lambda function; the work is in chalicelib (see classify.py)."""
+
+from chalice import Chalice, Response
+
+from chalicelib import classify as pipeline
+from chalicelib.errors import answers_errors, lambda_error, reshape_chalice_error
+from chalicelib.settings import get_settings
+
+app = Chalice(app_name="dogbreeds")
+
+IMAGE_CONTENT_TYPES = ["image/jpeg", "image/png", "image/webp", "image/gif", "application/octet-stream"]
+# API Gateway passes these bodies to the Lambda base64-encoded instead of mangling them as text.
+for content_type in IMAGE_CONTENT_TYPES:
+    if content_type not in app.api.binary_types:
+        app.api.binary_types.append(content_type)
+
+
+@app.middleware("http")
+def project_error_shape(event, get_response):
+    return reshape_chalice_error(get_response(event))
+
+
+@app.route("/predict", methods=["POST"], content_types=["application/json"])
+@answers_errors
+def predict():
+    """{"url": "https://..."} or {"image": "<base64>"}, optional "top_k"."""
+    request = pipeline.parse_json_body(app.current_request.raw_body)
+    return pipeline.classify(request)
+
+
+@app.route("/predict/image", methods=["POST"], content_types=IMAGE_CONTENT_TYPES)
+@answers_errors
+def predict_image():
+    """The image's raw bytes as the body; optional ?top_k=N."""
+    query = app.current_request.query_params or {}
+    top_k = pipeline.parse_top_k_text(query.get("top_k"))
+    request = pipeline.upload_request(app.current_request.raw_body, top_k)
+    return pipeline.classify(request)
+
+
+@app.route("/health", methods=["GET"])
+@answers_errors
+def health():
+    settings = get_settings()
+    return Response(body={"status": "ok", "endpoint": settings.endpoint_name})
+
+
+@app.lambda_function(name="classify")
+def classify(event, context):
+    """A direct invocation with {"url": ...} or {"image": "<base64>"}: the REST answer, or {"error": ...}."""
+    try:
+        return pipeline.classify(pipeline.parse_fields(event))
+    except Exception as exception:  # noqa: BLE001 - a raise would hand the caller a stack trace
+        return lambda_error(exception)

@@ -1,0 +1,1 @@
+"""The API side of dogbreeds: fetch, validate and shrink a photo, then ask the SageMaker endpoint about it."""

@@ -1,0 +1,155 @@
+"""The pipeline shared by the REST routes and the `classify` Lambda function: bytes or URL in, answer out."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from chalicelib.endpoint import invoke_model
+from chalicelib.errors import BadRequest, InvalidJson, PayloadTooLarge
+from chalicelib.fetch import fetch_image
+from chalicelib.image import prepare_image
+from chalicelib.settings import (
+    DEFAULT_TOP_K,
+    JPEG_QUALITY,
+    MAX_FETCH_BYTES,
+    MAX_PIXELS,
+    MAX_TOP_K,
+    MAX_UPLOAD_BYTES,
+    get_settings,
+)
+
+
+@dataclass(frozen=True)
+class ClassifyRequest:
+    """Exactly one of `url` and `image` (the photo's bytes)."""
+
+    url: str | None = None
+    image: bytes | None = None
+    top_k: int = DEFAULT_TOP_K
+
+
+def parse_json_body(raw_body: bytes) -> ClassifyRequest:
+    """The request in a JSON body; raises InvalidJson or BadRequest (see `parse_fields`)."""
+    # Line-wrapped base64 and the JSON around it take a little more than the base64 itself.
+    if len(raw_body) > _max_base64_chars() * 1.05 + 1024:
+        raise PayloadTooLarge(
+            f"the request is {len(raw_body)} bytes; images are limited to {MAX_UPLOAD_BYTES} bytes"
+        )
+    try:
+        fields = json.loads(raw_body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InvalidJson(f"the body is not valid JSON: {error}") from error
+    return parse_fields(fields)
+
+
+def parse_fields(fields: Any) -> ClassifyRequest:
+    """The request in `{"url": ...}` or `{"image": "<base64>"}` with an optional `"top_k"`.
+
+    Raises BadRequest for anything else (not an object, both or neither field, wrong types, bad base64) and
+    PayloadTooLarge for an image over MAX_UPLOAD_BYTES.
+    """
+    if not isinstance(fields, dict):
+        raise BadRequest('expected a JSON object: {"url": "https://..."} or {"image": "<base64>"}')
+    unknown = sorted(set(fields) - {"url", "image", "top_k"})
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
+    top_k = parse_top_k(fields.get("top_k", DEFAULT_TOP_K))
+    has_url, has_image = "url" in fields, "image" in fields
+    if has_url == has_image:
+        raise BadRequest('give exactly one of "url" and "image"')
+    if has_url:
+        url = fields["url"]
+        if not isinstance(url, str) or not url.strip():
+            raise BadRequest('"url" must be a non-empty string')
+        return ClassifyRequest(url=url.strip(), top_k=top_k)
+    return ClassifyRequest(image=decode_base64(fields["image"]), top_k=top_k)
+
+
+def parse_top_k(value: Any) -> int:
+    # bool is an int in Python; `"top_k": true` is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOP_K:
+        raise BadRequest(f'"top_k" must be an integer from 1 to {MAX_TOP_K}')
+    return value
+
+
+def parse_top_k_text(value: str | None) -> int:
+    """top_k from a query string; raises BadRequest unless it is an integer from 1 to MAX_TOP_K."""
+    if value is None:
+        return DEFAULT_TOP_K
+    if not value.strip().isdigit():
+        raise BadRequest(f'"top_k" must be an integer from 1 to {MAX_TOP_K}')
+    return parse_top_k(int(value))
+
+
+def decode_base64(value: Any) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise BadRequest('"image" must be a non-empty base64 string')
+    # Accept data URLs as browsers produce them (data:image/jpeg;base64,...) and line-wrapped base64.
+    if value.startswith("data:") and "," in value:
+        value = value.split(",", 1)[1]
+    value = "".join(value.split())
+    if len(value) > _max_base64_chars():
+        raise PayloadTooLarge(f"the image is over the limit of {MAX_UPLOAD_BYTES} bytes")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise BadRequest(f'"image" is not valid base64: {error}') from error
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise PayloadTooLarge(f"the image is {len(data)} bytes; the limit is {MAX_UPLOAD_BYTES} bytes")
+    return data
+
+
+def upload_request(body: bytes | None, top_k: int = DEFAULT_TOP_K) -> ClassifyRequest:
+    """A request for raw image bytes; raises BadRequest when empty, PayloadTooLarge over MAX_UPLOAD_BYTES."""
+    if not body:
+        raise BadRequest("the request body is empty; send the image's bytes")
+    if len(body) > MAX_UPLOAD_BYTES:
+        raise PayloadTooLarge(f"the image is {len(body)} bytes; the limit is {MAX_UPLOAD_BYTES} bytes")
+    return ClassifyRequest(image=body, top_k=top_k)
+
+
+def classify(request: ClassifyRequest) -> dict[str, Any]:
+    """The endpoint's answer for the photo plus what was sent and how long each step took.
+
+    Raises the ApiError subclasses of fetch, image and endpoint.
+    """
+    settings = get_settings()
+    started = time.perf_counter()
+    if request.url is not None:
+        allow_loopback = settings.allow_loopback_fetch
+        data = fetch_image(request.url, max_bytes=MAX_FETCH_BYTES, allow_loopback=allow_loopback)
+    else:
+        data = request.image
+    fetched = time.perf_counter()
+    prepared = prepare_image(
+        data, resize_size=settings.model_resize_size, max_pixels=MAX_PIXELS, quality=JPEG_QUALITY
+    )
+    resized = time.perf_counter()
+    answer = invoke_model(settings.endpoint_name, prepared.jpeg, request.top_k)
+    invoked = time.perf_counter()
+    answer["image"] = {
+        "width": prepared.width,
+        "height": prepared.height,
+        "bytes_received": prepared.bytes_received,
+        "bytes_sent": len(prepared.jpeg),
+    }
+    answer["timings_ms"] = {
+        "fetch": _ms(fetched - started),
+        "resize": _ms(resized - fetched),
+        "invoke": _ms(invoked - resized),
+        "total": _ms(invoked - started),
+    }
+    return answer
+
+
+def _max_base64_chars() -> int:
+    return (MAX_UPLOAD_BYTES + 2) // 3 * 4
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)

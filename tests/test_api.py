@@ -1,0 +1,592 @@
+"""The API end to end: chalice.test.Client for every route and the Lambda function, against the real local
+endpoint process serving the committed model, and `scripts/smoke.sh` against a real `chalice local`."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from chalice.test import Client
+from conftest import DEFAULT_MODEL, EndpointProcess, free_port
+from PIL import Image
+from test_image import zero_png
+
+import app as api
+from chalicelib import endpoint as endpoint_module
+from chalicelib.endpoint import runtime_client
+from chalicelib.errors import answers_errors
+from chalicelib.settings import MAX_UPLOAD_BYTES, RETRY_AFTER_S, get_settings
+
+PROJECT = Path(__file__).resolve().parents[1]
+LABRADOR = "Labrador_retriever_06455.jpg"
+CHALICE = str(Path(sys.executable).parent / "chalice")
+
+
+# --- what a stage looks like to the test client ---
+
+
+def write_stage_project(directory: Path, **local_env: str) -> Path:
+    """A project dir whose .chalice/config.json is the real one with the `local` stage's environment
+    overridden (chalice reads the stage environment from the config and lets it win over the process's)."""
+    config = json.loads((PROJECT / ".chalice" / "config.json").read_text())
+    config["stages"]["local"]["environment_variables"].update(local_env)
+    (directory / ".chalice").mkdir(parents=True, exist_ok=True)
+    (directory / ".chalice" / "config.json").write_text(json.dumps(config, indent=2))
+    return directory
+
+
+@pytest.fixture(autouse=True)
+def new_container():
+    """Each test is a fresh Lambda container: settings and the boto3 client are made again on first use."""
+    get_settings.cache_clear()
+    runtime_client.cache_clear()
+    yield
+    get_settings.cache_clear()
+    runtime_client.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def local_project(endpoint, tmp_path_factory) -> Path:
+    return write_stage_project(
+        tmp_path_factory.mktemp("local"), AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=endpoint.url
+    )
+
+
+@pytest.fixture
+def client(runtime_env, local_project) -> Client:
+    """The `local` stage, talking to the session's real endpoint process."""
+    return Client(api.app, stage_name="local", project_dir=str(local_project))
+
+
+@pytest.fixture
+def dev_client(runtime_env) -> Client:
+    """The `dev` stage exactly as configured: loopback fetches are refused there."""
+    return Client(api.app, stage_name="dev", project_dir=str(PROJECT))
+
+
+# --- a file server for URL requests ---
+
+
+class SampleFiles(http.server.SimpleHTTPRequestHandler):
+    """The sample photos, plus /redirect?to=URL."""
+
+    def do_GET(self):
+        parts = urlsplit(self.path)
+        if parts.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", parse_qs(parts.query)["to"][0])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def file_server(directory: Path) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(SampleFiles, directory=str(directory)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def files(samples) -> Iterator[str]:
+    with file_server(samples) as url:
+        yield url
+
+
+# --- helpers ---
+
+
+def post_json(client: Client, body, path: str = "/predict"):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return client.http.post(path, headers={"Content-Type": "application/json"}, body=raw)
+
+
+def post_image(client: Client, data: bytes, content_type: str = "image/jpeg", query: str = ""):
+    return client.http.post(f"/predict/image{query}", headers={"Content-Type": content_type}, body=data)
+
+
+def encoded(image: Image.Image, format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.body
+    body = json.loads(response.body)
+    assert set(body) == {"error"} and body["error"]["code"] == code and body["error"]["message"]
+    assert "Traceback" not in response.body.decode()
+    return body["error"]
+
+
+def top_label(answer: dict) -> str:
+    return answer["predictions"][0]["label"]
+
+
+# --- the happy paths ---
+
+
+def test_health(client):
+    response = client.http.get("/health")
+    assert response.status_code == 200
+    assert response.json_body == {"status": "ok", "endpoint": "dogbreeds-local"}
+
+
+def test_local_stage_uses_the_endpoint_name_the_local_server_answers():
+    from training.serve import DEFAULT_ENDPOINT_NAME  # test-only import: the API side never imports training
+
+    config = json.loads((PROJECT / ".chalice" / "config.json").read_text())
+    assert config["stages"]["local"]["environment_variables"]["ENDPOINT_NAME"] == DEFAULT_ENDPOINT_NAME
+
+
+def test_image_bytes_are_classified(client, samples):
+    data = (samples / LABRADOR).read_bytes()
+    response = post_image(client, data)
+    assert response.status_code == 200, response.body
+    answer = response.json_body
+    assert top_label(answer) == "Labrador_retriever"
+    assert answer["predictions"][0]["breed"] == "Labrador retriever"
+    assert answer["is_dog"] is True and answer["dog_probability"] > 0.5
+    assert len(answer["predictions"]) == 5
+    assert answer["model"]["name"] == "dogbreeds"
+    assert answer["image"] == {
+        "width": 700,
+        "height": 487,
+        "bytes_received": len(data),
+        "bytes_sent": answer["image"]["bytes_sent"],
+    }
+    assert 0 < answer["image"]["bytes_sent"] < len(data)
+    timings = answer["timings_ms"]
+    assert set(timings) == {"fetch", "resize", "invoke", "total"}
+    assert timings["total"] >= timings["invoke"] > 0
+
+
+def test_octet_stream_and_top_k_query(client, samples):
+    data = (samples / LABRADOR).read_bytes()
+    response = post_image(client, data, "application/octet-stream", "?top_k=2")
+    assert response.status_code == 200, response.body
+    assert [p["label"] for p in response.json_body["predictions"]][:1] == ["Labrador_retriever"]
+    assert len(response.json_body["predictions"]) == 2
+
+
+def test_base64_json_with_top_k(client, samples):
+    data = (samples / LABRADOR).read_bytes()
+    response = post_json(client, {"image": base64.b64encode(data).decode(), "top_k": 3})
+    assert response.status_code == 200, response.body
+    assert top_label(response.json_body) == "Labrador_retriever"
+    assert len(response.json_body["predictions"]) == 3
+
+
+def test_base64_data_url_as_browsers_send_it(client, samples):
+    data_url = "data:image/jpeg;base64," + base64.encodebytes((samples / LABRADOR).read_bytes()).decode()
+    response = post_json(client, {"image": data_url})
+    assert response.status_code == 200, response.body
+    assert top_label(response.json_body) == "Labrador_retriever"
+
+
+def test_image_url_is_fetched_and_classified(client, files, samples):
+    response = post_json(client, {"url": f"{files}/{LABRADOR}"})
+    assert response.status_code == 200, response.body
+    answer = response.json_body
+    assert top_label(answer) == "Labrador_retriever"
+    assert answer["image"]["bytes_received"] == (samples / LABRADOR).stat().st_size
+    assert answer["timings_ms"]["fetch"] > 0
+
+
+def test_a_dog_outside_the_breed_list_is_still_a_dog(client, samples):
+    response = post_image(client, (samples / "American_water_spaniel_00648.jpg").read_bytes())
+    assert response.status_code == 200, response.body
+    assert response.json_body["is_dog"] is True
+
+
+def test_people_with_a_dog(client, samples):
+    response = post_image(client, (samples / "people_with_dog.jpg").read_bytes())
+    assert response.status_code == 200, response.body
+    assert response.json_body["image"]["width"] == 340
+
+
+def test_lambda_function_gives_the_rest_answer(client, files, samples):
+    data = (samples / LABRADOR).read_bytes()
+    rest = post_image(client, data).json_body
+    by_url = client.lambda_.invoke("classify", {"url": f"{files}/{LABRADOR}"}).payload
+    by_bytes = client.lambda_.invoke("classify", {"image": base64.b64encode(data).decode()}).payload
+    for answer in (by_url, by_bytes):
+        assert answer["predictions"] == rest["predictions"]
+        assert answer["is_dog"] == rest["is_dog"] and answer["model"] == rest["model"]
+        assert answer["image"] == rest["image"]
+
+
+def test_lambda_function_errors_are_answers_not_exceptions(client):
+    payload = client.lambda_.invoke("classify", {"url": "http://169.254.169.254/latest/meta-data/"}).payload
+    assert payload["error"]["code"] == "url_not_allowed" and payload["error"]["status"] == 400
+    payload = client.lambda_.invoke("classify", {"picture": "x"}).payload
+    assert payload["error"]["code"] == "bad_request" and payload["error"]["status"] == 400
+
+
+@pytest.mark.parametrize(
+    ("name", "image", "format", "options"),
+    [
+        ("cmyk", lambda photo: photo.convert("CMYK"), "JPEG", {}),
+        ("alpha", lambda photo: photo.convert("RGBA"), "PNG", {}),
+        (
+            "16-bit grey",
+            lambda photo: photo.convert("L").point(lambda v: v * 257, "I").convert("I;16"),
+            "PNG",
+            {},
+        ),
+        ("webp", lambda photo: photo, "WEBP", {}),
+        (
+            "animated gif",
+            lambda photo: photo,
+            "GIF",
+            {"save_all": True, "append_images": [Image.new("RGB", (9, 9))]},
+        ),
+    ],
+)
+def test_unusual_but_valid_images_are_classified(client, samples, name, image, format, options):
+    photo = Image.open(samples / LABRADOR)
+    data = encoded(image(photo), format, **options)
+    response = post_image(client, data, "application/octet-stream")
+    assert response.status_code == 200, (name, response.body)
+    assert response.json_body["is_dog"] is True
+    if name != "16-bit grey":  # a grey Labrador is a fair guess at another breed
+        assert top_label(response.json_body) == "Labrador_retriever", name
+
+
+# --- bad input ---
+
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100"><circle r="40"/></svg>'
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{not json", 400, "invalid_json"),
+        (b"", 400, "invalid_json"),
+        (b"\xff\xfe\x00garbage", 400, "invalid_json"),
+        (b"[]", 400, "bad_request"),
+        (b'"https://example.com/dog.jpg"', 400, "bad_request"),
+        (b"{}", 400, "bad_request"),
+        (b'{"url": 5}', 400, "bad_request"),
+        (b'{"url": ""}', 400, "bad_request"),
+        (b'{"image": 5}', 400, "bad_request"),
+        (b'{"image": ""}', 400, "bad_request"),
+        (b'{"image": "!!not base64!!"}', 400, "bad_request"),
+        (b'{"url": "https://example.com/a.jpg", "image": "aGk="}', 400, "bad_request"),
+        (b'{"url": "https://example.com/a.jpg", "size": 3}', 400, "bad_request"),
+        (b'{"image": "aGk=", "top_k": 0}', 400, "bad_request"),
+        (b'{"image": "aGk=", "top_k": "3"}', 400, "bad_request"),
+        (b'{"image": "aGk=", "top_k": true}', 400, "bad_request"),
+        (b'{"image": "aGk=", "top_k": 1000}', 400, "bad_request"),
+        (
+            json.dumps({"image": base64.b64encode(b"hello, not an image").decode()}).encode(),
+            415,
+            "unsupported_media_type",
+        ),
+        (json.dumps({"image": base64.b64encode(SVG).decode()}).encode(), 415, "unsupported_media_type"),
+        (json.dumps({"url": "notaurl"}).encode(), 400, "url_not_allowed"),
+    ],
+)
+def test_bad_json_requests(client, body, status, code):
+    assert_error(post_json(client, body), status, code)
+
+
+def test_base64_over_the_limit(client):
+    body = json.dumps({"image": base64.b64encode(b"\0" * (MAX_UPLOAD_BYTES + 1)).decode()}).encode()
+    error = assert_error(post_json(client, body), 413, "payload_too_large")
+    assert str(MAX_UPLOAD_BYTES) in error["message"]
+
+
+def test_body_over_the_limit(client):
+    error = assert_error(post_image(client, b"\xff" * (MAX_UPLOAD_BYTES + 1)), 413, "payload_too_large")
+    assert str(MAX_UPLOAD_BYTES) in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "status", "code"),
+    [
+        (b"", "image/jpeg", 400, "bad_request"),
+        (b"GIF89a but not really", "image/jpeg", 415, "unsupported_media_type"),
+        (SVG, "application/octet-stream", 415, "unsupported_media_type"),
+        (SVG, "image/svg+xml", 415, "unsupported_media_type"),
+        (b"{}", "application/json", 415, "unsupported_media_type"),
+        (
+            encoded(Image.new("RGB", (64, 64)), "BMP"),
+            "application/octet-stream",
+            415,
+            "unsupported_media_type",
+        ),
+        (zero_png(20_000, 20_000), "image/png", 422, "too_many_pixels"),
+        (zero_png(7_000, 7_000), "image/png", 422, "too_many_pixels"),
+    ],
+    ids=[
+        "empty",
+        "not-an-image",
+        "svg-as-bytes",
+        "svg-type",
+        "json-type",
+        "bmp",
+        "20000x20000-png",
+        "49-MP-png",
+    ],
+)
+def test_bad_image_uploads(client, data, content_type, status, code):
+    assert_error(post_image(client, data, content_type), status, code)
+
+
+def test_truncated_jpeg(client, samples):
+    data = (samples / LABRADOR).read_bytes()
+    assert_error(post_image(client, data[: len(data) // 3]), 415, "unsupported_media_type")
+
+
+def test_bad_top_k_query(client, samples):
+    data = (samples / LABRADOR).read_bytes()
+    assert_error(post_image(client, data, query="?top_k=many"), 400, "bad_request")
+
+
+def test_json_with_a_charset_is_json(client, samples):
+    body = json.dumps({"image": base64.b64encode((samples / LABRADOR).read_bytes()).decode()}).encode()
+    response = client.http.post(
+        "/predict", headers={"Content-Type": "application/json; charset=utf-8"}, body=body
+    )
+    assert response.status_code == 200, response.body
+
+
+def test_an_unexpected_error_is_a_plain_500_and_logged(caplog):
+    @answers_errors
+    def buggy_view():
+        raise KeyError("internal detail")
+
+    response = buggy_view()
+    assert response.status_code == 500
+    assert response.body == {"error": {"code": "internal_error", "message": "an internal error occurred"}}
+    assert "internal detail" in caplog.text and "Traceback" in caplog.text
+
+
+def test_wrong_method_keeps_the_error_shape(client):
+    assert_error(client.http.get("/predict"), 405, "method_not_allowed")
+
+
+# --- unsafe URLs ---
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:{port}/" + LABRADOR,
+        "http://localhost:{port}/" + LABRADOR,
+        "http://[::1]:{port}/" + LABRADOR,
+        "http://[::ffff:127.0.0.1]:{port}/" + LABRADOR,
+        "http://2130706433:{port}/" + LABRADOR,
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        "http://[fd00:ec2::254]/latest/meta-data/",
+        "http://10.0.0.1/dog.jpg",
+        "http://192.168.0.1/dog.jpg",
+        "http://100.64.0.1/dog.jpg",
+        "http://0.0.0.0:{port}/",
+        "file:///etc/passwd",
+        "ftp://example.com/dog.jpg",
+    ],
+)
+def test_unsafe_urls_are_refused_outside_the_local_stage(dev_client, files, url):
+    port = files.rsplit(":", 1)[1]
+    response = post_json(dev_client, {"url": url.format(port=port)})
+    assert_error(response, 400, "url_not_allowed")
+
+
+@pytest.mark.parametrize(
+    "target", ["http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/", "file:///etc/passwd"]
+)
+def test_a_redirect_to_a_private_address_is_refused(client, files, target):
+    response = post_json(client, {"url": f"{files}/redirect?to={target}"})
+    assert_error(response, 400, "url_not_allowed")
+
+
+def test_a_missing_url_is_a_fetch_failure(client, files):
+    error = assert_error(post_json(client, {"url": f"{files}/no-such-dog.jpg"}), 400, "url_fetch_failed")
+    assert "404" in error["message"]
+
+
+# --- the endpoint failing ---
+
+
+@pytest.fixture(scope="module")
+def broken_endpoint(tmp_path_factory) -> Iterator[EndpointProcess]:
+    """A real endpoint whose artifact loads but fails on every image (its normalisation has two channels)."""
+    model_dir = tmp_path_factory.mktemp("broken-model")
+    for path in DEFAULT_MODEL.iterdir():
+        shutil.copy(path, model_dir / path.name)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["preprocessing"]["mean"] = [0.5, 0.5]
+    (model_dir / "config.json").write_text(json.dumps(config))
+    running = EndpointProcess(model_dir).wait_ready()
+    yield running
+    running.stop()
+
+
+def client_for(directory: Path, endpoint_url: str) -> Client:
+    project = write_stage_project(directory, AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=endpoint_url)
+    return Client(api.app, stage_name="local", project_dir=str(project))
+
+
+def test_model_error_is_502_then_a_stopped_endpoint_is_503(runtime_env, broken_endpoint, samples, tmp_path):
+    client = client_for(tmp_path, broken_endpoint.url)
+    data = (samples / LABRADOR).read_bytes()
+    error = assert_error(post_image(client, data), 502, "model_error")
+    assert "model failed" in error["message"]
+
+    broken_endpoint.stop()
+    runtime_client.cache_clear()
+    response = post_image(client, data)
+    assert_error(response, 503, "endpoint_unavailable")
+    assert response.headers["Retry-After"] == str(RETRY_AFTER_S)
+
+
+def test_an_unknown_endpoint_name_is_503(runtime_env, endpoint, samples, tmp_path):
+    project = write_stage_project(
+        tmp_path, AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=endpoint.url, ENDPOINT_NAME="dogbreeds-missing"
+    )
+    client = Client(api.app, stage_name="local", project_dir=str(project))
+    response = post_image(client, (samples / LABRADOR).read_bytes())
+    error = assert_error(response, 503, "endpoint_unavailable")
+    assert "dogbreeds-missing" in error["message"]
+
+
+class Throttling(http.server.BaseHTTPRequestHandler):
+    """What the SageMaker runtime answers when an endpoint is over its invocation rate."""
+
+    requests = 0
+
+    def do_POST(self):
+        type(self).requests += 1
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = b'{"message": "Rate exceeded"}'
+        self.send_response(400)
+        self.send_header("x-amzn-ErrorType", "ThrottlingException")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_throttling_is_retried_then_503(runtime_env, samples, tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Throttling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = client_for(tmp_path, f"http://127.0.0.1:{server.server_address[1]}")
+        response = post_image(client, (samples / LABRADOR).read_bytes())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert_error(response, 503, "endpoint_unavailable")
+    assert response.headers["Retry-After"] == str(RETRY_AFTER_S)
+    assert Throttling.requests == endpoint_module.ENDPOINT_MAX_ATTEMPTS
+
+
+def test_an_endpoint_that_does_not_answer_is_504(runtime_env, samples, tmp_path, monkeypatch):
+    # A real socket that accepts and never answers; a short read timeout keeps the test quick.
+    monkeypatch.setattr(endpoint_module, "ENDPOINT_READ_TIMEOUT_S", 0.5)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        client = client_for(tmp_path, f"http://127.0.0.1:{silent.getsockname()[1]}")
+        response = post_image(client, (samples / LABRADOR).read_bytes())
+    finally:
+        silent.close()
+    assert_error(response, 504, "endpoint_timeout")
+
+
+def test_a_stage_without_an_endpoint_name_is_a_clean_500(runtime_env, samples, tmp_path):
+    project = write_stage_project(tmp_path, ENDPOINT_NAME="")
+    client = Client(api.app, stage_name="local", project_dir=str(project))
+    error = assert_error(post_image(client, (samples / LABRADOR).read_bytes()), 500, "misconfigured")
+    assert "ENDPOINT_NAME" in error["message"]
+
+
+# --- scripts/smoke.sh against a real `chalice local` ---
+
+
+@contextmanager
+def chalice_local(project: Path) -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [CHALICE, "local", "--stage", "local", "--port", str(port), "--no-autoreload"],
+        cwd=project,
+        # As on a fresh machine running `make run`: no AWS region, credentials or endpoint in the environment.
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"chalice local did not start: {process.stdout.read().decode()}"
+                    ) from None
+                time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_smoke_script_against_chalice_local(endpoint, files, tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(
+        PROJECT / "chalicelib", project / "chalicelib", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copy(PROJECT / "app.py", project / "app.py")
+    write_stage_project(project, AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=endpoint.url)
+    with chalice_local(project) as api_url:
+        result = subprocess.run(
+            ["bash", str(PROJECT / "scripts" / "smoke.sh"), api_url, files],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Labrador_retriever" in result.stdout
+
+
+def test_smoke_script_fails_when_the_api_is_down(files):
+    result = subprocess.run(
+        ["bash", str(PROJECT / "scripts" / "smoke.sh"), f"http://127.0.0.1:{free_port()}", files],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0

@@ -1,0 +1,189 @@
+"""chalicelib.image on images made by Pillow and the sample photos: what is accepted, refused and sent."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from chalicelib.errors import TooManyPixels, UnsupportedImage
+from chalicelib.image import prepare_image, resize_for_model
+from chalicelib.settings import DEFAULT_MODEL_RESIZE_SIZE, JPEG_QUALITY, MAX_PIXELS
+
+PROJECT = Path(__file__).resolve().parents[1]
+RESIZE = DEFAULT_MODEL_RESIZE_SIZE
+
+
+def encoded(image: Image.Image, format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def prepare(data: bytes):
+    return prepare_image(data, resize_size=RESIZE, max_pixels=MAX_PIXELS, quality=JPEG_QUALITY)
+
+
+def sent(data: bytes) -> Image.Image:
+    """What the model would receive, decoded."""
+    image = Image.open(io.BytesIO(prepare(data).jpeg))
+    assert image.format == "JPEG" and image.mode == "RGB"
+    return image
+
+
+def png(width: int, height: int, bit_depth: int, colour_type: int, pixel_data: bytes) -> bytes:
+    """A PNG file assembled chunk by chunk, so that its header can claim any size."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        checksum = zlib.crc32(kind + payload)
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", checksum)
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixel_data) + chunk(b"IEND", b"")
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height RGB pixels but holds none."""
+    return png(width, height, 8, 2, zlib.compress(b""))
+
+
+def zero_png(width: int, height: int) -> bytes:
+    """A valid 1-bit PNG of width x height black pixels: kilobytes that decode to hundreds of megapixels."""
+    row = b"\x00" * (1 + (width + 7) // 8)
+    compressor = zlib.compressobj(9)
+    return png(
+        width, height, 1, 0, b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    )
+
+
+def test_model_resize_setting_covers_the_committed_model():
+    # The Lambda must never send a shorter side smaller than the one the model resizes to.
+    config = json.loads((PROJECT / "models" / "default" / "config.json").read_text())
+    assert DEFAULT_MODEL_RESIZE_SIZE >= config["preprocessing"]["resize_size"]
+
+
+def test_a_12_megapixel_photo_leaves_as_a_few_tens_of_kilobytes(samples):
+    photo = Image.open(samples / "Labrador_retriever_06455.jpg")
+    photo = photo.resize((4032, 3024), Image.Resampling.BICUBIC)
+    data = encoded(photo, "JPEG", quality=95)
+    prepared = prepare(data)
+    assert (prepared.width, prepared.height) == (4032, 3024)
+    assert prepared.bytes_received == len(data) > 1_000_000
+    assert 5_000 < len(prepared.jpeg) < 60_000
+    assert Image.open(io.BytesIO(prepared.jpeg)).size == (341, RESIZE)
+
+
+def test_small_photos_keep_their_size(samples):
+    data = (samples / "people_with_dog.jpg").read_bytes()
+    assert sent(data).size == Image.open(io.BytesIO(data)).size == (340, 148)
+
+
+def test_resize_keeps_the_aspect_and_the_shorter_side():
+    assert resize_for_model(Image.new("RGB", (1000, 3000)), 256).size == (256, 768)
+    assert resize_for_model(Image.new("RGB", (300, 200)), 256).size == (300, 200)
+
+
+@pytest.mark.parametrize("format", ["JPEG", "PNG", "WEBP", "GIF"])
+def test_accepted_formats(format):
+    image = Image.new("RGB", (640, 480), (200, 30, 40))
+    picture = sent(encoded(image, format))
+    assert picture.size == (341, 256)
+    red, green, blue = picture.getpixel((170, 128))
+    assert red > 150 and green < 80 and blue < 90
+
+
+def test_exif_orientation_is_applied():
+    # Stored landscape, left half white, with EXIF "rotate 90 clockwise to view" (orientation 6).
+    image = Image.new("RGB", (600, 300), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 300, 300))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encoded(image, "JPEG", exif=exif.tobytes())
+    prepared = prepare(data)
+    assert (prepared.width, prepared.height) == (300, 600)
+    upright = Image.open(io.BytesIO(prepared.jpeg))
+    assert upright.size == (256, 512)
+    # After a clockwise quarter turn, the stored left half is at the top.
+    assert upright.getpixel((128, 100))[0] > 200 and upright.getpixel((128, 400))[0] < 50
+
+
+def test_alpha_is_composited_on_white():
+    image = Image.new("RGBA", (300, 300), (0, 0, 0, 0))
+    image.paste((0, 0, 255, 255), (100, 100, 200, 200))
+    picture = sent(encoded(image, "PNG"))
+    assert min(picture.getpixel((10, 10))) > 245
+    red, green, blue = picture.getpixel((150, 150))
+    assert blue > 200 and red < 40
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    image = Image.new("CMYK", (300, 300), (0, 255, 255, 0))  # pure red in CMYK
+    data = encoded(image, "JPEG")
+    assert Image.open(io.BytesIO(data)).mode == "CMYK"
+    red, green, blue = sent(data).getpixel((150, 150))
+    assert red > 200 and green < 60 and blue < 60
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped():
+    image = Image.new("I;16", (300, 300), 32768)  # mid-grey in 16 bits
+    picture = sent(encoded(image, "PNG"))
+    assert all(120 <= value <= 135 for value in picture.getpixel((150, 150)))
+
+
+def test_animated_gif_gives_its_first_frame():
+    frames = [Image.new("RGB", (300, 300), colour) for colour in ((0, 200, 0), (200, 0, 0), (0, 0, 200))]
+    data = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert Image.open(io.BytesIO(data)).n_frames == 3
+    red, green, blue = sent(data).getpixel((150, 150))
+    assert green > 150 and red < 60 and blue < 60
+
+
+def test_palette_png_with_transparency():
+    image = Image.new("P", (300, 300), 0)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image.paste(1, (100, 100, 200, 200))
+    data = encoded(image, "PNG", transparency=0)
+    picture = sent(data)
+    assert min(picture.getpixel((10, 10))) > 245
+    assert picture.getpixel((150, 150))[0] > 200
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty"),
+        (b"hello, I am not a picture", "accepted format"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect/></svg>', "accepted format"),
+        (encoded(Image.new("RGB", (50, 50)), "BMP"), "accepted format"),
+        (encoded(Image.new("RGB", (50, 50)), "TIFF"), "accepted format"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", "cannot"),
+    ],
+    ids=["empty", "text", "svg", "bmp", "tiff", "jpeg-magic-only"],
+)
+def test_refuses_what_is_not_an_accepted_image(data, message):
+    with pytest.raises(UnsupportedImage, match=message):
+        prepare(data)
+
+
+def test_refuses_a_truncated_jpeg(samples):
+    data = (samples / "Labrador_retriever_06455.jpg").read_bytes()
+    with pytest.raises(UnsupportedImage, match="cannot be decoded"):
+        prepare(data[: len(data) // 2])
+
+
+def test_refuses_too_many_pixels_before_decoding():
+    # 8000 x 8000 is under Pillow's own bomb limit but over ours; the header alone decides.
+    with pytest.raises(TooManyPixels, match="8000x8000"):
+        prepare(png_header_only(8000, 8000))
+
+
+def test_refuses_a_decompression_bomb():
+    bomb = zero_png(20_000, 20_000)
+    assert len(bomb) < 200_000  # 400 megapixels in a small file
+    with pytest.raises(TooManyPixels, match="limit"):
+        prepare(bomb)
