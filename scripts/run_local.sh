@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ENDPOINT_PORT=${ENDPOINT_PORT:-8080}
+ENDPOINT_PORT=8080  # fixed: the local stage in .chalice/config.json calls this port
 FILES_PORT=${FILES_PORT:-8081}
 API_PORT=${API_PORT:-8000}
 MODEL_DIR=${MODEL_DIR:-models/default}
@@ -34,13 +34,9 @@ $BIN/python -m training.serve --model-dir "$MODEL_DIR" --host 127.0.0.1 --port "
 pids+=($!)
 $BIN/python -m http.server --bind 127.0.0.1 --directory "$SAMPLES" "$FILES_PORT" >/dev/null 2>&1 &
 pids+=($!)
-# boto3 signs every request, so it needs some credentials and a region even though the local endpoint
-# checks neither; real ones in the environment are used as they are.
-export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-local} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-local}
-export AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-us-east-1}
-# The local stage's config points boto3 at the endpoint above; only that stage may fetch from loopback.
-AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME="http://127.0.0.1:$ENDPOINT_PORT" \
-    $BIN/chalice local --stage local --host 127.0.0.1 --port "$API_PORT" &
+# .chalice/config.json's local stage points boto3 at 127.0.0.1:8080 (unsigned, so no AWS credentials are
+# needed) and is the only stage allowed to fetch from loopback; its settings win over this environment.
+$BIN/chalice local --stage local --host 127.0.0.1 --port "$API_PORT" &
 pids+=($!)
 
 wait_for "http://127.0.0.1:$ENDPOINT_PORT/ping" 180
