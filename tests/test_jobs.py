@@ -1,0 +1,655 @@
+"""`python -m training.jobs` against a real moto_server on loopback: what each command creates in "AWS"."""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import boto3
+import pytest
+from botocore.awsrequest import AWSResponse
+from moto_server import MotoServer
+
+from training.jobs import endpoint
+from training.jobs.calls import Aws
+from training.jobs.cli import main
+from training.jobs.training_job import METRIC_DEFINITIONS
+
+PROJECT = Path(__file__).resolve().parents[1]
+REGION = "eu-west-1"
+ROLE = "arn:aws:iam::123456789012:role/dogbreeds-sagemaker"
+TRAINING_IMAGE_CPU = "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:2.6.0-cpu-py312"
+TRAINING_IMAGE_GPU = "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:2.6.0-gpu-py312"
+INFERENCE_IMAGE_CPU = "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-inference:2.6.0-cpu-py312"
+AWS_ENV = ("AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL")
+
+
+@pytest.fixture(scope="module")
+def moto():
+    server = MotoServer().wait_ready()
+    yield server
+    server.stop()
+
+
+def isolate_aws_env(monkeypatch, tmp_path: Path) -> None:
+    """No region, role, bucket or profile from the machine; only fake credentials."""
+    for name in (*AWS_ENV, "SAGEMAKER_ROLE_ARN", "SAGEMAKER_BUCKET"):
+        monkeypatch.delenv(name, raising=False)
+    for name in [name for name in os.environ if name.startswith("AWS_ENDPOINT_URL_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+
+
+@pytest.fixture
+def aws(moto, monkeypatch, tmp_path):
+    """Environment pointing boto3 at moto_server, a fresh bucket, and boto3 clients to check results with."""
+    isolate_aws_env(monkeypatch, tmp_path)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto.url)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("SAGEMAKER_ROLE_ARN", ROLE)
+    bucket = f"dogbreeds-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("SAGEMAKER_BUCKET", bucket)
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    return SimpleNamespace(
+        bucket=bucket,
+        s3=s3,
+        sagemaker=boto3.client("sagemaker", region_name=REGION),
+        autoscaling=boto3.client("application-autoscaling", region_name=REGION),
+    )
+
+
+def is_loopback(host) -> bool:
+    if host in ("localhost", None):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name other than localhost
+        return False
+
+
+@pytest.fixture(autouse=True)
+def connections(monkeypatch):
+    """Every socket connection made in this process (guarding every test here). One to (or a lookup of)
+    anything but loopback is refused and fails the test, even where botocore turns the refusal into an error
+    the command reports."""
+    made: list[tuple] = []
+    outside: list[str] = []
+    real_connect, real_connect_ex, real_getaddrinfo = (
+        socket.socket.connect,
+        socket.socket.connect_ex,
+        socket.getaddrinfo,
+    )
+
+    def refuse(what: str) -> None:
+        outside.append(what)
+        raise ConnectionRefusedError(f"test forbids leaving loopback: {what}")
+
+    def check(sock: socket.socket, address) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            if not is_loopback(address[0]):
+                refuse(f"connect {address}")
+            made.append(address[:2])
+
+    def connect(sock, address):
+        check(sock, address)
+        return real_connect(sock, address)
+
+    def connect_ex(sock, address):
+        check(sock, address)
+        return real_connect_ex(sock, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        # Resolving a public name would already leak the request (DNS).
+        if not is_loopback(host):
+            refuse(f"lookup {host}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield made
+    assert outside == [], f"attempted to leave loopback: {outside}"
+
+
+def run_jobs(capsys, *argv: str) -> SimpleNamespace:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return SimpleNamespace(code=code, out=captured.out, err=captured.err)
+
+
+def report(result: SimpleNamespace) -> dict:
+    assert result.code == 0, result.err
+    return json.loads(result.out)
+
+
+def tar_members(archive: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        return {member.name: tar.extractfile(member).read() for member in tar.getmembers() if member.isfile()}
+
+
+def s3_object(aws, uri: str) -> bytes:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return aws.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+@pytest.fixture
+def image_tree(dogs, tmp_path) -> Path:
+    """A small ImageFolder tree of real photos: two breeds, train/valid/test."""
+    root = tmp_path / "dogs"
+    for split, count in (("train", 2), ("valid", 1), ("test", 1)):
+        for folder in sorted((dogs / "train").iterdir())[:2]:
+            (root / split / folder.name).mkdir(parents=True)
+            for image in sorted(folder.glob("*.jpg"))[:count]:
+                shutil.copy(image, root / split / folder.name / image.name)
+    return root
+
+
+@pytest.fixture
+def trained_model(aws) -> str:
+    """A training job's model.tar.gz (the committed default model) in the bucket; returns its S3 URI."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted((PROJECT / "models" / "default").iterdir()):
+            tar.add(path, arcname=path.name)
+    key = "dogbreeds/output/dogbreeds-train-1/output/model.tar.gz"
+    aws.s3.put_object(Bucket=aws.bucket, Key=key, Body=buffer.getvalue())
+    return f"s3://{aws.bucket}/{key}"
+
+
+def test_upload_data_puts_the_image_folder_tree_and_skips_what_is_there(aws, image_tree, capsys, connections):
+    first = report(run_jobs(capsys, "upload-data", "--data", str(image_tree), "--prefix", "dogbreeds/data"))
+
+    local = sorted(path.relative_to(image_tree).as_posix() for path in image_tree.rglob("*.jpg"))
+    listed = aws.s3.list_objects_v2(Bucket=aws.bucket, Prefix="dogbreeds/data/")["Contents"]
+    assert sorted(item["Key"].removeprefix("dogbreeds/data/") for item in listed) == local
+    assert {item["Key"].split("/")[2] for item in listed} == {"train", "valid", "test"}
+    assert first == {"uploaded": len(local), "unchanged": 0, "location": f"s3://{aws.bucket}/dogbreeds/data/"}
+    second = report(run_jobs(capsys, "upload-data", "--data", str(image_tree), "--prefix", "dogbreeds/data"))
+    assert (second["uploaded"], second["unchanged"]) == (0, len(local))
+    assert connections and all(is_loopback(host) for host, _ in connections)
+
+
+def test_upload_data_refuses_a_folder_without_train_split(aws, tmp_path, capsys):
+    (tmp_path / "photos").mkdir()
+    result = run_jobs(capsys, "upload-data", "--data", str(tmp_path / "photos"))
+    assert result.code == 2
+    assert result.err.startswith("error: ") and "ImageFolder" in result.err and "Traceback" not in result.err
+
+
+def test_train_on_one_cpu_instance(aws, capsys, connections):
+    started = report(
+        run_jobs(
+            capsys,
+            "train",
+            "--instance-type",
+            "ml.m5.xlarge",
+            "--instance-count",
+            "1",
+            "--hyperparameters",
+            "backbone=efficientnet-lite0",
+            "epochs=4",
+            "batch-size=64",
+            "lr=0.003",
+        )
+    )
+
+    job = aws.sagemaker.describe_training_job(TrainingJobName=started["job_name"])
+    assert job["ResourceConfig"]["InstanceType"] == "ml.m5.xlarge"
+    assert job["ResourceConfig"]["InstanceCount"] == 1
+    assert job["AlgorithmSpecification"]["TrainingImage"] == TRAINING_IMAGE_CPU
+    assert job["RoleArn"] == ROLE
+    hyperparameters = job["HyperParameters"]
+    assert {key: hyperparameters[key] for key in ("backbone", "epochs", "batch-size", "lr")} == {
+        "backbone": "efficientnet-lite0",
+        "epochs": "4",
+        "batch-size": "64",
+        "lr": "0.003",
+    }
+    assert json.loads(hyperparameters["sagemaker_program"]) == "sagemaker_train.py"
+    assert "sagemaker_torch_distributed_enabled" not in hyperparameters
+    channels = {
+        channel["ChannelName"]: channel["DataSource"]["S3DataSource"]["S3Uri"]
+        for channel in job["InputDataConfig"]
+    }
+    assert channels == {
+        "train": f"s3://{aws.bucket}/dogbreeds/data/train/",
+        "valid": f"s3://{aws.bucket}/dogbreeds/data/valid/",
+    }
+    # (moto's DescribeTrainingJob answers canned MetricDefinitions; the dry-run test checks the sent ones.)
+    assert started["model_data"] == job["ModelArtifacts"]["S3ModelArtifacts"]
+    assert started["model_data"].startswith(f"s3://{aws.bucket}/dogbreeds/output/{started['job_name']}/")
+
+    # The code SageMaker runs: the training package, its entry shim and the container's extra packages.
+    code = tar_members(s3_object(aws, json.loads(hyperparameters["sagemaker_submit_directory"])))
+    assert {"sagemaker_train.py", "inference.py", "requirements.txt", "training/model.py"} <= code.keys()
+    assert code["training/model.py"] == (PROJECT / "training" / "model.py").read_bytes()
+    assert not any(name.startswith("training/jobs") for name in code)
+    assert b"efficientnet-lite-pytorch==" in code["requirements.txt"]
+    assert connections
+
+
+def test_training_code_runs_as_the_container_runs_it(aws, image_tree, capsys, tmp_path):
+    """What the PyTorch training toolkit does: unpack sagemaker_submit_directory into /opt/ml/code, set the
+    SM_* variables, run `python <sagemaker_program> --<name> <value> ...`. Its log must feed the tuner."""
+    cache = tmp_path / "cache"
+    argv = ("backbone=efficientnet-lite0", "epochs=2", "batch-size=4", "lr=0.01", f"cache-dir={cache}")
+    started = report(run_jobs(capsys, "train", "--hyperparameters", *argv))
+    hyperparameters = aws.sagemaker.describe_training_job(TrainingJobName=started["job_name"])[
+        "HyperParameters"
+    ]
+
+    code_dir = tmp_path / "opt-ml-code"
+    archive = s3_object(aws, json.loads(hyperparameters["sagemaker_submit_directory"]))
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        tar.extractall(code_dir, filter="data")
+    flags = [
+        part
+        for key, value in sorted(hyperparameters.items())
+        if not key.startswith("sagemaker_")
+        for part in (f"--{key}", value)
+    ]
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(
+        SM_CHANNEL_TRAIN=str(image_tree / "train"),
+        SM_CHANNEL_VALID=str(image_tree / "valid"),
+        SM_MODEL_DIR=str(tmp_path / "opt-ml-model"),
+        SM_HOSTS='["algo-1"]',
+        SM_CURRENT_HOST="algo-1",
+        OMP_NUM_THREADS="1",
+    )
+    program = json.loads(hyperparameters["sagemaker_program"])
+    trained = subprocess.run(
+        [sys.executable, program, *flags],
+        cwd=code_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    accuracies = re.findall(METRIC_DEFINITIONS[0].regex, trained.stdout)
+    assert len(accuracies) >= 2 and all(0.0 <= float(value) <= 1.0 for value in accuracies)
+    written = {path.name for path in (tmp_path / "opt-ml-model").iterdir()}
+    assert {"config.json", "labels.json", "weights.pt"} <= written
+
+
+def test_train_on_several_gpu_instances_uses_torchrun(aws, capsys):
+    started = report(run_jobs(capsys, "train", "--instance-type", "ml.g5.xlarge", "--instance-count", "2"))
+
+    job = aws.sagemaker.describe_training_job(TrainingJobName=started["job_name"])
+    assert job["ResourceConfig"] == {"InstanceType": "ml.g5.xlarge", "InstanceCount": 2, "VolumeSizeInGB": 30}
+    assert job["AlgorithmSpecification"]["TrainingImage"] == TRAINING_IMAGE_GPU
+    assert json.loads(job["HyperParameters"]["sagemaker_torch_distributed_enabled"]) is True
+    assert json.loads(job["HyperParameters"]["sagemaker_instance_type"]) == "ml.g5.xlarge"
+
+
+def test_train_on_several_cpu_instances_leaves_the_hosts_to_the_script(aws, capsys):
+    started = report(run_jobs(capsys, "train", "--instance-type", "ml.m5.xlarge", "--instance-count", "3"))
+
+    job = aws.sagemaker.describe_training_job(TrainingJobName=started["job_name"])
+    assert job["ResourceConfig"]["InstanceCount"] == 3
+    assert job["AlgorithmSpecification"]["TrainingImage"] == TRAINING_IMAGE_CPU
+    assert "sagemaker_torch_distributed_enabled" not in job["HyperParameters"]
+
+
+def test_torchrun_on_cpu_instances_is_refused_as_the_sdk_does(aws, capsys):
+    name = f"refused-{uuid.uuid4().hex[:8]}"
+    argv = ("--instance-type", "ml.m5.xlarge", "--instance-count", "2", "--distribution", "torchrun")
+    result = run_jobs(capsys, "train", *argv, "--job-name", name)
+    assert result.code == 2
+    assert result.err.count("\n") == 1 and "supported only for GPU and Trainium" in result.err
+    with pytest.raises(aws.sagemaker.exceptions.ClientError, match="Could not find"):
+        aws.sagemaker.describe_training_job(TrainingJobName=name)
+
+
+def test_tune_searches_the_four_hyperparameters_for_valid_accuracy(aws, capsys):
+    result = report(
+        run_jobs(capsys, "tune", "--max-jobs", "6", "--max-parallel", "2", "--hyperparameters", "workers=2")
+    )
+
+    tuning = aws.sagemaker.describe_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName=result["tuning_job"]
+    )
+    config = tuning["HyperParameterTuningJobConfig"]
+    assert config["HyperParameterTuningJobObjective"] == {"Type": "Maximize", "MetricName": "valid_accuracy"}
+    assert config["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 6, "MaxParallelTrainingJobs": 2}
+    ranges = config["ParameterRanges"]
+    assert ranges["ContinuousParameterRanges"] == [
+        {"Name": "lr", "MinValue": "0.0001", "MaxValue": "0.03", "ScalingType": "Logarithmic"}
+    ]
+    assert ranges["IntegerParameterRanges"] == [
+        {"Name": "epochs", "MinValue": "3", "MaxValue": "15", "ScalingType": "Linear"}
+    ]
+    categorical = {item["Name"]: item["Values"] for item in ranges["CategoricalParameterRanges"]}
+    assert categorical == {
+        "batch-size": ["32", "64", "128"],
+        "backbone": ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"],
+    }
+    definition = tuning["TrainingJobDefinition"]
+    assert definition["AlgorithmSpecification"]["MetricDefinitions"] == [
+        {"Name": "valid_accuracy", "Regex": r"valid_accuracy=([0-9\.]+);"}
+    ]
+    assert definition["AlgorithmSpecification"]["TrainingImage"] == TRAINING_IMAGE_CPU
+    assert definition["StaticHyperParameters"]["workers"] == "2"
+    assert not {"lr", "epochs", "batch-size", "backbone"} & definition["StaticHyperParameters"].keys()
+    # The report is what DescribeHyperParameterTuningJob says (moto answers at once with a canned best job).
+    assert result["status"] == tuning["HyperParameterTuningJobStatus"]
+    assert result["best_training_job"] == tuning["BestTrainingJob"]["TrainingJobName"]
+
+
+def test_tune_refuses_to_fix_a_searched_hyperparameter(aws, capsys):
+    result = run_jobs(capsys, "tune", "--hyperparameters", "lr=0.01")
+    assert result.code == 2 and "tune searches lr" in result.err
+
+
+def scaling_state(aws, name: str) -> tuple[list, list]:
+    resource_id = f"endpoint/{name}/variant/AllTraffic"
+    targets = aws.autoscaling.describe_scalable_targets(
+        ServiceNamespace="sagemaker", ResourceIds=[resource_id]
+    )
+    policies = aws.autoscaling.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=resource_id)
+    return targets["ScalableTargets"], policies["ScalingPolicies"]
+
+
+def test_deploy_twice_then_teardown(aws, trained_model, capsys, connections):
+    name = f"dogs-{uuid.uuid4().hex[:8]}"
+    deploy = (
+        "deploy",
+        "--model-data",
+        trained_model,
+        "--endpoint-name",
+        name,
+        "--instance-type",
+        "ml.m5.large",
+        "--min-instances",
+        "1",
+        "--max-instances",
+        "4",
+        "--target-invocations",
+        "100",
+        "--scale-in-cooldown",
+        "600",
+        "--scale-out-cooldown",
+        "90",
+    )
+    first = report(run_jobs(capsys, *deploy))
+
+    model = aws.sagemaker.describe_model(ModelName=first["model"])
+    assert model["PrimaryContainer"]["Image"] == INFERENCE_IMAGE_CPU
+    assert model["PrimaryContainer"]["ModelDataUrl"] == first["model_data"]
+    assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+    assert model["ExecutionRoleArn"] == ROLE
+    config = aws.sagemaker.describe_endpoint_config(EndpointConfigName=first["endpoint_config"])
+    (variant,) = config["ProductionVariants"]
+    assert (variant["VariantName"], variant["ModelName"]) == ("AllTraffic", first["model"])
+    assert (variant["InstanceType"], variant["InitialInstanceCount"]) == ("ml.m5.large", 1)
+    described = aws.sagemaker.describe_endpoint(EndpointName=name)
+    assert described["EndpointConfigName"] == first["endpoint_config"]
+    assert described["EndpointStatus"] == "InService"
+    (target,), (policy,) = scaling_state(aws, name)
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 4)
+    assert target["ScalableDimension"] == "sagemaker:variant:DesiredInstanceCount"
+    assert policy["PolicyType"] == "TargetTrackingScaling"
+    tracking = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert tracking["TargetValue"] == 100.0
+    assert (
+        tracking["PredefinedMetricSpecification"]["PredefinedMetricType"]
+        == "SageMakerVariantInvocationsPerInstance"
+    )
+    assert (tracking["ScaleInCooldown"], tracking["ScaleOutCooldown"]) == (600, 90)
+
+    # The endpoint's model.tar.gz: the trained files at the top, this project's code under code/.
+    repacked = tar_members(s3_object(aws, first["model_data"]))
+    assert {
+        "config.json",
+        "labels.json",
+        "weights.pt",
+        "code/inference.py",
+        "code/training/inference.py",
+    } <= set(repacked)
+
+    second = report(run_jobs(capsys, *deploy))
+    assert second == first
+    assert [m["ModelName"] for m in aws.sagemaker.list_models(NameContains=name)["Models"]] == [
+        first["model"]
+    ]
+    configs = aws.sagemaker.list_endpoint_configs(NameContains=name)["EndpointConfigs"]
+    assert [c["EndpointConfigName"] for c in configs] == [first["endpoint_config"]]
+    targets, policies = scaling_state(aws, name)
+    assert len(targets) == 1 and len(policies) == 1
+
+    torn = report(run_jobs(capsys, "teardown", "--endpoint-name", name))
+    assert torn == {"endpoint": name, "deleted": True}
+    assert scaling_state(aws, name) == ([], [])
+    assert aws.sagemaker.list_endpoints(NameContains=name)["Endpoints"] == []
+    assert aws.sagemaker.list_endpoint_configs(NameContains=name)["EndpointConfigs"] == []
+    assert aws.sagemaker.list_models(NameContains=name)["Models"] == []
+    again = run_jobs(capsys, "teardown", "--endpoint-name", name)
+    assert report(again) == {"endpoint": name, "deleted": False} and "does not exist" in again.err
+    assert connections and all(is_loopback(host) for host, _ in connections)
+
+
+def test_deploy_of_a_new_model_updates_the_endpoint(aws, trained_model, capsys):
+    """moto has no UpdateEndpoint, so that one call is answered by a botocore hook that records it."""
+    name = f"dogs-{uuid.uuid4().hex[:8]}"
+    spec = endpoint.EndpointSpec(
+        region=REGION,
+        role=ROLE,
+        bucket=aws.bucket,
+        prefix="dogbreeds",
+        endpoint_name=name,
+        model_data=trained_model,
+        instance_type="ml.m5.large",
+        min_instances=1,
+        max_instances=2,
+        target_invocations=50,
+    )
+    first = endpoint.deploy(Aws(REGION), spec, print)
+    updates = []
+
+    def update_endpoint(params, **_):
+        updates.append(json.loads(params["body"]))
+        return AWSResponse("", 200, {}, None), {
+            "EndpointArn": f"arn:aws:sagemaker:{REGION}:123:endpoint/{name}"
+        }
+
+    aws_again = Aws(REGION)
+    aws_again.client("sagemaker").meta.events.register(
+        "before-call.sagemaker.UpdateEndpoint", update_endpoint
+    )
+    bigger = endpoint.EndpointSpec(**{**vars(spec), "instance_type": "ml.c5.xlarge", "max_instances": 6})
+    second = endpoint.deploy(aws_again, bigger, print)
+
+    assert updates == [{"EndpointName": name, "EndpointConfigName": second["endpoint_config"]}]
+    assert second["endpoint_config"] != first["endpoint_config"]
+    config = aws.sagemaker.describe_endpoint_config(EndpointConfigName=second["endpoint_config"])
+    assert config["ProductionVariants"][0]["InstanceType"] == "ml.c5.xlarge"
+    (target,), (policy,) = scaling_state(aws, name)
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 6)
+    # The replaced config is gone; the model (same archive and image) serves the new config, so it stays.
+    configs = aws.sagemaker.list_endpoint_configs(NameContains=name)["EndpointConfigs"]
+    assert [c["EndpointConfigName"] for c in configs] == [second["endpoint_config"]]
+    assert second["model"] == first["model"]
+    assert [m["ModelName"] for m in aws.sagemaker.list_models(NameContains=name)["Models"]] == [
+        first["model"]
+    ]
+    endpoint.teardown(Aws(REGION), name, print)
+
+
+def test_repacked_model_serves_a_photo_with_the_packaged_code(aws, trained_model, samples, capsys, tmp_path):
+    """What the inference container does: put code/ on sys.path, import inference, run the handler chain."""
+    deployed = report(
+        run_jobs(capsys, "deploy", "--model-data", trained_model, "--endpoint-name", "serve-check")
+    )
+    model_dir = tmp_path / "opt-ml-model"
+    with tarfile.open(fileobj=io.BytesIO(s3_object(aws, deployed["model_data"])), mode="r:gz") as tar:
+        tar.extractall(model_dir, filter="data")
+    script = (
+        "import sys, inference, training\n"
+        "from pathlib import Path\n"
+        "assert Path(training.__file__).resolve().is_relative_to(Path.cwd().resolve()), training.__file__\n"
+        "model = inference.model_fn(sys.argv[1])\n"
+        "data = inference.input_fn(Path(sys.argv[2]).read_bytes(), 'image/jpeg')\n"
+        "answer = inference.output_fn(inference.predict_fn(data, model), 'application/json')\n"
+        "sys.stdout.write(answer.decode())\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    served = subprocess.run(
+        [sys.executable, "-c", script, str(model_dir), str(samples / "Labrador_retriever_06455.jpg")],
+        cwd=model_dir / "code",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert served.returncode == 0, served.stderr
+    assert json.loads(served.stdout)["predictions"][0]["label"] == "Labrador_retriever"
+    run_jobs(capsys, "teardown", "--endpoint-name", "serve-check")
+
+
+def test_dry_run_prints_every_request_and_connects_nowhere(
+    image_tree, monkeypatch, tmp_path, capsys, connections
+):
+    isolate_aws_env(monkeypatch, tmp_path)
+    common = ("--region", REGION, "--role", ROLE, "--bucket", "nowhere", "--dry-run")
+    commands = {
+        "upload-data": ("upload-data", "--data", str(image_tree)),
+        "train": ("train", "--instance-type", "ml.g5.xlarge", "--instance-count", "2"),
+        "tune": ("tune", "--max-jobs", "4"),
+        "deploy": ("deploy", "--model-data", "s3://nowhere/model.tar.gz", "--endpoint-name", "dogs"),
+        "teardown": ("teardown", "--endpoint-name", "dogs"),
+    }
+    printed = {}
+    for command, argv in commands.items():
+        result = run_jobs(capsys, *argv, *common)
+        assert result.code == 0, result.err
+        assert result.out, f"{command} printed no requests"
+        printed[command] = [json.loads(line) for line in result.out.splitlines()]
+
+    def operations(command: str) -> list[str]:
+        return [request["operation"] for request in printed[command]]
+
+    assert operations("upload-data") == ["PutObject"] * len(list(image_tree.rglob("*.jpg")))
+    assert operations("train") == ["PutObject", "CreateTrainingJob", "DescribeTrainingJob"]
+    created = printed["train"][1]["params"]
+    assert created["ResourceConfig"]["InstanceCount"] == 2
+    assert created["HyperParameters"]["sagemaker_torch_distributed_enabled"] == "true"
+    assert created["AlgorithmSpecification"]["MetricDefinitions"] == [
+        {"Name": "valid_accuracy", "Regex": r"valid_accuracy=([0-9\.]+);"}
+    ]
+    assert operations("tune") == [
+        "PutObject",
+        "CreateHyperParameterTuningJob",
+        "DescribeHyperParameterTuningJob",
+    ]
+    assert [op for op in operations("deploy") if not op.startswith("Describe")] == [
+        "PutObject",
+        "CreateModel",
+        "CreateEndpointConfig",
+        "CreateEndpoint",
+        "RegisterScalableTarget",
+        "PutScalingPolicy",
+    ]
+    assert [op for op in operations("teardown") if not op.startswith("Describe")] == [
+        "DeleteScalingPolicy",
+        "DeregisterScalableTarget",
+        "DeleteEndpoint",
+        "DeleteEndpointConfig",
+        "DeleteModel",
+    ]
+    assert connections == []
+
+
+@pytest.mark.parametrize(
+    ("env", "argv", "message"),
+    [
+        ({}, ("teardown", "--endpoint-name", "dogs"), "error: no AWS region"),
+        ({"AWS_DEFAULT_REGION": REGION}, ("train",), "error: no IAM role"),
+        ({"AWS_REGION": REGION, "SAGEMAKER_ROLE_ARN": ROLE}, ("train",), "error: no S3 bucket"),
+        (
+            {"AWS_REGION": REGION},
+            ("train", "--role", "dogbreeds", "--bucket", "b"),
+            "error: --role must be an IAM role ARN",
+        ),
+        (
+            {"AWS_REGION": REGION},
+            ("deploy", "--model-data", "model.tar.gz", "--endpoint-name", "d", "--role", ROLE),
+            "error: expected s3://BUCKET/KEY",
+        ),
+    ],
+)
+def test_missing_settings_are_one_line_errors(env, argv, message, monkeypatch, tmp_path, capsys, connections):
+    isolate_aws_env(monkeypatch, tmp_path)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    result = run_jobs(capsys, *argv, "--dry-run")
+    assert result.code == 2
+    assert result.err.startswith(message) and result.err.count("\n") == 1
+    assert connections == []
+
+
+def test_missing_credentials_are_a_one_line_error(aws, monkeypatch, capsys, connections):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    # The last link of boto3's credential chain asks the EC2 metadata service, which is not loopback.
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    result = run_jobs(capsys, "teardown", "--endpoint-name", "dogs")
+    assert result.code == 2
+    assert result.err.startswith("error: no AWS credentials") and result.err.count("\n") == 1
+
+
+def test_command_line_process(aws, tmp_path):
+    """The real `python -m training.jobs` process: a training job, then a missing role as exit code 2."""
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    started = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.jobs",
+            "train",
+            "--instance-count",
+            "2",
+            "--hyperparameters",
+            "epochs=2",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert started.returncode == 0, started.stderr
+    job = aws.sagemaker.describe_training_job(TrainingJobName=json.loads(started.stdout)["job_name"])
+    assert job["ResourceConfig"]["InstanceCount"] == 2 and job["HyperParameters"]["epochs"] == "2"
+
+    del env["SAGEMAKER_ROLE_ARN"]
+    refused = subprocess.run(
+        [sys.executable, "-m", "training.jobs", "train"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert refused.stderr == "error: no IAM role for SageMaker: pass --role ARN or set SAGEMAKER_ROLE_ARN\n"
+    assert refused.stdout == ""

@@ -1,0 +1,5 @@
+import sys
+
+from training.jobs.cli import main
+
+sys.exit(main())

@@ -1,0 +1,92 @@
+"""AWS requests as data, so one code path both prints them (`--dry-run`) and sends them (boto3)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import boto3
+from botocore import xform_name
+from botocore.exceptions import ClientError
+
+
+@dataclass(frozen=True)
+class AwsCall:
+    """One API request: `service` is the boto3 client name, `operation` the API name (CreateTrainingJob)."""
+
+    service: str
+    operation: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"service": self.service, "operation": self.operation, "params": self.params},
+            default=_describe_body,
+            sort_keys=True,
+        )
+
+
+def _describe_body(value: Any) -> Any:
+    # An upload's Body is a local file or bytes; the dry run shows what would be sent, not the content.
+    if isinstance(value, Path):
+        return f"<file {value} ({value.stat().st_size} bytes)>"
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    raise TypeError(f"cannot show {type(value).__name__} in a request")
+
+
+class Aws:
+    """Sends AwsCalls with boto3 clients of one region; in a dry run prints them and connects nowhere."""
+
+    def __init__(self, region: str, dry_run: bool = False, out: TextIO | None = None):
+        self.region = region
+        self.dry_run = dry_run
+        self.out = out or sys.stdout
+        self._session: boto3.session.Session | None = None
+        self._clients: dict[str, Any] = {}
+
+    def client(self, service: str) -> Any:
+        if self.dry_run:
+            raise RuntimeError("a dry run must not create AWS clients")
+        if service not in self._clients:
+            if self._session is None:
+                self._session = boto3.session.Session(region_name=self.region)
+            self._clients[service] = self._session.client(service)
+        return self._clients[service]
+
+    def send(self, call: AwsCall) -> dict[str, Any]:
+        """Send the request (dry run: print it and answer {}). Raises botocore's ClientError on AWS errors."""
+        if self.dry_run:
+            print(call.to_json(), file=self.out)
+            return {}
+        params = call.params
+        if isinstance(params.get("Body"), Path):
+            with params["Body"].open("rb") as body:
+                return getattr(self.client(call.service), xform_name(call.operation))(
+                    **{**params, "Body": body}
+                )
+        return getattr(self.client(call.service), xform_name(call.operation))(**params)
+
+    def describe(self, call: AwsCall) -> dict[str, Any] | None:
+        """A read of something that may not exist: None when it does not, and always in a dry run."""
+        if self.dry_run:
+            print(call.to_json(), file=self.out)
+            return None
+        try:
+            return self.send(call)
+        except ClientError as error:
+            if is_not_found(error):
+                return None
+            raise
+
+
+def is_not_found(error: ClientError) -> bool:
+    """SageMaker answers a missing resource with ValidationException 'Could not find ...'; S3 with 404."""
+    code = error.response.get("Error", {}).get("Code", "")
+    message = error.response.get("Error", {}).get("Message", "")
+    return code in {"404", "NoSuchKey", "NotFound", "ResourceNotFound", "ObjectNotFoundException"} or (
+        code == "ValidationException" and "could not find" in message.lower()
+    )

@@ -1,0 +1,269 @@
+"""SageMaker jobs of the dog-breed classifier: upload-data, train, tune, deploy, teardown.
+
+Region, role and bucket come from --region/--role/--bucket or AWS_REGION (AWS_DEFAULT_REGION, the
+profile), SAGEMAKER_ROLE_ARN and SAGEMAKER_BUCKET. Every command takes --dry-run: it prints the AWS
+requests as JSON lines and connects nowhere. A typical run:
+
+  python -m training.jobs upload-data --data ../shared/data/dogs
+  python -m training.jobs tune --max-jobs 12 --max-parallel 2
+  python -m training.jobs train --instance-type ml.g5.2xlarge --instance-count 2 \\
+      --hyperparameters backbone=efficientnet-lite2 epochs=10 batch-size=128 lr=0.001
+  python -m training.jobs deploy --model-data s3://BUCKET/dogbreeds/output/JOB/output/model.tar.gz \\
+      --endpoint-name dogbreeds --min-instances 1 --max-instances 4 --target-invocations 100
+  python -m training.jobs teardown --endpoint-name dogbreeds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tarfile
+from pathlib import Path
+
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from training.jobs import endpoint, launch, storage
+from training.jobs.calls import Aws
+from training.jobs.settings import AwsSettings, SettingsError, resolve_settings
+from training.jobs.training_job import BACKBONES, DISTRIBUTIONS, DistributionError, JobSpec, SearchSpace
+
+DEFAULT_PREFIX = "dogbreeds"
+DEFAULT_DATA_PREFIX = "dogbreeds/data"
+EXIT_USAGE = 2
+EXIT_AWS = 1
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return key.lstrip("-"), value
+
+
+def endpoint_name(text: str) -> str:
+    # SageMaker's own rule for endpoint names, checked here so a typo fails before anything is uploaded.
+    if not re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a SageMaker endpoint name (letters, digits, hyphens)"
+        )
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--region", help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION or the profile's)"
+    )
+    common.add_argument("--role", help="SageMaker execution role ARN (default: $SAGEMAKER_ROLE_ARN)")
+    common.add_argument("--bucket", help="S3 bucket for data, code and models (default: $SAGEMAKER_BUCKET)")
+    common.add_argument(
+        "--dry-run", action="store_true", help="print the AWS requests as JSON lines; send none"
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="python -m training.jobs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    upload = commands.add_parser("upload-data", parents=[common], help="put an ImageFolder tree into S3")
+    upload.add_argument("--data", type=Path, required=True, help="folder holding train/, valid/ (and test/)")
+    upload.add_argument("--prefix", default=DEFAULT_DATA_PREFIX, help="S3 key prefix (default: %(default)s)")
+    upload.add_argument("--workers", type=positive_int, default=16, help="parallel uploads")
+
+    job = argparse.ArgumentParser(add_help=False)
+    job.add_argument("--instance-type", default="ml.m5.xlarge")
+    job.add_argument("--instance-count", type=positive_int, default=1)
+    job.add_argument(
+        "--distribution",
+        choices=DISTRIBUTIONS,
+        default="auto",
+        help="multi-instance launch: torchrun (GPU/Trainium only), hosts (the script's own SM_HOSTS "
+        "bootstrap, any instance), auto: torchrun on GPU, hosts on CPU",
+    )
+    job.add_argument(
+        "--hyperparameters",
+        nargs="*",
+        type=key_value,
+        default=[],
+        metavar="NAME=VALUE",
+        help="flags of training/train.py, e.g. backbone=efficientnet-lite0 epochs=10 batch-size=64",
+    )
+    job.add_argument(
+        "--prefix", default=DEFAULT_PREFIX, help="S3 prefix for code and output (default: %(default)s)"
+    )
+    job.add_argument("--data-prefix", default=DEFAULT_DATA_PREFIX, help="where upload-data put the data")
+    job.add_argument("--volume-gb", type=positive_int, default=30)
+    job.add_argument("--max-runtime", type=positive_int, default=24 * 3600, help="seconds")
+
+    train = commands.add_parser("train", parents=[common, job], help="start a training job")
+    train.add_argument("--job-name")
+
+    tune = commands.add_parser("tune", parents=[common, job], help="start a hyperparameter tuning job")
+    tune.add_argument("--max-jobs", type=positive_int, default=12)
+    tune.add_argument("--max-parallel", type=positive_int, default=2)
+    tune.add_argument("--tuning-job-name")
+    tune.add_argument(
+        "--lr-range", type=positive_float, nargs=2, default=(1e-4, 3e-2), metavar=("MIN", "MAX")
+    )
+    tune.add_argument("--epochs-range", type=positive_int, nargs=2, default=(3, 15), metavar=("MIN", "MAX"))
+    tune.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[32, 64, 128])
+    tune.add_argument("--backbones", nargs="+", choices=BACKBONES, default=list(BACKBONES))
+    tune.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="wait up to this long for the tuning job to finish before reporting (default: 0)",
+    )
+
+    deploy = commands.add_parser(
+        "deploy", parents=[common], help="create or update the endpoint and its scaling"
+    )
+    deploy.add_argument("--model-data", required=True, help="s3://.../model.tar.gz written by a training job")
+    deploy.add_argument("--endpoint-name", type=endpoint_name, required=True)
+    deploy.add_argument("--instance-type", default="ml.m5.large")
+    deploy.add_argument("--min-instances", type=positive_int, default=1)
+    deploy.add_argument("--max-instances", type=positive_int, default=4)
+    deploy.add_argument(
+        "--target-invocations",
+        type=positive_float,
+        default=100.0,
+        help="invocations per instance per minute that auto scaling aims for",
+    )
+    deploy.add_argument("--scale-in-cooldown", type=positive_int, default=300, help="seconds")
+    deploy.add_argument("--scale-out-cooldown", type=positive_int, default=60, help="seconds")
+    deploy.add_argument("--prefix", default=DEFAULT_PREFIX, help="S3 prefix for the repacked model")
+
+    teardown = commands.add_parser("teardown", parents=[common], help="remove the endpoint and its scaling")
+    teardown.add_argument("--endpoint-name", type=endpoint_name, required=True)
+    return parser
+
+
+def job_spec(args: argparse.Namespace, settings: AwsSettings) -> JobSpec:
+    return JobSpec(
+        region=settings.region,
+        role=settings.require_role(),
+        bucket=settings.require_bucket(),
+        prefix=args.prefix,
+        data_prefix=args.data_prefix,
+        instance_type=args.instance_type,
+        instance_count=args.instance_count,
+        distribution=args.distribution,
+        volume_gb=args.volume_gb,
+        max_runtime_s=args.max_runtime,
+    )
+
+
+def run(args: argparse.Namespace, log) -> dict:
+    """Carry out one parsed command; returns what it reports."""
+    settings = resolve_settings(args.region, args.role, args.bucket)
+    # Dry-run requests go to stdout as JSON lines; the progress log goes to stderr so stdout stays parseable.
+    aws = Aws(settings.region, dry_run=args.dry_run)
+    if args.command == "upload-data":
+        bucket = settings.require_bucket()
+        uploaded, skipped = storage.upload_image_folder(aws, args.data, bucket, args.prefix, args.workers)
+        return {
+            "uploaded": uploaded,
+            "unchanged": skipped,
+            "location": f"s3://{bucket}/{args.prefix.strip('/')}/",
+        }
+    if args.command == "train":
+        spec = job_spec(args, settings)
+        return launch.start_training(aws, spec, dict(args.hyperparameters), args.job_name)
+    if args.command == "tune":
+        spec = job_spec(args, settings)
+        space = SearchSpace(
+            lr=tuple(args.lr_range),
+            batch_size=tuple(args.batch_sizes),
+            epochs=tuple(args.epochs_range),
+            backbones=tuple(args.backbones),
+        )
+        static = dict(args.hyperparameters)
+        tuned = {"lr", "epochs", "batch-size", "backbone"} & static.keys()
+        if tuned:
+            raise SettingsError(
+                f"tune searches {', '.join(sorted(tuned))}; do not fix them with --hyperparameters"
+            )
+        return launch.start_tuning(
+            aws, spec, space, args.max_jobs, args.max_parallel, static, args.tuning_job_name, wait_s=args.wait
+        )
+    if args.command == "deploy":
+        if args.min_instances > args.max_instances:
+            raise SettingsError(
+                f"--min-instances {args.min_instances} exceeds --max-instances {args.max_instances}"
+            )
+        model_bucket, _ = storage.parse_s3_uri(args.model_data)
+        spec = endpoint.EndpointSpec(
+            region=settings.region,
+            role=settings.require_role(),
+            bucket=settings.bucket or model_bucket,
+            prefix=args.prefix,
+            endpoint_name=args.endpoint_name,
+            model_data=args.model_data,
+            instance_type=args.instance_type,
+            min_instances=args.min_instances,
+            max_instances=args.max_instances,
+            target_invocations=args.target_invocations,
+            scale_in_cooldown_s=args.scale_in_cooldown,
+            scale_out_cooldown_s=args.scale_out_cooldown,
+        )
+        return endpoint.deploy(aws, spec, log)
+    existed = endpoint.teardown(aws, args.endpoint_name, log)
+    return {"endpoint": args.endpoint_name, "deleted": existed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def log(message: str) -> None:
+        print(f"dry run, would have: {message}" if args.dry_run else message, file=sys.stderr)
+
+    try:
+        report = run(args, log)
+    except (SettingsError, DistributionError, storage.DataLayoutError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except tarfile.ReadError as error:
+        print(f"error: --model-data is not a tar.gz archive ({error})", file=sys.stderr)
+        return EXIT_USAGE
+    except endpoint.EndpointStateError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_AWS
+    except ClientError as error:
+        details = error.response.get("Error", {})
+        print(
+            f"error: AWS {error.operation_name}: {details.get('Code')}: {details.get('Message')}",
+            file=sys.stderr,
+        )
+        return EXIT_AWS
+    except NoCredentialsError:
+        print(
+            "error: no AWS credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, "
+            "or run where an instance role provides them",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    except BotoCoreError as error:
+        print(f"error: AWS: {error}", file=sys.stderr)
+        return EXIT_AWS
+    if not args.dry_run:
+        print(json.dumps(report, indent=2, default=str))
+    return 0
