@@ -1,0 +1,374 @@
+"""The SageMaker handlers called directly, as the inference toolkit calls them, on real images and model."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import subprocess
+import sys
+import zlib
+from dataclasses import dataclass
+
+import pytest
+import torch
+from conftest import DEFAULT_MODEL, PROJECT
+from PIL import Image
+
+from training import export, inference
+from training.model import ONNX_FILE, load_model, read_config
+from training.serve import RequestContext
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        cache = tmp_path_factory.mktemp("onnx-cache")
+        patch.setenv(export.CACHE_ENV, str(cache))
+        yield cache
+
+
+@pytest.fixture(scope="module")
+def predictor(onnx_cache) -> inference.BreedPredictor:
+    return inference.load_predictor(DEFAULT_MODEL, runtime="onnx", threads=2)
+
+
+@pytest.fixture(scope="module")
+def torch_predictor() -> inference.BreedPredictor:
+    return inference.load_predictor(DEFAULT_MODEL, runtime="pytorch", threads=2)
+
+
+@pytest.fixture(scope="module")
+def labrador(samples) -> bytes:
+    return (samples / "Labrador_retriever_06455.jpg").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def spaniel(samples) -> bytes:
+    return (samples / "American_water_spaniel_00648.jpg").read_bytes()
+
+
+def classify(predictor, body, content_type=inference.JPEG, context=None, accept=inference.JSON):
+    data = inference.input_fn(body, content_type, context)
+    return json.loads(inference.output_fn(inference.predict_fn(data, predictor), accept))
+
+
+def with_custom_attributes(value: str) -> RequestContext:
+    return RequestContext({inference.CUSTOM_ATTRIBUTES_HEADER: value})
+
+
+def test_model_fn_prefers_onnx_runtime(onnx_cache):
+    predictor = inference.model_fn(str(DEFAULT_MODEL))
+    assert predictor.runtime == "onnxruntime"
+    assert list(onnx_cache.glob(f"*/{ONNX_FILE}")), "the exported graph is cached for the next start"
+
+
+def test_labrador_is_labrador_with_the_documented_schema(predictor, labrador):
+    answer = classify(predictor, labrador)
+    config, labels, _ = read_config(DEFAULT_MODEL)
+
+    assert set(answer) == {"predictions", "is_dog", "dog_probability", "model"}
+    assert answer["model"] == {"name": config["name"], "version": str(config["version"])}
+    top = answer["predictions"][0]
+    assert top["label"] == "Labrador_retriever"
+    assert top["breed"] == "Labrador retriever"
+    assert len(answer["predictions"]) == inference.DEFAULT_TOP_K
+    probabilities = [prediction["probability"] for prediction in answer["predictions"]]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert all(prediction["label"] in labels for prediction in answer["predictions"])
+    assert answer["is_dog"] is True
+    assert answer["dog_probability"] >= inference.DOG_THRESHOLD
+
+
+def test_onnx_runtime_and_pytorch_give_the_same_answer(predictor, torch_predictor, labrador, spaniel):
+    assert (predictor.runtime, torch_predictor.runtime) == ("onnxruntime", "pytorch")
+    for image in (labrador, spaniel):
+        fast, reference = classify(predictor, image), classify(torch_predictor, image)
+        assert [p["label"] for p in fast["predictions"]] == [p["label"] for p in reference["predictions"]]
+        for got, expected in zip(fast["predictions"], reference["predictions"], strict=True):
+            assert got["probability"] == pytest.approx(expected["probability"], abs=1e-4)
+        assert fast["dog_probability"] == pytest.approx(reference["dog_probability"], abs=1e-4)
+
+
+def test_is_dog_follows_the_dog_probability(predictor):
+    grey = io.BytesIO()
+    Image.new("RGB", (300, 200), (128, 128, 128)).save(grey, format="PNG")
+    answer = classify(predictor, grey.getvalue(), inference.PNG)
+    assert answer["dog_probability"] < inference.DOG_THRESHOLD
+    assert answer["is_dog"] is False
+
+
+def test_png_with_alpha_is_composited_and_classified(predictor, labrador):
+    picture = Image.open(io.BytesIO(labrador)).convert("RGBA")
+    alpha = Image.new("L", picture.size, 255)
+    alpha.paste(0, (0, 0, picture.width, picture.height // 10))  # a transparent strip along the top
+    picture.putalpha(alpha)
+    png = io.BytesIO()
+    picture.save(png, format="PNG")
+
+    answer = classify(predictor, png.getvalue(), inference.PNG)
+    assert answer["predictions"][0]["label"] == "Labrador_retriever"
+
+
+@pytest.mark.parametrize("content_type", inference.IMAGE_CONTENT_TYPES)
+def test_every_image_content_type_is_accepted(predictor, labrador, content_type):
+    assert classify(predictor, labrador, f"{content_type}; charset=binary")["predictions"][0]["label"] == (
+        "Labrador_retriever"
+    )
+
+
+def test_json_batch_answers_a_list_in_order(predictor, labrador, spaniel):
+    body = json.dumps(
+        {"instances": [{"b64": base64.b64encode(image).decode()} for image in (spaniel, labrador, spaniel)]}
+    )
+    answers = classify(predictor, body.encode(), inference.JSON)
+    singles = [classify(predictor, image) for image in (spaniel, labrador, spaniel)]
+
+    assert [a["predictions"][0]["label"] for a in answers] == [s["predictions"][0]["label"] for s in singles]
+    assert answers[1]["predictions"][0]["label"] == "Labrador_retriever"
+    for batch_answer, single in zip(answers, singles, strict=True):
+        assert batch_answer["predictions"][0]["probability"] == pytest.approx(
+            single["predictions"][0]["probability"], abs=1e-4
+        )
+
+
+def test_json_body_decoded_to_text_by_the_toolkit_works(predictor, labrador):
+    # SageMaker's toolkit hands application/json bodies over as str.
+    body = json.dumps({"instances": [{"b64": base64.b64encode(labrador).decode()}]})
+    assert classify(predictor, body, "application/json; charset=utf-8")[0]["predictions"][0]["label"] == (
+        "Labrador_retriever"
+    )
+
+
+def test_top_k_comes_from_custom_attributes(predictor, labrador):
+    answer = classify(predictor, labrador, context=with_custom_attributes("trace=abc, Top_K=3"))
+    assert len(answer["predictions"]) == 3
+    assert answer["predictions"][0]["label"] == "Labrador_retriever"
+
+    everything = classify(predictor, labrador, context=with_custom_attributes("top_k=1000"))
+    assert len(everything["predictions"]) == len(predictor.labels)
+    assert sum(p["probability"] for p in everything["predictions"]) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_top_k_defaults_to_5_when_the_context_cannot_tell(predictor, labrador):
+    for context in (None, object(), RequestContext({}), with_custom_attributes("something=else")):
+        assert len(classify(predictor, labrador, context=context)["predictions"]) == inference.DEFAULT_TOP_K
+
+
+@pytest.mark.parametrize("value", ["top_k=0", "top_k=three", "top_k=-2", "top_k="])
+def test_bad_top_k_is_a_request_error(predictor, labrador, value):
+    with pytest.raises(inference.RequestError, match="top_k"):
+        inference.input_fn(labrador, inference.JPEG, with_custom_attributes(value))
+
+
+@pytest.mark.parametrize("content_type", ["text/csv", "image/svg+xml", "", None])
+def test_unsupported_content_type_names_it(labrador, content_type):
+    with pytest.raises(inference.UnsupportedContentTypeError, match="unsupported content type") as raised:
+        inference.input_fn(labrador, content_type)
+    assert raised.value.status_code == 415
+    assert repr(content_type) in str(raised.value)
+
+
+def test_url_is_not_fetched(predictor):
+    # Endpoints may run network-isolated: a URL is just undecodable bytes here.
+    with pytest.raises(inference.RequestError, match="cannot decode the image"):
+        inference.input_fn(b"https://example.com/dog.jpg", inference.OCTET_STREAM)
+    with pytest.raises(inference.RequestError, match="b64"):
+        inference.input_fn(
+            json.dumps({"instances": [{"url": "https://example.com/dog.jpg"}]}), inference.JSON
+        )
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        (b"garbage", inference.JPEG, "cannot decode the image"),
+        (b"", inference.JPEG, "empty image"),
+        (b"\xff\xd8\xff\xe0 truncated", inference.JPEG, "cannot decode the image"),
+        (b"{not json", inference.JSON, "not valid JSON"),
+        (b"[" * 100_000, inference.JSON, "not valid JSON"),
+        (b"[]", inference.JSON, "instances"),
+        (b'{"instances": []}', inference.JSON, "instances"),
+        (b'{"instances": [{"b64": "***"}]}', inference.JSON, "instance 0: invalid base64"),
+        (b'{"instances": [{"b64": "Z2FyYmFnZQ=="}]}', inference.JSON, "instance 0: cannot decode the image"),
+        (json.dumps({"instances": [{"b64": ""}] * 65}).encode(), inference.JSON, "at most 64"),
+    ],
+)
+def test_bad_bodies_are_request_errors(body, content_type, message):
+    with pytest.raises(inference.RequestError, match=message) as raised:
+        inference.input_fn(body, content_type)
+    assert raised.value.status_code == 400
+
+
+@pytest.mark.parametrize("accept", [None, "", "*/*", "application/json", "text/html, application/json;q=0.9"])
+def test_output_fn_answers_json(accept):
+    assert json.loads(inference.output_fn({"is_dog": True}, accept)) == {"is_dog": True}
+
+
+def test_output_fn_refuses_other_accept_types():
+    with pytest.raises(inference.UnsupportedAcceptError, match="text/csv") as raised:
+        inference.output_fn({"is_dog": True}, "text/csv")
+    assert raised.value.status_code == 406
+
+
+def test_a_stale_shipped_graph_is_refused(tmp_path, labrador):
+    model_dir = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, model_dir)
+    model, _, _, preprocessing = load_model(model_dir)
+    with torch.no_grad():
+        model.breed_head.bias.add_(torch.linspace(-3, 3, model.breed_head.bias.numel()))  # other weights
+    export.export_onnx(model, model_dir / ONNX_FILE, preprocessing.image_size)
+
+    with pytest.raises(ValueError, match="disagrees with the PyTorch model"):
+        inference.load_predictor(model_dir, runtime="onnx", threads=1)
+    fallback = inference.load_predictor(model_dir, runtime="auto", threads=1)
+    assert fallback.runtime == "pytorch"
+    assert classify(fallback, labrador)["predictions"][0]["label"] == "Labrador_retriever"
+
+
+def test_a_shipped_graph_that_agrees_is_used(tmp_path, labrador, onnx_cache):
+    model_dir = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, model_dir)
+    model, _, _, preprocessing = load_model(model_dir)
+    export.export_onnx(model, model_dir / ONNX_FILE, preprocessing.image_size)
+
+    predictor = inference.load_predictor(model_dir, runtime="onnx", threads=1)
+    assert predictor.runner.path == model_dir / ONNX_FILE
+    assert classify(predictor, labrador)["predictions"][0]["label"] == "Labrador_retriever"
+
+
+def test_unknown_runtime_is_refused():
+    with pytest.raises(ValueError, match="unknown runtime"):
+        inference.load_predictor(DEFAULT_MODEL, runtime="tensorrt")
+
+
+def test_auto_falls_back_to_pytorch_when_the_graph_cannot_be_cached(tmp_path, monkeypatch, labrador):
+    not_a_directory = tmp_path / "cache"
+    not_a_directory.write_text("a file where the cache directory should be")
+    monkeypatch.setenv(export.CACHE_ENV, str(not_a_directory))
+
+    with pytest.raises(OSError):
+        inference.load_predictor(DEFAULT_MODEL, runtime="onnx", threads=1)
+    fallback = inference.load_predictor(DEFAULT_MODEL, runtime="auto", threads=1)
+    assert fallback.runtime == "pytorch"
+    assert classify(fallback, labrador)["predictions"][0]["label"] == "Labrador_retriever"
+
+
+def solid_png(width: int, height: int) -> bytes:
+    png = io.BytesIO()
+    Image.new("L", (width, height), 90).save(png, format="PNG")
+    return png.getvalue()
+
+
+def test_an_image_with_too_many_pixels_is_refused_before_decoding():
+    side = int(inference.MAX_IMAGE_PIXELS**0.5) + 1
+    with pytest.raises(inference.RequestError, match="pixels; at most"):
+        inference.input_fn(solid_png(side, side), inference.PNG)
+
+
+def test_a_batch_with_too_many_pixels_together_is_refused():
+    # Each image is allowed alone; together they are not.
+    side = int((inference.MAX_REQUEST_PIXELS / 3) ** 0.5) + 1
+    assert side * side <= inference.MAX_IMAGE_PIXELS
+    instance = {"b64": base64.b64encode(solid_png(side, side)).decode()}
+    with pytest.raises(inference.RequestError, match="pixels together"):
+        inference.input_fn(json.dumps({"instances": [instance] * 3}), inference.JSON)
+
+
+def test_a_decompression_bomb_is_refused_as_too_large():
+    # A PNG whose header claims 30000 x 30000 pixels: Pillow refuses it before decoding a single row.
+    png = solid_png(1, 1)
+    header = (30000).to_bytes(4, "big") * 2 + png[24:29]
+    bomb = png[:16] + header + zlib.crc32(b"IHDR" + header).to_bytes(4, "big") + png[33:]
+    with pytest.raises(inference.RequestError, match="image too large"):
+        inference.input_fn(bomb, inference.PNG)
+
+
+def test_model_fn_follows_the_runtime_setting(monkeypatch):
+    monkeypatch.setenv(inference.RUNTIME_ENV, "pytorch")
+    assert inference.model_fn(str(DEFAULT_MODEL)).runtime == "pytorch"
+
+
+def test_export_command_writes_a_graph_the_handlers_use(tmp_path, labrador):
+    model_dir = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, model_dir)
+    result = subprocess.run(
+        [sys.executable, "-m", "training.export", "--model-dir", str(model_dir)],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "max probability gap to PyTorch" in result.stdout
+    predictor = inference.load_predictor(model_dir, runtime="onnx", threads=1)
+    assert predictor.runner.path == model_dir / ONNX_FILE
+    assert classify(predictor, labrador)["predictions"][0]["label"] == "Labrador_retriever"
+
+
+# SageMaker's PyTorch inference container: TorchServe turns each HTTP request into a batch entry and puts its
+# headers into the one request context of the model, and the SageMaker inference toolkit's Transformer runs
+# this module's handlers on them.
+@dataclass
+class Toolkit:
+    transformer: object
+    context: object
+
+    def invoke(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        from ts.service import Service
+
+        request = {
+            "requestId": b"0",
+            "parameters": [{"name": "body", "contentType": headers["Content-Type"].encode(), "value": body}],
+            "headers": [{"name": name.encode(), "value": value.encode()} for name, value in headers.items()],
+        }
+        # What TorchServe's Service.predict does for every batch before calling the handler service.
+        request_headers, batch, _ = Service.retrieve_data_for_inference([request])
+        self.context.request_processor = request_headers
+        [answer] = self.transformer.transform(batch, self.context)
+        answer = answer.encode() if isinstance(answer, str) else answer
+        return self.context.request_processor[0].get_response_status_code(), answer
+
+
+@pytest.fixture(scope="module")
+def toolkit(onnx_cache):
+    from sagemaker_inference.default_inference_handler import DefaultInferenceHandler
+    from sagemaker_inference.transformer import Transformer
+    from ts.context import Context
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SAGEMAKER_PROGRAM", "training.inference")
+        yield Toolkit(
+            Transformer(default_inference_handler=DefaultInferenceHandler()),
+            Context("dogbreeds", str(DEFAULT_MODEL), {}, 1, None, "0.12.0"),
+        )
+
+
+def test_sagemaker_toolkit_runs_the_handlers(toolkit, labrador, spaniel):
+    status, body = toolkit.invoke(labrador, {"Content-Type": inference.JPEG, "Accept": "*/*"})
+    assert status == 200
+    assert json.loads(body)["predictions"][0]["label"] == "Labrador_retriever"
+
+    batch = json.dumps(
+        {"instances": [{"b64": base64.b64encode(image).decode()} for image in (spaniel, labrador)]}
+    )
+    status, body = toolkit.invoke(batch.encode(), {"Content-Type": inference.JSON})
+    assert status == 200
+    assert [answer["predictions"][0]["label"] for answer in json.loads(body)][1] == "Labrador_retriever"
+
+
+def test_sagemaker_toolkit_passes_custom_attributes_to_top_k(toolkit, labrador):
+    headers = {"Content-Type": inference.JPEG, inference.CUSTOM_ATTRIBUTES_HEADER: "top_k=2"}
+    status, body = toolkit.invoke(labrador, headers)
+    assert status == 200
+    assert len(json.loads(body)["predictions"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"), [(b"garbage", inference.JPEG, 400), (b"a,b", "text/csv", 415)]
+)
+def test_sagemaker_toolkit_answers_request_errors_with_their_status(toolkit, body, content_type, status):
+    answered, message = toolkit.invoke(body, {"Content-Type": content_type})
+    assert answered == status
+    assert message.startswith(b"cannot decode the image" if status == 400 else b"unsupported content type")

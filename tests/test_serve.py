@@ -1,0 +1,338 @@
+"""boto3's invoke_endpoint against a real `python -m training.serve` process serving the committed model."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from botocore.parsers import create_parser
+from conftest import DEFAULT_MODEL, PROJECT, EndpointProcess, free_port
+from PIL import Image
+
+from training import export, inference
+from training.serve import (
+    DEFAULT_ENDPOINT_NAME,
+    MAX_BODY_BYTES,
+    PRODUCTION_VARIANT,
+    ContainerAnswer,
+    model_error,
+)
+
+
+@pytest.fixture
+def runtime(runtime_env):
+    # No retries: a test must see the first answer, as the Lambda's error mapping would.
+    return boto3.client("sagemaker-runtime", config=Config(retries={"max_attempts": 1, "mode": "standard"}))
+
+
+@pytest.fixture(scope="module")
+def labrador(samples) -> bytes:
+    return (samples / "Labrador_retriever_06455.jpg").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def spaniel(samples) -> bytes:
+    return (samples / "American_water_spaniel_00648.jpg").read_bytes()
+
+
+def invoke(runtime, body, content_type=inference.JPEG, **extra):
+    response = runtime.invoke_endpoint(
+        EndpointName=DEFAULT_ENDPOINT_NAME, Body=body, ContentType=content_type, **extra
+    )
+    return response, json.loads(response["Body"].read())
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_labrador_comes_back_as_labrador(runtime, labrador):
+    response, answer = invoke(runtime, labrador, Accept=inference.JSON)
+
+    assert response["ContentType"] == inference.JSON
+    assert response["InvokedProductionVariant"] == PRODUCTION_VARIANT
+    assert answer["predictions"][0]["label"] == "Labrador_retriever"
+    assert answer["predictions"][0]["breed"] == "Labrador retriever"
+    assert len(answer["predictions"]) == inference.DEFAULT_TOP_K
+    assert answer["is_dog"] is True
+    assert answer["model"]["name"] == json.loads((DEFAULT_MODEL / "config.json").read_text())["name"]
+
+
+def test_batch_answers_in_order(runtime, labrador, spaniel):
+    body = json.dumps(
+        {"instances": [{"b64": base64.b64encode(image).decode()} for image in (labrador, spaniel)]}
+    )
+    _, answers = invoke(runtime, body.encode(), inference.JSON)
+    _, alone = invoke(runtime, spaniel)
+
+    assert len(answers) == 2
+    assert answers[0]["predictions"][0]["label"] == "Labrador_retriever"
+    assert answers[1]["predictions"][0]["label"] == alone["predictions"][0]["label"]
+
+
+def test_top_k_through_custom_attributes(runtime, labrador):
+    _, answer = invoke(runtime, labrador, CustomAttributes="top_k=3")
+    assert [p["label"] for p in answer["predictions"]][:1] == ["Labrador_retriever"]
+    assert len(answer["predictions"]) == 3
+
+
+def test_png_with_alpha(runtime, labrador):
+    picture = Image.open(io.BytesIO(labrador)).convert("RGBA")
+    picture.putalpha(Image.linear_gradient("L").resize(picture.size).point(lambda value: 128 + value // 2))
+    png = io.BytesIO()
+    picture.save(png, format="PNG")
+
+    _, answer = invoke(runtime, png.getvalue(), inference.PNG)
+    assert answer["predictions"][0]["label"] == "Labrador_retriever"
+
+
+def test_garbage_bytes_raise_model_error(runtime):
+    with pytest.raises(runtime.exceptions.ModelError) as raised:
+        invoke(runtime, b"this is not a picture")
+    error = raised.value.response
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 424
+    assert error["OriginalStatusCode"] == 400
+    assert "cannot decode the image" in error["OriginalMessage"]
+
+
+def test_unsupported_content_type_raises_model_error_naming_it(runtime, labrador):
+    with pytest.raises(runtime.exceptions.ModelError) as raised:
+        invoke(runtime, labrador, "text/csv")
+    assert raised.value.response["OriginalStatusCode"] == 415
+    assert "text/csv" in raised.value.response["OriginalMessage"]
+
+
+def test_unknown_endpoint_name_raises_validation_error(runtime, labrador):
+    with pytest.raises(runtime.exceptions.ValidationError, match="Endpoint no-such-endpoint .* not found"):
+        runtime.invoke_endpoint(EndpointName="no-such-endpoint", Body=labrador, ContentType=inference.JPEG)
+
+
+def test_missing_content_type_raises_validation_error(runtime, labrador):
+    with pytest.raises(runtime.exceptions.ValidationError, match="ContentType"):
+        runtime.invoke_endpoint(EndpointName=DEFAULT_ENDPOINT_NAME, Body=labrador)
+
+
+def test_body_over_6_mb_is_413(runtime):
+    with pytest.raises(ClientError) as raised:
+        invoke(runtime, b"\0" * (MAX_BODY_BYTES + 1))
+    # SageMaker's own answer carries no error type, so botocore names the error after the status.
+    assert raised.value.response["Error"]["Code"] == "413"
+    assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
+
+
+def test_body_of_exactly_6_mb_reaches_the_model(runtime):
+    with pytest.raises(runtime.exceptions.ModelError) as raised:
+        invoke(runtime, b"\0" * MAX_BODY_BYTES)
+    assert raised.value.response["OriginalStatusCode"] == 400
+
+
+def test_container_contract_invocations(endpoint, labrador):
+    status, body = post(f"{endpoint.url}/invocations", labrador, {"Content-Type": inference.JPEG})
+    assert status == 200
+    assert json.loads(body)["predictions"][0]["label"] == "Labrador_retriever"
+
+    status, body = post(f"{endpoint.url}/invocations", labrador, {"Content-Type": "text/plain"})
+    assert status == 415
+    assert b"unsupported content type" in body
+
+    status, _ = post(
+        f"{endpoint.url}/invocations", labrador, {"Content-Type": inference.JPEG, "Accept": "text/csv"}
+    )
+    assert status == 406
+
+
+def test_oversized_body_is_refused_without_a_content_length(endpoint):
+    # Chunked transfer declares no size: the server counts as it reads and stops at the limit.
+    connection = http.client.HTTPConnection("127.0.0.1", endpoint.port, timeout=60)
+    chunk = b"\0" * 1024 * 1024
+    connection.request(
+        "POST",
+        f"/endpoints/{DEFAULT_ENDPOINT_NAME}/invocations",
+        body=(chunk for _ in range(MAX_BODY_BYTES // len(chunk) + 1)),
+        headers={"Content-Type": inference.JPEG},
+        encode_chunked=True,
+    )
+    response = connection.getresponse()
+    assert response.status == 413
+    assert json.loads(response.read()) == {"message": f"HTTP content length exceeded {MAX_BODY_BYTES} bytes."}
+    connection.close()
+
+    status, _ = post(
+        f"{endpoint.url}/invocations", b"\0" * (MAX_BODY_BYTES + 1), {"Content-Type": inference.JPEG}
+    )
+    assert status == 413
+
+
+def test_concurrent_requests_each_get_their_own_answer(runtime, labrador, spaniel):
+    _, expected_spaniel = invoke(runtime, spaniel)
+    images = [labrador, spaniel] * 8
+
+    def classify(image):
+        return invoke(runtime, image)[1]["predictions"][0]
+
+    with ThreadPoolExecutor(max_workers=len(images)) as pool:
+        answers = list(pool.map(classify, images))
+
+    for image, top in zip(images, answers, strict=True):
+        expected = "Labrador_retriever" if image is labrador else expected_spaniel["predictions"][0]["label"]
+        assert top["label"] == expected
+    spaniel_probabilities = [
+        top["probability"] for image, top in zip(images, answers, strict=True) if image is spaniel
+    ]
+    assert spaniel_probabilities == pytest.approx(
+        [expected_spaniel["predictions"][0]["probability"]] * 8, abs=1e-4
+    )
+
+
+def test_ping_is_503_while_loading_then_200_and_sigterm_stops_cleanly(tmp_path, monkeypatch, labrador):
+    # A fresh ONNX cache makes every worker wait for an export, so loading takes seconds, not milliseconds.
+    monkeypatch.setenv(export.CACHE_ENV, str(tmp_path / "cache"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_file = tmp_path / "serve.log"
+    with open(log_file, "wb") as log:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "training.serve",
+                "--model-dir",
+                str(DEFAULT_MODEL),
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+                "--endpoint-name",
+                "two-workers",
+            ],
+            cwd=PROJECT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        statuses = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and statuses[-1:] != [200] and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                    statuses.append(response.status)
+            except urllib.error.HTTPError as error:
+                statuses.append(error.code)
+            except OSError:
+                pass  # not listening yet
+            time.sleep(0.05)
+        assert 503 in statuses, statuses
+        assert statuses[-1] == 200
+        assert set(statuses) <= {200, 503}
+
+        client = boto3.client(
+            "sagemaker-runtime",
+            endpoint_url=url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        # A worker still loading answers ServiceUnavailable, which botocore retries until the other answers.
+        for _ in range(4):
+            response = client.invoke_endpoint(
+                EndpointName="two-workers", Body=labrador, ContentType=inference.JPEG
+            )
+            assert json.loads(response["Body"].read())["predictions"][0]["label"] == "Labrador_retriever"
+    finally:
+        server.terminate()
+        returncode = server.wait(timeout=60)
+    assert returncode == 0
+    log = log_file.read_text()
+    request_lines = re.findall(
+        r"POST /endpoints/two-workers/invocations 200 in=(\d+)B out=(\d+)B [\d.]+ms", log
+    )
+    assert len(request_lines) == 4
+    assert all(int(bytes_in) == len(labrador) and int(bytes_out) > 0 for bytes_in, bytes_out in request_lines)
+    assert log.count("Application shutdown complete") == 2, "both workers shut down cleanly"
+
+
+def test_a_failing_handler_is_relayed_as_model_error():
+    # The shape SageMaker relays a container's 500 in, read back by botocore's own parser for the service.
+    response = model_error(ContainerAnswer(500, b"inference failed: RuntimeError", "text/plain"))
+    operation = boto3.client("sagemaker-runtime", region_name="us-east-1").meta.service_model.operation_model(
+        "InvokeEndpoint"
+    )
+    parsed = create_parser("rest-json").parse(
+        {"status_code": response.status_code, "headers": dict(response.headers), "body": response.body},
+        operation.output_shape,
+    )
+    assert response.status_code == 424
+    assert parsed["Error"]["Code"] == "ModelError"
+    assert "Received server error (500)" in parsed["Error"]["Message"]
+
+
+def test_a_model_that_fails_to_load_is_reported_not_served(tmp_path, labrador):
+    model_dir = tmp_path / "broken"
+    shutil.copytree(DEFAULT_MODEL, model_dir)
+    labels = json.loads((model_dir / "labels.json").read_text())
+    (model_dir / "labels.json").write_text(json.dumps(labels[:-1]))  # one label short of the model's outputs
+    server = EndpointProcess(model_dir)
+    try:
+        deadline = time.monotonic() + 120
+        status, answer = None, {}
+        while time.monotonic() < deadline and status in (None, 503):
+            try:
+                with urllib.request.urlopen(f"{server.url}/ping", timeout=2) as response:
+                    status = response.status
+            except urllib.error.HTTPError as error:
+                status, answer = error.code, json.loads(error.read())
+            except OSError:
+                pass
+            time.sleep(0.1)
+        assert status == 500
+        assert "labels" in answer["error"]
+
+        client = boto3.client(
+            "sagemaker-runtime",
+            endpoint_url=server.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            config=Config(retries={"max_attempts": 1}),
+        )
+        with pytest.raises(ClientError) as raised:
+            client.invoke_endpoint(
+                EndpointName=DEFAULT_ENDPOINT_NAME, Body=labrador, ContentType=inference.JPEG
+            )
+        assert raised.value.response["Error"]["Code"] == "ServiceUnavailable"
+        assert "model failed to load" in raised.value.response["Error"]["Message"]
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_endpoint_benchmark_runs_and_prints_its_figures():
+    result = subprocess.run(
+        [sys.executable, "bench/endpoint.py", "--seconds", "1", "--runs", "10", "--rounds", "1"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"endpoint, whole request .* speed-up over best eager: [\d.]+x", result.stdout)
+    assert re.search(r"endpoint / best eager +[\d.]+x +[\d.]+x +[\d.]+x", result.stdout)

@@ -1,0 +1,325 @@
+"""SageMaker inference handlers: model_fn -> input_fn -> predict_fn -> output_fn.
+
+The same module runs in SageMaker's PyTorch inference container (as the entry point) and in the local endpoint
+(`python -m training.serve`). It holds the one response schema of the project:
+
+    {"predictions": [{"label": "Labrador_retriever", "breed": "Labrador retriever", "probability": 0.93},
+                     ...],
+     "is_dog": true, "dog_probability": 0.99, "model": {"name": "dogbreeds", "version": "1"}}
+
+A JSON batch `{"instances": [{"b64": "..."}, ...]}` answers a list of those, in order. It never fetches URLs:
+endpoints may run network-isolated, and fetching is the API's job.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from training.export import OnnxRunner, TorchRunner, onnx_runner_for, softmax
+from training.model import breed_name, load_model
+from training.preprocessing import Preprocessing, UnreadableImageError, open_image
+
+log = logging.getLogger(__name__)
+
+JPEG = "image/jpeg"
+PNG = "image/png"
+WEBP = "image/webp"
+X_IMAGE = "application/x-image"
+OCTET_STREAM = "application/octet-stream"
+JSON = "application/json"
+# One image per request, its bytes as the body; Pillow tells the format from the bytes, not from the header.
+IMAGE_CONTENT_TYPES = (JPEG, PNG, WEBP, X_IMAGE, OCTET_STREAM)
+CONTENT_TYPES = (*IMAGE_CONTENT_TYPES, JSON)
+ACCEPT_TYPES = (JSON,)
+
+# SageMaker forwards InvokeEndpoint's CustomAttributes verbatim in this header.
+CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+DEFAULT_TOP_K = 5
+# dog_probability is the share of the ImageNet softmax on its dog classes; past one half, "a dog" outweighs
+# the other 875 classes together. No higher: a dog among people or furniture shares the mass (the sample photo
+# of people with a dog scored ~0.7 with the first model), and the breed answer is still worth giving then.
+DOG_THRESHOLD = 0.5
+# A 6 MB body of tiny images could otherwise ask for thousands of 600 KB input arrays.
+MAX_INSTANCES = 64
+# Decoded pictures wait in memory until predict_fn, and a few KB of PNG can decode to hundreds of MB: cap
+# the pixels of one image (a 12 MP photo passes; the API sends a few hundred a side anyway) and of a request.
+MAX_IMAGE_PIXELS = 40_000_000
+MAX_REQUEST_PIXELS = 100_000_000
+
+RUNTIME_ENV = "DOGBREEDS_RUNTIME"  # auto (ONNX Runtime when installed, else PyTorch), onnx, or pytorch
+THREADS_ENV = "DOGBREEDS_THREADS"
+
+_TOP_K_ATTRIBUTE = re.compile(r"(?:^|[\s,;])top_k\s*=\s*([^\s,;]*)", re.IGNORECASE)
+
+
+try:
+    # SageMaker's inference containers ship the toolkit: its errors answer with their own status, any other
+    # exception with a 500.
+    from sagemaker_inference.errors import BaseInferenceToolkitError as _ToolkitError
+except ImportError:
+
+    class _ToolkitError(Exception):
+        pass
+
+
+class RequestError(ValueError, _ToolkitError):
+    """The request cannot be answered as sent. `status_code` is the HTTP status the container answers with."""
+
+    status_code = HTTPStatus.BAD_REQUEST
+
+    def __init__(self, message: str):
+        ValueError.__init__(self, message)
+        # The attributes SageMaker's toolkit answers an error with.
+        self.message = message
+        self.phrase = HTTPStatus(self.status_code).phrase
+
+
+class UnsupportedContentTypeError(RequestError):
+    status_code = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+
+class UnsupportedAcceptError(RequestError):
+    status_code = HTTPStatus.NOT_ACCEPTABLE
+
+
+@dataclass(frozen=True)
+class Instances:
+    """What input_fn decoded: the pictures (RGB, upright) and how to answer them.
+
+    Preprocessing waits for predict_fn, which has the model and so the artifact's own settings.
+    """
+
+    images: list[Image.Image]
+    is_batch: bool  # a JSON batch answers a list, a single image one object
+    top_k: int = DEFAULT_TOP_K
+
+
+class BreedPredictor:
+    """The loaded model: a runner (ONNX Runtime or PyTorch) with the labels and settings of its artifact."""
+
+    def __init__(
+        self, runner: OnnxRunner | TorchRunner, config: dict, labels: list[str], preprocessing: Preprocessing
+    ):
+        self.runner = runner
+        self.labels = labels
+        self.preprocessing = preprocessing
+        self.model_info = {"name": config["name"], "version": str(config["version"])}
+
+    @property
+    def runtime(self) -> str:
+        return self.runner.name
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(breed probabilities N x classes, dog probabilities N) for a normalised NCHW batch."""
+        breed_logits, dog_probability = self.runner(images)
+        return softmax(breed_logits), dog_probability
+
+
+def default_threads() -> int:
+    """The CPUs this process may use, shared among the model server's workers."""
+    if os.environ.get(THREADS_ENV):
+        return max(1, int(os.environ[THREADS_ENV]))
+    workers = int(os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS") or 1)
+    return max(1, len(os.sched_getaffinity(0)) // workers)
+
+
+def load_predictor(
+    model_dir: str | Path, runtime: str = "auto", threads: int | None = None
+) -> BreedPredictor:
+    """Load an artifact for inference.
+
+    `runtime` is "auto" (ONNX Runtime when it is installed and its graph agrees with PyTorch, else PyTorch),
+    "onnx" (ONNX Runtime or an error) or "pytorch". Raises ValueError for an unknown runtime or a broken
+    artifact.
+    """
+    if runtime not in ("auto", "onnx", "pytorch"):
+        raise ValueError(f"unknown runtime {runtime!r}; choose auto, onnx or pytorch")
+    threads = threads or default_threads()
+    torch.set_num_threads(threads)
+    model, config, labels, preprocessing = load_model(model_dir)
+    runner: OnnxRunner | TorchRunner = TorchRunner(model)
+    if runtime != "pytorch":
+        try:
+            runner = onnx_runner_for(model, model_dir, preprocessing.image_size, threads)
+        # Whatever keeps the graph from running (no onnxruntime, a read-only cache, an export or runtime
+        # failure, a graph that disagrees), PyTorch still can: serve slower rather than not at all.
+        except Exception as error:  # noqa: BLE001
+            if runtime == "onnx":
+                raise
+            log.warning(
+                "ONNX Runtime unavailable (%s: %s); serving with eager PyTorch", type(error).__name__, error
+            )
+    log.info("loaded %s %s (%s, %d threads)", config["name"], config["version"], runner.name, threads)
+    return BreedPredictor(runner, config, labels, preprocessing)
+
+
+def model_fn(model_dir: str) -> BreedPredictor:
+    return load_predictor(model_dir, runtime=os.environ.get(RUNTIME_ENV, "auto"))
+
+
+def input_fn(body: bytes | str, content_type: str | None, context=None) -> Instances:
+    """Decode a request body into `Instances`.
+
+    `context` is the model server's request context, which carries CustomAttributes (`top_k=3`): SageMaker's
+    toolkit passes TorchServe's (one object per model, its headers replaced for every request) and the local
+    endpoint one with the same `request_processor[0].get_request_properties()`. Without a context, or one
+    this code cannot read, top_k stays 5. (The toolkit counts parameters to decide whether to pass the
+    context, so there must be exactly three.)
+
+    Raises UnsupportedContentTypeError for a content type not in CONTENT_TYPES and RequestError for a
+    body that is not what its content type says (undecodable image, bad JSON or base64, a bad top_k).
+    """
+    media_type = _media_type(content_type)
+    if media_type in IMAGE_CONTENT_TYPES:
+        data = body.encode() if isinstance(body, str) else body
+        return Instances([_decode(data)], is_batch=False, top_k=top_k_from(context))
+    if media_type == JSON:
+        instances = _json_instances(body)
+        total = sum(_pixels(data) for data in instances)
+        if total > MAX_REQUEST_PIXELS:
+            raise RequestError(f"the images hold {total:,} pixels together; at most {MAX_REQUEST_PIXELS:,}")
+        images = [_decode(data, index) for index, data in enumerate(instances)]
+        return Instances(images, is_batch=True, top_k=top_k_from(context))
+    raise UnsupportedContentTypeError(
+        f"unsupported content type {content_type!r}; send one of {', '.join(CONTENT_TYPES)}"
+    )
+
+
+def predict_fn(data: Instances, model: BreedPredictor) -> dict | list[dict]:
+    """Run the model and shape the answer: one response object, or a list of them for a JSON batch."""
+    images = np.stack([model.preprocessing(image) for image in data.images])
+    breed_probabilities, dog_probabilities = model.predict(images)
+    answers = [
+        describe(breed_row, float(dog_probability), model.labels, data.top_k, model.model_info)
+        for breed_row, dog_probability in zip(breed_probabilities, dog_probabilities, strict=True)
+    ]
+    return answers if data.is_batch else answers[0]
+
+
+def output_fn(prediction: dict | list[dict], accept: str | None) -> bytes:
+    """Serialise an answer. Raises UnsupportedAcceptError unless `accept` admits application/json."""
+    if not _accepts_json(accept):
+        raise UnsupportedAcceptError(f"cannot answer as {accept!r}; the answer is {JSON}")
+    return json.dumps(prediction).encode()
+
+
+def describe(
+    breed_probabilities: np.ndarray, dog_probability: float, labels: list[str], top_k: int, model_info: dict
+) -> dict:
+    """The response object for one image: the top_k breeds by probability, whether it is a dog, the model."""
+    best = np.argsort(-breed_probabilities, kind="stable")[: min(top_k, len(labels))]
+    return {
+        "predictions": [
+            {
+                "label": labels[index],
+                "breed": breed_name(labels[index]),
+                "probability": round(float(breed_probabilities[index]), 6),
+            }
+            for index in best
+        ],
+        "is_dog": dog_probability >= DOG_THRESHOLD,
+        "dog_probability": round(dog_probability, 6),
+        "model": dict(model_info),
+    }
+
+
+def top_k_from(context) -> int:
+    """top_k from the request's CustomAttributes (`top_k=3`, possibly among other attributes), else 5.
+
+    Raises RequestError for a top_k that is not a positive integer.
+    """
+    attributes = _custom_attributes(context)
+    match = _TOP_K_ATTRIBUTE.search(attributes or "")
+    if not match:
+        return DEFAULT_TOP_K
+    value = match.group(1)
+    if not value.isdigit() or int(value) < 1:
+        raise RequestError(f"top_k must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _custom_attributes(context) -> str | None:
+    if context is None:
+        return None
+    try:
+        properties = context.request_processor[0].get_request_properties()
+    except (AttributeError, IndexError, TypeError):
+        log.debug("request context without request properties; top_k stays %d", DEFAULT_TOP_K)
+        return None
+    wanted = CUSTOM_ATTRIBUTES_HEADER.lower()
+    for key, value in dict(properties).items():
+        if str(key).lower() == wanted:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def _accepts_json(accept: str | None) -> bool:
+    if not accept:
+        return True
+    ranges = {_media_type(part) for part in accept.split(",")}
+    return bool(ranges & {*ACCEPT_TYPES, "application/*", "*/*", ""})
+
+
+def _json_instances(body: bytes | str) -> list[bytes]:
+    try:
+        document = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise RequestError(f"body is not valid JSON: {error}") from error
+    instances = document.get("instances") if isinstance(document, dict) else None
+    if not isinstance(instances, list) or not instances:
+        raise RequestError(
+            'JSON body must be {"instances": [{"b64": "<base64 image>"}, ...]} with one or more'
+        )
+    if len(instances) > MAX_INSTANCES:
+        raise RequestError(f"at most {MAX_INSTANCES} instances per request, got {len(instances)}")
+    images = []
+    for index, instance in enumerate(instances):
+        encoded = instance.get("b64") if isinstance(instance, dict) else None
+        if not isinstance(encoded, str):
+            raise RequestError(f'instance {index}: expected {{"b64": "<base64 image>"}}')
+        try:
+            images.append(base64.b64decode(encoded, validate=True))
+        except (binascii.Error, ValueError) as error:
+            raise RequestError(f"instance {index}: invalid base64: {error}") from error
+    return images
+
+
+def _decode(data: bytes, index: int | None = None) -> Image.Image:
+    where = "" if index is None else f"instance {index}: "
+    if not data:
+        raise RequestError(f"{where}empty image")
+    if (pixels := _pixels(data)) > MAX_IMAGE_PIXELS:
+        raise RequestError(f"{where}image of {pixels:,} pixels; at most {MAX_IMAGE_PIXELS:,}")
+    try:
+        return open_image(data)
+    except UnreadableImageError as error:
+        if isinstance(error.__cause__, Image.DecompressionBombError):
+            raise RequestError(f"{where}image too large: {error.__cause__}") from error
+        # Pillow's other reasons name an in-memory file object, which tells the client nothing.
+        raise RequestError(f"{where}cannot decode the image; send a JPEG, PNG, WebP or GIF") from error
+
+
+def _pixels(data: bytes) -> int:
+    """Width x height from the image header, without decoding; 0 when unreadable (decoding will say why)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.width * image.height
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return 0
