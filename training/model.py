@@ -97,8 +97,12 @@ def save_model(
     trained_prefixes: tuple[str, ...] = ("breed_head.",),
     name: str = "dogbreeds",
     version: str = "1",
+    preprocessing: Preprocessing | None = None,
 ) -> None:
-    """Write the artifact. Only parameters whose names start with one of `trained_prefixes` are stored."""
+    """Write the artifact. Only parameters whose names start with one of `trained_prefixes` are stored.
+
+    `preprocessing` is what the model was trained with (default: the backbone's standard resize and crop).
+    """
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     state = {
@@ -114,7 +118,7 @@ def save_model(
         "backbone": model.backbone_name,
         "num_classes": len(labels),
         "trained_prefixes": list(trained_prefixes),
-        "preprocessing": Preprocessing.for_backbone(model.backbone_name).to_dict(),
+        "preprocessing": (preprocessing or Preprocessing.for_backbone(model.backbone_name)).to_dict(),
     }
     (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
 

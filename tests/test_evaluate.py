@@ -1,0 +1,78 @@
+"""`python -m training.evaluate` on a tiny trained model and a few real photos."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from training.model import BreedClassifier, init_breed_head_from_imagenet, save_model
+
+PROJECT = Path(__file__).resolve().parents[1]
+# ImageNet-1k rows of the three breeds: a head that is exactly the backbone's own knowledge of them.
+BREEDS = {"Beagle": 162, "Labrador_retriever": 208, "Pomeranian": 259}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    import torch
+
+    model = BreedClassifier("efficientnet-lite0", num_classes=len(BREEDS))
+    matches = torch.zeros(len(BREEDS), 1000)
+    for position, row in enumerate(BREEDS.values()):
+        matches[position, row] = 1.0
+    init_breed_head_from_imagenet(model, matches)
+    directory = tmp_path_factory.mktemp("model")
+    save_model(model, directory, list(BREEDS))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def data(dogs, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("valid")
+    for breed in BREEDS:
+        source = next((dogs / "valid").glob(f"*.{breed}"))
+        (root / source.name).mkdir()
+        for image in sorted(source.glob("*.jpg"))[:4]:
+            shutil.copy(image, root / source.name / image.name)
+    return root
+
+
+def evaluate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "training.evaluate", "--threads", "1", *args],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def test_prints_accuracy_and_writes_a_chart(model_dir, data):
+    result = evaluate("--model-dir", str(model_dir), "--data", str(data))
+    assert result.returncode == 0, result.stderr
+    top1, top5 = map(float, re.search(r"top1=([0-9.]+) top5=([0-9.]+)", result.stdout).groups())
+    assert top5 == 1.0  # only three classes
+    assert top1 >= 0.75
+
+    report = json.loads((model_dir / f"evaluation-{data.name}.json").read_text())
+    assert report["top1"] == pytest.approx(top1, abs=1e-4) and report["images"] == 12
+    assert set(report["per_class_top1"]) == set(BREEDS)
+    with Image.open(model_dir / f"per_class_accuracy-{data.name}.png") as chart:
+        assert chart.format == "PNG" and chart.width > 300 and chart.height > 200
+    assert (model_dir / f"per_class_accuracy-{data.name}.png").stat().st_size < 200_000
+
+
+def test_unknown_classes_are_a_clear_error(model_dir, data, tmp_path):
+    shutil.copytree(data, tmp_path / "valid")
+    (tmp_path / "valid" / "200.Dingo").mkdir()
+    result = evaluate("--model-dir", str(model_dir), "--data", str(tmp_path / "valid"), "--no-onnx")
+    assert result.returncode != 0
+    assert "classes the model does not know: ['200.Dingo']" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,98 @@
+"""The breed classifier and its artifact, with the real pretrained backbone and real photos."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import DEFAULT_MODEL
+
+from training.model import (
+    CONFIG_FILE,
+    IMAGENET_DOG_CLASSES,
+    WEIGHTS_FILE,
+    BreedClassifier,
+    breed_name,
+    init_breed_head_from_imagenet,
+    label_from_folder,
+    load_model,
+    read_config,
+    save_model,
+)
+from training.preprocessing import Preprocessing, open_image
+
+LABRADOR = "Labrador_retriever_06455.jpg"
+IMAGENET_LABRADOR = 208  # ImageNet-1k class "Labrador retriever"
+
+
+@pytest.fixture(scope="module")
+def lite0() -> BreedClassifier:
+    return BreedClassifier("efficientnet-lite0", num_classes=3).eval()
+
+
+@pytest.fixture(scope="module")
+def labrador(samples) -> torch.Tensor:
+    image = open_image((samples / LABRADOR).read_bytes())
+    return torch.from_numpy(Preprocessing.for_backbone("efficientnet-lite0")(image))[None]
+
+
+def test_labels_come_from_folder_names():
+    assert label_from_folder("042.Labrador_retriever") == "Labrador_retriever"
+    assert label_from_folder("n02099712-Labrador_retriever") == "n02099712-Labrador_retriever"
+    assert breed_name("German_short-haired_pointer") == "German short-haired pointer"
+
+
+def test_features_and_heads_have_the_promised_shapes(lite0, labrador):
+    batch = torch.cat([labrador, labrador.flip(3)])
+    with torch.inference_mode():
+        features = lite0.features(batch)
+        logits, dog_probability = lite0.heads(features)
+    assert features.shape == (2, 1280)
+    assert logits.shape == (2, 3)
+    assert dog_probability.shape == (2,)
+    assert ((dog_probability > 0.9) & (dog_probability <= 1.0)).all()  # a Labrador is a dog
+
+
+def test_breed_head_starts_from_the_best_matching_imagenet_rows(lite0, labrador):
+    mean_probabilities = torch.zeros(3, 1000)
+    mean_probabilities[0, 151] = mean_probabilities[1, IMAGENET_LABRADOR] = mean_probabilities[2, 207] = 1.0
+    assert init_breed_head_from_imagenet(lite0, mean_probabilities) == [151, IMAGENET_LABRADOR, 207]
+    with torch.inference_mode():
+        logits, _ = lite0(labrador)
+    assert logits.argmax().item() == 1
+    assert IMAGENET_DOG_CLASSES.start == 151 and IMAGENET_DOG_CLASSES.stop == 276
+
+
+def test_artifact_round_trip_stores_only_the_head(lite0, labrador, tmp_path):
+    labels = ["Chihuahua", "Labrador_retriever", "golden_retriever"]
+    save_model(lite0, tmp_path, labels, version="7")
+    stored = torch.load(tmp_path / WEIGHTS_FILE, weights_only=True)
+    assert set(stored) == {"breed_head.weight", "breed_head.bias"}
+    config, read_labels, preprocessing = read_config(tmp_path)
+    assert (config["backbone"], config["version"], read_labels) == ("efficientnet-lite0", "7", labels)
+    assert preprocessing == Preprocessing.for_backbone("efficientnet-lite0")
+
+    loaded, _, _, _ = load_model(tmp_path)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(labrador)[0], lite0(labrador)[0])
+
+
+def test_labels_and_outputs_must_agree(lite0, tmp_path):
+    save_model(lite0, tmp_path, ["a", "b", "c"])
+    config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    (tmp_path / CONFIG_FILE).write_text(json.dumps({**config, "num_classes": 4}))
+    with pytest.raises(ValueError, match="3 labels for 4 outputs"):
+        read_config(tmp_path)
+
+
+def test_default_model_knows_the_sample_labrador(samples):
+    model, config, labels, preprocessing = load_model(DEFAULT_MODEL)
+    image = torch.from_numpy(preprocessing(open_image((samples / LABRADOR).read_bytes())))[None]
+    with torch.inference_mode():
+        logits, dog_probability = model(image)
+    probabilities = logits.softmax(1)[0]
+    assert labels[probabilities.argmax().item()] == "Labrador_retriever"
+    assert probabilities.max().item() > 0.5
+    assert dog_probability.item() > 0.5
+    assert len(labels) == config["num_classes"] == 120

@@ -1,0 +1,198 @@
+"""Training on a few real dog photos: data listing, the artifact, two SageMaker hosts on loopback, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import free_port
+
+from training.data import PreprocessedImages, load_image, read_image_folder
+from training.model import CONFIG_FILE, LABELS_FILE, METRICS_FILE, WEIGHTS_FILE, load_model
+from training.preprocessing import Preprocessing
+
+PROJECT = Path(__file__).resolve().parents[1]
+# Deliberately not in alphabetical order of breed name: the label order must follow the folder names.
+FOLDERS = ("007.Shih-Tzu", "012.Beagle", "044.Labrador_retriever")
+TRAIN_PER_CLASS, VALID_PER_CLASS = 6, 3
+
+
+def copy_dogs(dogs: Path, destination: Path) -> Path:
+    """A miniature dogs/{train,valid} tree of real photos."""
+    for split, count in (("train", TRAIN_PER_CLASS), ("valid", VALID_PER_CLASS)):
+        for folder in FOLDERS:
+            source = next((dogs / split).glob(f"*.{folder.split('.', 1)[1]}"))
+            (destination / split / folder).mkdir(parents=True)
+            for image in sorted(source.glob("*.jpg"))[:count]:
+                shutil.copy(image, destination / split / folder / image.name)
+    return destination
+
+
+def run_training(data: Path, model_dir: Path, *extra: str, env: dict | None = None, entry: str = "module"):
+    command = [sys.executable, "-m", "training.train"] if entry == "module" else [sys.executable, entry]
+    command += [
+        "--backbone", "efficientnet-lite0", "--train", str(data / "train"), "--valid", str(data / "valid"),
+        "--model-dir", str(model_dir), "--epochs", "3", "--batch-size", "8", "--lr", "3e-3",
+        "--threads", "1", "--workers", "0", *extra,
+    ]  # fmt: skip
+    # Strip any SageMaker/torchrun settings of the calling shell: each test states its own.
+    base = {
+        key: value for key, value in os.environ.items() if not key.startswith(("SM_", "RANK", "WORLD_SIZE"))
+    }
+    return subprocess.Popen(
+        command,
+        cwd=PROJECT if entry == "module" else data,
+        env={**base, "PYTHONUNBUFFERED": "1", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 240) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output
+    return output
+
+
+def head_weights(model_dir: Path) -> torch.Tensor:
+    return torch.load(model_dir / WEIGHTS_FILE, weights_only=True)["breed_head.weight"]
+
+
+@pytest.fixture(scope="module")
+def data(dogs, tmp_path_factory) -> Path:
+    return copy_dogs(dogs, tmp_path_factory.mktemp("dogs"))
+
+
+@pytest.fixture(scope="module")
+def single_rank(data, tmp_path_factory) -> tuple[Path, str]:
+    """One rank, PyTorch features (no cache), run as a script the way SageMaker starts it."""
+    model_dir = tmp_path_factory.mktemp("single")
+    output = finish(run_training(data, model_dir, "--no-cache", entry=str(PROJECT / "training" / "train.py")))
+    return model_dir, output
+
+
+def test_labels_follow_folder_order_and_images_are_preprocessed(data):
+    train = read_image_folder(data / "train")
+    assert train.folders == FOLDERS
+    assert train.labels == ["Shih-Tzu", "Beagle", "Labrador_retriever"]
+    assert len(train) == len(FOLDERS) * TRAIN_PER_CLASS
+    assert list(train.targets) == [0] * 6 + [1] * 6 + [2] * 6
+
+    images = PreprocessedImages(train, Preprocessing.for_backbone("efficientnet-lite2"), positions=[7])
+    image, flipped, target = images[0]
+    assert image.shape == flipped.shape == (3, 260, 260) and image.dtype == np.float32
+    assert target == 1
+    np.testing.assert_array_equal(flipped, image[:, :, ::-1])
+
+
+def test_other_splits_are_indexed_like_the_training_split(data, tmp_path):
+    train = read_image_folder(data / "train")
+    shutil.copytree(data / "valid" / FOLDERS[2], tmp_path / FOLDERS[2])
+    valid = read_image_folder(tmp_path, train.folders)
+    assert set(valid.targets) == {2}
+
+    (tmp_path / "999.Unknown_breed").mkdir()
+    with pytest.raises(ValueError, match="999.Unknown_breed"):
+        read_image_folder(tmp_path, train.folders)
+
+
+def test_training_writes_a_small_loadable_artifact(single_rank, data, samples):
+    model_dir, output = single_rank
+    # One tuner-parsable line per epoch, plus the final one.
+    assert len(re.findall(r"^epoch=\d+;.*valid_accuracy=[0-9.]+;", output, re.MULTILINE)) == 3
+    assert {path.name for path in model_dir.iterdir()} == {
+        CONFIG_FILE,
+        LABELS_FILE,
+        WEIGHTS_FILE,
+        METRICS_FILE,
+    }
+    assert (model_dir / WEIGHTS_FILE).stat().st_size < 100_000  # the head only, not the backbone
+
+    model, config, labels, preprocessing = load_model(model_dir)
+    assert labels == ["Shih-Tzu", "Beagle", "Labrador_retriever"]
+    assert config["backbone"] == "efficientnet-lite0" and preprocessing.image_size == 224
+    image = torch.from_numpy(preprocessing(load_image(samples / "Labrador_retriever_06455.jpg")))[None]
+    with torch.inference_mode():
+        logits, dog_probability = model(image)
+    assert logits.shape == (1, 3)
+    assert labels[logits.argmax().item()] == "Labrador_retriever"
+    assert dog_probability.item() > 0.5
+
+    metrics = json.loads((model_dir / METRICS_FILE).read_text())
+    assert metrics["world_size"] == 1 and metrics["backbone"] == "efficientnet-lite0"
+    assert set(metrics["splits"]) == {"train", "valid"}
+    assert metrics["splits"]["valid"]["images"] == len(FOLDERS) * VALID_PER_CLASS
+    assert set(metrics["per_class_valid_top1"]) == set(labels)
+    assert metrics["training_seconds"] > 0
+    # The reloaded artifact reproduces the accuracy training reported.
+    valid = read_image_folder(data / "valid", FOLDERS)
+    batch = torch.from_numpy(np.stack([preprocessing(load_image(path)) for path in valid.paths]))
+    with torch.inference_mode():
+        predicted = model(batch)[0].argmax(1)
+    accuracy = (predicted == torch.tensor(valid.targets)).float().mean().item()
+    assert accuracy == pytest.approx(metrics["splits"]["valid"]["top1"], abs=1e-6)
+    assert accuracy >= 2 / 3  # three breeds the ImageNet backbone knows well
+
+
+def test_two_sagemaker_hosts_train_as_well_as_one(single_rank, data, tmp_path):
+    """Two processes that each believe they are a separate SageMaker instance, joined over loopback."""
+    model_dir = tmp_path / "model"
+    hosts = {"SM_HOSTS": json.dumps(["algo-1", "algo-2"]), "SM_NUM_GPUS": "0"}
+    # algo-1 does not resolve here: --master-addr points both at loopback; all else is as on SageMaker.
+    extra = ("--no-cache", "--master-addr", "127.0.0.1", "--master-port", str(free_port()))
+    processes = [
+        run_training(data, model_dir, *extra, env={**hosts, "SM_CURRENT_HOST": host})
+        for host in ("algo-1", "algo-2")
+    ]
+    outputs = [finish(process) for process in processes]
+
+    assert "rank 0/2" in outputs[0] and "rank 1/2" in outputs[1]
+    assert "valid_accuracy=" in outputs[0] and "valid_accuracy=" not in outputs[1]  # rank 0 alone reports
+    metrics = json.loads((model_dir / METRICS_FILE).read_text())
+    single_metrics = json.loads((single_rank[0] / METRICS_FILE).read_text())
+    assert metrics["world_size"] == 2
+    assert metrics["splits"]["valid"]["top1"] == pytest.approx(single_metrics["splits"]["valid"]["top1"])
+    # Same global batches, gradients averaged across ranks: the same head as one rank, up to rounding.
+    torch.testing.assert_close(head_weights(model_dir), head_weights(single_rank[0]), atol=2e-4, rtol=1e-3)
+    model, _, labels, _ = load_model(model_dir)
+    assert labels == ["Shih-Tzu", "Beagle", "Labrador_retriever"]
+
+
+def test_resumes_from_the_last_checkpoint(single_rank, data, tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    model_dir = tmp_path / "model"
+    common = ("--no-cache", "--checkpoint-dir", str(checkpoints))
+
+    first = finish(run_training(data, model_dir, *common, "--stop-after-epochs", "1"))
+    assert re.findall(r"^epoch=(\d+);", first, re.MULTILINE) == ["1"]
+    assert (checkpoints / "checkpoint.pt").exists() and not model_dir.exists()
+
+    second = finish(run_training(data, model_dir, *common))
+    assert "resuming after epoch 1" in second
+    assert re.findall(r"^epoch=(\d+);", second, re.MULTILINE) == ["2", "3"]
+    # The interrupted run ends where the uninterrupted one did.
+    torch.testing.assert_close(head_weights(model_dir), head_weights(single_rank[0]), atol=1e-5, rtol=1e-4)
+    history = json.loads((model_dir / METRICS_FILE).read_text())["history"]
+    assert [entry["epoch"] for entry in history] == [1, 2, 3]
+
+
+def test_feature_cache_is_reused_with_onnx_runtime(data, tmp_path):
+    cache = tmp_path / "cache"
+    first = finish(run_training(data, tmp_path / "a", "--cache-dir", str(cache), "--epochs", "1"))
+    assert "cached features" not in first
+    assert any(path.suffix == ".onnx" for path in cache.iterdir())
+    assert len(list(cache.glob("efficientnet-lite0-*.pt"))) == 2  # train and valid
+
+    second = finish(run_training(data, tmp_path / "b", "--cache-dir", str(cache), "--epochs", "1"))
+    assert second.count("cached features") == 2
+    metrics = [json.loads((tmp_path / run / METRICS_FILE).read_text()) for run in ("a", "b")]
+    assert metrics[0]["splits"] == metrics[1]["splits"]
