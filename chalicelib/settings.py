@@ -42,7 +42,7 @@ JPEG_QUALITY = 90
 # "preprocessing"."resize_size"): the Lambda shrinks photos to this, so it never sends more pixels than the
 # model uses nor fewer than it needs. A test checks it against the committed model; a stage serving a larger
 # model overrides it with the MODEL_RESIZE_SIZE environment variable.
-DEFAULT_MODEL_RESIZE_SIZE = 256
+DEFAULT_MODEL_RESIZE_SIZE = 260
 
 
 class ConfigurationError(RuntimeError):
