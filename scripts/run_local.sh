@@ -16,6 +16,8 @@ BIN=.venv/bin
 pids=()
 cleanup() {
     trap - EXIT INT TERM
+    # chalice local's auto-reloader serves from a child process of its own.
+    for pid in "${pids[@]}"; do pkill -TERM -P "$pid" 2>/dev/null || true; done
     kill "${pids[@]}" 2>/dev/null || true
     wait 2>/dev/null || true
 }
