@@ -79,6 +79,18 @@ def dogs() -> Path:
 
 
 @pytest.fixture(scope="session")
+def labrador(samples) -> bytes:
+    """A real-world photo of one of the 120 breeds."""
+    return (samples / "Labrador_retriever_06455.jpg").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def spaniel(samples) -> bytes:
+    """A real-world photo of a breed that is not among the 120."""
+    return (samples / "American_water_spaniel_00648.jpg").read_bytes()
+
+
+@pytest.fixture(scope="session")
 def endpoint():
     """The committed default model served by a real `training.serve` process, shared by the whole session."""
     running = EndpointProcess(DEFAULT_MODEL).wait_ready()

@@ -39,16 +39,6 @@ def torch_predictor() -> inference.BreedPredictor:
     return inference.load_predictor(DEFAULT_MODEL, runtime="pytorch", threads=2)
 
 
-@pytest.fixture(scope="module")
-def labrador(samples) -> bytes:
-    return (samples / "Labrador_retriever_06455.jpg").read_bytes()
-
-
-@pytest.fixture(scope="module")
-def spaniel(samples) -> bytes:
-    return (samples / "American_water_spaniel_00648.jpg").read_bytes()
-
-
 def classify(predictor, body, content_type=inference.JPEG, context=None, accept=inference.JSON):
     data = inference.input_fn(body, content_type, context)
     return json.loads(inference.output_fn(inference.predict_fn(data, predictor), accept))

@@ -39,16 +39,6 @@ def runtime(runtime_env):
     return boto3.client("sagemaker-runtime", config=Config(retries={"max_attempts": 1, "mode": "standard"}))
 
 
-@pytest.fixture(scope="module")
-def labrador(samples) -> bytes:
-    return (samples / "Labrador_retriever_06455.jpg").read_bytes()
-
-
-@pytest.fixture(scope="module")
-def spaniel(samples) -> bytes:
-    return (samples / "American_water_spaniel_00648.jpg").read_bytes()
-
-
 def invoke(runtime, body, content_type=inference.JPEG, **extra):
     response = runtime.invoke_endpoint(
         EndpointName=DEFAULT_ENDPOINT_NAME, Body=body, ContentType=content_type, **extra
