@@ -60,27 +60,36 @@ class OnnxRunner:
     name = "onnxruntime"
 
     def __init__(self, onnx_path: str | Path, threads: int):
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle intra-op threads otherwise spin for work, taking the CPU from the threads decoding the next
-        # requests' images; measured here with the CPUs shared, spinning doubled the time of a batch of one.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(onnx_path)
-        self.session = onnxruntime.InferenceSession(
-            str(onnx_path), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = cpu_session(onnx_path, threads)
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         breed_logits, dog_probability = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
         return breed_logits, dog_probability
 
 
-def export_onnx(model: BreedClassifier, path: str | Path, image_size: int) -> Path:
-    """Write the whole model (both outputs, dynamic batch size) as ONNX to `path`, atomically."""
+def cpu_session(onnx_path: str | Path, threads: int):
+    """An ONNX Runtime session on the CPU with `threads` intra-op threads. Raises ImportError without
+    onnxruntime."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle intra-op threads otherwise spin for work, taking the CPU from the threads decoding the next
+    # requests' images; measured here with the CPUs shared, spinning doubled the time of a batch of one.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def export_onnx(
+    model: torch.nn.Module, path: str | Path, image_size: int, output_names: tuple[str, ...] = OUTPUT_NAMES
+) -> Path:
+    """Write `model` (by default the whole BreedClassifier, both outputs) as ONNX to `path`, atomically.
+
+    Its input is `INPUT_NAME`, a float32 (batch, 3, image_size, image_size) array; only the batch is dynamic.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(1, 3, image_size, image_size)
@@ -98,8 +107,8 @@ def export_onnx(model: BreedClassifier, path: str | Path, image_size: int) -> Pa
                 (example,),
                 str(partial_path),
                 input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
-                dynamic_axes={name: batch_axis for name in (INPUT_NAME, *OUTPUT_NAMES)},
+                output_names=list(output_names),
+                dynamic_axes={name: batch_axis for name in (INPUT_NAME, *output_names)},
                 opset_version=OPSET,
                 dynamo=False,
             )

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +23,12 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from training.data import ImageFolder, PreprocessedImages
+from training.export import INPUT_NAME, cpu_session, export_onnx
 from training.model import FEATURE_DIM, BreedClassifier
 from training.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
-ONNX_OPSET = 17
+FEATURES_OUTPUT = "features"
 
 
 @dataclass
@@ -57,46 +57,21 @@ class FeatureExtractor:
         # ONNX Runtime's CPU provider is the fast path on CPUs; on a GPU PyTorch is.
         if use_onnx and onnx_dir is not None and self.device.type == "cpu":
             try:
-                import onnxruntime
+                import onnxruntime  # noqa: F401
             except ImportError:
                 log.info("onnxruntime is not installed: extracting features with PyTorch")
             else:
-                options = onnxruntime.SessionOptions()
-                options.intra_op_num_threads = threads
-                options.inter_op_num_threads = 1
-                path = self._export(onnx_dir)
-                self.session = onnxruntime.InferenceSession(
-                    str(path), options, providers=["CPUExecutionProvider"]
-                )
+                self.session = cpu_session(self._export(onnx_dir), threads)
 
     def _export(self, onnx_dir: Path) -> Path:
-        # The graph's spatial size is fixed at export; only the batch axis is dynamic.
         path = onnx_dir / f"{self.model.backbone_name}-{self.image_size}px-features.onnx"
-        if path.exists():
-            return path
-        onnx_dir.mkdir(parents=True, exist_ok=True)
-        size = self.image_size
-        # Per-process temporary name: ranks sharing a disk may export at the same time; rename is atomic.
-        partial = path.with_suffix(f".{os.getpid()}.partial")
-        with warnings.catch_warnings():
-            # The exporter warns about the padding slices it cannot constant-fold; they cost nothing here.
-            warnings.simplefilter("ignore", UserWarning)
-            torch.onnx.export(
-                _PooledFeatures(self.model),
-                (torch.zeros(1, 3, size, size),),
-                str(partial),
-                input_names=["images"],
-                output_names=["features"],
-                dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-                opset_version=ONNX_OPSET,
-                dynamo=False,
-            )
-        partial.replace(path)
+        if not path.exists():
+            export_onnx(_PooledFeatures(self.model), path, self.image_size, output_names=(FEATURES_OUTPUT,))
         return path
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         if self.session is not None:
-            return self.session.run(["features"], {"images": images})[0]
+            return self.session.run([FEATURES_OUTPUT], {INPUT_NAME: images})[0]
         with torch.inference_mode():
             return self.model.features(torch.from_numpy(images).to(self.device)).cpu().numpy()
 
