@@ -52,6 +52,9 @@ LOCAL_ACCOUNT = "123456789012"
 # image is flat up to batches of 4 and grows past them (+25% at 16, likely the activations outgrowing the
 # caches); through the endpoint (lite0), 4 gave 90-98 images/s at 4-16 clients where 16 gave 65-68.
 DEFAULT_MAX_BATCH = 4
+# Each worker loads its own model and /ping may be answered by one that is ready, after which requests can
+# still reach one that is not: such a request waits this long for its worker's model before a 503.
+LOADING_WAIT_S = 60.0
 
 _SETTINGS_ENV = "DOGBREEDS_SERVE_SETTINGS"
 _LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
@@ -148,6 +151,7 @@ class ModelState:
         self.settings = settings
         self.predictor: MicroBatcher | None = None
         self.error: str | None = None
+        self.settled = threading.Event()  # set once loading has succeeded or failed
         self._loader = threading.Thread(target=self._load, name="model-loader", daemon=True)
 
     def start(self) -> None:
@@ -167,8 +171,10 @@ class ModelState:
         except Exception as error:  # noqa: BLE001 - reported by /ping rather than killing the server silently
             log.exception("model failed to load from %s", self.settings.model_dir)
             self.error = f"model failed to load: {error}"
+            self.settled.set()
             return
         self.predictor = MicroBatcher(predictor, self.settings.max_batch)
+        self.settled.set()
         log.info("model ready (%s) in %.1fs", predictor.runtime, time.perf_counter() - started)
 
 
@@ -224,6 +230,8 @@ async def container_answer(request: Request) -> ContainerAnswer:
         body = await read_body(request)
     except BodyTooLargeError:
         return ContainerAnswer(413, f"body over {MAX_BODY_BYTES} bytes".encode(), "text/plain; charset=utf-8")
+    if state.predictor is None:
+        await run_in_threadpool(state.settled.wait, LOADING_WAIT_S)
     if state.predictor is None:
         return ContainerAnswer(503, (state.error or "model is loading").encode(), "text/plain; charset=utf-8")
     headers = {key.lower(): value for key, value in request.headers.items()}
