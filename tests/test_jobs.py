@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tarfile
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +23,7 @@ from botocore.awsrequest import AWSResponse
 from moto_server import MotoServer
 
 from training.jobs import endpoint
+from training.jobs.autoscaling import ScalingSpec
 from training.jobs.calls import Aws
 from training.jobs.cli import main
 from training.jobs.training_job import METRIC_DEFINITIONS
@@ -453,12 +455,9 @@ def test_deploy_of_a_new_model_updates_the_endpoint(aws, trained_model, capsys):
         role=ROLE,
         bucket=aws.bucket,
         prefix="dogbreeds",
-        endpoint_name=name,
         model_data=trained_model,
         instance_type="ml.m5.large",
-        min_instances=1,
-        max_instances=2,
-        target_invocations=50,
+        scaling=ScalingSpec(endpoint_name=name, min_instances=1, max_instances=2, target_invocations=50),
     )
     first = endpoint.deploy(Aws(REGION), spec, print)
     updates = []
@@ -473,7 +472,7 @@ def test_deploy_of_a_new_model_updates_the_endpoint(aws, trained_model, capsys):
     aws_again.client("sagemaker").meta.events.register(
         "before-call.sagemaker.UpdateEndpoint", update_endpoint
     )
-    bigger = endpoint.EndpointSpec(**{**vars(spec), "instance_type": "ml.c5.xlarge", "max_instances": 6})
+    bigger = replace(spec, instance_type="ml.c5.xlarge", scaling=replace(spec.scaling, max_instances=6))
     second = endpoint.deploy(aws_again, bigger, print)
 
     assert updates == [{"EndpointName": name, "EndpointConfigName": second["endpoint_config"]}]

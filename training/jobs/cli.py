@@ -25,6 +25,7 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from training.jobs import endpoint, launch, storage
+from training.jobs.autoscaling import ScalingSpec
 from training.jobs.calls import Aws
 from training.jobs.settings import AwsSettings, SettingsError, resolve_settings
 from training.jobs.training_job import BACKBONES, DISTRIBUTIONS, DistributionError, JobSpec, SearchSpace
@@ -216,14 +217,16 @@ def run(args: argparse.Namespace, log) -> dict:
             role=settings.require_role(),
             bucket=settings.bucket or model_bucket,
             prefix=args.prefix,
-            endpoint_name=args.endpoint_name,
             model_data=args.model_data,
             instance_type=args.instance_type,
-            min_instances=args.min_instances,
-            max_instances=args.max_instances,
-            target_invocations=args.target_invocations,
-            scale_in_cooldown_s=args.scale_in_cooldown,
-            scale_out_cooldown_s=args.scale_out_cooldown,
+            scaling=ScalingSpec(
+                endpoint_name=args.endpoint_name,
+                min_instances=args.min_instances,
+                max_instances=args.max_instances,
+                target_invocations=args.target_invocations,
+                scale_in_cooldown_s=args.scale_in_cooldown,
+                scale_out_cooldown_s=args.scale_out_cooldown,
+            ),
         )
         return endpoint.deploy(aws, spec, log)
     existed = endpoint.teardown(aws, args.endpoint_name, log)

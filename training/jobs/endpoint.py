@@ -32,25 +32,13 @@ class EndpointSpec:
     role: str
     bucket: str
     prefix: str
-    endpoint_name: str
     model_data: str
     instance_type: str
-    min_instances: int
-    max_instances: int
-    target_invocations: float
-    scale_in_cooldown_s: int = 300
-    scale_out_cooldown_s: int = 60
+    scaling: ScalingSpec  # names the endpoint; its minimum is also the initial instance count
 
     @property
-    def scaling(self) -> ScalingSpec:
-        return ScalingSpec(
-            endpoint_name=self.endpoint_name,
-            min_instances=self.min_instances,
-            max_instances=self.max_instances,
-            target_invocations=self.target_invocations,
-            scale_in_cooldown_s=self.scale_in_cooldown_s,
-            scale_out_cooldown_s=self.scale_out_cooldown_s,
-        )
+    def endpoint_name(self) -> str:
+        return self.scaling.endpoint_name
 
     @property
     def image_uri(self) -> str:
@@ -99,7 +87,7 @@ def endpoint_config_request(spec: EndpointSpec, config_name: str, model_name: st
                 variant_name=VARIANT,
                 model_name=model_name,
                 instance_type=spec.instance_type,
-                initial_instance_count=spec.min_instances,
+                initial_instance_count=spec.scaling.min_instances,
                 initial_variant_weight=1.0,
             )
         ],
@@ -141,7 +129,9 @@ def deploy(aws: Aws, spec: EndpointSpec, log) -> dict[str, str]:
     model_name = versioned_name(
         spec.endpoint_name, spec.image_uri, model_data_url, container_environment(spec)
     )
-    config_name = versioned_name(spec.endpoint_name, model_name, spec.instance_type, spec.min_instances)
+    config_name = versioned_name(
+        spec.endpoint_name, model_name, spec.instance_type, spec.scaling.min_instances
+    )
 
     if aws.describe(describe("DescribeModel", ModelName=model_name)) is None:
         aws.send(AwsCall("s3", "PutObject", {"Bucket": spec.bucket, "Key": model_key, "Body": repacked}))
