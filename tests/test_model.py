@@ -13,7 +13,9 @@ from training.model import (
     IMAGENET_DOG_CLASSES,
     WEIGHTS_FILE,
     BreedClassifier,
+    backbone_names,
     breed_name,
+    combine_flips,
     init_breed_head_from_imagenet,
     label_from_folder,
     load_model,
@@ -84,6 +86,64 @@ def test_labels_and_outputs_must_agree(lite0, tmp_path):
     (tmp_path / CONFIG_FILE).write_text(json.dumps({**config, "num_classes": 4}))
     with pytest.raises(ValueError, match="3 labels for 4 outputs"):
         read_config(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def ensemble() -> BreedClassifier:
+    return BreedClassifier("efficientnet-lite0,efficientnet-lite1", num_classes=3).eval()
+
+
+def test_backbone_specs_name_one_backbone_or_several():
+    assert backbone_names("efficientnet-lite2") == ("efficientnet-lite2",)
+    assert backbone_names("efficientnet-lite0, efficientnet-lite2") == (
+        "efficientnet-lite0",
+        "efficientnet-lite2",
+    )
+    with pytest.raises(ValueError, match="unknown backbone 'efficientnet-lite9'"):
+        backbone_names("efficientnet-lite0,efficientnet-lite9")
+    with pytest.raises(ValueError, match="twice"):
+        backbone_names("efficientnet-lite0,efficientnet-lite0")
+
+
+def test_an_ensemble_concatenates_its_members_features(ensemble, lite0, labrador):
+    with torch.inference_mode():
+        features = ensemble.features(labrador)
+        alone = lite0.features(labrador)
+        _, dog_probability = ensemble.heads(features)
+    assert features.shape == (1, 2 * 1280)
+    torch.testing.assert_close(features[:, :1280], alone)  # the same pretrained lite0 is its first member
+    assert 0.9 < dog_probability.item() <= 1.0
+    assert Preprocessing.for_backbones(backbone_names(ensemble.backbone_name)).image_size == 240
+
+
+def test_an_ensemble_head_starts_from_every_members_imagenet_rows(ensemble, labrador):
+    mean_probabilities = torch.zeros(3, 1000)
+    mean_probabilities[0, 151] = mean_probabilities[1, IMAGENET_LABRADOR] = mean_probabilities[2, 207] = 1.0
+    init_breed_head_from_imagenet(ensemble, mean_probabilities)
+    with torch.inference_mode():
+        logits, _ = ensemble(labrador)
+        features = ensemble.features(labrador).split(1280, dim=1)
+        # The start is the members' mean ImageNet logit of each breed's matching class.
+        member_logits = [member._fc(view) for member, view in zip(ensemble.backbones, features, strict=True)]
+    expected = torch.stack(member_logits).mean(0)[:, [151, IMAGENET_LABRADOR, 207]]
+    torch.testing.assert_close(logits, expected)
+    assert logits.argmax().item() == 1
+
+
+def test_test_time_flip_answers_both_views_combined(lite0, labrador, tmp_path):
+    with torch.inference_mode():
+        logits, dog = lite0(labrador)
+        mirrored_logits, mirrored_dog = lite0(labrador.flip(3))
+    flipping = BreedClassifier("efficientnet-lite0", num_classes=3, test_time_flip=True).eval()
+    flipping.breed_head.load_state_dict(lite0.breed_head.state_dict())
+    with torch.inference_mode():
+        combined, combined_dog = flipping(labrador)
+    torch.testing.assert_close(combined, combine_flips(logits, mirrored_logits))
+    torch.testing.assert_close(combined_dog, (dog + mirrored_dog) / 2)
+
+    save_model(flipping, tmp_path, ["a", "b", "c"])
+    loaded, config, _, _ = load_model(tmp_path)
+    assert config["test_time_flip"] is True and loaded.test_time_flip
 
 
 def test_default_model_knows_the_sample_labrador(samples):

@@ -196,3 +196,26 @@ def test_feature_cache_is_reused_with_onnx_runtime(data, tmp_path):
     assert second.count("cached features") == 2
     metrics = [json.loads((tmp_path / run / METRICS_FILE).read_text()) for run in ("a", "b")]
     assert metrics[0]["splits"] == metrics[1]["splits"]
+
+
+def test_an_ensemble_trains_into_one_artifact(data, samples, tmp_path):
+    model_dir = tmp_path / "model"
+    backbones = "efficientnet-lite0,efficientnet-lite1"
+    output = finish(run_training(data, model_dir, "--no-cache", "--backbone", backbones, "--epochs", "1"))
+    assert "valid_single_view=" in output and "valid_flip_tta=" in output
+
+    model, config, labels, preprocessing = load_model(model_dir)
+    assert config["backbone"] == backbones and config["test_time_flip"] is True
+    assert preprocessing.image_size == 240  # the members share the larger one's input
+    assert head_weights(model_dir).shape == (3, 2 * 1280)
+    image = torch.from_numpy(preprocessing(load_image(samples / "Labrador_retriever_06455.jpg")))[None]
+    with torch.inference_mode():
+        logits, dog_probability = model(image)
+    assert labels[logits.argmax().item()] == "Labrador_retriever" and dog_probability.item() > 0.5
+
+
+def test_bad_backbones_are_refused_before_any_work(data, tmp_path):
+    process = run_training(data, tmp_path / "model", "--backbone", "efficientnet-lite0,resnet50")
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert "unknown backbone 'resnet50'" in output and "Traceback" not in output

@@ -2,7 +2,8 @@
 
     python -m training.evaluate --model-dir models/default --data ../shared/data/dogs/valid
 
-Prints top-1/top-5 (and with horizontal-flip averaging), writes `evaluation-<folder>.json` and
+Prints top-1/top-5 of the model's answers (with the artifact's own test-time flip setting; also top-1 with and
+without the flip), writes `evaluation-<folder>.json` and
 `per_class_accuracy-<folder>.png` into the model dir.
 """
 
@@ -80,21 +81,27 @@ def run(args: argparse.Namespace) -> dict:
             description=args.data.name,
         )
     features.targets = targets
-    metrics = evaluate(model.breed_head, features, len(labels))
+    metrics = evaluate(model.breed_head, features, len(labels), model.test_time_flip)
     present = torch.bincount(targets, minlength=len(labels)) > 0
     metrics["per_class_top1"] = {
         label: accuracy
         for label, accuracy, seen in zip(labels, metrics["per_class_top1"], present, strict=True)
         if seen
     }
-    metrics.update(model_dir=str(args.model_dir), data=str(args.data), backbone=config["backbone"])
+    metrics.update(
+        model_dir=str(args.model_dir),
+        data=str(args.data),
+        backbone=config["backbone"],
+        test_time_flip=model.test_time_flip,
+    )
     name = args.data.resolve().name
     (args.model_dir / f"evaluation-{name}.json").write_text(json.dumps(metrics, indent=1) + "\n")
     chart = args.model_dir / f"per_class_accuracy-{name}.png"
     plot_per_class(metrics, chart)
     print(
         f"{args.data}: {metrics['images']} images, top1={metrics['top1']:.4f} top5={metrics['top5']:.4f} "
-        f"top1_flip_tta={metrics['top1_flip_tta']:.4f}; chart: {chart}"
+        f"(test-time flip {'on' if model.test_time_flip else 'off'}; top1 single view "
+        f"{metrics['top1_single_view']:.4f}, with flip {metrics['top1_flip_tta']:.4f}); chart: {chart}"
     )
     return metrics
 

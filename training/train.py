@@ -1,5 +1,5 @@
-"""Train the breed head on a frozen EfficientNet-Lite backbone: one script for SageMaker (one or several
-instances), torchrun, an EC2 box or a laptop.
+"""Train the breed head on frozen EfficientNet-Lite backbones (one, or several side by side): one script
+for SageMaker (one or several instances), torchrun, an EC2 box or a laptop.
 
     python -m training.train --train DATA/train --valid DATA/valid --model-dir models/default
     torchrun --nproc-per-node 2 training/train.py ...      # or SageMaker: SM_HOSTS / SM_CURRENT_HOST
@@ -35,14 +35,41 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from training.data import read_image_folder
 from training.features import SplitFeatures, split_features
-from training.model import METRICS_FILE, BreedClassifier, init_breed_head_from_imagenet, save_model
+from training.model import (
+    BACKBONE_SEPARATOR,
+    METRICS_FILE,
+    BreedClassifier,
+    backbone_names,
+    combine_flips,
+    init_breed_head_from_imagenet,
+    save_model,
+)
 from training.preprocessing import BACKBONE_IMAGE_SIZES, Preprocessing
 
 log = logging.getLogger("training.train")
 DEFAULT_MASTER_PORT = 29531
+# The three Lite backbones side by side with test-time flip: 92.0% valid top-1 on the dogs data, where the
+# best single one (lite2) reaches 90.5%; a full run on 2 cores takes about 12 minutes.
+DEFAULT_BACKBONE = "efficientnet-lite0,efficientnet-lite1,efficientnet-lite2"
 SAGEMAKER_CHECKPOINTS = Path("/opt/ml/checkpoints")
 CHECKPOINT_FILE = "checkpoint.pt"
 PROJECT = Path(__file__).resolve().parents[1]
+
+
+def backbone_spec(value: str) -> str:
+    try:
+        return BACKBONE_SEPARATOR.join(backbone_names(value))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def parse_bool(value: str) -> bool:
+    """A boolean hyperparameter: SageMaker passes every hyperparameter as `--name value`."""
+    if value.strip().lower() in ("true", "1", "yes"):
+        return True
+    if value.strip().lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,7 +77,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--backbone", default="efficientnet-lite2", choices=sorted(BACKBONE_IMAGE_SIZES))
+    parser.add_argument(
+        "--backbone",
+        type=backbone_spec,
+        default=DEFAULT_BACKBONE,
+        help=f"one of {', '.join(sorted(BACKBONE_IMAGE_SIZES))}, or several comma-separated: an ensemble "
+        "whose features one head reads (default: all three)",
+    )
+    parser.add_argument(
+        "--test-time-flip",
+        type=parse_bool,
+        default=True,
+        help="true/false: the model also looks at the mirrored image and averages (twice the inference "
+        "cost; +0.3 point top-1 for the default ensemble, +0.8 for lite0 alone)",
+    )
     parser.add_argument(
         "--crop-fraction",
         type=float,
@@ -155,17 +195,24 @@ def imagenet_match_probabilities(
 ) -> torch.Tensor:
     """(classes, 1000): each breed's mean ImageNet probability over its training images."""
     with torch.no_grad():
-        probabilities = model.backbone._fc(features.features).softmax(dim=1)
+        probabilities = model.imagenet_probabilities(features.features)
     sums = torch.zeros(num_classes, probabilities.shape[1]).index_add_(0, features.targets, probabilities)
     counts = torch.bincount(features.targets, minlength=num_classes).clamp(min=1)
     return sums / counts[:, None]
 
 
-def evaluate(head: torch.nn.Module, features: SplitFeatures, num_classes: int) -> dict:
-    """Top-1/top-5 of the head, per-class top-1, and top-1 with the mirrored image's probabilities averaged in
-    (when the mirrored features are there)."""
+def evaluate(
+    head: torch.nn.Module, features: SplitFeatures, num_classes: int, test_time_flip: bool = False
+) -> dict:
+    """Top-1/top-5 and per-class top-1 of the model's answers: with `test_time_flip`, those of each image and
+    its mirror combined, as the model combines them. When the mirrored features are there, also both ways:
+    `top1_single_view` and `top1_flip_tta`."""
     with torch.no_grad():
-        logits = head(features.features)
+        single_view = head(features.features)
+        mirrored = None if features.flipped is None else head(features.flipped)
+    if test_time_flip and mirrored is None:
+        raise ValueError("test-time flip needs the mirrored images' features")
+    logits = combine_flips(single_view, mirrored) if test_time_flip else single_view
     targets = features.targets
     top5 = logits.topk(min(5, num_classes), dim=1).indices
     correct = logits.argmax(1) == targets
@@ -177,10 +224,11 @@ def evaluate(head: torch.nn.Module, features: SplitFeatures, num_classes: int) -
         "per_class_top1": per_class.tolist(),
         "images": len(targets),
     }
-    if features.flipped is not None:
-        with torch.no_grad():
-            averaged = logits.softmax(1) + head(features.flipped).softmax(1)
-        metrics["top1_flip_tta"] = (averaged.argmax(1) == targets).float().mean().item()
+    if mirrored is not None:
+        metrics["top1_single_view"] = (single_view.argmax(1) == targets).float().mean().item()
+        metrics["top1_flip_tta"] = (
+            (combine_flips(single_view, mirrored).argmax(1) == targets).float().mean().item()
+        )
     return metrics
 
 
@@ -214,9 +262,8 @@ def train(args: argparse.Namespace) -> dict | None:
     valid_split = read_image_folder(args.valid, train_split.folders)
     labels = train_split.labels
     num_classes = len(labels)
-    model = BreedClassifier(args.backbone, num_classes)
-    image_size = BACKBONE_IMAGE_SIZES[args.backbone]
-    preprocessing = Preprocessing(image_size=image_size, resize_size=round(image_size / args.crop_fraction))
+    model = BreedClassifier(args.backbone, num_classes, test_time_flip=args.test_time_flip)
+    preprocessing = Preprocessing.for_backbones(backbone_names(args.backbone), args.crop_fraction)
     log.info(
         "rank %d/%d, %d threads, %s: %d classes, %d train / %d valid images",
         rank, world_size, threads, args.backbone, num_classes, len(train_split), len(valid_split),
@@ -305,7 +352,7 @@ def train(args: argparse.Namespace) -> dict | None:
             dist.all_reduce(sums)
             total_loss, seen = sums[0], sums[1]
         head.eval().cpu()
-        valid = evaluate(head, valid_features, num_classes)
+        valid = evaluate(head, valid_features, num_classes, args.test_time_flip)
         head.to(device)
         entry = {
             "epoch": epoch + 1,
@@ -348,7 +395,7 @@ def train(args: argparse.Namespace) -> dict | None:
     elif is_writer:
         train_metrics = evaluate(head, train_features, num_classes)
         train_metrics.pop("per_class_top1")
-        valid_metrics = evaluate(head, valid_features, num_classes)
+        valid_metrics = evaluate(head, valid_features, num_classes, args.test_time_flip)
         metrics = {
             "backbone": args.backbone,
             "labels": labels,
@@ -375,6 +422,7 @@ def train(args: argparse.Namespace) -> dict | None:
         write_metrics(metrics, [args.model_dir, args.output_data_dir])
         print(
             f"final: valid_accuracy={valid_metrics['top1']:.4f}; valid_top5={valid_metrics['top5']:.4f}; "
+            f"valid_single_view={valid_metrics['top1_single_view']:.4f}; "
             f"valid_flip_tta={valid_metrics['top1_flip_tta']:.4f}; "
             f"training_seconds={metrics['training_seconds']:.1f};",
             flush=True,
