@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 # Reinstalled only when a requirements file changes.
 INSTALLED := $(VENV)/.installed
 STAGE ?= dev
+# The committed models `make bench` measures: the default (most accurate) one and the fast one.
+BENCH_MODELS ?= models/default models/fast
 
 .PHONY: setup run test test-all lint bench bench-train package clean
 
@@ -30,7 +32,7 @@ test-all: lint
 	$(BIN)/pytest
 
 bench: setup
-	$(BIN)/python bench/endpoint.py
+	for model in $(BENCH_MODELS); do $(BIN)/python bench/endpoint.py --model-dir $$model || exit 1; done
 
 bench-train: setup
 	$(BIN)/python bench/train.py

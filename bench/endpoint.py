@@ -4,9 +4,11 @@
 
 Without --url it starts `python -m training.serve` on a free port with the model dir and stops it at the end.
 The baseline is the same model run by plain eager PyTorch in this process (model only: no decoding, no HTTP),
-at the batch sizes that match the numbers of clients. Baseline and endpoint are measured in alternation over
-several rounds, so that a change in the machine's other load hits both alike. Load comes from threads with
-keep-alive HTTP connections; they share the CPUs with the endpoint, as the Lambda would not.
+at the batch sizes that match the numbers of clients. The endpoint gets the sample photo as the Lambda sends
+it: shrunk to the model's resize size and re-encoded by chalicelib, the code the Lambda runs. Baseline and
+endpoint are measured in alternation over several rounds, so that a change in the machine's other load hits
+both alike. Load comes from threads with keep-alive HTTP connections; they share the CPUs with the endpoint,
+as the Lambda would not.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ import torch
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
+from chalicelib.image import prepare_image  # noqa: E402
+from chalicelib.settings import JPEG_QUALITY, MAX_PIXELS  # noqa: E402
 from training.inference import JPEG, load_predictor  # noqa: E402
+from training.model import read_config  # noqa: E402
 from training.preprocessing import open_image  # noqa: E402
 from training.serve import DEFAULT_ENDPOINT_NAME  # noqa: E402
 
@@ -167,16 +172,24 @@ def main() -> None:
     parser.add_argument("--serve-args", default="", help="extra flags for training.serve, e.g. '--workers 2'")
     args = parser.parse_args()
 
-    body = SAMPLE.read_bytes()
     cpus = len(os.sched_getaffinity(0))
     print(f"CPUs: {cpus}; load average at start: {' '.join(f'{load:.2f}' for load in os.getloadavg())}")
-    print(f"image: {SAMPLE.name} ({len(body):,} bytes JPEG); model: {args.model_dir}")
 
     # Eager PyTorch is measured with one thread and with all: when other work shares the CPUs, its OpenMP
     # threads can spin against each other and one thread wins; ratios are taken against the better of the two.
     eager = load_predictor(args.model_dir, runtime="pytorch", threads=cpus)
     onnx = load_predictor(args.model_dir, runtime="onnx", threads=cpus)  # what the endpoint runs, model only
+    photo = SAMPLE.read_bytes()
+    body = prepare_image(
+        photo, resize_size=eager.preprocessing.resize_size, max_pixels=MAX_PIXELS, quality=JPEG_QUALITY
+    ).jpeg
     image = eager.preprocessing(open_image(body))[None]
+    config, _, _ = read_config(args.model_dir)
+    flip = ", test-time flip" if config.get("test_time_flip") else ""
+    print(
+        f"model: {args.model_dir} ({config['backbone']}{flip}); "
+        f"image: {SAMPLE.name}, {len(photo):,} bytes, sent as the Lambda sends it: {len(body):,} bytes JPEG"
+    )
     eager_threads = sorted({1, cpus})
 
     process = None
