@@ -2,9 +2,9 @@
 
     python -m training.evaluate --model-dir models/default --data ../shared/data/dogs/valid
 
-Prints top-1/top-5 of the model's answers (with the artifact's own test-time flip setting; also top-1 with and
-without the flip), writes `evaluation-<folder>.json` and
-`per_class_accuracy-<folder>.png` into the model dir.
+Prints top-1/top-5 of the model's answers (with the artifact's own test-time flip setting; also top-1 with
+and without the flip), writes `evaluation-<folder>.json` and `per_class_accuracy-<folder>.png` into the
+model dir.
 """
 
 from __future__ import annotations
