@@ -26,7 +26,8 @@ from training.jobs import endpoint
 from training.jobs.autoscaling import ScalingSpec
 from training.jobs.calls import Aws
 from training.jobs.cli import main
-from training.jobs.training_job import METRIC_DEFINITIONS
+from training.jobs.training_job import BACKBONES, METRIC_DEFINITIONS
+from training.train import DEFAULT_BACKBONE
 
 PROJECT = Path(__file__).resolve().parents[1]
 REGION = "eu-west-1"
@@ -341,8 +342,9 @@ def test_tune_searches_the_four_hyperparameters_for_valid_accuracy(aws, capsys):
     categorical = {item["Name"]: item["Values"] for item in ranges["CategoricalParameterRanges"]}
     assert categorical == {
         "batch-size": ["32", "64", "128"],
-        "backbone": ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"],
+        "backbone": list(BACKBONES),
     }
+    assert BACKBONES[-1] == DEFAULT_BACKBONE  # the tuner also tries what training does by default
     definition = tuning["TrainingJobDefinition"]
     assert definition["AlgorithmSpecification"]["MetricDefinitions"] == [
         {"Name": "valid_accuracy", "Regex": r"valid_accuracy=([0-9\.]+);"}

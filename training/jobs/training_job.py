@@ -28,7 +28,14 @@ OBJECTIVE_METRIC = "valid_accuracy"
 # training/train.py prints `valid_accuracy=0.9123;` after every epoch; SageMaker reads it from the log.
 METRIC_DEFINITIONS = [shapes.MetricDefinition(name=OBJECTIVE_METRIC, regex=r"valid_accuracy=([0-9\.]+);")]
 DISTRIBUTIONS = ("auto", "torchrun", "hosts")
-BACKBONES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+# What the tuner may choose among: each Lite alone, and all three side by side (training/train.py's default,
+# spelled the same; a test keeps them equal without this module importing torch).
+BACKBONES = (
+    "efficientnet-lite0",
+    "efficientnet-lite1",
+    "efficientnet-lite2",
+    "efficientnet-lite0,efficientnet-lite1,efficientnet-lite2",
+)
 
 
 class DistributionError(ValueError):
