@@ -18,6 +18,7 @@ from conftest import free_port
 from training.data import PreprocessedImages, load_image, read_image_folder
 from training.model import CONFIG_FILE, LABELS_FILE, METRICS_FILE, WEIGHTS_FILE, load_model
 from training.preprocessing import Preprocessing
+from training.train import parse_args
 
 PROJECT = Path(__file__).resolve().parents[1]
 # Deliberately not in alphabetical order of breed name: the label order must follow the folder names.
@@ -219,3 +220,12 @@ def test_bad_backbones_are_refused_before_any_work(data, tmp_path):
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 2
     assert "unknown backbone 'resnet50'" in output and "Traceback" not in output
+
+
+def test_boolean_hyperparameters_take_a_value_as_sagemaker_passes_them(capsys):
+    common = ["--train", "train", "--valid", "valid"]
+    assert parse_args([*common, "--test-time-flip", "False"]).test_time_flip is False
+    assert parse_args([*common, "--test-time-flip", "true"]).test_time_flip is True
+    with pytest.raises(SystemExit):
+        parse_args([*common, "--test-time-flip", "maybe"])
+    assert "expected true or false, got 'maybe'" in capsys.readouterr().err
