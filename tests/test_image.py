@@ -83,6 +83,24 @@ def test_small_photos_keep_their_size(samples):
     assert sent(data).size == Image.open(io.BytesIO(data)).size == (340, 148)
 
 
+def test_a_small_jpeg_goes_as_it_came_rather_than_growing(samples):
+    data = (samples / "people_with_dog.jpg").read_bytes()
+    assert prepare(data).jpeg == data  # re-encoded at q90 it would be ~22 KB instead of 12 KB
+
+
+def test_a_small_jpeg_that_needs_turning_is_re_encoded_upright():
+    image = Image.new("RGB", (200, 100), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 100, 100))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encoded(image, "JPEG", exif=exif.tobytes())
+    prepared = prepare(data)
+    assert prepared.jpeg != data
+    upright = Image.open(io.BytesIO(prepared.jpeg))
+    assert upright.size == (100, 200)
+    assert upright.getpixel((50, 40))[0] > 200 and upright.getpixel((50, 160))[0] < 50
+
+
 def test_resize_keeps_the_aspect_and_the_shorter_side():
     assert resize_for_model(Image.new("RGB", (1000, 3000)), 256).size == (256, 768)
     assert resize_for_model(Image.new("RGB", (300, 200)), 256).size == (300, 200)
