@@ -88,19 +88,6 @@ def test_a_small_jpeg_goes_as_it_came_rather_than_growing(samples):
     assert prepare(data).jpeg == data  # re-encoded at q90 it would be ~22 KB instead of 12 KB
 
 
-def test_a_small_jpeg_that_needs_turning_is_re_encoded_upright():
-    image = Image.new("RGB", (200, 100), (0, 0, 0))
-    image.paste((255, 255, 255), (0, 0, 100, 100))
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    data = encoded(image, "JPEG", exif=exif.tobytes())
-    prepared = prepare(data)
-    assert prepared.jpeg != data
-    upright = Image.open(io.BytesIO(prepared.jpeg))
-    assert upright.size == (100, 200)
-    assert upright.getpixel((50, 40))[0] > 200 and upright.getpixel((50, 160))[0] < 50
-
-
 def test_resize_keeps_the_aspect_and_the_shorter_side():
     assert resize_for_model(Image.new("RGB", (1000, 3000)), 256).size == (256, 768)
     assert resize_for_model(Image.new("RGB", (300, 200)), 256).size == (300, 200)
@@ -115,19 +102,26 @@ def test_accepted_formats(format):
     assert red > 150 and green < 80 and blue < 90
 
 
-def test_exif_orientation_is_applied():
-    # Stored landscape, left half white, with EXIF "rotate 90 clockwise to view" (orientation 6).
-    image = Image.new("RGB", (600, 300), (0, 0, 0))
-    image.paste((255, 255, 255), (0, 0, 300, 300))
+@pytest.mark.parametrize("stored_width", [600, 200], ids=["resized", "small-enough-to-go-as-is"])
+def test_exif_orientation_is_applied(stored_width):
+    # Stored landscape, left half white, with EXIF "rotate 90 clockwise to view" (orientation 6). A small one
+    # needs no resize but must still be re-encoded upright rather than go as it came.
+    stored_height = stored_width // 2
+    image = Image.new("RGB", (stored_width, stored_height), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, stored_height, stored_height))
     exif = Image.Exif()
     exif[0x0112] = 6
     data = encoded(image, "JPEG", exif=exif.tobytes())
     prepared = prepare(data)
-    assert (prepared.width, prepared.height) == (300, 600)
+    assert (prepared.width, prepared.height) == (stored_height, stored_width)
     upright = Image.open(io.BytesIO(prepared.jpeg))
-    assert upright.size == (RESIZE, 2 * RESIZE)
+    side = min(stored_height, RESIZE)
+    assert upright.size == (side, 2 * side)
     # After a clockwise quarter turn, the stored left half is at the top.
-    assert upright.getpixel((RESIZE // 2, 100))[0] > 200 and upright.getpixel((RESIZE // 2, 400))[0] < 50
+    assert (
+        upright.getpixel((side // 2, side // 2))[0] > 200
+        and upright.getpixel((side // 2, 3 * side // 2))[0] < 50
+    )
 
 
 def test_alpha_is_composited_on_white():
