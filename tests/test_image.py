@@ -105,13 +105,14 @@ def test_accepted_formats(format):
 @pytest.mark.parametrize("stored_width", [600, 200], ids=["resized", "small-enough-to-go-as-is"])
 def test_exif_orientation_is_applied(stored_width):
     # Stored landscape, left half white, with EXIF "rotate 90 clockwise to view" (orientation 6). A small one
-    # needs no resize but must still be re-encoded upright rather than go as it came.
+    # needs no resize and, saved at low quality, is smaller than its re-encoding: it must still be re-encoded
+    # upright rather than go as it came.
     stored_height = stored_width // 2
     image = Image.new("RGB", (stored_width, stored_height), (0, 0, 0))
     image.paste((255, 255, 255), (0, 0, stored_height, stored_height))
     exif = Image.Exif()
     exif[0x0112] = 6
-    data = encoded(image, "JPEG", exif=exif.tobytes())
+    data = encoded(image, "JPEG", quality=5, exif=exif.tobytes())
     prepared = prepare(data)
     assert (prepared.width, prepared.height) == (stored_height, stored_width)
     upright = Image.open(io.BytesIO(prepared.jpeg))
