@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,18 +10,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from local_servers import free_port, stop_process
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / "shared"
 DOGS = SHARED / "data" / "dogs"
 SAMPLES = SHARED / "data" / "samples"
 DEFAULT_MODEL = PROJECT / "models" / "default"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_ping(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -58,14 +52,7 @@ class EndpointProcess:
         return self
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from local_servers import free_port, stop_process
+
 MOTO_SERVER = Path(sys.executable).with_name("moto_server")
 
 
 class MotoServer:
     def __init__(self) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(self.port)],
@@ -37,10 +36,4 @@ class MotoServer:
         raise TimeoutError(f"moto_server did not answer on {self.url} within {timeout}s")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=10)

@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from chalice.test import Client
 from conftest import DEFAULT_MODEL, EndpointProcess, free_port
+from local_servers import serving_in_thread
 from PIL import Image
 from test_image import zero_png
 
@@ -100,16 +100,9 @@ class SampleFiles(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@contextmanager
-def file_server(directory: Path) -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(SampleFiles, directory=str(directory)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def file_server(directory: Path):
+    handler = partial(SampleFiles, directory=str(directory))
+    return serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler))
 
 
 @pytest.fixture(scope="module")
@@ -497,14 +490,9 @@ class Throttling(http.server.BaseHTTPRequestHandler):
 
 
 def test_throttling_is_retried_then_503(runtime_env, samples, tmp_path):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Throttling)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        client = client_for(tmp_path, f"http://127.0.0.1:{server.server_address[1]}")
+    with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Throttling)) as url:
+        client = client_for(tmp_path, url)
         response = post_image(client, (samples / LABRADOR).read_bytes())
-    finally:
-        server.shutdown()
-        server.server_close()
     assert_error(response, 503, "endpoint_unavailable")
     assert response.headers["Retry-After"] == str(RETRY_AFTER_S)
     assert Throttling.requests == endpoint_module.ENDPOINT_MAX_ATTEMPTS

@@ -6,13 +6,12 @@ import gzip
 import http.server
 import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from urllib.parse import unquote
 
 import pytest
+from local_servers import serving_in_thread
 
 from chalicelib import fetch
 from chalicelib.errors import PayloadTooLarge, UrlFetchFailed, UrlNotAllowed
@@ -83,16 +82,8 @@ class QuietServer(http.server.ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-@contextmanager
-def serving(handler=Routes, host: str = "127.0.0.1") -> Iterator[str]:
-    server = QuietServer((host, 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{host}:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def serving(handler=Routes, host: str = "127.0.0.1"):
+    return serving_in_thread(QuietServer((host, 0), handler))
 
 
 @pytest.fixture(scope="module")
