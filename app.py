@@ -23,7 +23,7 @@ def project_error_shape(event, get_response):
 @app.route("/predict", methods=["POST"], content_types=["application/json"])
 @answers_errors
 def predict():
-    """{"url": "https://..."} or {"image": "<base64>"}, optional "top_k"."""
+    """{"url": "https://..."} or {"image": "<base64>"}, optional "top_k" and "min_confidence"."""
     request = pipeline.parse_json_body(app.current_request.raw_body)
     return pipeline.classify(request)
 
@@ -31,10 +31,11 @@ def predict():
 @app.route("/predict/image", methods=["POST"], content_types=IMAGE_CONTENT_TYPES)
 @answers_errors
 def predict_image():
-    """The image's raw bytes as the body; optional ?top_k=N."""
+    """The image's raw bytes as the body; optional ?top_k=N&min_confidence=P."""
     query = app.current_request.query_params or {}
     top_k = pipeline.parse_top_k_text(query.get("top_k"))
-    request = pipeline.upload_request(app.current_request.raw_body, top_k)
+    min_confidence = pipeline.parse_min_confidence_text(query.get("min_confidence"))
+    request = pipeline.upload_request(app.current_request.raw_body, top_k, min_confidence)
     return pipeline.classify(request)
 
 

@@ -31,6 +31,8 @@ class ClassifyRequest:
     url: str | None = None
     image: bytes | None = None
     top_k: int = DEFAULT_TOP_K
+    # Predictions under this calibrated probability are left out (the endpoint does it); None: all top_k.
+    min_confidence: float | None = None
 
 
 def parse_json_body(raw_body: bytes) -> ClassifyRequest:
@@ -48,17 +50,18 @@ def parse_json_body(raw_body: bytes) -> ClassifyRequest:
 
 
 def parse_fields(fields: Any) -> ClassifyRequest:
-    """The request in `{"url": ...}` or `{"image": "<base64>"}` with an optional `"top_k"`.
+    """The request in `{"url": ...}` or `{"image": "<base64>"}`, optional `"top_k"` and `"min_confidence"`.
 
     Raises BadRequest for anything else (not an object, both or neither field, wrong types, bad base64) and
     PayloadTooLarge for an image over MAX_UPLOAD_BYTES.
     """
     if not isinstance(fields, dict):
         raise BadRequest('expected a JSON object: {"url": "https://..."} or {"image": "<base64>"}')
-    unknown = sorted(set(fields) - {"url", "image", "top_k"})
+    unknown = sorted(set(fields) - {"url", "image", "top_k", "min_confidence"})
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
     top_k = parse_top_k(fields.get("top_k", DEFAULT_TOP_K))
+    min_confidence = parse_min_confidence(fields.get("min_confidence"))
     has_url, has_image = "url" in fields, "image" in fields
     if has_url == has_image:
         raise BadRequest('give exactly one of "url" and "image"')
@@ -66,8 +69,8 @@ def parse_fields(fields: Any) -> ClassifyRequest:
         url = fields["url"]
         if not isinstance(url, str) or not url.strip():
             raise BadRequest('"url" must be a non-empty string')
-        return ClassifyRequest(url=url.strip(), top_k=top_k)
-    return ClassifyRequest(image=decode_base64(fields["image"]), top_k=top_k)
+        return ClassifyRequest(url=url.strip(), top_k=top_k, min_confidence=min_confidence)
+    return ClassifyRequest(image=decode_base64(fields["image"]), top_k=top_k, min_confidence=min_confidence)
 
 
 def parse_top_k(value: Any) -> int:
@@ -84,6 +87,29 @@ def parse_top_k_text(value: str | None) -> int:
     if not value.strip().isdigit():
         raise BadRequest(f'"top_k" must be an integer from 1 to {MAX_TOP_K}')
     return parse_top_k(int(value))
+
+
+_MIN_CONFIDENCE_RANGE = '"min_confidence" must be a number from 0 to 1'
+
+
+def parse_min_confidence(value: Any) -> float | None:
+    """A probability from 0 to 1, or None when not given; raises BadRequest for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise BadRequest(_MIN_CONFIDENCE_RANGE)  # nan and inf fail the range test too
+    return float(value)
+
+
+def parse_min_confidence_text(value: str | None) -> float | None:
+    """min_confidence from a query string; raises BadRequest unless it is a number from 0 to 1."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise BadRequest(_MIN_CONFIDENCE_RANGE) from None
+    return parse_min_confidence(number)
 
 
 def decode_base64(value: Any) -> bytes:
@@ -104,13 +130,15 @@ def decode_base64(value: Any) -> bytes:
     return data
 
 
-def upload_request(body: bytes | None, top_k: int = DEFAULT_TOP_K) -> ClassifyRequest:
+def upload_request(
+    body: bytes | None, top_k: int = DEFAULT_TOP_K, min_confidence: float | None = None
+) -> ClassifyRequest:
     """A request for raw image bytes; raises BadRequest when empty, PayloadTooLarge over MAX_UPLOAD_BYTES."""
     if not body:
         raise BadRequest("the request body is empty; send the image's bytes")
     if len(body) > MAX_UPLOAD_BYTES:
         raise PayloadTooLarge(f"the image is {len(body)} bytes; the limit is {MAX_UPLOAD_BYTES} bytes")
-    return ClassifyRequest(image=body, top_k=top_k)
+    return ClassifyRequest(image=body, top_k=top_k, min_confidence=min_confidence)
 
 
 def classify(request: ClassifyRequest) -> dict[str, Any]:
@@ -130,7 +158,7 @@ def classify(request: ClassifyRequest) -> dict[str, Any]:
         data, resize_size=settings.model_resize_size, max_pixels=MAX_PIXELS, quality=JPEG_QUALITY
     )
     resized = time.perf_counter()
-    answer = invoke_model(settings.endpoint_name, prepared.jpeg, request.top_k)
+    answer = invoke_model(settings.endpoint_name, prepared.jpeg, request.top_k, request.min_confidence)
     invoked = time.perf_counter()
     answer["image"] = {
         "width": prepared.width,

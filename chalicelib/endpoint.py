@@ -51,18 +51,23 @@ def runtime_client():
     return boto3.client("sagemaker-runtime", config=config)
 
 
-def invoke_model(endpoint_name: str, jpeg: bytes, top_k: int) -> dict[str, Any]:
-    """The endpoint's answer for one JPEG: predictions, is_dog, dog_probability, model.
+def invoke_model(
+    endpoint_name: str, jpeg: bytes, top_k: int, min_confidence: float | None = None
+) -> dict[str, Any]:
+    """The endpoint's answer for one JPEG: predictions, confident, is_dog, dog_probability, model.
 
     Raises ModelFailed (the model container failed on it), EndpointUnavailable (unreachable, unknown,
     throttled or overloaded, after botocore's retries) and EndpointTimeout (no answer in time).
     """
+    attributes = f"top_k={top_k}"
+    if min_confidence is not None:
+        attributes += f",min_confidence={min_confidence!r}"
     try:
         response = runtime_client().invoke_endpoint(
             EndpointName=endpoint_name,
             ContentType=CONTENT_TYPE,
             Accept=ACCEPT,
-            CustomAttributes=f"top_k={top_k}",
+            CustomAttributes=attributes,
             Body=jpeg,
         )
         body = response["Body"].read()

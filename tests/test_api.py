@@ -231,6 +231,7 @@ def test_lambda_function_gives_the_rest_answer(client, files, samples):
     for answer in (by_url, by_bytes):
         assert answer["predictions"] == rest["predictions"]
         assert answer["is_dog"] == rest["is_dog"] and answer["model"] == rest["model"]
+        assert answer["confident"] == rest["confident"]
         assert answer["image"] == rest["image"]
 
 
@@ -296,6 +297,9 @@ SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100"><circle
         (b'{"image": "aGk=", "top_k": "3"}', 400, "bad_request"),
         (b'{"image": "aGk=", "top_k": true}', 400, "bad_request"),
         (b'{"image": "aGk=", "top_k": 1000}', 400, "bad_request"),
+        (b'{"image": "aGk=", "min_confidence": 1.5}', 400, "bad_request"),
+        (b'{"image": "aGk=", "min_confidence": "0.3"}', 400, "bad_request"),
+        (b'{"image": "aGk=", "min_confidence": true}', 400, "bad_request"),
         (
             json.dumps({"image": base64.b64encode(b"hello, not an image").decode()}).encode(),
             415,
@@ -360,6 +364,32 @@ def test_truncated_jpeg(client, samples):
 def test_bad_top_k_query(client, samples):
     data = (samples / LABRADOR).read_bytes()
     assert_error(post_image(client, data, query="?top_k=many"), 400, "bad_request")
+
+
+@pytest.mark.parametrize("value", ["high", "-0.5", "2", "nan"])
+def test_bad_min_confidence_query(client, samples, value):
+    data = (samples / LABRADOR).read_bytes()
+    error = assert_error(post_image(client, data, query=f"?min_confidence={value}"), 400, "bad_request")
+    assert "min_confidence" in error["message"]
+
+
+def test_min_confidence_through_every_route(client, samples):
+    data = (samples / LABRADOR).read_bytes()
+    everything = post_image(client, data, query="?top_k=20").json_body
+    assert isinstance(everything["confident"], bool)
+    # Halfway between the second and third breeds: exactly two are left, whichever route asks.
+    second, third = (p["probability"] for p in everything["predictions"][1:3])
+    cut = (second + third) / 2
+    by_query = post_image(client, data, query=f"?top_k=20&min_confidence={cut}").json_body
+    by_json = post_json(client, {"image": base64.b64encode(data).decode(), "min_confidence": cut}).json_body
+    by_lambda = client.lambda_.invoke(
+        "classify", {"image": base64.b64encode(data).decode(), "min_confidence": cut}
+    ).payload
+    for answer in (by_query, by_json, by_lambda):
+        assert answer["predictions"] == everything["predictions"][:2]
+        assert answer["confident"] == everything["confident"]
+    error = client.lambda_.invoke("classify", {"image": "aGk=", "min_confidence": 7}).payload["error"]
+    assert error["status"] == 400 and "min_confidence" in error["message"]
 
 
 def test_json_with_a_charset_is_json(client, samples):

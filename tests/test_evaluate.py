@@ -68,6 +68,17 @@ def test_prints_accuracy_and_writes_a_chart(model_dir, data):
         assert chart.format == "PNG" and chart.width > 300 and chart.height > 200
     assert (model_dir / f"per_class_accuracy-{data.name}.png").stat().st_size < 200_000
 
+    # The calibration figures: this model has none, so both ways are the same.
+    before, after = map(
+        float, re.search(r"ece_uncalibrated=([0-9.]+) ece_calibrated=([0-9.]+)", result.stdout).groups()
+    )
+    assert before == after and 0 <= before <= 1
+    assert report["calibration"]["uncalibrated"]["ece"] == pytest.approx(before, abs=1e-4)
+    with Image.open(model_dir / f"reliability-{data.name}.png") as diagram:
+        assert diagram.format == "PNG" and diagram.width > 200
+    assert report["non_dogs"]["images"] >= 30
+    assert "non-dog pictures called dogs" in result.stdout
+
 
 def test_unknown_classes_are_a_clear_error(model_dir, data, tmp_path):
     shutil.copytree(data, tmp_path / "valid")

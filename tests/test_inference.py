@@ -58,7 +58,7 @@ def test_labrador_is_labrador_with_the_documented_schema(predictor, labrador):
     answer = classify(predictor, labrador)
     config, labels, _ = read_config(DEFAULT_MODEL)
 
-    assert set(answer) == {"predictions", "is_dog", "dog_probability", "model"}
+    assert set(answer) == {"predictions", "confident", "is_dog", "dog_probability", "model"}
     assert answer["model"] == {"name": config["name"], "version": str(config["version"])}
     top = answer["predictions"][0]
     assert top["label"] == "Labrador_retriever"
@@ -68,7 +68,8 @@ def test_labrador_is_labrador_with_the_documented_schema(predictor, labrador):
     assert probabilities == sorted(probabilities, reverse=True)
     assert all(prediction["label"] in labels for prediction in answer["predictions"])
     assert answer["is_dog"] is True
-    assert answer["dog_probability"] >= inference.DOG_THRESHOLD
+    assert answer["dog_probability"] >= predictor.thresholds.dog
+    assert answer["confident"] is (top["probability"] >= predictor.thresholds.confidence)
 
 
 def test_onnx_runtime_and_pytorch_give_the_same_answer(predictor, torch_predictor, labrador, spaniel):
@@ -85,8 +86,44 @@ def test_is_dog_follows_the_dog_probability(predictor):
     grey = io.BytesIO()
     Image.new("RGB", (300, 200), (128, 128, 128)).save(grey, format="PNG")
     answer = classify(predictor, grey.getvalue(), inference.PNG)
-    assert answer["dog_probability"] < inference.DOG_THRESHOLD
+    assert answer["dog_probability"] < predictor.thresholds.dog
     assert answer["is_dog"] is False
+
+
+def test_thresholds_are_the_artifacts_own(predictor):
+    calibration = read_config(DEFAULT_MODEL)[0]["calibration"]
+    assert predictor.thresholds == inference.Thresholds(
+        confidence=calibration["confidence_threshold"], dog=calibration["dog_threshold"]
+    )
+
+
+def test_min_confidence_leaves_out_the_less_likely_breeds(predictor, labrador, spaniel):
+    everything = classify(predictor, spaniel, context=with_custom_attributes("top_k=1000"))
+    # Halfway between the third and fourth breeds (the answer's probabilities are rounded).
+    cut = (everything["predictions"][2]["probability"] + everything["predictions"][3]["probability"]) / 2
+    answer = classify(predictor, spaniel, context=with_custom_attributes(f"top_k=1000, min_confidence={cut}"))
+    assert answer["predictions"] == everything["predictions"][:3]
+    assert answer["confident"] == everything["confident"]
+    # Above the top breed's probability nothing is left, and the answer still says how sure it is.
+    nothing = classify(predictor, labrador, context=with_custom_attributes("min_confidence=1"))
+    if nothing["predictions"]:
+        assert nothing["predictions"][0]["probability"] == 1.0
+    assert {"confident", "is_dog", "dog_probability"} <= set(nothing)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "min_confidence=1.5",
+        "min_confidence=-0.1",
+        "min_confidence=nan",
+        "min_confidence=high",
+        "min_confidence=",
+    ],
+)
+def test_bad_min_confidence_is_a_request_error(predictor, labrador, value):
+    with pytest.raises(inference.RequestError, match="min_confidence must be a number from 0 to 1"):
+        inference.input_fn(labrador, inference.JPEG, with_custom_attributes(value))
 
 
 def test_png_with_alpha_is_composited_and_classified(predictor, labrador):

@@ -121,6 +121,10 @@ def test_training_writes_a_small_loadable_artifact(single_rank, data, samples):
     model, config, labels, preprocessing = load_model(model_dir)
     assert labels == ["Shih-Tzu", "Beagle", "Labrador_retriever"]
     assert config["backbone"] == "efficientnet-lite0" and preprocessing.image_size == 224
+    # Calibrated on out-of-fold answers of heads trained the same way on the other folds.
+    assert config["calibration"]["breed_temperature"] > 0
+    assert 0 <= config["calibration"]["confidence_threshold"] <= 1
+    assert re.search(r"^folds: top1_mean=[0-9.]+; top1_std=[0-9.]+;", output, re.MULTILINE)
     image = torch.from_numpy(preprocessing(load_image(samples / "Labrador_retriever_06455.jpg")))[None]
     with torch.inference_mode():
         logits, dog_probability = model(image)
@@ -134,6 +138,7 @@ def test_training_writes_a_small_loadable_artifact(single_rank, data, samples):
     assert metrics["splits"]["valid"]["images"] == len(FOLDERS) * VALID_PER_CLASS
     assert set(metrics["per_class_valid_top1"]) == set(labels)
     assert metrics["training_seconds"] > 0
+    assert len(metrics["cross_validation"]["fold_top1"]) == 5
     # The reloaded artifact reproduces the accuracy training reported.
     valid = read_image_folder(data / "valid", FOLDERS)
     batch = torch.from_numpy(np.stack([preprocessing(load_image(path)) for path in valid.paths]))

@@ -5,7 +5,13 @@ The same module runs in SageMaker's PyTorch inference container (as the entry po
 
     {"predictions": [{"label": "Labrador_retriever", "breed": "Labrador retriever", "probability": 0.93},
                      ...],
-     "is_dog": true, "dog_probability": 0.99, "model": {"name": "dogbreeds", "version": "1"}}
+     "confident": true, "is_dog": true, "dog_probability": 0.99,
+     "model": {"name": "dogbreeds", "version": "1"}}
+
+The probabilities are the model's calibrated ones; `confident` says whether the top breed's probability
+reaches the artifact's confidence threshold, and `is_dog` whether the dog probability reaches its dog
+threshold (see training.calibration). CustomAttributes `min_confidence=0.3` leaves out the predictions under
+that probability (the list may then be empty).
 
 A JSON batch `{"instances": [{"b64": "..."}, ...]}` answers a list of those, in order. It never fetches URLs:
 endpoints may run network-isolated, and fetching is the API's job.
@@ -29,7 +35,7 @@ import torch
 from PIL import Image
 
 from training.export import OnnxRunner, TorchRunner, onnx_runner_for, softmax
-from training.model import breed_name, load_model
+from training.model import CONFIDENCE_THRESHOLD, DOG_THRESHOLD, breed_name, load_model
 from training.preprocessing import Preprocessing, UnreadableImageError, open_image
 
 log = logging.getLogger(__name__)
@@ -48,10 +54,6 @@ ACCEPT_TYPES = (JSON,)
 # SageMaker forwards InvokeEndpoint's CustomAttributes verbatim in this header.
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 DEFAULT_TOP_K = 5
-# dog_probability is the share of the ImageNet softmax on its dog classes; past one half, "a dog" outweighs
-# the other 875 classes together. No higher: a dog among people or furniture shares the mass (the sample photo
-# of people with a dog scored ~0.7 with the first model), and the breed answer is still worth giving then.
-DOG_THRESHOLD = 0.5
 # A 6 MB body of tiny images could otherwise ask for thousands of 600 KB input arrays.
 MAX_INSTANCES = 64
 # Decoded pictures wait in memory until predict_fn, and a few KB of PNG can decode to hundreds of MB: cap
@@ -63,6 +65,7 @@ RUNTIME_ENV = "DOGBREEDS_RUNTIME"  # auto (ONNX Runtime when installed, else PyT
 THREADS_ENV = "DOGBREEDS_THREADS"
 
 _TOP_K_ATTRIBUTE = re.compile(r"(?:^|[\s,;])top_k\s*=\s*([^\s,;]*)", re.IGNORECASE)
+_MIN_CONFIDENCE_ATTRIBUTE = re.compile(r"(?:^|[\s,;])min_confidence\s*=\s*([^\s,;]*)", re.IGNORECASE)
 
 
 try:
@@ -105,6 +108,16 @@ class Instances:
     images: list[Image.Image]
     is_batch: bool  # a JSON batch answers a list, a single image one object
     top_k: int = DEFAULT_TOP_K
+    min_confidence: float = 0.0
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The artifact's own: at or above `confidence` the top breed is a confident answer, at or above `dog`
+    the picture is a dog."""
+
+    confidence: float = CONFIDENCE_THRESHOLD
+    dog: float = DOG_THRESHOLD
 
 
 class BreedPredictor:
@@ -117,6 +130,11 @@ class BreedPredictor:
         self.labels = labels
         self.preprocessing = preprocessing
         self.model_info = {"name": config["name"], "version": str(config["version"])}
+        calibration = config.get("calibration", {})
+        self.thresholds = Thresholds(
+            confidence=calibration.get("confidence_threshold", CONFIDENCE_THRESHOLD),
+            dog=calibration.get("dog_threshold", DOG_THRESHOLD),
+        )
 
     @property
     def runtime(self) -> str:
@@ -176,23 +194,24 @@ def input_fn(body: bytes | str, content_type: str | None, context=None) -> Insta
     `context` is the model server's request context, which carries CustomAttributes (`top_k=3`): SageMaker's
     toolkit passes TorchServe's (one object per model, its headers replaced for every request) and the local
     endpoint one with the same `request_processor[0].get_request_properties()`. Without a context, or one
-    this code cannot read, top_k stays 5. (The toolkit counts parameters to decide whether to pass the
-    context, so there must be exactly three.)
+    this code cannot read, top_k stays 5 and min_confidence 0. (The toolkit counts parameters to decide
+    whether to pass the context, so there must be exactly three.)
 
     Raises UnsupportedContentTypeError for a content type not in CONTENT_TYPES and RequestError for a
-    body that is not what its content type says (undecodable image, bad JSON or base64, a bad top_k).
+    body that is not what its content type says (undecodable image, bad JSON or base64, a bad top_k or
+    min_confidence).
     """
     media_type = _media_type(content_type)
     if media_type in IMAGE_CONTENT_TYPES:
         data = body.encode() if isinstance(body, str) else body
-        return Instances([_decode(data)], is_batch=False, top_k=top_k_from(context))
+        return Instances([_decode(data)], is_batch=False, **_answer_options(context))
     if media_type == JSON:
         instances = _json_instances(body)
         total = sum(_pixels(data) for data in instances)
         if total > MAX_REQUEST_PIXELS:
             raise RequestError(f"the images hold {total:,} pixels together; at most {MAX_REQUEST_PIXELS:,}")
         images = [_decode(data, index) for index, data in enumerate(instances)]
-        return Instances(images, is_batch=True, top_k=top_k_from(context))
+        return Instances(images, is_batch=True, **_answer_options(context))
     raise UnsupportedContentTypeError(
         f"unsupported content type {content_type!r}; send one of {', '.join(CONTENT_TYPES)}"
     )
@@ -203,7 +222,15 @@ def predict_fn(data: Instances, model: BreedPredictor) -> dict | list[dict]:
     images = np.stack([model.preprocessing(image) for image in data.images])
     breed_probabilities, dog_probabilities = model.predict(images)
     answers = [
-        describe(breed_row, float(dog_probability), model.labels, data.top_k, model.model_info)
+        describe(
+            breed_row,
+            float(dog_probability),
+            model.labels,
+            data.top_k,
+            model.model_info,
+            model.thresholds,
+            data.min_confidence,
+        )
         for breed_row, dog_probability in zip(breed_probabilities, dog_probabilities, strict=True)
     ]
     return answers if data.is_batch else answers[0]
@@ -217,10 +244,19 @@ def output_fn(prediction: dict | list[dict], accept: str | None) -> bytes:
 
 
 def describe(
-    breed_probabilities: np.ndarray, dog_probability: float, labels: list[str], top_k: int, model_info: dict
+    breed_probabilities: np.ndarray,
+    dog_probability: float,
+    labels: list[str],
+    top_k: int,
+    model_info: dict,
+    thresholds: Thresholds = Thresholds(),
+    min_confidence: float = 0.0,
 ) -> dict:
-    """The response object for one image: the top_k breeds by probability, whether it is a dog, the model."""
+    """The response object for one image: the top_k breeds by probability (those of at least
+    `min_confidence`), whether the top one is a confident answer, whether it is a dog, the model."""
     best = np.argsort(-breed_probabilities, kind="stable")[: min(top_k, len(labels))]
+    top = float(breed_probabilities[best[0]])
+    best = [index for index in best if breed_probabilities[index] >= min_confidence]
     return {
         "predictions": [
             {
@@ -230,7 +266,8 @@ def describe(
             }
             for index in best
         ],
-        "is_dog": dog_probability >= DOG_THRESHOLD,
+        "confident": top >= thresholds.confidence,
+        "is_dog": dog_probability >= thresholds.dog,
         "dog_probability": round(dog_probability, 6),
         "model": dict(model_info),
     }
@@ -249,6 +286,28 @@ def top_k_from(context) -> int:
     if not value.isdigit() or int(value) < 1:
         raise RequestError(f"top_k must be a positive integer, got {value!r}")
     return int(value)
+
+
+def min_confidence_from(context) -> float:
+    """min_confidence from the request's CustomAttributes (`min_confidence=0.3`), else 0.
+
+    Raises RequestError for a value that is not a number from 0 to 1.
+    """
+    match = _MIN_CONFIDENCE_ATTRIBUTE.search(_custom_attributes(context) or "")
+    if not match:
+        return 0.0
+    value = match.group(1)
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not 0.0 <= number <= 1.0:  # also refuses nan
+        raise RequestError(f"min_confidence must be a number from 0 to 1, got {value!r}")
+    return number
+
+
+def _answer_options(context) -> dict:
+    return {"top_k": top_k_from(context), "min_confidence": min_confidence_from(context)}
 
 
 def _custom_attributes(context) -> str | None:
