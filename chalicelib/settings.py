@@ -103,6 +103,6 @@ def _flag(name: str) -> bool:
 
 def _positive_int(name: str, default: int) -> int:
     value = os.environ.get(name, str(default)).strip()
-    if not value.isdigit() or int(value) <= 0:
+    if not (value.isascii() and value.isdigit()) or int(value) <= 0:
         raise ConfigurationError(f"{name} must be a positive integer, not {value!r}")
     return int(value)
