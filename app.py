@@ -4,7 +4,7 @@ from chalice import Chalice, Response
 
 from chalicelib import classify as pipeline
 from chalicelib.errors import answers_errors, lambda_error, reshape_chalice_error
-from chalicelib.settings import get_settings
+from chalicelib.health import health_answer
 
 app = Chalice(app_name="dogbreeds")
 
@@ -41,8 +41,9 @@ def predict_image():
 @app.route("/health", methods=["GET"])
 @answers_errors
 def health():
-    settings = get_settings()
-    return Response(body={"status": "ok", "endpoint": settings.endpoint_name})
+    """200 when the stage's endpoint can answer, 503 when not (checked without a model call, cached)."""
+    status, body, headers = health_answer()
+    return Response(body=body, status_code=status, headers=headers)
 
 
 @app.lambda_function(name="classify")
