@@ -145,7 +145,7 @@ def _emit(record: dict, facts: dict, status: int, body: Any, bytes_out: int | No
 
 
 def _publish_metrics(duration_ms: float, status: int, error_code: str | None, answers: list[dict]) -> None:
-    metrics.set_default_dimensions(stage=stage_name())
+    metrics.add_dimension(name="stage", value=stage_name())
     metrics.add_metric(name="Requests", unit=MetricUnit.Count, value=1)
     metrics.add_metric(name="Latency", unit=MetricUnit.Milliseconds, value=duration_ms)
     for answer in answers:
