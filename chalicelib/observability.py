@@ -83,22 +83,7 @@ def http_middleware(request, get_response: Callable):
     finally:
         facts = _facts.get() or {}
         _facts.reset(token)
-        context = request.context or {}
-        lambda_context = request.lambda_context
-        record = {
-            "request_id": context.get("requestId") or getattr(lambda_context, "aws_request_id", None),
-            "lambda_request_id": getattr(lambda_context, "aws_request_id", None),
-            "route": context.get("resourcePath"),
-            "method": request.method,
-            "bytes_in": len(request.raw_body or b""),
-        }
-        if response is None:
-            # An exception escaped the route; Chalice's own handler answers 500.
-            status, body, bytes_out = 500, None, None
-        else:
-            status, body = response.status_code, response.body
-            bytes_out = _body_size(body)
-        _emit(record, facts, status, body, bytes_out, started)
+        _never_failing(_log_http, request, response, facts, started)
 
 
 def lambda_middleware(event, get_response: Callable):
@@ -112,19 +97,50 @@ def lambda_middleware(event, get_response: Callable):
     finally:
         facts = _facts.get() or {}
         _facts.reset(token)
-        request_id = getattr(event.context, "aws_request_id", None)
-        record = {
-            "request_id": request_id,
-            "lambda_request_id": request_id,
-            "route": f"lambda:{getattr(event.context, 'function_name', None) or 'classify'}",
-            "method": "invoke",
-            "bytes_in": _body_size(event.event),
-        }
-        status = 500
-        if isinstance(answer, dict):
-            error = answer.get("error")
-            status = error.get("status", 500) if isinstance(error, dict) else 200
-        _emit(record, facts, status, answer, None if answer is None else _body_size(answer), started)
+        _never_failing(_log_invocation, event, answer, facts, started)
+
+
+def _never_failing(log: Callable, *args) -> None:
+    """Run `log`; a failure to observe a request is itself logged, and never changes the answer."""
+    try:
+        log(*args)
+    except Exception:  # noqa: BLE001 - the answer is already made; losing it over a log line would be worse
+        logger.exception("could not log the request")
+
+
+def _log_http(request, response, facts: dict, started: float) -> None:
+    context = request.context or {}
+    lambda_context = request.lambda_context
+    record = {
+        "request_id": context.get("requestId") or getattr(lambda_context, "aws_request_id", None),
+        "lambda_request_id": getattr(lambda_context, "aws_request_id", None),
+        "route": context.get("resourcePath"),
+        "method": request.method,
+        "bytes_in": len(request.raw_body or b""),
+    }
+    if response is None:
+        # An exception escaped the route; Chalice's own handler answers 500.
+        status, body, bytes_out = 500, None, None
+    else:
+        status, body = response.status_code, response.body
+        bytes_out = _body_size(body)
+    _emit(record, facts, status, body, bytes_out, started)
+
+
+def _log_invocation(event, answer: Any, facts: dict, started: float) -> None:
+    request_id = getattr(event.context, "aws_request_id", None)
+    record = {
+        "request_id": request_id,
+        "lambda_request_id": request_id,
+        "route": f"lambda:{getattr(event.context, 'function_name', None) or 'function'}",
+        "method": "invoke",
+        "bytes_in": _body_size(event.event),
+    }
+    status = 500
+    if isinstance(answer, dict):
+        error = answer.get("error")
+        status = error.get("status", 500) if isinstance(error, dict) else 200
+    _emit(record, facts, status, answer, None if answer is None else _body_size(answer), started)
 
 
 def _emit(record: dict, facts: dict, status: int, body: Any, bytes_out: int | None, started: float) -> None:

@@ -205,3 +205,19 @@ def test_the_app_logs_without_the_xray_sdk_which_the_lambda_does_not_ship():
     assert result.returncode == 0, result.stderr
     (log,) = [json.loads(line) for line in result.stdout.splitlines() if '"message":"request"' in line]
     assert (log["route"], log["status"], log["stage"]) == ("/health", 200, "dev")
+
+
+def test_a_failure_to_log_never_changes_the_answer(capsys, monkeypatch):
+    def broken_stage_name():
+        raise RuntimeError("observability bug")
+
+    monkeypatch.setattr(observability, "stage_name", broken_stage_name)
+    capsys.readouterr()
+    with Client(api.app, stage_name="dev", project_dir=str(PROJECT)) as client:
+        response = client.http.post(
+            "/predict", headers={"Content-Type": "application/json"}, body=b"{not json"
+        )
+    assert response.status_code == 400 and json.loads(response.body)["error"]["code"] == "invalid_json"
+    out = capsys.readouterr().out
+    (line,) = [json.loads(line) for line in out.splitlines() if "could not log the request" in line]
+    assert line["level"] == "ERROR" and "observability bug" in line["exception"]
