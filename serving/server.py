@@ -85,6 +85,7 @@ class MicroBatcher:
         self.labels = predictor.labels
         self.preprocessing = predictor.preprocessing
         self.model_info = predictor.model_info
+        self.thresholds = predictor.thresholds
         self.max_batch = max_batch
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="model", daemon=True)
