@@ -36,9 +36,9 @@ from training.head import Recipe
 from training.model import CONFIG_FILE, METRICS_FILE, calibrate_dog_probability, load_model
 
 log = logging.getLogger("training.calibrate")
-# Share of the train dogs the dog threshold still calls dogs. The non-dog pictures are few and far from the
-# dogs (all but one below 0.01 once calibrated), so they cannot place the threshold: the dogs do, missing about
-# as many as the uncalibrated threshold of 0.5 did.
+# Share of the train dogs the dog threshold still calls dogs. The non-dog pictures are few and far from
+# the dogs (all but one below 0.01 once calibrated), so they cannot place the threshold: the dogs do, missing
+# about as many as the uncalibrated threshold of 0.5 did.
 DOG_RECALL = 0.997
 
 
