@@ -28,6 +28,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from serving.limits import (
+    MAX_ASPECT_RATIO,
+    MAX_IMAGE_PIXELS,
+    MAX_IMAGE_SIDE,
+    MAX_INSTANCES,
+    MAX_REQUEST_PIXELS,
+)
 from serving.runtime import OnnxRunner, TorchRunner, onnx_runner_for, softmax
 from training.model import breed_name, load_model
 from training.preprocessing import Preprocessing, UnreadableImageError, open_image
@@ -52,12 +59,6 @@ DEFAULT_TOP_K = 5
 # the other 875 classes together. No higher: a dog among people or furniture shares the mass (the sample photo
 # of people with a dog scored ~0.7 with the first model), and the breed answer is still worth giving then.
 DOG_THRESHOLD = 0.5
-# A 6 MB body of tiny images could otherwise ask for thousands of 600 KB input arrays.
-MAX_INSTANCES = 64
-# Decoded pictures wait in memory until predict_fn, and a few KB of PNG can decode to hundreds of MB: cap
-# the pixels of one image (a 12 MP photo passes; the API sends a few hundred a side anyway) and of a request.
-MAX_IMAGE_PIXELS = 40_000_000
-MAX_REQUEST_PIXELS = 100_000_000
 
 RUNTIME_ENV = "DOGBREEDS_RUNTIME"  # auto (ONNX Runtime when installed, else PyTorch), onnx, or pytorch
 THREADS_ENV = "DOGBREEDS_THREADS"
@@ -305,21 +306,42 @@ def _decode(data: bytes, index: int | None = None) -> Image.Image:
     where = "" if index is None else f"instance {index}: "
     if not data:
         raise RequestError(f"{where}empty image")
-    if (pixels := _pixels(data)) > MAX_IMAGE_PIXELS:
-        raise RequestError(f"{where}image of {pixels:,} pixels; at most {MAX_IMAGE_PIXELS:,}")
+    if (size := _header_size(data)) is not None:
+        _check_size(*size, where)
     try:
-        return open_image(data)
+        image = open_image(data)
     except UnreadableImageError as error:
         if isinstance(error.__cause__, Image.DecompressionBombError):
             raise RequestError(f"{where}image too large: {error.__cause__}") from error
         # Pillow's other reasons name an in-memory file object, which tells the client nothing.
         raise RequestError(f"{where}cannot decode the image; send a JPEG, PNG, WebP or GIF") from error
+    # A few formats (ICO, ICNS, multi-resolution TIFF) may decode to another size than their header named.
+    _check_size(*image.size, where)
+    return image
+
+
+def _check_size(width: int, height: int, where: str) -> None:
+    """Refuse an image whose sizes would cost more than any photo: pixels, longest side, aspect ratio."""
+    if (pixels := width * height) > MAX_IMAGE_PIXELS:
+        raise RequestError(f"{where}image of {pixels:,} pixels; at most {MAX_IMAGE_PIXELS:,}")
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise RequestError(f"{where}image of {width} x {height}; at most {MAX_IMAGE_SIDE} pixels a side")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise RequestError(
+            f"{where}image of {width} x {height}; its longer side may be at most {MAX_ASPECT_RATIO} times "
+            "its shorter side"
+        )
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image header, without decoding; None when unreadable (decoding will say why)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 def _pixels(data: bytes) -> int:
-    """Width x height from the image header, without decoding; 0 when unreadable (decoding will say why)."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.width * image.height
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return 0
+    size = _header_size(data)
+    return size[0] * size[1] if size else 0

@@ -36,11 +36,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from serving import inference
+from serving.limits import MAX_BODY_BYTES
 
 log = logging.getLogger("dogbreeds.serve")
 
-# InvokeEndpoint's payload limit (6 MB); SageMaker refuses bigger bodies before they reach the container.
-MAX_BODY_BYTES = 6_291_456
 # An oversized body is read and dropped up to this much, so the client sees the 413 rather than a reset
 # connection; past it the connection is closed.
 MAX_DISCARD_BYTES = 64 * 1024 * 1024

@@ -16,7 +16,7 @@ import torch
 from conftest import DEFAULT_MODEL, PROJECT
 from PIL import Image
 
-from serving import inference
+from serving import inference, limits
 from serving.server import RequestContext
 from training import export
 from training.model import ONNX_FILE, load_model, read_config
@@ -256,6 +256,38 @@ def test_an_image_with_too_many_pixels_is_refused_before_decoding():
     side = int(inference.MAX_IMAGE_PIXELS**0.5) + 1
     with pytest.raises(inference.RequestError, match="pixels; at most"):
         inference.input_fn(solid_png(side, side), inference.PNG)
+
+
+# The probe's amplification cases: a few hundred bytes of PNG each, whose short side the resize would scale
+# up with no bound on the long side (8000 x 2 cost about 1 GB; 65000 x 1 would need about 17 GB).
+@pytest.mark.parametrize(
+    ("width", "height", "message"),
+    [
+        (8000, 2, "at most 20 times"),
+        (2, 8000, "at most 20 times"),
+        (65000, 1, "at most 16384 pixels a side"),
+        (limits.MAX_ASPECT_RATIO * 30 + 1, 30, "at most 20 times"),
+        (limits.MAX_IMAGE_SIDE + 1, 1000, "at most 16384 pixels a side"),
+    ],
+)
+def test_extreme_dimensions_are_refused_before_decoding(width, height, message):
+    png = solid_png(width, height)
+    assert len(png) < 50_000  # a small body, whatever it decodes to
+    with pytest.raises(inference.RequestError, match=message) as raised:
+        inference.input_fn(png, inference.PNG)
+    assert raised.value.status_code == 400
+    batch = json.dumps({"instances": [{"b64": base64.b64encode(png).decode()}]})
+    with pytest.raises(inference.RequestError, match=f"instance 0: .*{message}"):
+        inference.input_fn(batch, inference.JSON)
+
+
+def test_the_most_extreme_allowed_shape_is_answered(predictor):
+    # Exactly 20:1 passes, and its answer costs no more than any photo's.
+    strip = Image.new("RGB", (limits.MAX_ASPECT_RATIO * 13, 13), (120, 90, 60))
+    png = io.BytesIO()
+    strip.save(png, format="PNG")
+    answer = classify(predictor, png.getvalue(), inference.PNG)
+    assert len(answer["predictions"]) == 5
 
 
 def test_a_batch_with_too_many_pixels_together_is_refused():
