@@ -334,7 +334,7 @@ def _check_size(width: int, height: int, where: str) -> None:
 
 
 def _header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the image header, without decoding; None when unreadable (decoding will say why)."""
+    """(width, height) from the image header, without decoding; None when unreadable (decoding says why)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.size
