@@ -2,6 +2,7 @@
 
 It serves both sides of SageMaker's hosting contract with the handlers of serving/inference.py:
 - the container's: `GET /ping` (200 once the model is loaded, 503 while it loads) and `POST /invocations`;
+  a model that cannot load stops the server with a non-zero status and the reason on stderr;
 - the runtime API's: `POST /endpoints/{EndpointName}/invocations`, answered the way SageMaker answers it
   (errors in AWS's JSON shape), so `boto3.client("sagemaker-runtime")` with
   `AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=http://127.0.0.1:8080` works unchanged.
@@ -16,13 +17,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
 import queue
+import sys
+import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +39,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from uvicorn.config import STARTUP_FAILURE
 
 from serving import inference
 from serving.limits import MAX_BODY_BYTES
@@ -54,6 +60,7 @@ DEFAULT_MAX_BATCH = 4
 # Each worker loads its own model and /ping may be answered by one that is ready, after which requests can
 # still reach one that is not: such a request waits this long for its worker's model before a 503.
 LOADING_WAIT_S = 60.0
+WORKER_HEALTHCHECK_S = 60.0
 
 _SETTINGS_ENV = "DOGBREEDS_SERVE_SETTINGS"
 _LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
@@ -64,6 +71,8 @@ class ServeSettings:
     model_dir: str
     endpoint_name: str = DEFAULT_ENDPOINT_NAME
     max_batch: int = DEFAULT_MAX_BATCH
+    # Where a worker whose model cannot load leaves the reason for `main`, which exits non-zero with it.
+    failure_file: str | None = None
 
 
 class BodyTooLargeError(Exception):
@@ -146,8 +155,9 @@ class RequestContext:
 class ModelState:
     """The model of this worker, loaded in the background so /ping can say 503 until it is ready."""
 
-    def __init__(self, settings: ServeSettings):
+    def __init__(self, settings: ServeSettings, on_failure: Callable[[str], None] | None = None):
         self.settings = settings
+        self.on_failure = on_failure
         self.predictor: MicroBatcher | None = None
         self.error: str | None = None
         self.settled = threading.Event()  # set once loading has succeeded or failed
@@ -167,10 +177,12 @@ class ModelState:
             # The first run allocates the runtime's buffers; pay for it before saying ready.
             size = predictor.preprocessing.image_size
             predictor.predict(np.zeros((1, 3, size, size), dtype=np.float32))
-        except Exception as error:  # noqa: BLE001 - reported by /ping rather than killing the server silently
+        except Exception as error:  # noqa: BLE001 - the reason goes to the log and to on_failure
             log.exception("model failed to load from %s", self.settings.model_dir)
-            self.error = f"model failed to load: {error}"
+            self.error = f"model failed to load from {self.settings.model_dir}: {error}"
             self.settled.set()
+            if self.on_failure is not None:
+                self.on_failure(self.error)
             return
         self.predictor = MicroBatcher(predictor, self.settings.max_batch)
         self.settled.set()
@@ -341,13 +353,26 @@ class RequestLog:
             )
 
 
+def exit_for_load_failure(settings: ServeSettings, reason: str) -> None:
+    """Stop this worker process with uvicorn's startup-failure status, leaving the reason for `main`.
+
+    A server without its model would otherwise stay up answering /ping 500 for ever; exiting lets SageMaker,
+    a supervisor or the user see the failure. Status 3 also keeps uvicorn's supervisor from restarting the
+    worker into the same failure: it stops every worker and returns to `main`.
+    """
+    if settings.failure_file:
+        Path(settings.failure_file).write_text(reason)
+    logging.shutdown()  # flush the traceback already logged
+    os._exit(STARTUP_FAILURE)
+
+
 def create_app(settings: ServeSettings | None = None) -> Starlette:
     """The Starlette app; without `settings`, those `main` left in the environment for uvicorn's workers."""
     if settings is None:
         settings = ServeSettings(**json.loads(os.environ[_SETTINGS_ENV]))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
-    state = ModelState(settings)
+    state = ModelState(settings, on_failure=functools.partial(exit_for_load_failure, settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -392,8 +417,15 @@ def main(argv: list[str] | None = None) -> None:
     # the environment they inherit.
     os.environ[inference.RUNTIME_ENV] = args.runtime
     os.environ[inference.THREADS_ENV] = str(threads)
+    failure_dir = tempfile.TemporaryDirectory(prefix="dogbreeds-serve-")
+    failure_file = Path(failure_dir.name) / "load-failure"
     os.environ[_SETTINGS_ENV] = json.dumps(
-        {"model_dir": str(args.model_dir), "endpoint_name": args.endpoint_name, "max_batch": args.max_batch}
+        {
+            "model_dir": str(args.model_dir),
+            "endpoint_name": args.endpoint_name,
+            "max_batch": args.max_batch,
+            "failure_file": str(failure_file),
+        }
     )
     log.info(
         "serving %s as endpoint %r on http://%s:%d (%d worker(s) x %d thread(s), runtime %s)",
@@ -405,16 +437,25 @@ def main(argv: list[str] | None = None) -> None:
         threads,
         args.runtime,
     )
-    uvicorn.run(
-        "serving.server:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        access_log=False,  # RequestLog writes the one line per request
-        log_config=None,  # keep the root logger's format for uvicorn's own lines
-        timeout_graceful_shutdown=30,
-    )
+    with failure_dir:
+        uvicorn.run(
+            "serving.server:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            access_log=False,  # RequestLog writes the one line per request
+            log_config=None,  # keep the root logger's format for uvicorn's own lines
+            timeout_graceful_shutdown=30,
+            # A spawned worker imports this module, and so torch, before it can answer the supervisor's
+            # health check: on busy CPUs that took over uvicorn's default 5 s, and the supervisor killed
+            # and restarted workers that were merely starting.
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+        )
+        # With one worker a load failure ends this very process; with several, their supervisor returns here.
+        if failure_file.exists():
+            print(f"serving.server: {failure_file.read_text()}", file=sys.stderr)
+            sys.exit(STARTUP_FAILURE)
 
 
 if __name__ == "__main__":

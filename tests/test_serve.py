@@ -20,7 +20,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from botocore.parsers import create_parser
-from conftest import DEFAULT_MODEL, PROJECT, EndpointProcess, free_port
+from conftest import DEFAULT_MODEL, PROJECT, free_port
+from local_servers import stop_process
 from PIL import Image
 
 from serving import inference
@@ -278,43 +279,41 @@ def test_a_failing_handler_is_relayed_as_model_error():
     assert "Received server error (500)" in parsed["Error"]["Message"]
 
 
-def test_a_model_that_fails_to_load_is_reported_not_served(tmp_path, labrador):
+@pytest.mark.parametrize(
+    ("module", "workers"),
+    # The local endpoint's first name, which users' scripts still call, with uvicorn's worker supervisor.
+    [("serving.server", "1"), ("training.serve", "2")],
+)
+def test_a_model_that_cannot_load_stops_the_server_with_the_reason(tmp_path, module, workers):
     model_dir = tmp_path / "broken"
     shutil.copytree(DEFAULT_MODEL, model_dir)
     labels = json.loads((model_dir / "labels.json").read_text())
     (model_dir / "labels.json").write_text(json.dumps(labels[:-1]))  # one label short of the model's outputs
-    server = EndpointProcess(model_dir)
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            module,
+            "--model-dir",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--workers",
+            workers,
+        ],
+        cwd=PROJECT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        deadline = time.monotonic() + 120
-        status, answer = None, {}
-        while time.monotonic() < deadline and status in (None, 503):
-            try:
-                with urllib.request.urlopen(f"{server.url}/ping", timeout=2) as response:
-                    status = response.status
-            except urllib.error.HTTPError as error:
-                status, answer = error.code, json.loads(error.read())
-            except OSError:
-                pass
-            time.sleep(0.1)
-        assert status == 500
-        assert "labels" in answer["error"]
-
-        client = boto3.client(
-            "sagemaker-runtime",
-            endpoint_url=server.url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            config=Config(retries={"max_attempts": 1}),
-        )
-        with pytest.raises(ClientError) as raised:
-            client.invoke_endpoint(
-                EndpointName=DEFAULT_ENDPOINT_NAME, Body=labrador, ContentType=inference.JPEG
-            )
-        assert raised.value.response["Error"]["Code"] == "ServiceUnavailable"
-        assert "model failed to load" in raised.value.response["Error"]["Message"]
+        _, stderr = server.communicate(timeout=180)
     finally:
-        server.stop()
+        stop_process(server, timeout=10)
+    assert server.returncode != 0
+    assert f"model failed to load from {model_dir}" in stderr
+    assert "labels" in stderr.splitlines()[-1]
 
 
 @pytest.mark.slow
