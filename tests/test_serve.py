@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +21,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from botocore.parsers import create_parser
-from conftest import DEFAULT_MODEL, PROJECT, free_port
+from conftest import DEFAULT_MODEL, PROJECT, EndpointProcess, free_port
 from local_servers import stop_process
 from PIL import Image
 
@@ -314,6 +315,84 @@ def test_a_model_that_cannot_load_stops_the_server_with_the_reason(tmp_path, mod
     assert server.returncode != 0
     assert f"model failed to load from {model_dir}" in stderr
     assert "labels" in stderr.splitlines()[-1]
+
+
+FAST_MODEL = PROJECT / "models" / "fast"
+
+
+def test_a_burst_past_the_queue_limit_is_shed_with_retry_after_and_the_rest_answered(labrador):
+    # One image queued at a time: of a burst of simultaneous requests, those that find the model busy are
+    # refused at once instead of waiting.
+    server = EndpointProcess(FAST_MODEL, "--max-queue", "1").wait_ready()
+    client = boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=server.url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        # One retry, as the API makes: botocore's standard mode must take a shed request for a retryable one.
+        config=Config(retries={"total_max_attempts": 2, "mode": "standard"}, max_pool_connections=16),
+    )
+    start = threading.Barrier(16)
+
+    def container_call(_):
+        start.wait()
+        request = urllib.request.Request(
+            f"{server.url}/invocations", labrador, {"Content-Type": inference.JPEG}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read()), response.headers
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode(), error.headers
+
+    def runtime_call(_):
+        start.wait()
+        try:
+            response = client.invoke_endpoint(
+                EndpointName=DEFAULT_ENDPOINT_NAME, Body=labrador, ContentType=inference.JPEG
+            )
+            return 200, json.loads(response["Body"].read()), response["ResponseMetadata"]
+        except ClientError as error:
+            error_response = error.response
+            return (
+                error_response["Error"]["Code"],
+                error_response["Error"]["Message"],
+                error_response["ResponseMetadata"],
+            )
+
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            container = list(pool.map(container_call, range(16)))
+            runtime = list(pool.map(runtime_call, range(16)))
+        with urllib.request.urlopen(f"{server.url}/ping", timeout=10) as response:
+            backlog = json.loads(response.read())["queue"]
+    finally:
+        server.stop()
+
+    for answers, shed_status in ((container, 503), (runtime, "ServiceUnavailable")):
+        statuses = [status for status, _, _ in answers]
+        assert statuses.count(200) >= 1
+        assert statuses.count(shed_status) >= 1
+        assert set(statuses) == {200, shed_status}
+        for status, answer, _ in answers:
+            if status == 200:
+                assert answer["predictions"][0]["label"] == "Labrador_retriever"
+            else:
+                assert "overloaded" in answer
+    for status, _, headers in container:
+        assert (headers["Retry-After"] is not None) == (status == 503)
+        if status == 503:
+            assert int(headers["Retry-After"]) >= 1
+    for status, _, metadata in runtime:
+        if status != 200:
+            assert metadata["HTTPStatusCode"] == 503
+            assert metadata["RetryAttempts"] == 1
+            assert int(metadata["HTTPHeaders"]["retry-after"]) >= 1
+            assert int(metadata["HTTPHeaders"]["x-amz-retry-after"]) >= 0
+    shed = [status for status, _, _ in container].count(503)
+    shed += sum(metadata["RetryAttempts"] + (status != 200) for status, _, metadata in runtime)
+    assert backlog == {"images": 0, "limit": 1, "shed": shed}
 
 
 @pytest.mark.slow
