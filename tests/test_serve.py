@@ -107,6 +107,22 @@ def test_garbage_bytes_raise_model_error(runtime):
     assert "cannot decode the image" in error["OriginalMessage"]
 
 
+@pytest.mark.parametrize("size", [(8000, 2), (65000, 1), (2, 8000)])
+def test_tiny_pngs_of_extreme_dimensions_are_refused_by_the_endpoint(runtime, endpoint, size):
+    # A few hundred bytes each; scaling up their short side used to cost about 1 GB (8000 x 2) and would
+    # have needed about 17 GB (65000 x 1).
+    png = io.BytesIO()
+    Image.new("L", size, 90).save(png, format="PNG")
+    with pytest.raises(runtime.exceptions.ModelError) as raised:
+        invoke(runtime, png.getvalue(), inference.PNG)
+    assert raised.value.response["OriginalStatusCode"] == 400
+    assert f"image of {size[0]} x {size[1]}" in raised.value.response["OriginalMessage"]
+
+    status, body = post(f"{endpoint.url}/invocations", png.getvalue(), {"Content-Type": inference.PNG})
+    assert status == 400
+    assert b"at most" in body
+
+
 def test_unsupported_content_type_raises_model_error_naming_it(runtime, labrador):
     with pytest.raises(runtime.exceptions.ModelError) as raised:
         invoke(runtime, labrador, "text/csv")
