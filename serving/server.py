@@ -505,6 +505,7 @@ def exit_for_load_failure(settings: ServeSettings, reason: str) -> None:
     if settings.failure_file:
         Path(settings.failure_file).write_text(reason)
     logging.shutdown()  # flush the traceback already logged
+    print(f"serving.server: {reason}", file=sys.stderr, flush=True)  # the last line, with one worker
     os._exit(STARTUP_FAILURE)
 
 
@@ -610,7 +611,8 @@ def main(argv: list[str] | None = None) -> None:
             # and restarted workers that were merely starting.
             timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
         )
-        # With one worker a load failure ends this very process; with several, their supervisor returns here.
+        # With one worker a load failure ends this very process; with several, their supervisor returns here
+        # after its own log lines, so the reason is said again last.
         if failure_file.exists():
             print(f"serving.server: {failure_file.read_text()}", file=sys.stderr)
             sys.exit(STARTUP_FAILURE)

@@ -80,7 +80,9 @@ def spaniel(samples) -> bytes:
 @pytest.fixture(scope="session")
 def endpoint():
     """The committed default model served by a real `serving.server` process, shared by the whole session."""
-    running = EndpointProcess(DEFAULT_MODEL).wait_ready()
+    # No load shedding: on CPUs shared with the rest of the suite every request must still be answered,
+    # however slowly; shedding has its own tests, with endpoints of their own.
+    running = EndpointProcess(DEFAULT_MODEL, "--max-wait", "0").wait_ready()
     yield running
     running.stop()
 

@@ -329,8 +329,9 @@ def test_a_model_that_cannot_load_stops_the_server_with_the_reason(tmp_path, mod
     finally:
         stop_process(server, timeout=10)
     assert server.returncode != 0
-    assert f"model failed to load from {model_dir}" in stderr
-    assert "labels" in stderr.splitlines()[-1]
+    last_line = stderr.splitlines()[-1]
+    assert last_line.startswith(f"serving.server: model failed to load from {model_dir}")
+    assert "labels" in last_line
 
 
 FAST_MODEL = PROJECT / "models" / "fast"
