@@ -37,6 +37,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
 import numpy as np
 import uvicorn
 from starlette.applications import Starlette
@@ -70,6 +72,10 @@ WORKER_HEALTHCHECK_S = 60.0
 # on an answer after 7 s (and then retries): a queue that cannot be served in time only burns model time on
 # answers nobody reads. 2 s leaves room for the estimate to be off by half again and still answer in time.
 DEFAULT_MAX_WAIT_S = 2.0
+# Requests decoding, preprocessing or waiting for the model at once in a worker, per image of a model call:
+# two calls' worth keeps one batch preparing while one runs. It also bounds the decoded pictures held in
+# memory (up to about 160 MB each at the pixel cap); admitted requests past it wait holding only their body.
+TRANSFORM_SLOTS_PER_BATCH_IMAGE = 2
 # How much each model call moves the measured seconds per image (an exponential moving average).
 SPEED_SMOOTHING = 0.2
 
@@ -360,7 +366,9 @@ async def container_answer(request: Request) -> ContainerAnswer:
         return overloaded(state.admission)
     headers = {key.lower(): value for key, value in request.headers.items()}
     try:
-        return await run_in_threadpool(transform, state.predictor, body, headers, ticket)
+        return await anyio.to_thread.run_sync(
+            transform, state.predictor, body, headers, ticket, limiter=request.app.state.transform_slots
+        )
     finally:
         ticket.release()
 
@@ -520,6 +528,9 @@ def create_app(settings: ServeSettings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         app.state.model = state
+        app.state.transform_slots = anyio.CapacityLimiter(
+            TRANSFORM_SLOTS_PER_BATCH_IMAGE * settings.max_batch
+        )
         state.start()
         yield
         state.close()
