@@ -4,8 +4,9 @@
 
 Each case runs in a fresh process, which reports how far its peak resident memory (ru_maxrss) rose above
 what it held once the image bytes were read. Modes:
-- before: decode, then scale the whole picture so its shorter side is the resize size, then take the centre
-  square: the preprocessing as it was, and no check of the image's shape (only its pixel count);
+- before: decode (compositing transparency on white with alpha_composite), then scale the whole picture so its
+  shorter side is the resize size, then take the centre square: the preprocessing as it was, with no check of
+  the image's shape;
 - preprocessing: decode, then training.preprocessing as it is now (only the crop is resized), with no check;
 - endpoint: the real handlers, input_fn then the model's preprocessing, as a request runs them.
 A case that would need more than --cap-gb of address space more is stopped there (RLIMIT_AS) and shown so.
@@ -14,6 +15,7 @@ A case that would need more than --cap-gb of address space more is stopped there
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import resource
 import subprocess
@@ -22,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
@@ -54,6 +56,16 @@ def write_cases(folder: Path) -> dict[str, Path]:
     return paths
 
 
+def open_image_before(data: bytes) -> Image.Image:
+    """training.preprocessing.open_image before this change, kept here as the baseline."""
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def resize_then_crop(image: Image.Image, image_size: int, resize_size: int) -> Image.Image:
     """The preprocessing before this change, kept here as the baseline."""
     image = image.convert("RGB")
@@ -83,7 +95,7 @@ def child(mode: str, path: Path, model_dir: Path, cap_bytes: int) -> dict:
     started = time.perf_counter()
     try:
         if mode == "before":
-            image = open_image(data)
+            image = open_image_before(data)
             preprocessing.to_array(
                 resize_then_crop(image, preprocessing.image_size, preprocessing.resize_size)
             )
