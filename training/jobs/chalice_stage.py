@@ -83,6 +83,30 @@ def policy_statements(endpoint_name: str, kind: str, async_input: str | None) ->
     ]
 
 
+def check_stage(
+    chalice_dir: Path, stage: str, endpoint_name: str, kind: str, async_input: str | None
+) -> dict:
+    """The stage's config, if the stage exists, calls `endpoint_name` and, for async, has an input location.
+
+    Raises StageError or, for a missing or malformed --async-input, ValueError.
+    """
+    config_path = chalice_dir / "config.json"
+    stages = json.loads(config_path.read_text()).get("stages", {})
+    if stage not in stages:
+        raise StageError(f"{config_path} has no stage {stage!r} (it has {', '.join(sorted(stages))})")
+    current = stages[stage].get("environment_variables", {}).get(ENDPOINT_NAME_ENV)
+    if current != endpoint_name:
+        raise StageError(
+            f"stage {stage!r} calls endpoint {current!r}, not {endpoint_name!r}: "
+            f"deploy to that endpoint or change the stage's {ENDPOINT_NAME_ENV} first"
+        )
+    if kind == "async":
+        if not async_input:
+            raise ValueError("--chalice-stage for an async endpoint needs --async-input s3://BUCKET/PREFIX")
+        parse_s3_uri(async_input)
+    return stages[stage]
+
+
 def update_stage(
     chalice_dir: Path,
     stage: str,
@@ -96,22 +120,13 @@ def update_stage(
 ) -> dict[str, str]:
     """Write the endpoint's facts into the stage's environment and policy; returns the environment written.
 
-    `resize_size` None (a dry run, which reads no archive) writes nothing. Raises StageError when the stage
-    does not exist or names another endpoint, ValueError when an async stage has no input location.
+    `resize_size` None (a dry run, which reads no archive) writes nothing. Raises what `check_stage` raises.
     """
+    check_stage(chalice_dir, stage, endpoint_name, kind, async_input)
     config_path = chalice_dir / "config.json"
     config = json.loads(config_path.read_text())
-    stages = config.get("stages", {})
-    if stage not in stages:
-        raise StageError(f"{config_path} has no stage {stage!r} (it has {', '.join(sorted(stages))})")
-    environment = stages[stage].setdefault("environment_variables", {})
-    if environment.get(ENDPOINT_NAME_ENV) != endpoint_name:
-        raise StageError(
-            f"stage {stage!r} calls endpoint {environment.get(ENDPOINT_NAME_ENV)!r}, not {endpoint_name!r}: "
-            f"deploy to that endpoint or change the stage's {ENDPOINT_NAME_ENV} first"
-        )
-    if kind == "async" and not async_input:
-        raise ValueError("an async stage needs --async-input s3://BUCKET/PREFIX for the photos it queues")
+    settings = config["stages"][stage]
+    environment = settings.setdefault("environment_variables", {})
     written = {
         RESIZE_ENV: str(resize_size)
         if resize_size is not None
@@ -120,7 +135,6 @@ def update_stage(
     }
     if kind == "async":
         written[ASYNC_INPUT_ENV] = async_input
-    policy_file = stages[stage].get("iam_policy_file")
     if dry_run or resize_size is None:
         log(f"write {', '.join(f'{k}={v}' for k, v in written.items())} into stage {stage} of {config_path}")
         return written
@@ -129,6 +143,7 @@ def update_stage(
         environment.pop(ASYNC_INPUT_ENV, None)
     config_path.write_text(json.dumps(config, indent=2) + "\n")
     log(f"stage {stage}: {', '.join(f'{k}={v}' for k, v in written.items())}")
+    policy_file = settings.get("iam_policy_file")
     if policy_file:
         policy_path = chalice_dir / policy_file
         policy = json.loads(policy_path.read_text())

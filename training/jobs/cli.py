@@ -309,8 +309,11 @@ def deploy_spec(args: argparse.Namespace, settings: AwsSettings) -> endpoint.End
 
 def deploy(args: argparse.Namespace, settings: AwsSettings, aws: Aws, log) -> dict:
     spec = deploy_spec(args, settings)
-    if args.chalice_stage and spec.kind == "async" and not args.async_input:
-        raise SettingsError("--chalice-stage for an async endpoint needs --async-input s3://BUCKET/PREFIX")
+    if args.chalice_stage:
+        # Before anything is created: a stage calling another endpoint, or lacking the input, is a typo.
+        chalice_stage.check_stage(
+            args.chalice_dir, args.chalice_stage, spec.endpoint_name, spec.kind, args.async_input
+        )
     deployed = endpoint.deploy(aws, spec, log)
     if args.chalice_stage:
         resize_size = None
