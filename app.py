@@ -25,7 +25,7 @@ def project_error_shape(event, get_response):
 def predict():
     """{"url": "https://..."} or {"image": "<base64>"}, optional "top_k"."""
     request = pipeline.parse_json_body(app.current_request.raw_body)
-    return pipeline.classify(request)
+    return pipeline.http_answer(pipeline.classify(request))
 
 
 @app.route("/predict/image", methods=["POST"], content_types=IMAGE_CONTENT_TYPES)
@@ -35,7 +35,7 @@ def predict_image():
     query = app.current_request.query_params or {}
     top_k = pipeline.parse_top_k_text(query.get("top_k"))
     request = pipeline.upload_request(app.current_request.raw_body, top_k)
-    return pipeline.classify(request)
+    return pipeline.http_answer(pipeline.classify(request))
 
 
 @app.route("/health", methods=["GET"])

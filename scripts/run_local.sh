@@ -38,6 +38,9 @@ $BIN/python -m http.server --bind 127.0.0.1 --directory "$SAMPLES" "$FILES_PORT"
 pids+=($!)
 # .chalice/config.json's local stage points boto3 at 127.0.0.1:8080 (unsigned, so no AWS credentials are
 # needed) and is the only stage allowed to fetch from loopback; its settings win over this environment.
+# The size the API shrinks photos to is the served model's own (the local stage leaves it to this script).
+MODEL_RESIZE_SIZE=$($BIN/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["preprocessing"]["resize_size"])' "$MODEL_DIR/config.json")
+export MODEL_RESIZE_SIZE
 $BIN/chalice local --stage local --host 127.0.0.1 --port "$API_PORT" &
 pids+=($!)
 
