@@ -383,6 +383,21 @@ def test_dry_run_requests_are_valid_api_requests(monkeypatch, tmp_path, capsys, 
     assert connections == []
 
 
+def test_a_dry_run_names_what_it_would_write_into_the_stage_and_writes_nothing(monkeypatch, tmp_path, capsys):
+    isolate_aws_env(monkeypatch, tmp_path)
+    chalice_dir = stage_copy(tmp_path, "dogbreeds-dev")
+    before = {path.name: path.read_bytes() for path in chalice_dir.iterdir()}
+    common = ("--region", REGION, "--role", ROLE, "--bucket", "nowhere", "--dry-run")
+    argv = ("--model-data", "s3://nowhere/model.tar.gz", "--endpoint-name", "dogbreeds-dev")
+    result = run_jobs(
+        capsys, "deploy", *argv, "--chalice-stage", "dev", "--chalice-dir", str(chalice_dir), *common
+    )
+    assert result.code == 0, result.err
+    written = "write MODEL_RESIZE_SIZE=<resize_size of the model's config.json>, ENDPOINT_KIND=real-time"
+    assert f"would have: {written}" in result.err
+    assert {path.name: path.read_bytes() for path in chalice_dir.iterdir()} == before
+
+
 # --- the API's stage: deploy writes what the Lambda needs to know about the endpoint ---
 
 

@@ -9,7 +9,12 @@ requests as JSON lines and connects nowhere. A typical run:
   python -m training.jobs train --instance-type ml.g5.2xlarge --instance-count 2 \\
       --hyperparameters backbone=efficientnet-lite2 epochs=10 batch-size=128 lr=0.001
   python -m training.jobs deploy --model-data s3://BUCKET/dogbreeds/output/JOB/output/model.tar.gz \\
-      --endpoint-name dogbreeds --min-instances 1 --max-instances 4 --target-invocations 100
+      --endpoint-name dogbreeds-dev --min-instances 2 --max-instances 4 --target-invocations 100 \\
+      --canary-percent 10 --bake-minutes 10 --capture-percent 5 --capture-s3 s3://BUCKET/capture \\
+      --chalice-stage dev
+  python -m training.jobs deploy ... --serverless-memory 3072 --max-concurrency 10
+  python -m training.jobs deploy ... --async-output s3://BUCKET/async/out \\
+      --chalice-stage dev --async-input s3://BUCKET/async/in
   python -m training.jobs teardown --endpoint-name dogbreeds
 """
 
@@ -309,6 +314,8 @@ def deploy_spec(args: argparse.Namespace, settings: AwsSettings) -> endpoint.End
 
 def deploy(args: argparse.Namespace, settings: AwsSettings, aws: Aws, log) -> dict:
     spec = deploy_spec(args, settings)
+    if args.async_input and not args.chalice_stage:
+        raise SettingsError("--async-input is the stage's setting: it needs --chalice-stage")
     if args.chalice_stage:
         # Before anything is created: a stage calling another endpoint, or lacking the input, is a typo.
         chalice_stage.check_stage(
