@@ -55,7 +55,8 @@ class Settings:
     # The shorter side the served model resizes every image to before its centre crop (its config.json,
     # preprocessing.resize_size): the Lambda shrinks photos to this, so it never sends more pixels than the
     # model uses nor fewer than it needs. The model is the one source: `python -m training.jobs deploy
-    # --chalice-stage STAGE` writes it into the stage, `make run` takes it from the model it serves.
+    # --chalice-stage STAGE` writes it into the stage; `make run` gives a model other than the default a copy
+    # of the local stage with its own (scripts/local_stage.py).
     model_resize_size: int
     # Only the `local` stage sets this: the local endpoint checks no signature, so a fresh machine with no AWS
     # credentials at all can run the demo.

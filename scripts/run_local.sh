@@ -20,6 +20,7 @@ cleanup() {
     for pid in "${pids[@]}"; do pkill -TERM -P "$pid" 2>/dev/null || true; done
     kill "${pids[@]}" 2>/dev/null || true
     wait 2>/dev/null || true
+    rm -rf "${scratch:-}"
 }
 trap cleanup EXIT INT TERM
 
@@ -38,10 +39,12 @@ $BIN/python -m http.server --bind 127.0.0.1 --directory "$SAMPLES" "$FILES_PORT"
 pids+=($!)
 # .chalice/config.json's local stage points boto3 at 127.0.0.1:8080 (unsigned, so no AWS credentials are
 # needed) and is the only stage allowed to fetch from loopback; its settings win over this environment.
-# The size the API shrinks photos to is the served model's own (the local stage leaves it to this script).
-MODEL_RESIZE_SIZE=$($BIN/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["preprocessing"]["resize_size"])' "$MODEL_DIR/config.json")
-export MODEL_RESIZE_SIZE
-$BIN/chalice local --stage local --host 127.0.0.1 --port "$API_PORT" &
+# The API shrinks photos to the served model's own resize size: a model other than the default gets a copy
+# of the local stage that says so (scripts/local_stage.py).
+scratch=$(mktemp -d)
+API_PROJECT=$($BIN/python scripts/local_stage.py "$MODEL_DIR" "$scratch")
+# Absolute: chalice moves into the project folder, then its reloader starts itself again by the same path.
+"$PWD/$BIN/chalice" --project-dir "$API_PROJECT" local --stage local --host 127.0.0.1 --port "$API_PORT" &
 pids+=($!)
 
 wait_for "http://127.0.0.1:$ENDPOINT_PORT/ping" 180

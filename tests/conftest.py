@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -56,11 +55,6 @@ class EndpointProcess:
         return stop_process(self.process, timeout=30)
 
 
-def model_resize_size(model_dir: Path) -> int:
-    """The shorter side the model in `model_dir` resizes to: what the Lambda in front of it must send."""
-    return json.loads((model_dir / "config.json").read_text())["preprocessing"]["resize_size"]
-
-
 @pytest.fixture(scope="session")
 def samples() -> Path:
     return SAMPLES
@@ -93,10 +87,8 @@ def endpoint():
 
 @pytest.fixture
 def runtime_env(endpoint, monkeypatch):
-    """Point boto3's sagemaker-runtime client at the local endpoint, as the `local` stage does, and resize for
-    the model it serves, as `make run` does."""
+    """Point boto3's sagemaker-runtime client at the local endpoint, as the `local` stage does."""
     monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", endpoint.url)
-    monkeypatch.setenv("MODEL_RESIZE_SIZE", str(model_resize_size(DEFAULT_MODEL)))
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")

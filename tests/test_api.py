@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from chalice.test import Client
-from conftest import DEFAULT_MODEL, EndpointProcess, free_port, model_resize_size
+from conftest import DEFAULT_MODEL, EndpointProcess, free_port
 from local_servers import serving_in_thread
 from PIL import Image
 from test_image import zero_png
@@ -529,12 +529,7 @@ def chalice_local(project: Path) -> Iterator[str]:
         [CHALICE, "local", "--stage", "local", "--port", str(port), "--no-autoreload"],
         cwd=project,
         # As on a fresh machine running `make run`: no AWS region, credentials or endpoint in the environment.
-        # The resize size comes from the model served, as `make run` sets it.
-        env={
-            **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
-            "PYTHONUNBUFFERED": "1",
-            "MODEL_RESIZE_SIZE": str(model_resize_size(DEFAULT_MODEL)),
-        },
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
