@@ -11,6 +11,7 @@ from typing import Any
 
 from chalice import Response
 
+from chalicelib import observability
 from chalicelib.endpoint import invoke_model, queue_model_request
 from chalicelib.errors import BadRequest, InvalidJson, PayloadTooLarge
 from chalicelib.fetch import fetch_image
@@ -124,6 +125,7 @@ def classify(request: ClassifyRequest) -> dict[str, Any]:
     settings = get_settings()
     started = time.perf_counter()
     if request.url is not None:
+        observability.note_url(request.url)
         allow_loopback = settings.allow_loopback_fetch
         data = fetch_image(request.url, max_bytes=MAX_FETCH_BYTES, allow_loopback=allow_loopback)
     else:
