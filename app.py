@@ -5,7 +5,8 @@ from chalice import Chalice, Response
 from chalicelib import classify as pipeline
 from chalicelib import observability
 from chalicelib.errors import answers_errors, lambda_error, reshape_chalice_error
-from chalicelib.settings import api_key_required, get_settings
+from chalicelib.health import health_answer
+from chalicelib.settings import api_key_required
 
 app = Chalice(app_name="dogbreeds")
 # Routes that pass KEYED need an API key on stages that set API_KEY_REQUIRED (prod); a public route omits it.
@@ -49,8 +50,9 @@ def predict_image():
 @app.route("/health", methods=["GET"], api_key_required=KEYED)
 @answers_errors
 def health():
-    settings = get_settings()
-    return Response(body={"status": "ok", "endpoint": settings.endpoint_name})
+    """200 when the stage's endpoint can answer, 503 when not (checked without a model call, cached)."""
+    status, body, headers = health_answer()
+    return Response(body=body, status_code=status, headers=headers)
 
 
 @app.lambda_function(name="classify")

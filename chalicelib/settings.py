@@ -5,9 +5,15 @@ Limits follow from the platform:
   API Gateway base64-encodes binary bodies into that event (4/3 growth), so uploads stop at 4 MiB.
 - A URL is fetched by the Lambda itself, so its cap is set by memory rather than by the event size.
 - The pixel cap is well under Pillow's own decompression-bomb limit (89.5 MP warns, 179 MP refuses) and above
-  any phone camera (a 12 MP photo is 12,000,000 pixels).
-- Time budget of one API call (Lambda timeout 28 s, under API Gateway's 29 s): fetch <= 7 s, then at most
-  two endpoint attempts of 2 s connect + 7 s read each plus botocore's backoff (<= 1 s): 7 + 18 + 1 = 26 s.
+  any phone camera (a 12 MP photo is 12,000,000 pixels). With the image converted in strips, preparing a
+  picture at its format's cap peaks at about a quarter of the dev stage's 1,024 MB (README, "Limits").
+- What the Lambda sends is what SageMaker and the endpoint take: the shorter side at most the model's resize
+  size, the longer at most MAX_ASPECT_RATIO times that, the body at most MAX_ENDPOINT_BODY_BYTES
+  (tests/test_limits.py holds these against the endpoint's own constants).
+- Time budget of one API call (Lambda timeout 28 s, under API Gateway's 29 s): fetch <= 7 s (connect,
+  headers and body together), then at most two endpoint attempts of 2 s connect + 7 s read each plus
+  botocore's backoff (<= 1 s): 7 + 18 + 1 = 26 s (WORST_CASE_S, held under every stage's lambda_timeout by a
+  test). botocore waits longer only for an x-amz-retry-after header, which the SageMaker runtime never sends.
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ MIB = 1024 * 1024
 MAX_UPLOAD_BYTES = 4 * MIB
 MAX_FETCH_BYTES = 16 * MIB
 MAX_PIXELS = 40_000_000
+# Lower caps for formats whose decoding costs more memory per pixel than the rest (bench/decode_memory.py).
+MAX_PIXELS_BY_FORMAT = {"WEBP": 16_000_000}
+# The longer side may be at most this many times the shorter. The model scales the shorter side to its resize
+# size, so without this a 65000x1 picture would grow to 17 GB there. The endpoint refuses the same ratio.
+MAX_ASPECT_RATIO = 20
 MAX_REDIRECTS = 3
 FETCH_CONNECT_TIMEOUT_S = 3.0
 FETCH_READ_TIMEOUT_S = 5.0
@@ -31,8 +42,22 @@ ENDPOINT_READ_TIMEOUT_S = 7.0
 # Attempts in all, the first included; botocore's "standard" mode retries throttling, 5xx and connection
 # errors, never a ModelError.
 ENDPOINT_MAX_ATTEMPTS = 2
-# What a 503 tells the client to wait before trying again.
+# The longest wait botocore's standard mode makes before that one retry.
+ENDPOINT_BACKOFF_S = 1.0
+WORST_CASE_S = (
+    FETCH_TOTAL_TIMEOUT_S
+    + ENDPOINT_MAX_ATTEMPTS * (ENDPOINT_CONNECT_TIMEOUT_S + ENDPOINT_READ_TIMEOUT_S)
+    + (ENDPOINT_MAX_ATTEMPTS - 1) * ENDPOINT_BACKOFF_S
+)
+# What a 503 tells the client to wait before trying again, unless the endpoint said (capped at the second).
 RETRY_AFTER_S = 2
+MAX_RETRY_AFTER_S = 60
+# SageMaker's InvokeEndpoint takes at most this many bytes of body; the API never sends more.
+MAX_ENDPOINT_BODY_BYTES = 6_291_456
+
+# /health checks the endpoint (DescribeEndpoint or /ping, no model call) at most this often per container.
+HEALTH_CACHE_S = 10.0
+HEALTH_TIMEOUT_S = 2.0
 
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 20
@@ -103,7 +128,7 @@ def _flag(name: str) -> bool:
 
 def _positive_int(name: str) -> int:
     value = os.environ.get(name, "").strip()
-    if not value.isdigit() or int(value) <= 0:
+    if not (value.isascii() and value.isdigit()) or int(value) <= 0:
         raise ConfigurationError(f"{name} must be a positive integer, not {value!r}")
     return int(value)
 

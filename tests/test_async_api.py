@@ -19,6 +19,7 @@ from test_api import LABRADOR, assert_error, post_image, post_json, write_stage_
 
 import app as api
 from chalicelib.endpoint import runtime_client, s3_client
+from chalicelib.schema import validate_queued_answer
 from chalicelib.settings import get_settings
 
 REGION = "us-east-1"
@@ -90,7 +91,7 @@ def test_a_photo_for_an_async_endpoint_is_queued_and_answered_202(moto, bucket, 
     response = post_image(client, (samples / LABRADOR).read_bytes())
 
     assert response.status_code == 202, response.body
-    answer = json.loads(response.body)
+    answer = validate_queued_answer(json.loads(response.body))
     assert answer["status"] == "queued"
     assert answer["output_location"].startswith("s3://") and answer["failure_location"].startswith("s3://")
     assert answer["image"]["bytes_sent"] > 0 and set(answer["timings_ms"]) == {
@@ -111,7 +112,7 @@ def test_a_photo_for_an_async_endpoint_is_queued_and_answered_202(moto, bucket, 
 def test_the_lambda_function_gives_the_queued_answer(moto, bucket, samples, tmp_path):
     client = async_client(tmp_path, moto, ASYNC_INPUT_S3=f"s3://{bucket}/queued")
     image = base64.b64encode((samples / LABRADOR).read_bytes()).decode()
-    answer = client.lambda_.invoke("classify", {"image": image}).payload
+    answer = validate_queued_answer(client.lambda_.invoke("classify", {"image": image}).payload)
     assert answer["status"] == "queued" and answer["output_location"].startswith("s3://")
     assert read_s3(f"s3://{bucket}/queued/{answer['inference_id']}.jpg")[:2] == b"\xff\xd8"
 
