@@ -5,10 +5,11 @@ from chalice import Chalice, Response
 from chalicelib import classify as pipeline
 from chalicelib.errors import answers_errors, lambda_error, reshape_chalice_error
 from chalicelib.settings import get_settings
+from chalicelib.webpage import render_page
 
 app = Chalice(app_name="dogbreeds")
 
-IMAGE_CONTENT_TYPES = ["image/jpeg", "image/png", "image/webp", "image/gif", "application/octet-stream"]
+IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "application/octet-stream")
 # API Gateway passes these bodies to the Lambda base64-encoded instead of mangling them as text.
 for content_type in IMAGE_CONTENT_TYPES:
     if content_type not in app.api.binary_types:
@@ -20,6 +21,14 @@ def project_error_shape(event, get_response):
     return reshape_chalice_error(get_response(event))
 
 
+@app.route("/", methods=["GET"])
+@answers_errors
+def page():
+    """The web page to try the API in a browser."""
+    html, headers = render_page(get_settings().model_resize_size, IMAGE_CONTENT_TYPES)
+    return Response(body=html, headers=headers)
+
+
 @app.route("/predict", methods=["POST"], content_types=["application/json"])
 @answers_errors
 def predict():
@@ -28,7 +37,7 @@ def predict():
     return pipeline.classify(request)
 
 
-@app.route("/predict/image", methods=["POST"], content_types=IMAGE_CONTENT_TYPES)
+@app.route("/predict/image", methods=["POST"], content_types=list(IMAGE_CONTENT_TYPES))
 @answers_errors
 def predict_image():
     """The image's raw bytes as the body; optional ?top_k=N."""
