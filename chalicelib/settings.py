@@ -6,8 +6,10 @@ Limits follow from the platform:
 - A URL is fetched by the Lambda itself, so its cap is set by memory rather than by the event size.
 - The pixel cap is well under Pillow's own decompression-bomb limit (89.5 MP warns, 179 MP refuses) and above
   any phone camera (a 12 MP photo is 12,000,000 pixels).
-- Time budget of one API call (Lambda timeout 28 s, under API Gateway's 29 s): fetch <= 7 s, then at most
-  two endpoint attempts of 2 s connect + 7 s read each plus botocore's backoff (<= 1 s): 7 + 18 + 1 = 26 s.
+- Time budget of one API call (Lambda timeout 28 s, under API Gateway's 29 s): fetch <= 7 s (connect,
+  headers and body together), then at most two endpoint attempts of 2 s connect + 7 s read each plus
+  botocore's backoff (<= 1 s): 7 + 18 + 1 = 26 s (WORST_CASE_S, held under every stage's lambda_timeout by a
+  test). botocore waits longer only for an x-amz-retry-after header, which the SageMaker runtime never sends.
 """
 
 from __future__ import annotations
@@ -31,8 +33,18 @@ ENDPOINT_READ_TIMEOUT_S = 7.0
 # Attempts in all, the first included; botocore's "standard" mode retries throttling, 5xx and connection
 # errors, never a ModelError.
 ENDPOINT_MAX_ATTEMPTS = 2
-# What a 503 tells the client to wait before trying again.
+# The longest wait botocore's standard mode makes before that one retry.
+ENDPOINT_BACKOFF_S = 1.0
+WORST_CASE_S = (
+    FETCH_TOTAL_TIMEOUT_S
+    + ENDPOINT_MAX_ATTEMPTS * (ENDPOINT_CONNECT_TIMEOUT_S + ENDPOINT_READ_TIMEOUT_S)
+    + (ENDPOINT_MAX_ATTEMPTS - 1) * ENDPOINT_BACKOFF_S
+)
+# What a 503 tells the client to wait before trying again, unless the endpoint said (at most the second).
 RETRY_AFTER_S = 2
+MAX_RETRY_AFTER_S = 60
+# SageMaker's InvokeEndpoint takes at most this many bytes of body; the API never sends more.
+MAX_ENDPOINT_BODY_BYTES = 6_291_456
 
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 20
