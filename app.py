@@ -4,6 +4,7 @@ from chalice import Chalice, Response
 
 from chalicelib import classify as pipeline
 from chalicelib.errors import answers_errors, lambda_error, reshape_chalice_error
+from chalicelib.openapi import describe_api, stage_base_path
 from chalicelib.settings import get_settings
 from chalicelib.webpage import render_page
 
@@ -45,6 +46,13 @@ def predict_image():
     top_k = pipeline.parse_top_k_text(query.get("top_k"))
     request = pipeline.upload_request(app.current_request.raw_body, top_k)
     return pipeline.classify(request)
+
+
+@app.route("/openapi.json", methods=["GET"])
+@answers_errors
+def openapi():
+    """This API described in OpenAPI 3.1."""
+    return describe_api(app.routes, stage_base_path(app.current_request.context))
 
 
 @app.route("/health", methods=["GET"])

@@ -105,15 +105,11 @@ class ChaliceLocal:
     endpoint at `endpoint_url`; its output goes to `log`."""
 
     def __init__(self, project: Path, endpoint_url: str):
+        self.write_config(project, endpoint_url)
         shutil.copytree(
             PROJECT / "chalicelib", project / "chalicelib", ignore=shutil.ignore_patterns("__pycache__")
         )
         shutil.copy(PROJECT / "app.py", project / "app.py")
-        config = json.loads((PROJECT / ".chalice" / "config.json").read_text())
-        local_env = config["stages"]["local"]["environment_variables"]
-        local_env["AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"] = endpoint_url
-        (project / ".chalice").mkdir()
-        (project / ".chalice" / "config.json").write_text(json.dumps(config, indent=2))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = project / "chalice.log"
@@ -127,6 +123,16 @@ class ChaliceLocal:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+
+    @staticmethod
+    def write_config(project: Path, endpoint_url: str) -> None:
+        """The real .chalice/config.json in `project`, its local stage calling the endpoint at `endpoint_url`
+        (the stage's environment wins over the process's)."""
+        config = json.loads((PROJECT / ".chalice" / "config.json").read_text())
+        local_env = config["stages"]["local"]["environment_variables"]
+        local_env["AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"] = endpoint_url
+        (project / ".chalice").mkdir(parents=True)
+        (project / ".chalice" / "config.json").write_text(json.dumps(config, indent=2))
 
     def wait_ready(self, timeout: float = 60.0) -> ChaliceLocal:
         deadline = time.monotonic() + timeout
