@@ -103,21 +103,28 @@ def gateway(api_stack):
 # --- the browser ---
 
 
+def browser_paths() -> tuple[str, str]:
+    """Where chromium and chromedriver are; fails the test, saying how to install them, when they are not."""
+    found = {name: shutil.which(name) for name in (CHROMIUM, CHROMEDRIVER)}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        pytest.fail(f"the browser tests need {' and '.join(missing)}: {INSTALL_HINT}")
+    return found[CHROMIUM], found[CHROMEDRIVER]
+
+
 @pytest.fixture(scope="module")
 def browser():
     """One headless Chromium for the module, driven through Debian's chromedriver."""
-    missing = [name for name in (CHROMIUM, CHROMEDRIVER) if shutil.which(name) is None]
-    if missing:
-        pytest.fail(f"the browser tests need {' and '.join(missing)}: {INSTALL_HINT}")
+    chromium, chromedriver = browser_paths()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which(CHROMIUM)
+    options.binary_location = chromium
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,900"):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=shutil.which(CHROMEDRIVER)))
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
     yield driver
     driver.quit()
 
@@ -164,6 +171,14 @@ def console_errors(driver, allow_network: bool = False) -> list[dict]:
     return [entry for entry in entries if not (allow_network and entry.get("source") == "network")]
 
 
+def screenshot(driver, path: Path) -> None:
+    """The whole page, however long, at the window's width."""
+    width = driver.get_window_size()["width"]
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(width, height + 140)  # the window's own frame takes part of its height
+    driver.save_screenshot(str(path))
+
+
 def choose_file(driver, path: Path) -> None:
     driver.find_element("id", "file").send_keys(str(path))
 
@@ -180,7 +195,7 @@ def photo_file(tmp_path: Path, name: str, image: Image.Image, **options) -> Path
 def test_a_chosen_photo_gets_its_breed(page, gateway, samples, tmp_path):
     choose_file(page, samples / "Labrador_retriever_06455.jpg")
     assert wait_for_outcome(page) == "answered", text(page, "error")
-    page.save_screenshot(str(tmp_path / "upload.png"))
+    screenshot(page, tmp_path / "upload.png")
     top_label, top_text = bars(page)[0]
     assert top_label == "Labrador_retriever" and "Labrador retriever" in top_text and "%" in top_text
     assert len(bars(page)) == 5
@@ -304,7 +319,7 @@ def test_phone_width_and_labels(page, samples, tmp_path):
     page.set_window_size(390, 844)
     choose_file(page, samples / "Labrador_retriever_06455.jpg")
     assert wait_for_outcome(page) == "answered", text(page, "error")
-    page.save_screenshot(str(tmp_path / "phone.png"))
+    screenshot(page, tmp_path / "phone.png")
     # Nothing wider than the screen.
     assert page.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
     # Every field has a label, and the answer is announced.
@@ -313,6 +328,12 @@ def test_phone_width_and_labels(page, samples, tmp_path):
         assert page.find_elements("css selector", f"label[for='{element_id}']"), element_id
     assert page.find_element("id", "live").get_attribute("aria-live") == "polite"
     assert console_errors(page) == []
+
+
+def test_a_machine_without_the_browser_is_told_how_to_install_it(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(pytest.fail.Exception, match="apt-get install chromium chromium-driver"):
+        browser_paths()
 
 
 def test_the_page_is_one_small_document_that_loads_nothing_else(gateway):

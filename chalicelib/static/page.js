@@ -313,7 +313,7 @@
 
     const facts = [];
     if (answer.model) facts.push(["Model", `${answer.model.name} version ${answer.model.version}`]);
-    if (typeof answer.dog_probability === "number") facts.push(["Dog", percent(answer.dog_probability)]);
+    if (typeof answer.dog_probability === "number") facts.push(["Is a dog", percent(answer.dog_probability)]);
     if (answer.image) {
       const image = answer.image;
       facts.push(["Photo", `${image.width} × ${image.height}, ${note}`]);
@@ -323,7 +323,7 @@
       const parts = Object.entries(answer.timings_ms).map(([name, ms]) => `${name} ${Math.round(ms)} ms`);
       facts.push(["Server", parts.join(", ")]);
     }
-    facts.push(["Here", `${Math.round(roundTripMs)} ms from choosing to answer`]);
+    facts.push(["In all", `${Math.round(roundTripMs)} ms from choosing to answer, in this browser`]);
     $("facts").replaceChildren(
       ...facts.flatMap(([term, value]) => {
         const dt = document.createElement("dt");
