@@ -151,6 +151,7 @@ def test_every_route_answers_as_described(document, api_stack, sample_files, lab
         (image, "POST", b"not an image", "image/png", 415),
         (image, "POST", b"\0" * (MAX_UPLOAD_BYTES + 1), "application/octet-stream", 413),
         (image, "POST", png((9000, 9000)), "image/png", 422),
+        (image, "POST", jpeg((4000, 20)), "image/jpeg", 422),
         ("/health", "POST", b"{}", "json", 405),
     ]
     for path, method, body, content_type, expected in cases:
