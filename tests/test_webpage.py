@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import DEFAULT_MODEL
-from local_servers import serving_in_thread
+from conftest import DEFAULT_MODEL, ChaliceLocal
+from local_servers import free_port, serving_in_thread
 from PIL import Image
+
+from chalicelib.settings import RETRY_AFTER_S
 
 CHROMIUM = "chromium"
 CHROMEDRIVER = "chromedriver"
@@ -312,6 +314,25 @@ def test_a_stage_that_needs_a_key_says_so_then_remembers_it(page, gateway, sampl
     assert bars(page)[0][0] == "Labrador_retriever"
     page.refresh()
     assert page.find_element("id", "api-key").get_attribute("value") == "key-for-tests"
+    assert console_errors(page, allow_network=True) == []
+
+
+@pytest.fixture
+def endpoint_down(gateway, tmp_path):
+    """The gateway in front of a second `chalice local` whose endpoint address has nothing listening."""
+    api = ChaliceLocal(tmp_path / "project", f"http://127.0.0.1:{free_port()}").wait_ready()
+    working, gateway.api_url = gateway.api_url, api.url
+    yield
+    gateway.api_url = working
+    api.stop()
+
+
+def test_an_endpoint_that_is_down_is_a_readable_error(page, endpoint_down, samples, tmp_path):
+    choose_file(page, samples / "Labrador_retriever_06455.jpg")
+    assert wait_for_outcome(page) == "failed"
+    page.save_screenshot(str(tmp_path / "endpoint-down.png"))
+    assert text(page, "error-title") == "The model is not available right now"
+    assert text(page, "error-message").endswith(f"Try again in {RETRY_AFTER_S} s.")
     assert console_errors(page, allow_network=True) == []
 
 

@@ -183,7 +183,7 @@
     const status = response.status;
     const error = body && typeof body.error === "object" && body.error ? body.error : null;
     if (error && error.message) {
-      let message = error.message;
+      let message = sentence(error.message);
       const wait = response.headers.get("Retry-After");
       if (status === 503 && wait) message += ` Try again in ${wait} s.`;
       return [TITLES[error.code] || `The service answered ${status}`, message];
@@ -204,6 +204,13 @@
       status >= 500 ? "The service is not available right now" : `The service answered ${status}`,
       detail ? `${detail} (HTTP ${status})` : `HTTP ${status}. Try again in a moment.`,
     ];
+  }
+
+  // The API's messages are lower-case clauses ("the image is empty"); on the page they read as sentences.
+  function sentence(text) {
+    const trimmed = String(text).trim();
+    const capital = trimmed.charAt(0).toUpperCase() + trimmed.slice(1);
+    return /[.!?]$/.test(capital) ? capital : capital + ".";
   }
 
   // A photo whose shorter side is over the model's resize size is shrunk to it here (the model would do the
@@ -259,8 +266,12 @@
     const img = $("preview-img");
     const old = img.src;
     if (old.startsWith("blob:")) URL.revokeObjectURL(old);
-    figure.hidden = !src;
-    img.onerror = () => (figure.hidden = true);
+    const hide = (hidden) => {
+      figure.hidden = hidden;
+      result.classList.toggle("no-preview", hidden);
+    };
+    hide(!src);
+    img.onerror = () => hide(true);
     if (src) img.src = src;
     else img.removeAttribute("src");
     img.alt = caption ? `Your photo: ${caption}` : "Your photo";
