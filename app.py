@@ -10,7 +10,7 @@ from chalicelib.webpage import render_page
 
 app = Chalice(app_name="dogbreeds")
 
-IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "application/octet-stream")
+IMAGE_CONTENT_TYPES = ["image/jpeg", "image/png", "image/webp", "image/gif", "application/octet-stream"]
 # API Gateway passes these bodies to the Lambda base64-encoded instead of mangling them as text.
 for content_type in IMAGE_CONTENT_TYPES:
     if content_type not in app.api.binary_types:
@@ -26,7 +26,7 @@ def project_error_shape(event, get_response):
 @answers_errors
 def page():
     """The web page to try the API in a browser."""
-    html, headers = render_page(get_settings().model_resize_size, IMAGE_CONTENT_TYPES)
+    html, headers = render_page(get_settings().model_resize_size, tuple(IMAGE_CONTENT_TYPES))
     return Response(body=html, headers=headers)
 
 
@@ -38,7 +38,7 @@ def predict():
     return pipeline.classify(request)
 
 
-@app.route("/predict/image", methods=["POST"], content_types=list(IMAGE_CONTENT_TYPES))
+@app.route("/predict/image", methods=["POST"], content_types=IMAGE_CONTENT_TYPES)
 @answers_errors
 def predict_image():
     """The image's raw bytes as the body; optional ?top_k=N."""

@@ -15,6 +15,8 @@ OPENAPI_VERSION = "3.1.0"
 API_KEY_HEADER = "x-api-key"
 
 # API Gateway's own answers, in its own shape, before the request reaches the function.
+# A stage deployed with gateway responses mapped to the API's error shape answers in that shape, else in
+# API Gateway's own {"message": ...}.
 _GATEWAY_ERRORS = {
     403: "API Gateway: this stage requires an API key (`x-api-key`) and the request has none or a wrong one.",
     429: "API Gateway: the stage's or the key's rate, burst or quota was exceeded; try again later.",
@@ -96,8 +98,12 @@ def _schema_component(source: dict[str, Any]) -> dict[str, Any]:
     return component
 
 
-def _json(schema_ref: str) -> dict[str, Any]:
-    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}}
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(name: str) -> dict[str, Any]:
+    return {"application/json": {"schema": _ref(name)}}
 
 
 def _error_response(status: int, codes: list[str]) -> dict[str, Any]:
@@ -109,7 +115,7 @@ def _error_response(status: int, codes: list[str]) -> dict[str, Any]:
             "application/json": {
                 "schema": {
                     "allOf": [
-                        {"$ref": "#/components/schemas/Error"},
+                        _ref("Error"),
                         {"properties": {"error": {"properties": {"code": {"enum": codes}}}}},
                     ]
                 }
@@ -130,7 +136,8 @@ def _errors(*, classifies: bool) -> dict[str, Any]:
     responses = {status: _error_response(status, codes) for status, codes in by_status.items()}
     if classifies:
         for status, description in _GATEWAY_ERRORS.items():
-            responses[status] = {"description": description, "content": _json("GatewayError")}
+            shapes = {"schema": {"anyOf": [_ref("Error"), _ref("GatewayError")]}}
+            responses[status] = {"description": description, "content": {"application/json": shapes}}
     return {str(status): responses[status] for status in sorted(responses)}
 
 

@@ -42,6 +42,7 @@ class Gateway:
     api_url: str
     url: str = ""
     required_key: str | None = None
+    forbidden_body: bytes = b""
     received: list[tuple[str, str, str, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -72,8 +73,8 @@ class GatewayHandler(http.server.BaseHTTPRequestHandler):
         # The page and its description stay open in every stage; the routes that classify may need a key.
         keyed = self.command == "POST" and gateway.required_key is not None
         if keyed and self.headers.get("x-api-key") != gateway.required_key:
-            # API Gateway's own answer when a method requires a key and the request has none or a wrong one.
-            return self.answer(403, {"Content-Type": "application/json"}, b'{"message":"Forbidden"}')
+            # API Gateway's answer when a method requires a key and the request has none or a wrong one.
+            return self.answer(403, {"Content-Type": "application/json"}, gateway.forbidden_body)
         headers = {name: self.headers[name] for name in FORWARDED_REQUEST_HEADERS if name in self.headers}
         request = urllib.request.Request(gateway.api_url + self.path, data=body, headers=headers)
         request.method = self.command
@@ -300,8 +301,18 @@ def test_a_picture_without_a_dog_says_so(page, tmp_path):
     assert console_errors(page) == []
 
 
-def test_a_stage_that_needs_a_key_says_so_then_remembers_it(page, gateway, samples, tmp_path):
+# API Gateway's own 403, and the same mapped to the API's error shape by a stage's gateway responses.
+FORBIDDEN_BODIES = [
+    b'{"message":"Forbidden"}',
+    b'{"error": {"code": "api_key_invalid",'
+    b' "message": "this API needs a valid API key in the x-api-key header"}}',
+]
+
+
+@pytest.mark.parametrize("forbidden_body", FORBIDDEN_BODIES, ids=["gateway-shape", "api-shape"])
+def test_a_stage_that_needs_a_key_says_so_then_remembers_it(page, gateway, samples, tmp_path, forbidden_body):
     gateway.required_key = "key-for-tests"
+    gateway.forbidden_body = forbidden_body
     choose_file(page, samples / "Labrador_retriever_06455.jpg")
     assert wait_for_outcome(page) == "failed"
     assert text(page, "error-title") == "This API needs a key"

@@ -23,6 +23,10 @@
     endpoint_unavailable: "The model is not available right now",
     endpoint_timeout: "The model took too long to answer",
     misconfigured: "The service is misconfigured",
+    throttled: "Too many requests",
+    quota_exceeded: "This API key's quota is used up",
+    timeout: "The service took too long to answer",
+    not_found: "The service does not know this address",
     internal_error: "Something went wrong in the service",
   };
 
@@ -182,13 +186,8 @@
   function describeError(response, body) {
     const status = response.status;
     const error = body && typeof body.error === "object" && body.error ? body.error : null;
-    if (error && error.message) {
-      let message = sentence(error.message);
-      const wait = response.headers.get("Retry-After");
-      if (status === 503 && wait) message += ` Try again in ${wait} s.`;
-      return [TITLES[error.code] || `The service answered ${status}`, message];
-    }
-    // Not the API's own answer: API Gateway's (key missing, throttled, too large) or a proxy's.
+    // API Gateway's own answer for a missing or wrong key, in its shape ({"message": "Forbidden"}) or in the
+    // API's when the stage maps its gateway responses.
     if (status === 403) {
       $("key-box").open = true;
       if (keyInput.value.trim()) {
@@ -196,13 +195,19 @@
       }
       return ["This API needs a key", "Enter your API key in the “API key” field below, then try again."];
     }
-    if (status === 429) return ["Too many requests", "The service is busy. Wait a moment, then try again."];
+    if (error && error.message) {
+      let message = sentence(error.message);
+      const wait = response.headers.get("Retry-After");
+      if ((status === 503 || status === 429) && wait) message += ` Try again in ${wait} s.`;
+      return [TITLES[error.code] || `The service answered ${status}`, message];
+    }
+    if (status === 429) return [TITLES.throttled, "The service is busy. Wait a moment, then try again."];
     if (status === 413) return [TITLES.payload_too_large, "The service refused the request as too large."];
     if (response.ok) return ["The answer cannot be read", "The service answered something that is not an answer."];
     const detail = body && (body.message || body.Message);
     return [
       status >= 500 ? "The service is not available right now" : `The service answered ${status}`,
-      detail ? `${detail} (HTTP ${status})` : `HTTP ${status}. Try again in a moment.`,
+      detail ? `${sentence(detail)} (HTTP ${status})` : `HTTP ${status}. Try again in a moment.`,
     ];
   }
 
