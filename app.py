@@ -4,6 +4,7 @@ from chalice import Chalice, Response
 
 from chalicelib import classify as pipeline
 from chalicelib.errors import answers_errors, lambda_error, reshape_chalice_error
+from chalicelib.health import health_answer
 from chalicelib.openapi import describe_api, stage_base_path
 from chalicelib.settings import get_settings
 from chalicelib.webpage import render_page
@@ -58,8 +59,9 @@ def openapi():
 @app.route("/health", methods=["GET"])
 @answers_errors
 def health():
-    settings = get_settings()
-    return Response(body={"status": "ok", "endpoint": settings.endpoint_name})
+    """200 when the stage's endpoint can answer, 503 when not (checked without a model call, cached)."""
+    status, body, headers = health_answer()
+    return Response(body=body, status_code=status, headers=headers)
 
 
 @app.lambda_function(name="classify")

@@ -44,6 +44,9 @@ def parse_json_body(raw_body: bytes) -> ClassifyRequest:
         fields = json.loads(raw_body)
     except (ValueError, UnicodeDecodeError) as error:
         raise InvalidJson(f"the body is not valid JSON: {error}") from error
+    except RecursionError as error:
+        # Arrays or objects nested thousands deep: valid JSON in principle, never a request.
+        raise InvalidJson("the body is nested too deeply to be a request") from error
     return parse_fields(fields)
 
 
@@ -81,7 +84,9 @@ def parse_top_k_text(value: str | None) -> int:
     """top_k from a query string; raises BadRequest unless it is an integer from 1 to MAX_TOP_K."""
     if value is None:
         return DEFAULT_TOP_K
-    if not value.strip().isdigit():
+    value = value.strip()
+    # isdigit alone admits digits int() refuses, such as "²".
+    if not (value.isascii() and value.isdigit()) or len(value) > 6:
         raise BadRequest(f'"top_k" must be an integer from 1 to {MAX_TOP_K}')
     return parse_top_k(int(value))
 

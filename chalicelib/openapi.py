@@ -50,8 +50,10 @@ HEALTH_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["status", "endpoint"],
     "properties": {
-        "status": {"type": "string", "description": '"ok" when the function is up and configured.'},
+        "status": {"type": "string", "description": '"ok", or "unavailable" in a 503.'},
         "endpoint": {"type": "string", "description": "The SageMaker endpoint this stage calls."},
+        "endpoint_status": {"type": "string", "description": "What the endpoint's own check said."},
+        "checked_at": {"type": "string", "description": "When it was checked (UTC, ISO 8601)."},
     },
 }
 
@@ -167,7 +169,7 @@ def _operations(image_types: list[str]) -> dict[tuple[str, str], dict[str, Any]]
             },
         },
         ("/health", "GET"): {
-            "summary": "Whether the function is up and configured.",
+            "summary": "Whether the stage's model endpoint can answer (checked without calling the model).",
             "responses": {
                 "200": {"description": "Up.", "content": _json("Health")},
                 **_errors(classifies=False),

@@ -51,6 +51,10 @@ MAX_RETRY_AFTER_S = 60
 # SageMaker's InvokeEndpoint takes at most this many bytes of body; the API never sends more.
 MAX_ENDPOINT_BODY_BYTES = 6_291_456
 
+# /health checks the endpoint (DescribeEndpoint or /ping, no model call) at most this often per container.
+HEALTH_CACHE_S = 10.0
+HEALTH_TIMEOUT_S = 2.0
+
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 20
 JPEG_QUALITY = 90
@@ -103,6 +107,6 @@ def _flag(name: str) -> bool:
 
 def _positive_int(name: str, default: int) -> int:
     value = os.environ.get(name, str(default)).strip()
-    if not value.isdigit() or int(value) <= 0:
+    if not (value.isascii() and value.isdigit()) or int(value) <= 0:
         raise ConfigurationError(f"{name} must be a positive integer, not {value!r}")
     return int(value)

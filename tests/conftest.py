@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -140,6 +141,8 @@ class ChaliceLocal:
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=2):
                     return self
+            except urllib.error.HTTPError:
+                return self  # it answers; /health says 503 while its endpoint cannot answer
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"chalice local did not start: {self.log.read_text()}") from None

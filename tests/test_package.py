@@ -19,6 +19,7 @@ CONFIG = json.loads((PROJECT / ".chalice" / "config.json").read_text())
 DEPLOYED_STAGES = ["dev", "prod"]
 ALLOWED_ACTIONS = {
     "sagemaker:InvokeEndpoint",
+    "sagemaker:DescribeEndpoint",
     "logs:CreateLogGroup",
     "logs:CreateLogStream",
     "logs:PutLogEvents",
@@ -114,7 +115,7 @@ def test_roles_allow_only_invoking_the_stage_endpoint_and_writing_own_logs(packa
             )
             assert set(actions) <= ALLOWED_ACTIONS
             for target in targets:
-                if actions == ["sagemaker:InvokeEndpoint"]:
+                if actions in (["sagemaker:InvokeEndpoint"], ["sagemaker:DescribeEndpoint"]):
                     assert target == f"arn:aws:sagemaker:*:*:endpoint/dogbreeds-{stage}"
                 else:
                     assert all(a.startswith("logs:") for a in actions)
