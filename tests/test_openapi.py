@@ -23,7 +23,7 @@ from PIL import Image
 from referencing.jsonschema import DRAFT202012
 
 import app as api
-from chalicelib import openapi
+from chalicelib import health, openapi
 from chalicelib.endpoint import runtime_client
 from chalicelib.settings import MAX_UPLOAD_BYTES, get_settings
 
@@ -169,11 +169,15 @@ def stopped_endpoint_client(tmp_path, monkeypatch):
 
     project = tmp_path / "project"
     ChaliceLocal.write_config(project, f"http://127.0.0.1:{free_port()}")
-    get_settings.cache_clear()
-    runtime_client.cache_clear()
+    fresh_container()
     yield Client(api.app, stage_name="local", project_dir=str(project))
+    fresh_container()
+
+
+def fresh_container():
     get_settings.cache_clear()
     runtime_client.cache_clear()
+    health.clear_cache()
 
 
 def test_an_endpoint_that_is_down_answers_as_described(document, stopped_endpoint_client, labrador):
@@ -182,6 +186,9 @@ def test_an_endpoint_that_is_down_answers_as_described(document, stopped_endpoin
     )
     assert response.status_code == 503 and response.headers["Retry-After"]
     assert_matches(document, "/predict/image", "POST", 503, "application/json", response.body)
+    response = stopped_endpoint_client.http.get("/health")
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert_matches(document, "/health", "GET", 503, "application/json", response.body)
 
 
 # --- fuzzing ---

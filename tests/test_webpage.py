@@ -359,6 +359,16 @@ def test_phone_width_and_labels(page, samples, tmp_path):
         element_id = element.get_attribute("id")
         assert page.find_elements("css selector", f"label[for='{element_id}']"), element_id
     assert page.find_element("id", "live").get_attribute("aria-live") == "polite"
+    # The keyboard reaches every control in reading order.
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    page.execute_script("document.activeElement.blur(); window.scrollTo(0, 0)")
+    focused = []
+    for _ in range(4):
+        ActionChains(page).send_keys(Keys.TAB).perform()
+        focused.append(page.execute_script("const e = document.activeElement; return e.id || e.tagName"))
+    assert focused == ["file", "url", "BUTTON", "SUMMARY"]
     assert console_errors(page) == []
 
 
