@@ -14,13 +14,10 @@ from chalicelib.settings import DEFAULT_TOP_K, MAX_TOP_K, MAX_UPLOAD_BYTES
 OPENAPI_VERSION = "3.1.0"
 API_KEY_HEADER = "x-api-key"
 
-# API Gateway's own answers, in its own shape, before the request reaches the function.
-# A stage deployed with gateway responses mapped to the API's error shape answers in that shape, else in
-# API Gateway's own {"message": ...}.
-_GATEWAY_ERRORS = {
-    403: "API Gateway: this stage requires an API key (`x-api-key`) and the request has none or a wrong one.",
-    429: "API Gateway: the stage's or the key's rate, burst or quota was exceeded; try again later.",
-}
+# API Gateway's own answers, before a request reaches the function: in the API's error shape where the stage
+# is deployed with gateway responses mapped to it, else in API Gateway's {"message": ...}.
+_KEY_REFUSED = "API Gateway: this route needs an API key (`x-api-key`); the request has none or a wrong one."
+_THROTTLED = "API Gateway: the stage's or the key's rate, burst or quota is used up; try again later."
 
 REQUEST_SCHEMA: dict[str, Any] = {
     "title": "PredictRequest",
@@ -135,12 +132,23 @@ def _errors(*, classifies: bool) -> dict[str, Any]:
     by_status = error_codes_by_status()
     if not classifies:
         by_status = {status: codes for status, codes in by_status.items() if status >= 500}
-    responses = {status: _error_response(status, codes) for status, codes in by_status.items()}
-    if classifies:
-        for status, description in _GATEWAY_ERRORS.items():
-            shapes = {"schema": {"anyOf": [_ref("Error"), _ref("GatewayError")]}}
-            responses[status] = {"description": description, "content": {"application/json": shapes}}
-    return {str(status): responses[status] for status in sorted(responses)}
+    return {str(status): _error_response(status, codes) for status, codes in sorted(by_status.items())}
+
+
+def _gateway_error(description: str) -> dict[str, Any]:
+    shapes = {"schema": {"anyOf": [_ref("Error"), _ref("GatewayError")]}}
+    return {"description": description, "content": {"application/json": shapes}}
+
+
+def _with_gateway(operation: dict[str, Any], api_key_required: bool) -> dict[str, Any]:
+    """`operation` with what API Gateway itself may answer: 429 on a throttled stage, 403 where the route
+    needs a key (this stage's routes, as app.py declares them)."""
+    gateway = {"429": _gateway_error(_THROTTLED)}
+    if api_key_required:
+        operation = {**operation, "security": [{"apiKey": []}]}
+        gateway["403"] = _gateway_error(_KEY_REFUSED)
+    responses = {**operation["responses"], **gateway}
+    return {**operation, "responses": {status: responses[status] for status in sorted(responses)}}
 
 
 def _answer() -> dict[str, Any]:
@@ -149,7 +157,6 @@ def _answer() -> dict[str, Any]:
 
 
 def _operations(image_types: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
-    keyed = [{}, {"apiKey": []}]
     return {
         ("/", "GET"): {
             "summary": "A web page to try the API in a browser.",
@@ -177,13 +184,11 @@ def _operations(image_types: list[str]) -> dict[tuple[str, str], dict[str, Any]]
         },
         ("/predict", "POST"): {
             "summary": "The breed of the dog in an image given by URL or as base64.",
-            "security": keyed,
             "requestBody": {"required": True, "content": _json("PredictRequest")},
             "responses": {**_answer(), **_errors(classifies=True)},
         },
         ("/predict/image", "POST"): {
             "summary": "The breed of the dog in the image sent as the body (JPEG, PNG, WebP or GIF).",
-            "security": keyed,
             "parameters": [_TOP_K_PARAMETER],
             "requestBody": {
                 "required": True,
@@ -195,14 +200,14 @@ def _operations(image_types: list[str]) -> dict[tuple[str, str], dict[str, Any]]
 
 
 @functools.cache
-def _document(routes_key: tuple[tuple[str, str, str, tuple[str, ...]], ...]) -> dict[str, Any]:
+def _document(routes_key: tuple[tuple[str, str, str, tuple[str, ...], bool], ...]) -> dict[str, Any]:
     operations = {}
-    for path, method, view_name, content_types in routes_key:
+    for path, method, view_name, content_types, api_key_required in routes_key:
         image_types = [kind for kind in content_types if kind != "application/json"]
         described = _operations(image_types).get((path, method))
         if described is None:
             raise KeyError(f"the route {method} {path} has no description in chalicelib/openapi.py")
-        operations[(path, method)] = {"operationId": view_name, **described}
+        operations[(path, method)] = {"operationId": view_name, **_with_gateway(described, api_key_required)}
     paths: dict[str, dict[str, Any]] = defaultdict(dict)
     for (path, method), operation in sorted(operations.items()):
         paths[path][method.lower()] = operation
@@ -213,7 +218,8 @@ def _document(routes_key: tuple[tuple[str, str, str, tuple[str, ...]], ...]) -> 
             "version": "1",
             "description": "Which breed is the dog in a photo. Every answer that is not a classification is "
             '`{"error": {"code": ..., "message": ...}}`; the code is stable, the message is for people. '
-            f"Stages that require a key take it in the `{API_KEY_HEADER}` header.",
+            f"Routes that need a key on this stage list the apiKey scheme: send it in the `{API_KEY_HEADER}` "
+            "header.",
         },
         "paths": dict(paths),
         "components": {
@@ -235,7 +241,7 @@ def describe_api(routes: dict[str, dict[str, Any]], base_path: str = "") -> dict
     Raises KeyError for a route this module does not describe.
     """
     routes_key = tuple(
-        (path, method, entry.view_name, tuple(entry.content_types))
+        (path, method, entry.view_name, tuple(entry.content_types), bool(entry.api_key_required))
         for path, methods in sorted(routes.items())
         for method, entry in sorted(methods.items())
     )

@@ -5,6 +5,7 @@ fuzzes the stack from it."""
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import json
 import subprocess
@@ -119,6 +120,24 @@ def test_every_error_class_is_described_with_its_status(document):
             response = document["paths"][path]["post"]["responses"][str(cls.status)]
             codes = response["content"]["application/json"]["schema"]["allOf"][1]["properties"]["error"]
             assert cls.code in codes["properties"]["code"]["enum"], (cls, path)
+
+
+def test_routes_that_need_a_key_say_so_and_the_page_never_does():
+    """As on prod, where app.py declares the classifying routes with api_key_required."""
+    routes = {path: dict(methods) for path, methods in api.app.routes.items()}
+    for path in ("/predict", "/predict/image"):
+        routes[path]["POST"] = copy.copy(routes[path]["POST"])
+    for path in ("/predict", "/predict/image"):
+        routes[path]["POST"].api_key_required = True
+    document = openapi.describe_api(routes, "/api")
+    validate(document)
+    for path in ("/predict", "/predict/image"):
+        operation = document["paths"][path]["post"]
+        assert operation["security"] == [{"apiKey": []}] and "403" in operation["responses"]
+    for path in ("/", "/openapi.json"):
+        assert "security" not in document["paths"][path]["get"]
+        assert "403" not in document["paths"][path]["get"]["responses"]
+    assert document["servers"] == [{"url": "/api"}]
 
 
 def test_the_document_knows_the_stage_path_it_is_served_under():
