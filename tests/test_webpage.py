@@ -292,12 +292,15 @@ def test_a_pasted_small_photo_goes_as_it_is_and_a_dropped_one_too(page, gateway,
     assert console_errors(page) == []
 
 
-def test_a_picture_without_a_dog_says_so(page, tmp_path):
+def test_a_picture_without_a_dog_says_so(page, gateway, tmp_path):
     blank = photo_file(tmp_path, "blank.png", Image.new("RGB", (300, 300), (40, 90, 200)))
     choose_file(page, blank)
     assert wait_for_outcome(page) == "answered", text(page, "error")
     page.save_screenshot(str(tmp_path / "not-a-dog.png"))
     assert text(page, "verdict") == "This does not look like a dog."
+    assert text(page, "bars-note").startswith("If it is a dog after all")
+    # The flat 300x300 PNG is smaller than any JPEG of it: it went as it was.
+    assert gateway.uploads() == [("POST", "/predict/image", "image/png", blank.stat().st_size)]
     assert console_errors(page) == []
 
 
@@ -316,6 +319,7 @@ def test_a_stage_that_needs_a_key_says_so_then_remembers_it(page, gateway, sampl
     choose_file(page, samples / "Labrador_retriever_06455.jpg")
     assert wait_for_outcome(page) == "failed"
     assert text(page, "error-title") == "This API needs a key"
+    assert page.switch_to.active_element.get_attribute("id") == "api-key"
     page.save_screenshot(str(tmp_path / "needs-key.png"))
     key_field = page.find_element("id", "api-key")
     assert key_field.is_displayed()  # the key's section opened itself

@@ -190,10 +190,11 @@
     // API's when the stage maps its gateway responses.
     if (status === 403) {
       $("key-box").open = true;
+      keyInput.focus();
       if (keyInput.value.trim()) {
-        return ["The API key was refused", "Check the key in the “API key” field below, then try again."];
+        return ["The API key was refused", "Check the key in the “API key” field above, then try again."];
       }
-      return ["This API needs a key", "Enter your API key in the “API key” field below, then try again."];
+      return ["This API needs a key", "Enter your API key in the “API key” field above, then try again."];
     }
     if (error && error.message) {
       let message = sentence(error.message);
@@ -249,7 +250,9 @@
     context.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
     bitmap.close();
     const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", config.jpeg_quality));
-    return blob ? { blob, type: "image/jpeg", shrunk: true } : asIs;
+    // A small, well compressed file (a flat PNG) can come out larger: then it goes as it is.
+    if (!blob || (blob.size >= file.size && config.upload_types.includes(file.type))) return asIs;
+    return { blob, type: "image/jpeg", shrunk: true };
   }
 
   // --- showing it ---
@@ -309,11 +312,13 @@
     verdict.className = "verdict";
     const bars = $("bars");
     bars.className = "bars";
+    $("bars-note").hidden = true;
     if (answer.is_dog === false) {
       verdict.textContent = "This does not look like a dog.";
       verdict.classList.add("not-dog");
       bars.classList.add("faded");
       bars.setAttribute("aria-label", "If it is a dog after all, the closest breeds");
+      $("bars-note").hidden = false;
     } else {
       verdict.textContent = `${answer.confident === false ? "Perhaps a" : "A"} ${top.breed}`;
       if (answer.confident === false) {
