@@ -169,7 +169,12 @@
         "Check your connection, or whether the service is running, then try again.",
       );
     }
-    const body = await response.text();
+    let body = "";
+    try {
+      body = await response.text();
+    } catch {
+      /* the connection broke off mid-answer: described by its status below */
+    }
     if (id !== current) return;
     let answer = null;
     try {
