@@ -20,7 +20,7 @@ from conftest import DEFAULT_MODEL, ChaliceLocal
 from local_servers import free_port, serving_in_thread
 from PIL import Image
 
-from chalicelib.settings import RETRY_AFTER_S
+from chalicelib.settings import MAX_UPLOAD_BYTES, RETRY_AFTER_S
 
 CHROMIUM = "chromium"
 CHROMEDRIVER = "chromedriver"
@@ -247,6 +247,16 @@ def test_a_file_that_is_not_an_image_is_a_readable_error(page, gateway, tmp_path
     # The browser could not read it either, so it went as it was for the API to judge.
     assert gateway.uploads() == [("POST", "/predict/image", "application/octet-stream", notes.stat().st_size)]
     assert console_errors(page, allow_network=True) == []
+
+
+def test_a_file_over_the_upload_limit_is_refused_before_it_is_sent(page, gateway, tmp_path):
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\x00" * (MAX_UPLOAD_BYTES + 1))
+    choose_file(page, big)
+    assert wait_for_outcome(page) == "failed"
+    assert text(page, "error-title") == "The photo is too large"
+    assert gateway.uploads() == []
+    assert console_errors(page) == []
 
 
 def test_a_12_megapixel_photo_leaves_the_browser_small_and_upright(page, gateway, labrador, tmp_path):
