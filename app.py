@@ -3,19 +3,27 @@
 from chalice import Chalice, Response
 
 from chalicelib import classify as pipeline
+from chalicelib import observability
 from chalicelib.errors import answers_errors, lambda_error, reshape_chalice_error
 from chalicelib.health import health_answer
 from chalicelib.openapi import describe_api, stage_base_path
-from chalicelib.settings import get_settings
+from chalicelib.settings import api_key_required, get_settings
 from chalicelib.webpage import render_page
 
 app = Chalice(app_name="dogbreeds")
+# Routes that pass KEYED need an API key on stages that set API_KEY_REQUIRED (prod); a public route omits it.
+KEYED = api_key_required()
 
 IMAGE_CONTENT_TYPES = ["image/jpeg", "image/png", "image/webp", "image/gif", "application/octet-stream"]
 # API Gateway passes these bodies to the Lambda base64-encoded instead of mangling them as text.
 for content_type in IMAGE_CONTENT_TYPES:
     if content_type not in app.api.binary_types:
         app.api.binary_types.append(content_type)
+
+
+# Registered first, so it is the outermost middleware and logs the answer as the client gets it.
+app.register_middleware(observability.http_middleware, "http")
+app.register_middleware(observability.lambda_middleware, "pure_lambda")
 
 
 @app.middleware("http")
@@ -26,12 +34,12 @@ def project_error_shape(event, get_response):
 @app.route("/", methods=["GET"])
 @answers_errors
 def page():
-    """The web page to try the API in a browser."""
+    """The web page to try the API in a browser; public on every stage, like /openapi.json."""
     html, headers = render_page(get_settings().model_resize_size, tuple(IMAGE_CONTENT_TYPES))
     return Response(body=html, headers=headers)
 
 
-@app.route("/predict", methods=["POST"], content_types=["application/json"])
+@app.route("/predict", methods=["POST"], content_types=["application/json"], api_key_required=KEYED)
 @answers_errors
 def predict():
     """{"url": "https://..."} or {"image": "<base64>"}, optional "top_k"."""
@@ -39,7 +47,7 @@ def predict():
     return pipeline.classify(request)
 
 
-@app.route("/predict/image", methods=["POST"], content_types=IMAGE_CONTENT_TYPES)
+@app.route("/predict/image", methods=["POST"], content_types=IMAGE_CONTENT_TYPES, api_key_required=KEYED)
 @answers_errors
 def predict_image():
     """The image's raw bytes as the body; optional ?top_k=N."""
@@ -56,7 +64,7 @@ def openapi():
     return describe_api(app.routes, stage_base_path(app.current_request.context))
 
 
-@app.route("/health", methods=["GET"])
+@app.route("/health", methods=["GET"], api_key_required=KEYED)
 @answers_errors
 def health():
     """200 when the stage's endpoint can answer, 503 when not (checked without a model call, cached)."""

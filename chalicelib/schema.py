@@ -16,8 +16,6 @@ import copy
 import functools
 from typing import Any
 
-import fastjsonschema
-
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 _PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
@@ -122,16 +120,21 @@ class SchemaMismatch(ValueError):
 
 @functools.cache
 def _validator(name: str):
-    # Compiled on first use rather than at import: a cold Lambda start that never needs one pays nothing.
+    # Imported and compiled on first use, not at import: a cold start that validates nothing pays nothing.
+    import fastjsonschema
+
     return fastjsonschema.compile(
         {"ANSWER": ANSWER_SCHEMA, "API_ANSWER": API_ANSWER_SCHEMA, "ERROR": ERROR_SCHEMA}[name]
     )
 
 
 def _validate(name: str, document: Any) -> Any:
+    validator = _validator(name)
+    from fastjsonschema import JsonSchemaValueException
+
     try:
-        return _validator(name)(document)
-    except fastjsonschema.JsonSchemaValueException as error:
+        return validator(document)
+    except JsonSchemaValueException as error:
         raise SchemaMismatch(error.message) from error
 
 

@@ -5,7 +5,11 @@ Limits follow from the platform:
   API Gateway base64-encodes binary bodies into that event (4/3 growth), so uploads stop at 4 MiB.
 - A URL is fetched by the Lambda itself, so its cap is set by memory rather than by the event size.
 - The pixel cap is well under Pillow's own decompression-bomb limit (89.5 MP warns, 179 MP refuses) and above
-  any phone camera (a 12 MP photo is 12,000,000 pixels).
+  any phone camera (a 12 MP photo is 12,000,000 pixels). With the image converted in strips, preparing a
+  picture at its format's cap peaks at about a quarter of the dev stage's 1,024 MB (README, "Limits").
+- What the Lambda sends is what SageMaker and the endpoint take: the shorter side at most the model's resize
+  size, the longer at most MAX_ASPECT_RATIO times that, the body at most MAX_ENDPOINT_BODY_BYTES
+  (tests/test_limits.py holds these against the endpoint's own constants).
 - Time budget of one API call (Lambda timeout 28 s, under API Gateway's 29 s): fetch <= 7 s (connect,
   headers and body together), then at most two endpoint attempts of 2 s connect + 7 s read each plus
   botocore's backoff (<= 1 s): 7 + 18 + 1 = 26 s (WORST_CASE_S, held under every stage's lambda_timeout by a
@@ -45,7 +49,7 @@ WORST_CASE_S = (
     + ENDPOINT_MAX_ATTEMPTS * (ENDPOINT_CONNECT_TIMEOUT_S + ENDPOINT_READ_TIMEOUT_S)
     + (ENDPOINT_MAX_ATTEMPTS - 1) * ENDPOINT_BACKOFF_S
 )
-# What a 503 tells the client to wait before trying again, unless the endpoint said (at most the second).
+# What a 503 tells the client to wait before trying again, unless the endpoint said (capped at the second).
 RETRY_AFTER_S = 2
 MAX_RETRY_AFTER_S = 60
 # SageMaker's InvokeEndpoint takes at most this many bytes of body; the API never sends more.
@@ -110,3 +114,17 @@ def _positive_int(name: str, default: int) -> int:
     if not (value.isascii() and value.isdigit()) or int(value) <= 0:
         raise ConfigurationError(f"{name} must be a positive integer, not {value!r}")
     return int(value)
+
+
+def api_key_required() -> bool:
+    """Whether the API's routes need an API key (the `x-api-key` header), from API_KEY_REQUIRED.
+
+    app.py reads it when it is imported, and `chalice package` and `chalice deploy` import it with the stage's
+    environment variables set, so each stage's setting decides its template.
+    """
+    return _flag("API_KEY_REQUIRED")
+
+
+def stage_name() -> str:
+    """The Chalice stage this code runs as (STAGE), which tags every log line and metric."""
+    return os.environ.get("STAGE", "local").strip() or "local"

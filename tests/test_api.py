@@ -151,7 +151,7 @@ def test_health(client):
 
 
 def test_local_stage_uses_the_endpoint_name_the_local_server_answers():
-    from training.serve import DEFAULT_ENDPOINT_NAME  # test-only import: the API side never imports training
+    from serving.server import DEFAULT_ENDPOINT_NAME  # test-only import: the API side never imports training
 
     config = json.loads((PROJECT / ".chalice" / "config.json").read_text())
     assert config["stages"]["local"]["environment_variables"]["ENDPOINT_NAME"] == DEFAULT_ENDPOINT_NAME

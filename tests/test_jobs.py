@@ -239,9 +239,12 @@ def test_train_on_one_cpu_instance(aws, capsys, connections):
 
     # The code SageMaker runs: the training package, its entry shim and the container's extra packages.
     code = tar_members(s3_object(aws, json.loads(hyperparameters["sagemaker_submit_directory"])))
-    assert {"sagemaker_train.py", "inference.py", "requirements.txt", "training/model.py"} <= code.keys()
+    assert {"sagemaker_train.py", "requirements.txt", "training/train.py", "training/model.py"} <= code.keys()
     assert code["training/model.py"] == (PROJECT / "training" / "model.py").read_bytes()
     assert not any(name.startswith("training/jobs") for name in code)
+    # Only what training imports: not the handlers' entry point, the local server or the evaluation.
+    left_home = {"inference.py", "serving/server.py", "serving/inference.py", "training/evaluate.py"}
+    assert not left_home & code.keys()
     assert b"efficientnet-lite-pytorch==" in code["requirements.txt"]
     assert connections
 
@@ -425,8 +428,12 @@ def test_deploy_twice_then_teardown(aws, trained_model, capsys, connections):
         "labels.json",
         "weights.pt",
         "code/inference.py",
-        "code/training/inference.py",
+        "code/serving/inference.py",
+        "code/training/model.py",
     } <= set(repacked)
+    # Exactly what the handlers import: not the local server (uvicorn), training or evaluation (matplotlib).
+    left_home = {"code/serving/server.py", "code/training/train.py", "code/training/evaluate.py"}
+    assert not left_home & set(repacked)
 
     second = report(run_jobs(capsys, *deploy))
     assert second == first

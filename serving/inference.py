@@ -1,7 +1,7 @@
 """SageMaker inference handlers: model_fn -> input_fn -> predict_fn -> output_fn.
 
 The same module runs in SageMaker's PyTorch inference container (as the entry point) and in the local endpoint
-(`python -m training.serve`). Its answer for one image looks like this; the schema it must match is
+(`python -m serving.server`). Its answer for one image looks like this; the schema it must match is
 ANSWER_SCHEMA in chalicelib/schema.py, the one place of the response schema (the API validates every answer):
 
     {"predictions": [{"label": "Labrador_retriever", "breed": "Labrador retriever", "probability": 0.93},
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.export import OnnxRunner, TorchRunner, onnx_runner_for, softmax
+from serving.runtime import OnnxRunner, TorchRunner, onnx_runner_for, softmax
 from training.model import breed_name, load_model
 from training.preprocessing import Preprocessing, UnreadableImageError, open_image
 
