@@ -9,15 +9,11 @@ from collections import defaultdict
 from typing import Any
 
 from chalicelib import errors, schema
+from chalicelib.gateway_responses import BODY_RESPONSE_TYPES, GATEWAY_RESPONSES, KEY_RESPONSE_TYPES
 from chalicelib.settings import DEFAULT_TOP_K, MAX_TOP_K, MAX_UPLOAD_BYTES
 
 OPENAPI_VERSION = "3.1.0"
 API_KEY_HEADER = "x-api-key"
-
-# API Gateway's own answers, before a request reaches the function: in the API's error shape where the stage
-# is deployed with gateway responses mapped to it, else in API Gateway's {"message": ...}.
-_KEY_REFUSED = "API Gateway: this route needs an API key (`x-api-key`); the request has none or a wrong one."
-_THROTTLED = "API Gateway: the stage's or the key's rate, burst or quota is used up; try again later."
 
 REQUEST_SCHEMA: dict[str, Any] = {
     "title": "PredictRequest",
@@ -105,50 +101,54 @@ def _json(name: str) -> dict[str, Any]:
     return {"application/json": {"schema": _ref(name)}}
 
 
-def _error_response(status: int, codes: list[str]) -> dict[str, Any]:
+def gateway_codes_by_status(*, api_key_required: bool, has_body: bool) -> dict[int, list[str]]:
+    """What API Gateway itself may answer for a route (gateway_responses.py), by HTTP status; unknown routes
+    (404) and the catch-all types that keep API Gateway's status are not a route's."""
+    codes: dict[int, list[str]] = defaultdict(list)
+    for response_type, status, code, _ in GATEWAY_RESPONSES:
+        if status is None or status == 404:
+            continue
+        if response_type in KEY_RESPONSE_TYPES and not api_key_required:
+            continue
+        if response_type in BODY_RESPONSE_TYPES and not has_body:
+            continue
+        if code not in codes[status]:
+            codes[status].append(code)
+    return dict(codes)
+
+
+def _error_response(status: int, codes: list[str], gateway_codes: list[str]) -> dict[str, Any]:
     descriptions = {cls.code: (cls.__doc__ or "").strip() for cls in error_classes() if cls.status == status}
     lines = [f"`{code}`" + (f": {descriptions[code]}" if descriptions.get(code) else "") for code in codes]
+    lines += [f"`{code}`: answered by API Gateway itself." for code in gateway_codes if code not in codes]
+    all_codes = codes + [code for code in gateway_codes if code not in codes]
+    schema_: dict[str, Any] = {
+        "allOf": [_ref("Error"), {"properties": {"error": {"properties": {"code": {"enum": all_codes}}}}}]
+    }
+    if gateway_codes:
+        # A stage deployed without the mapped gateway responses gets API Gateway's own {"message": ...}.
+        schema_ = {"anyOf": [schema_, _ref("GatewayError")]}
     response: dict[str, Any] = {
         "description": "\n".join(lines),
-        "content": {
-            "application/json": {
-                "schema": {
-                    "allOf": [
-                        _ref("Error"),
-                        {"properties": {"error": {"properties": {"code": {"enum": codes}}}}},
-                    ]
-                }
-            }
-        },
+        "content": {"application/json": {"schema": schema_}},
     }
-    if status == errors.EndpointUnavailable.status:
+    if status in (errors.EndpointUnavailable.status, 429):
         retry_after = {"description": "Seconds to wait before trying again.", "schema": {"type": "integer"}}
         response["headers"] = {"Retry-After": retry_after}
     return response
 
 
-def _errors(*, classifies: bool) -> dict[str, Any]:
-    """The error answers of a route: a classifying route can give any of them; the others only fail inside."""
+def _errors(*, classifies: bool, api_key_required: bool) -> dict[str, Any]:
+    """The error answers of a route: a classifying route can give any of the API's; the others only fail
+    inside. Then what API Gateway answers itself."""
     by_status = error_codes_by_status()
     if not classifies:
         by_status = {status: codes for status, codes in by_status.items() if status >= 500}
-    return {str(status): _error_response(status, codes) for status, codes in sorted(by_status.items())}
-
-
-def _gateway_error(description: str) -> dict[str, Any]:
-    shapes = {"schema": {"anyOf": [_ref("Error"), _ref("GatewayError")]}}
-    return {"description": description, "content": {"application/json": shapes}}
-
-
-def _with_gateway(operation: dict[str, Any], api_key_required: bool) -> dict[str, Any]:
-    """`operation` with what API Gateway itself may answer: 429 on a throttled stage, 403 where the route
-    needs a key (this stage's routes, as app.py declares them)."""
-    gateway = {"429": _gateway_error(_THROTTLED)}
-    if api_key_required:
-        operation = {**operation, "security": [{"apiKey": []}]}
-        gateway["403"] = _gateway_error(_KEY_REFUSED)
-    responses = {**operation["responses"], **gateway}
-    return {**operation, "responses": {status: responses[status] for status in sorted(responses)}}
+    gateway = gateway_codes_by_status(api_key_required=api_key_required, has_body=classifies)
+    return {
+        str(status): _error_response(status, by_status.get(status, []), gateway.get(status, []))
+        for status in sorted(set(by_status) | set(gateway))
+    }
 
 
 def _answer() -> dict[str, Any]:
@@ -156,13 +156,16 @@ def _answer() -> dict[str, Any]:
     return {"200": {"description": description, "content": _json("Answer")}}
 
 
-def _operations(image_types: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
+def _operations(image_types: list[str], api_key_required: bool) -> dict[tuple[str, str], dict[str, Any]]:
+    def errors_of(classifies: bool) -> dict[str, Any]:
+        return _errors(classifies=classifies, api_key_required=api_key_required)
+
     return {
         ("/", "GET"): {
             "summary": "A web page to try the API in a browser.",
             "responses": {
                 "200": {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}},
-                **_errors(classifies=False),
+                **errors_of(False),
             },
         },
         ("/openapi.json", "GET"): {
@@ -172,20 +175,20 @@ def _operations(image_types: list[str]) -> dict[tuple[str, str], dict[str, Any]]
                     "description": "An OpenAPI 3.1 document.",
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 },
-                **_errors(classifies=False),
+                **errors_of(False),
             },
         },
         ("/health", "GET"): {
             "summary": "Whether the stage's model endpoint can answer (checked without calling the model).",
             "responses": {
                 "200": {"description": "Up.", "content": _json("Health")},
-                **_errors(classifies=False),
+                **errors_of(False),
             },
         },
         ("/predict", "POST"): {
             "summary": "The breed of the dog in an image given by URL or as base64.",
             "requestBody": {"required": True, "content": _json("PredictRequest")},
-            "responses": {**_answer(), **_errors(classifies=True)},
+            "responses": {**_answer(), **errors_of(True)},
         },
         ("/predict/image", "POST"): {
             "summary": "The breed of the dog in the image sent as the body (JPEG, PNG, WebP or GIF).",
@@ -194,7 +197,7 @@ def _operations(image_types: list[str]) -> dict[tuple[str, str], dict[str, Any]]
                 "required": True,
                 "content": {kind: {"schema": {"type": "string", "format": "binary"}} for kind in image_types},
             },
-            "responses": {**_answer(), **_errors(classifies=True)},
+            "responses": {**_answer(), **errors_of(True)},
         },
     }
 
@@ -204,10 +207,12 @@ def _document(routes_key: tuple[tuple[str, str, str, tuple[str, ...], bool], ...
     operations = {}
     for path, method, view_name, content_types, api_key_required in routes_key:
         image_types = [kind for kind in content_types if kind != "application/json"]
-        described = _operations(image_types).get((path, method))
+        described = _operations(image_types, api_key_required).get((path, method))
         if described is None:
             raise KeyError(f"the route {method} {path} has no description in chalicelib/openapi.py")
-        operations[(path, method)] = {"operationId": view_name, **_with_gateway(described, api_key_required)}
+        if api_key_required:
+            described = {**described, "security": [{"apiKey": []}]}
+        operations[(path, method)] = {"operationId": view_name, **described}
     paths: dict[str, dict[str, Any]] = defaultdict(dict)
     for (path, method), operation in sorted(operations.items()):
         paths[path][method.lower()] = operation
