@@ -6,7 +6,9 @@ from chalicelib import classify as pipeline
 from chalicelib import observability
 from chalicelib.errors import answers_errors, lambda_error, reshape_chalice_error
 from chalicelib.health import health_answer
-from chalicelib.settings import api_key_required
+from chalicelib.openapi import describe_api, stage_base_path
+from chalicelib.settings import api_key_required, get_settings
+from chalicelib.webpage import render_page
 
 app = Chalice(app_name="dogbreeds")
 # Routes that pass KEYED need an API key on stages that set API_KEY_REQUIRED (prod); a public route omits it.
@@ -29,6 +31,14 @@ def project_error_shape(event, get_response):
     return reshape_chalice_error(get_response(event))
 
 
+@app.route("/", methods=["GET"])
+@answers_errors
+def page():
+    """The web page to try the API in a browser; public on every stage, like /openapi.json."""
+    html, headers = render_page(get_settings().model_resize_size, tuple(IMAGE_CONTENT_TYPES))
+    return Response(body=html, headers=headers)
+
+
 @app.route("/predict", methods=["POST"], content_types=["application/json"], api_key_required=KEYED)
 @answers_errors
 def predict():
@@ -45,6 +55,13 @@ def predict_image():
     top_k = pipeline.parse_top_k_text(query.get("top_k"))
     request = pipeline.upload_request(app.current_request.raw_body, top_k)
     return pipeline.http_answer(pipeline.classify(request))
+
+
+@app.route("/openapi.json", methods=["GET"])
+@answers_errors
+def openapi():
+    """This API described in OpenAPI 3.1."""
+    return describe_api(app.routes, stage_base_path(app.current_request.context))
 
 
 @app.route("/health", methods=["GET"], api_key_required=KEYED)

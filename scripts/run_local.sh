@@ -52,7 +52,7 @@ wait_for "http://127.0.0.1:$API_PORT/health" 60
 
 cat <<MSG
 
-dogbreeds is running. Try:
+dogbreeds is running. Open http://127.0.0.1:$API_PORT/ in a browser and drop a photo on it, or try:
 
   curl -s -X POST http://127.0.0.1:$API_PORT/predict -H 'Content-Type: application/json' \\
        -d '{"url": "http://127.0.0.1:$FILES_PORT/Labrador_retriever_06455.jpg", "top_k": 3}'
@@ -61,6 +61,8 @@ dogbreeds is running. Try:
        --data-binary @$SAMPLES/Labrador_retriever_06455.jpg
 
   scripts/smoke.sh http://127.0.0.1:$API_PORT http://127.0.0.1:$FILES_PORT
+
+The API's description: http://127.0.0.1:$API_PORT/openapi.json
 
 Ctrl-C stops everything.
 MSG

@@ -174,6 +174,8 @@ def test_zip_holds_the_manylinux_pillow_and_nothing_heavy(package):
         }
     tops = {name.split("/")[0] for name in names}
     assert {"app.py", "chalicelib", "PIL", "requests", "aws_lambda_powertools"} <= tops
+    # The web page at / is read from these files at run time.
+    assert {f"chalicelib/static/{name}" for name in ("index.html", "page.css", "page.js")} <= set(names)
     assert not tops & set(NEVER_SHIPPED), tops & set(NEVER_SHIPPED)
     pillow = wheels["pillow-12.2.0.dist-info"]
     # A Pillow that chalice compiled here would be tagged linux_x86_64 and link this machine's libraries.
