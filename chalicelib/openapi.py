@@ -153,7 +153,11 @@ def _errors(*, classifies: bool, api_key_required: bool) -> dict[str, Any]:
 
 def _answer() -> dict[str, Any]:
     description = "The top breeds, whether it is a dog, the model, what was sent and timings."
-    return {"200": {"description": description, "content": _json("Answer")}}
+    queued = "A stage whose endpoint is asynchronous: the photo is queued; where the answer will be."
+    return {
+        "200": {"description": description, "content": _json("Answer")},
+        "202": {"description": queued, "content": _json("QueuedAnswer")},
+    }
 
 
 def _operations(image_types: list[str], api_key_required: bool) -> dict[tuple[str, str], dict[str, Any]]:
@@ -230,6 +234,7 @@ def _document(routes_key: tuple[tuple[str, str, str, tuple[str, ...], bool], ...
         "components": {
             "schemas": {
                 "Answer": _schema_component(schema.API_ANSWER_SCHEMA),
+                "QueuedAnswer": _schema_component(schema.QUEUED_ANSWER_SCHEMA),
                 "Error": _schema_component(schema.ERROR_SCHEMA),
                 "PredictRequest": REQUEST_SCHEMA,
                 "Health": HEALTH_SCHEMA,
