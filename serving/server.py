@@ -384,9 +384,9 @@ def overloaded(admission: Admission) -> ContainerAnswer:
         503,
         message.encode(),
         "text/plain; charset=utf-8",
-        # Retry-After in whole seconds for HTTP clients; botocore's standard retry mode waits for
-        # x-amz-retry-after (milliseconds) before its retry.
-        {"Retry-After": str(max(1, math.ceil(wait_s))), "x-amz-retry-after": str(round(wait_s * 1000))},
+        # No x-amz-retry-after, which the SageMaker runtime never sends: botocore would wait up to 5 s more
+        # before its retry, past the API's time budget. The API passes Retry-After on to its caller.
+        {"Retry-After": str(max(1, math.ceil(wait_s)))},
     )
 
 
@@ -427,7 +427,7 @@ async def endpoint_invocations(request: Request) -> Response:
         message = state.error or "The endpoint's model is still loading; retry shortly."
         return aws_error(503, "ServiceUnavailable", message)
     if answer.status == 503:
-        # Shed: botocore's standard and legacy retry modes both retry a 503 (ServiceUnavailable).
+        # Shed: botocore's standard and legacy retry modes both retry a 503 (ServiceUnavailable), at once.
         return aws_error(503, "ServiceUnavailable", answer.body.decode(), headers=answer.headers)
     if answer.status != 200:
         return model_error(answer)
