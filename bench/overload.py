@@ -187,9 +187,13 @@ def run_load(url: str, body: bytes, clients: int, seconds: float) -> tuple[Tally
 
 
 def percentile(values: list[float], fraction: float) -> float:
-    if not values:
-        return float("nan")
+    if len(values) < 2:
+        return values[0] if values else float("nan")
     return statistics.quantiles(values, n=100, method="inclusive")[round(fraction * 100) - 1]
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else float("nan")
 
 
 def measure(model_dir: Path, extra: list[str], body: bytes, clients: int, seconds: float) -> dict:
@@ -257,8 +261,8 @@ def main() -> None:
             print(f"  ({result['other']} attempts failed otherwise)")
     before, after = results["no shedding"], results["shedding"]
     print(
-        f"shedding / no shedding: goodput {after['goodput'] / before['goodput']:.2f}x, "
-        f"p99 {after['p99'] / before['p99']:.2f}x, "
+        f"shedding / no shedding: goodput {ratio(after['goodput'], before['goodput']):.2f}x, "
+        f"p99 {ratio(after['p99'], before['p99']):.2f}x, "
         f"wasted model work {before['wasted']:.0%} -> {after['wasted']:.0%}"
     )
 

@@ -424,3 +424,27 @@ def test_endpoint_benchmark_runs_and_prints_its_figures():
     assert result.returncode == 0, result.stderr
     assert re.search(r"endpoint, whole request .* speed-up over best eager: [\d.]+x", result.stdout)
     assert re.search(r"endpoint / best eager +[\d.]+x +[\d.]+x +[\d.]+x", result.stdout)
+
+
+@pytest.mark.slow
+def test_overload_benchmark_runs_and_prints_its_figures():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "bench/overload.py",
+            "--model-dir",
+            str(FAST_MODEL),
+            "--clients",
+            "8",
+            "--seconds",
+            "2",
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^no shedding +none +[\d.]+", result.stdout, re.MULTILINE)
+    assert re.search(r"^shedding +\d+ +[\d.]+", result.stdout, re.MULTILINE)
+    assert re.search(r"shedding / no shedding: goodput [\d.]+x, p99 [\d.]+x, wasted", result.stdout)
