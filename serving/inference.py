@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from serving.runtime import OnnxRunner, TorchRunner, onnx_runner_for, softmax
-from training.model import breed_name, load_model
+from serving.runtime import RUNTIMES, Device, OnnxRunner, TorchRunner, load_runner, softmax
+from training.model import breed_name, read_config
 from training.preprocessing import Preprocessing, UnreadableImageError, open_image
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ MAX_INSTANCES = 64
 MAX_IMAGE_PIXELS = 40_000_000
 MAX_REQUEST_PIXELS = 100_000_000
 
-RUNTIME_ENV = "DOGBREEDS_RUNTIME"  # auto (ONNX Runtime when installed, else PyTorch), onnx, or pytorch
+RUNTIME_ENV = "DOGBREEDS_RUNTIME"  # one of serving.runtime.RUNTIMES
 THREADS_ENV = "DOGBREEDS_THREADS"
 
 _TOP_K_ATTRIBUTE = re.compile(r"(?:^|[\s,;])top_k\s*=\s*([^\s,;]*)", re.IGNORECASE)
@@ -122,6 +122,10 @@ class BreedPredictor:
     def runtime(self) -> str:
         return self.runner.name
 
+    @property
+    def device(self) -> str:
+        return self.runner.device
+
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(breed probabilities N x classes, dog probabilities N) for a normalised NCHW batch."""
         breed_logits, dog_probability = self.runner(images)
@@ -137,32 +141,25 @@ def default_threads() -> int:
 
 
 def load_predictor(
-    model_dir: str | Path, runtime: str = "auto", threads: int | None = None
+    model_dir: str | Path, runtime: str = "auto", threads: int | None = None, device: Device | None = None
 ) -> BreedPredictor:
     """Load an artifact for inference.
 
-    `runtime` is "auto" (ONNX Runtime when it is installed and its graph agrees with PyTorch, else PyTorch),
-    "onnx" (ONNX Runtime or an error) or "pytorch". Raises ValueError for an unknown runtime or a broken
-    artifact.
+    `runtime` is one of serving.runtime.RUNTIMES: "auto" (the int8 graph where it qualified, else ONNX
+    Runtime when it is installed and its graph agrees with PyTorch, else PyTorch), "onnx", "onnx-int8" (that
+    runtime or an error) or "pytorch". `device` defaults to a CUDA device when there is one. Raises ValueError
+    for an unknown runtime or a broken artifact.
     """
-    if runtime not in ("auto", "onnx", "pytorch"):
-        raise ValueError(f"unknown runtime {runtime!r}; choose auto, onnx or pytorch")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     threads = threads or default_threads()
     torch.set_num_threads(threads)
-    model, config, labels, preprocessing = load_model(model_dir)
-    runner: OnnxRunner | TorchRunner = TorchRunner(model)
-    if runtime != "pytorch":
-        try:
-            runner = onnx_runner_for(model, model_dir, preprocessing.image_size, threads)
-        # Whatever keeps the graph from running (no onnxruntime, a read-only cache, an export or runtime
-        # failure, a graph that disagrees), PyTorch still can: serve slower rather than not at all.
-        except Exception as error:  # noqa: BLE001
-            if runtime == "onnx":
-                raise
-            log.warning(
-                "ONNX Runtime unavailable (%s: %s); serving with eager PyTorch", type(error).__name__, error
-            )
-    log.info("loaded %s %s (%s, %d threads)", config["name"], config["version"], runner.name, threads)
+    config, labels, preprocessing = read_config(model_dir)
+    runner = load_runner(model_dir, preprocessing.image_size, runtime, threads, device)
+    log.info(
+        "loaded %s %s (%s on %s, %d threads)",
+        *(config["name"], config["version"], runner.name, runner.device, threads),
+    )
     return BreedPredictor(runner, config, labels, preprocessing)
 
 

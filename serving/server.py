@@ -36,6 +36,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from serving import inference
+from serving.runtime import RUNTIMES
 
 log = logging.getLogger("dogbreeds.serve")
 
@@ -175,7 +176,12 @@ class ModelState:
             return
         self.predictor = MicroBatcher(predictor, self.settings.max_batch)
         self.settled.set()
-        log.info("model ready (%s) in %.1fs", predictor.runtime, time.perf_counter() - started)
+        log.info(
+            "model ready (%s on %s) in %.1fs",
+            predictor.runtime,
+            predictor.device,
+            time.perf_counter() - started,
+        )
 
 
 @dataclass(frozen=True)
@@ -241,7 +247,15 @@ async def container_answer(request: Request) -> ContainerAnswer:
 async def ping(request: Request) -> Response:
     state: ModelState = request.app.state.model
     if state.predictor is not None:
-        return JSONResponse({"status": "ready", "model": state.predictor.model_info})
+        predictor = state.predictor.predictor
+        return JSONResponse(
+            {
+                "status": "ready",
+                "model": predictor.model_info,
+                "runtime": predictor.runtime,
+                "device": predictor.device,
+            }
+        )
     if state.error:
         return JSONResponse({"status": "failed", "error": state.error}, status_code=500)
     return JSONResponse({"status": "loading"}, status_code=503)
@@ -379,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="images per model call")
     parser.add_argument(
         "--runtime",
-        choices=("auto", "onnx", "pytorch"),
+        choices=RUNTIMES,
         default=os.environ.get(inference.RUNTIME_ENV, "auto"),
     )
     parser.add_argument("--threads", type=int, help="model threads per worker (default: CPUs / workers)")
