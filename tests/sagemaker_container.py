@@ -17,20 +17,35 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
 IMAGE = "pytorch-inference:2.6.0-cpu-py312"
-# What the image provides that the handlers (and the toolkit in front of them) import. numpy and Pillow are
-# the versions torch and the project already resolve to here, so pip takes them from its cache.
-IMAGE_PACKAGES = (
-    "torch==2.13.0",
-    "numpy==2.4.6",
-    "pillow==12.2.0",
-    "sagemaker-inference==1.10.1",
-    "sagemaker-pytorch-inference==2.0.25",
-    "torchserve==0.12.0",
-)
+# The image's toolkit: only the container emulation installs it (its sdist carries a copy of
+# sagemaker-inference that would shadow the pinned one in .venv).
+PYTORCH_TOOLKIT = "sagemaker-pytorch-inference==2.0.25"
+
+
+def image_packages() -> tuple[str, ...]:
+    """What the image provides that the handlers and the toolkit in front of them import: torch and the
+    toolkit pins from requirements-dev.txt (one place for versions), numpy and Pillow at the versions the
+    project resolves to here (so pip takes everything from its cache), and the PyTorch toolkit."""
+    pins = {
+        line.split("==")[0].lower(): line.strip()
+        for line in (PROJECT / "requirements-dev.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
+    return (
+        pins["torch"],
+        f"numpy=={metadata.version('numpy')}",
+        f"pillow=={metadata.version('pillow')}",
+        pins["sagemaker-inference"],
+        PYTORCH_TOOLKIT,
+        pins["torchserve"],
+    )
+
+
 EMULATOR = Path(__file__).resolve().parent / "container_emulator.py"
 
 
@@ -42,7 +57,7 @@ def container_python(code_requirements: str) -> Path:
     """The python of a virtual environment with the image's packages and `code_requirements` (the archive's
     code/requirements.txt), built once per set of requirements and reused."""
     key = hashlib.sha256(
-        "\n".join([sys.version.split()[0], *IMAGE_PACKAGES, code_requirements]).encode()
+        "\n".join([sys.version.split()[0], *image_packages(), code_requirements]).encode()
     ).hexdigest()[:12]
     root = cache_root() / key
     python = root / "bin" / "python"
@@ -55,7 +70,7 @@ def container_python(code_requirements: str) -> Path:
         subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
         pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
         # As in the image: its packages first, then the container's start-up installs code/requirements.txt.
-        subprocess.run([*pip, *IMAGE_PACKAGES], check=True)
+        subprocess.run([*pip, *image_packages()], check=True)
         requirements = root / "code-requirements.txt"
         requirements.write_text(code_requirements)
         subprocess.run([*pip, "-r", str(requirements)], check=True)

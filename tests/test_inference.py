@@ -49,9 +49,13 @@ def with_custom_attributes(value: str) -> RequestContext:
     return RequestContext({inference.CUSTOM_ATTRIBUTES_HEADER: value})
 
 
-def test_model_fn_prefers_onnx_runtime(onnx_cache):
+def test_model_fn_prefers_onnx_runtime(onnx_cache, tmp_path):
     predictor = inference.model_fn(str(DEFAULT_MODEL))
     assert predictor.runtime == "onnxruntime"
+    # A model without its graph (one trained with --no-onnx-graph, say) exports it once, for the next start.
+    model_dir = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, model_dir, ignore=shutil.ignore_patterns("*.onnx"))
+    assert inference.model_fn(str(model_dir)).runtime == "onnxruntime"
     assert list(onnx_cache.glob(f"*/{ONNX_FILE}")), "the exported graph is cached for the next start"
 
 
@@ -238,10 +242,12 @@ def test_auto_falls_back_to_pytorch_when_the_graph_cannot_be_cached(tmp_path, mo
     not_a_directory = tmp_path / "cache"
     not_a_directory.write_text("a file where the cache directory should be")
     monkeypatch.setenv(export.CACHE_ENV, str(not_a_directory))
+    model_dir = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, model_dir, ignore=shutil.ignore_patterns("*.onnx"))
 
     with pytest.raises(OSError):
-        inference.load_predictor(DEFAULT_MODEL, runtime="onnx", threads=1)
-    fallback = inference.load_predictor(DEFAULT_MODEL, runtime="auto", threads=1)
+        inference.load_predictor(model_dir, runtime="onnx", threads=1)
+    fallback = inference.load_predictor(model_dir, runtime="auto", threads=1)
     assert fallback.runtime == "pytorch"
     assert classify(fallback, labrador)["predictions"][0]["label"] == "Labrador_retriever"
 
