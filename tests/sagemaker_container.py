@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -50,7 +51,10 @@ EMULATOR = Path(__file__).resolve().parent / "container_emulator.py"
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("DOGBREEDS_CONTAINER_CACHE") or PROJECT / ".cache" / "sagemaker-container")
+    """Where the environments are kept: the temp dir outlives a checkout, so a fresh clone (CI's) on the same
+    machine reuses what an earlier run built."""
+    default = Path(tempfile.gettempdir()) / "dogbreeds-sagemaker-container"
+    return Path(os.environ.get("DOGBREEDS_CONTAINER_CACHE") or default)
 
 
 def container_python(code_requirements: str) -> Path:

@@ -22,6 +22,7 @@ from local_servers import free_port, stop_process
 from sagemaker_container import EMULATOR, container_python
 
 from serving import inference
+from training.export import checked_graph_for
 from training.jobs.source_bundle import repack_model
 from training.model import CONFIG_FILE, LABELS_FILE, ONNX_FILE, WEIGHTS_FILE
 
@@ -37,13 +38,14 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
 
 @pytest.fixture(scope="module")
 def container(tmp_path_factory):
-    """The committed default model as a training job leaves it (no graph), repacked for an endpoint and
-    served in the emulated container."""
+    """The committed default model as a training job leaves it (with its checked graph), repacked for an
+    endpoint and served in the emulated container."""
     root = tmp_path_factory.mktemp("container")
     trained = io.BytesIO()
     with tarfile.open(fileobj=trained, mode="w:gz") as tar:
         for name in (CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE):
             tar.add(DEFAULT_MODEL / name, arcname=name)
+        tar.add(checked_graph_for(DEFAULT_MODEL), arcname=ONNX_FILE)
     model_dir = root / "opt-ml-model"
     with tarfile.open(fileobj=io.BytesIO(repack_model(trained.getvalue())), mode="r:gz") as tar:
         tar.extractall(model_dir, filter="data")

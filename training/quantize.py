@@ -182,7 +182,13 @@ def quantize(fp32_path: Path, out_path: Path, calibration: SplitPixels, variant:
             weight_type=QuantType.QInt8,
             calibrate_method=methods[variant.method],
             nodes_to_exclude=float_nodes(prepared, variant),
-            extra_options={"CalibTensorRangeSymmetric": False, **variant.extra},
+            # Ranges are folded in every few batches: holding every activation of hundreds of images of
+            # the default ensemble would take tens of GB.
+            extra_options={
+                "CalibTensorRangeSymmetric": False,
+                "CalibMaxIntermediateOutputs": 4,
+                **variant.extra,
+            },
         )
         os.replace(partial, out_path)
     return out_path
@@ -262,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         "--variant", action="append", choices=sorted(VARIANTS), help=f"repeatable; default {DEFAULT_VARIANT}"
     )
     parser.add_argument("--valid-every", type=int, default=1, help="every Nth valid image only (screening)")
+    parser.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -273,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     preprocessing = Preprocessing.from_dict(config["preprocessing"])
 
     started = time.perf_counter()
-    calibration = SplitPixels(calibration_paths(args.data / "train"), preprocessing)
+    calibration = SplitPixels(calibration_paths(args.data / "train", args.calibration_images), preprocessing)
     paths, targets = valid_split(args.model_dir, args.data / "valid")
     paths, targets = paths[:: args.valid_every], targets[:: args.valid_every]
     valid = SplitPixels(paths, preprocessing)
@@ -287,6 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("fp32: top1 %.4f top5 %.4f (%.0fs)", fp32.top1, fp32.top5, fp32.seconds)
     report = {
         "valid_images": len(valid),
+        "valid_every": args.valid_every,
         "calibration_images": len(calibration),
         "fp32": {
             "top1": round(fp32.top1, 4),
@@ -310,10 +318,10 @@ def main(argv: list[str] | None = None) -> None:
         if index:
             out.unlink()
     report["variant"] = variants[0].name
+    # Only figures on the whole valid split can make int8 the default.
     report["default"] = report["int8"][variants[0].name]["qualifies"] and args.valid_every == 1
     report["source_digest"] = digest
-    if args.valid_every == 1:
-        (args.model_dir / QUANTIZATION_FILE).write_text(json.dumps(report, indent=1) + "\n")
+    (args.model_dir / QUANTIZATION_FILE).write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
 
 
