@@ -30,8 +30,8 @@ PYTORCH_TOOLKIT = "sagemaker-pytorch-inference==2.0.25"
 
 def image_packages() -> tuple[str, ...]:
     """What the image provides that the handlers and the toolkit in front of them import: torch and the
-    toolkit pins from requirements-dev.txt (one place for versions), numpy and Pillow at the versions the
-    project resolves to here (so pip takes everything from its cache), and the PyTorch toolkit."""
+    toolkit pins from requirements-dev.txt (one place for versions), numpy, Pillow and PyYAML at the versions
+    the project resolves to here (so pip takes everything from its cache), and the PyTorch toolkit."""
     pins = {
         line.split("==")[0].lower(): line.strip()
         for line in (PROJECT / "requirements-dev.txt").read_text().splitlines()
@@ -41,6 +41,8 @@ def image_packages() -> tuple[str, ...]:
         pins["torch"],
         f"numpy=={metadata.version('numpy')}",
         f"pillow=={metadata.version('pillow')}",
+        # TorchServe's worker imports yaml without declaring it; the image installs PyYAML.
+        f"pyyaml=={metadata.version('pyyaml')}",
         pins["sagemaker-inference"],
         PYTORCH_TOOLKIT,
         pins["torchserve"],

@@ -1,8 +1,9 @@
 """The repacked model.tar.gz in an emulation of SageMaker's PyTorch inference container (see
 sagemaker_container.py) answers what the local endpoint answers, with ONNX Runtime and without exporting.
 
-The first run builds the container's virtual environment (torch and the toolkit from pip's cache: about a
-minute here); later runs reuse it while the requirements stay the same.
+Marked slow: the first run builds the container's virtual environment (torch, the toolkit and the archive's
+requirements from pip's cache), which took 17 minutes on the 2 shared cores here (load ~18); later runs reuse
+it while the requirements stay the same (`python tests/sagemaker_container.py` builds it ahead).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from serving import inference
 from training.export import checked_graph_for
 from training.jobs.source_bundle import repack_model
 from training.model import CONFIG_FILE, LABELS_FILE, ONNX_FILE, WEIGHTS_FILE
+
+pytestmark = pytest.mark.slow
 
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
