@@ -76,7 +76,10 @@ def container(tmp_path_factory):
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_ping(url, process, timeout=300)
+        try:
+            wait_for_ping(url, process, timeout=300)
+        except (RuntimeError, TimeoutError) as error:
+            raise AssertionError(f"the container did not start:\n{log_path.read_text()[-3000:]}") from error
         yield url, log_path, root, python
     finally:
         stop_process(process, timeout=30)
