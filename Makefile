@@ -11,7 +11,7 @@ BENCH_MODELS ?= models/default models/fast
 # against PyTorch, so the local endpoint starts without exporting.
 GRAPHS := $(addsuffix /model.onnx,$(BENCH_MODELS))
 
-.PHONY: setup run test test-all lint bench bench-train bench-startup int8 package clean
+.PHONY: setup browser run test test-all lint bench bench-train bench-startup int8 package clean
 
 setup: $(INSTALLED) $(GRAPHS)
 
@@ -27,6 +27,17 @@ $(INSTALLED): requirements.txt requirements-dev.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
+# The web page's tests drive Debian's chromium through chromedriver. Installed here when missing and root (as
+# CI runs); otherwise those tests fail and say how to install them.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+		else \
+			echo "the browser tests need chromium and chromium-driver: sudo apt-get install chromium chromium-driver" >&2; \
+		fi; \
+	fi
+
 run: setup
 	scripts/run_local.sh
 
@@ -34,11 +45,11 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint browser
 	$(BIN)/pytest -m "not slow"
 
 # Everything, including full-data training and benchmark-sized tests.
-test-all: lint
+test-all: lint browser
 	$(BIN)/pytest
 
 bench: setup
@@ -51,8 +62,11 @@ bench-startup: setup
 bench-train: setup
 	$(BIN)/python bench/train.py
 
+# The stage's template plus gateway responses, throttling, API keys and alarms (scripts/merge_template.py).
 package: setup
-	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $(STAGE) build/package-$(STAGE)
+	$(BIN)/python scripts/merge_template.py --stage $(STAGE) --output build/merge-$(STAGE).json
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $(STAGE) \
+		--merge-template build/merge-$(STAGE).json build/package-$(STAGE)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
