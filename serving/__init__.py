@@ -1,0 +1,1 @@
+"""The endpoint side: what answers requests for the model, and clients that send it many."""
