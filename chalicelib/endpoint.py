@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 from typing import Any
@@ -27,6 +28,10 @@ from chalicelib.settings import (
 
 CONTENT_TYPE = "image/jpeg"
 ACCEPT = "application/json"
+BATCH_CONTENT_TYPE = "application/json"
+# The handlers' RECORD_JSON (training/inference.py, which the API cannot import; a test keeps them equal):
+# an image of a batch the model cannot take answers an error in its place instead of failing the batch.
+BATCH_ACCEPT = "application/vnd.dogbreeds.record+json"
 # How much of the model container's own error message is passed on to the caller.
 _MAX_RELAYED_CHARS = 300
 # Error codes after which the endpoint may well answer if asked again later.
@@ -57,15 +62,34 @@ def invoke_model(endpoint_name: str, jpeg: bytes, top_k: int) -> dict[str, Any]:
     Raises ModelFailed (the model container failed on it), EndpointUnavailable (unreachable, unknown,
     throttled or overloaded, after botocore's retries) and EndpointTimeout (no answer in time).
     """
+    return _invoke(endpoint_name, jpeg, CONTENT_TYPE, ACCEPT, top_k)
+
+
+def invoke_model_batch(endpoint_name: str, jpegs: list[bytes], top_k: int) -> list[dict[str, Any]]:
+    """The endpoint's answers for several JPEGs in one call, in order: each an answer as `invoke_model`'s or
+    `{"error": {"code", "status", "message"}}` for an image the model could not take.
+
+    Raises as `invoke_model` does, and ModelFailed when the answer is not one per image.
+    """
+    body = json.dumps({"instances": [{"b64": base64.b64encode(jpeg).decode()} for jpeg in jpegs]})
+    answers = _invoke(endpoint_name, body.encode(), BATCH_CONTENT_TYPE, BATCH_ACCEPT, top_k)
+    if isinstance(answers, dict) and "error" in answers:
+        raise ModelFailed(f"the endpoint refused the batch: {answers['error'].get('message', '')}")
+    if not isinstance(answers, list) or len(answers) != len(jpegs):
+        raise ModelFailed("the endpoint did not answer one result per image")
+    return answers
+
+
+def _invoke(endpoint_name: str, body: bytes, content_type: str, accept: str, top_k: int) -> Any:
     try:
         response = runtime_client().invoke_endpoint(
             EndpointName=endpoint_name,
-            ContentType=CONTENT_TYPE,
-            Accept=ACCEPT,
+            ContentType=content_type,
+            Accept=accept,
             CustomAttributes=f"top_k={top_k}",
-            Body=jpeg,
+            Body=body,
         )
-        body = response["Body"].read()
+        answer = response["Body"].read()
     except ReadTimeoutError as error:
         raise EndpointTimeout(f"the endpoint did not answer within {ENDPOINT_READ_TIMEOUT_S:g} s") from error
     except (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError) as error:
@@ -73,7 +97,7 @@ def invoke_model(endpoint_name: str, jpeg: bytes, top_k: int) -> dict[str, Any]:
     except ClientError as error:
         raise _mapped(error, endpoint_name) from error
     try:
-        return json.loads(body)
+        return json.loads(answer)
     except ValueError as error:
         raise ModelFailed("the endpoint answered something that is not JSON") from error
 

@@ -8,6 +8,13 @@ Limits follow from the platform:
   any phone camera (a 12 MP photo is 12,000,000 pixels).
 - Time budget of one API call (Lambda timeout 28 s, under API Gateway's 29 s): fetch <= 7 s, then at most
   two endpoint attempts of 2 s connect + 7 s read each plus botocore's backoff (<= 1 s): 7 + 18 + 1 = 26 s.
+- A batch (`POST /predict/batch`, the `classify` function with "images"/"urls"): at most MAX_BATCH_ITEMS
+  items whose base64 images together hold at most MAX_UPLOAD_BYTES (the same 6 MB event as one upload).
+  URLs are fetched concurrently and every item is fetched and shrunk within BATCH_PREPARE_TIMEOUT_S (an item
+  not ready by then answers a timeout of its own), then ONE endpoint call carries them all: 8 + 18 + 1 = 27 s.
+  Shrinking decodes at most BATCH_RESIZE_CONCURRENCY photos at once: a 40 MP PNG decodes to 160 MB, and
+  the function has 1 GB. The endpoint call's body stays under InvokeEndpoint's 6,291,456-byte payload
+  limit: 10 shrunk photos (a few tens of KB each) fill a small part of it.
 """
 
 from __future__ import annotations
@@ -31,6 +38,10 @@ ENDPOINT_READ_TIMEOUT_S = 7.0
 # Attempts in all, the first included; botocore's "standard" mode retries throttling, 5xx and connection
 # errors, never a ModelError.
 ENDPOINT_MAX_ATTEMPTS = 2
+MAX_BATCH_ITEMS = 10
+BATCH_PREPARE_TIMEOUT_S = 8.0
+BATCH_RESIZE_CONCURRENCY = 2
+MAX_INVOKE_BYTES = 6_291_456
 # What a 503 tells the client to wait before trying again.
 RETRY_AFTER_S = 2
 
