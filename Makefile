@@ -8,7 +8,7 @@ STAGE ?= dev
 # The committed models `make bench` measures: the default (most accurate) one and the fast one.
 BENCH_MODELS ?= models/default models/fast
 
-.PHONY: setup run test test-all lint bench bench-train package clean
+.PHONY: setup run test test-all lint bench bench-batch bench-train package clean
 
 setup: $(INSTALLED)
 
@@ -33,6 +33,10 @@ test-all: lint
 
 bench: setup
 	for model in $(BENCH_MODELS); do $(BIN)/python bench/endpoint.py --model-dir $$model || exit 1; done
+
+# The 2,061 valid images through `python -m serving.batch` and the local endpoint, for each committed model.
+bench-batch: setup
+	$(BIN)/python bench/batch.py --model-dir $(BENCH_MODELS)
 
 bench-train: setup
 	$(BIN)/python bench/train.py
