@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import http.server
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -150,3 +151,38 @@ def test_a_file_that_is_not_a_results_file_is_refused(photos, tmp_path, capsys):
     code, err = run_batch(capsys, str(photos), "-o", str(other))
     assert code == batch.EXIT_USAGE and err.startswith("error: ") and "not a results file" in err
     assert other.read_text() == "name,size\na,1\n"
+
+
+def test_a_folder_through_the_api(endpoint, photos, tmp_path, capsys):
+    """The folder through a real `chalice local` in front of the endpoint: the API's answers and errors."""
+    from test_api import chalice_local, write_stage_project
+
+    project = tmp_path / "project"
+    shutil.copytree(
+        PROJECT / "chalicelib", project / "chalicelib", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copy(PROJECT / "app.py", project / "app.py")
+    write_stage_project(project, AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=endpoint.url)
+    results = tmp_path / "results.csv"
+    with chalice_local(project) as api_url:
+        code, err = run_batch(capsys, str(photos), "-o", str(results), "--api", api_url)
+    rows = csv_rows(results)
+    assert rows[f"labs/{LABRADOR}"]["label"] == "Labrador_retriever"
+    assert rows["other/notes.txt"]["error"] == "unsupported_media_type"
+    assert code == batch.EXIT_FAILED and "3 images: 2 classified, 1 failed" in err
+
+
+@pytest.mark.slow
+def test_batch_benchmark_runs_and_prints_its_figures():
+    result = subprocess.run(
+        [sys.executable, "bench/batch.py", "--model-dir", "models/fast", "--limit", "12", "--seconds", "1"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"batch command, 1 request at a time \(baseline\): +[\d.]+ images/s", result.stdout)
+    assert re.search(
+        r"defaults / sequential: [\d.]+x; defaults / endpoint at 16 clients: [\d.]+x", result.stdout
+    )
