@@ -34,9 +34,11 @@ from typing import TextIO
 
 import urllib3
 
-# The answers' content types (one place: the handlers). A transform job asks for errors in place.
-from training.inference import JSON, RECORD_JSON, X_IMAGE
-
+# The handlers' content types, spelled the same here so that this client does not import torch with them
+# (a test keeps them equal): an image's bytes, JSON, and RECORD_JSON, which asks for errors in place.
+X_IMAGE = "application/x-image"
+JSON = "application/json"
+RECORD_JSON = "application/vnd.dogbreeds.record+json"
 # What a Batch Transform job of this project sets (training/jobs/transform.py sends these).
 TRANSFORM_CONTENT_TYPE = X_IMAGE
 TRANSFORM_ACCEPT = RECORD_JSON

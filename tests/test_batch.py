@@ -103,6 +103,32 @@ def test_transform_output_is_laid_out_as_the_job_writes_it(endpoint, photos, tmp
     assert json.loads((out / "labs" / f"{LABRADOR}.out").read_bytes()) == answer
 
 
+def test_the_content_types_are_the_handlers():
+    from training import inference
+
+    assert (batch.X_IMAGE, batch.JSON, batch.RECORD_JSON) == (
+        inference.X_IMAGE,
+        inference.JSON,
+        inference.RECORD_JSON,
+    )
+    assert batch.X_IMAGE in inference.IMAGE_CONTENT_TYPES and batch.RECORD_JSON in inference.ACCEPT_TYPES
+
+
+def test_the_command_does_not_import_torch():
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, serving.batch; print(sorted({'torch', 'numpy'} & set(sys.modules)))",
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert loaded.stdout.strip() == "[]", loaded.stderr
+
+
 def test_the_summary_of_outputs_names_inputs_without_one():
     outputs = {"a.jpg": json.dumps({"error": {"code": "too_many_pixels", "message": "big"}}).encode()}
     rows = list(batch.rows_from_outputs(["a.jpg", "b.jpg"], outputs.get))
