@@ -5,7 +5,7 @@
 For each model it starts `python -m training.serve` on a free port and runs the batch command on the folder
 (2,061 valid images by default) twice: one request at a time (the baseline) and with the command's defaults.
 Each figure is images per second over the classification itself, as the command reports it in its last
-progress line (its start-up, which imports the handlers' module, is left out; the wall time is printed too).
+progress line (its start-up is left out; the wall time is printed too).
 For scale, the endpoint's own throughput at 16 clients (bench/endpoint.py's load: the Lambda-sized sample
 photo over and over) is measured in the same run: the batch command should reach it, i.e. add no cost of
 its own. Both runs must classify every image alike.
