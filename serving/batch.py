@@ -298,13 +298,14 @@ class Client:
             timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
         )
 
-    def answer(self, item: Item, accept: str = RECORD_JSON) -> bytes:
+    def answer(self, item: Item) -> bytes:
         """The answer's body for one item. Raises Failure when there is none to give."""
         if self.api:
             if item.url is not None:
                 return self._post("/predict", json.dumps({"url": item.url}).encode(), JSON, JSON)
             return self._post("/predict/image", self.image_bytes(item), "application/octet-stream", JSON)
-        return self._post("/invocations", self.image_bytes(item), TRANSFORM_CONTENT_TYPE, accept)
+        # As a transform job sends an object: its bytes, and errors asked for in place.
+        return self._post("/invocations", self.image_bytes(item), TRANSFORM_CONTENT_TYPE, TRANSFORM_ACCEPT)
 
     def image_bytes(self, item: Item) -> bytes:
         if item.path is not None:
