@@ -16,7 +16,7 @@ import pytest
 from conftest import PROJECT
 from local_servers import serving_in_thread
 
-from serving import batch
+from serving import batch, batch_results
 
 LABRADOR = "Labrador_retriever_06455.jpg"
 SPANIEL = "American_water_spaniel_00648.jpg"
@@ -106,12 +106,9 @@ def test_transform_output_is_laid_out_as_the_job_writes_it(endpoint, photos, tmp
 def test_the_content_types_are_the_handlers():
     from training import inference
 
-    assert (batch.X_IMAGE, batch.JSON, batch.RECORD_JSON) == (
-        inference.X_IMAGE,
-        inference.JSON,
-        inference.RECORD_JSON,
-    )
-    assert batch.X_IMAGE in inference.IMAGE_CONTENT_TYPES and batch.RECORD_JSON in inference.ACCEPT_TYPES
+    assert batch_results.TRANSFORM_CONTENT_TYPE in inference.IMAGE_CONTENT_TYPES
+    assert batch_results.TRANSFORM_ACCEPT == inference.RECORD_JSON
+    assert batch.JSON == inference.JSON
 
 
 def test_the_command_does_not_import_torch():
@@ -131,7 +128,7 @@ def test_the_command_does_not_import_torch():
 
 def test_the_summary_of_outputs_names_inputs_without_one():
     outputs = {"a.jpg": json.dumps({"error": {"code": "too_many_pixels", "message": "big"}}).encode()}
-    rows = list(batch.rows_from_outputs(["a.jpg", "b.jpg"], outputs.get))
+    rows = list(batch_results.rows_from_outputs(["a.jpg", "b.jpg"], outputs.get))
     assert [(row.key, row.error) for row in rows] == [("a.jpg", "too_many_pixels"), ("b.jpg", "no_output")]
 
 

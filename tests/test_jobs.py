@@ -22,7 +22,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from moto_server import MotoServer
 
-from serving import batch
+from serving import batch, batch_results
 from training.inference import RECORD_JSON, X_IMAGE
 from training.jobs import endpoint
 from training.jobs.autoscaling import ScalingSpec
@@ -592,12 +592,12 @@ def test_transform_runs_a_batch_transform_job_and_summarises_its_output(
     assert summary["summary"]["failures"] == {"unreadable_image": 1, "no_output": 1}
     assert summary["summary"]["images"] == 4 and summary["summary"]["classified"] == 2
     assert "transform job shelter-1: Completed, 3 of 4 objects answered" in finished.err
-    rows = {row.key: row for row in batch.read_rows(results, "csv")}
+    rows = {row.key: row for row in batch_results.read_rows(results, "csv")}
     assert rows["shelter/a/lab.jpg"].label == "Labrador_retriever"
     assert rows["shelter/notes.txt"].error == "unreadable_image"
     assert rows["shelter/lost.jpg"].error == "no_output"
     # The same .out files make the same rows locally and from S3.
-    local_rows = batch.read_rows(tmp_path / "local.csv", "csv")
+    local_rows = batch_results.read_rows(tmp_path / "local.csv", "csv")
     assert len(local_rows) == 3 and all(rows[row.key] == row for row in local_rows)
 
     # Run again with the same name: it waits for that job instead of starting another.
