@@ -41,8 +41,11 @@ bench-batch: setup
 bench-train: setup
 	$(BIN)/python bench/train.py
 
+# The stage's template plus gateway responses, throttling, API keys and alarms (scripts/merge_template.py).
 package: setup
-	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $(STAGE) build/package-$(STAGE)
+	$(BIN)/python scripts/merge_template.py --stage $(STAGE) --output build/merge-$(STAGE).json
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $(STAGE) \
+		--merge-template build/merge-$(STAGE).json build/package-$(STAGE)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -2,12 +2,14 @@
 
 from chalice import Chalice, Response
 
-from chalicelib import batch
+from chalicelib import batch, observability
 from chalicelib import classify as pipeline
 from chalicelib.errors import answers_errors, lambda_error, reshape_chalice_error
-from chalicelib.settings import get_settings
+from chalicelib.settings import api_key_required, get_settings
 
 app = Chalice(app_name="dogbreeds")
+# Routes that pass KEYED need an API key on stages that set API_KEY_REQUIRED (prod); a public route omits it.
+KEYED = api_key_required()
 
 IMAGE_CONTENT_TYPES = ["image/jpeg", "image/png", "image/webp", "image/gif", "application/octet-stream"]
 # API Gateway passes these bodies to the Lambda base64-encoded instead of mangling them as text.
@@ -16,12 +18,17 @@ for content_type in IMAGE_CONTENT_TYPES:
         app.api.binary_types.append(content_type)
 
 
+# Registered first, so it is the outermost middleware and logs the answer as the client gets it.
+app.register_middleware(observability.http_middleware, "http")
+app.register_middleware(observability.lambda_middleware, "pure_lambda")
+
+
 @app.middleware("http")
 def project_error_shape(event, get_response):
     return reshape_chalice_error(get_response(event))
 
 
-@app.route("/predict", methods=["POST"], content_types=["application/json"])
+@app.route("/predict", methods=["POST"], content_types=["application/json"], api_key_required=KEYED)
 @answers_errors
 def predict():
     """{"url": "https://..."} or {"image": "<base64>"}, optional "top_k"."""
@@ -29,7 +36,7 @@ def predict():
     return pipeline.classify(request)
 
 
-@app.route("/predict/image", methods=["POST"], content_types=IMAGE_CONTENT_TYPES)
+@app.route("/predict/image", methods=["POST"], content_types=IMAGE_CONTENT_TYPES, api_key_required=KEYED)
 @answers_errors
 def predict_image():
     """The image's raw bytes as the body; optional ?top_k=N."""
@@ -39,14 +46,14 @@ def predict_image():
     return pipeline.classify(request)
 
 
-@app.route("/predict/batch", methods=["POST"], content_types=["application/json"])
+@app.route("/predict/batch", methods=["POST"], content_types=["application/json"], api_key_required=KEYED)
 @answers_errors
 def predict_batch():
     """{"images": ["<base64>", ...], "urls": ["https://...", ...]}, optional "top_k": one result per item."""
     return batch.classify_batch(batch.parse_batch_body(app.current_request.raw_body))
 
 
-@app.route("/health", methods=["GET"])
+@app.route("/health", methods=["GET"], api_key_required=KEYED)
 @answers_errors
 def health():
     settings = get_settings()

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/endpoint.py [--url http://127.0.0.1:8080] [--model-dir DIR] [--seconds 4]
 
-Without --url it starts `python -m training.serve` on a free port with the model dir and stops it at the end.
+Without --url it starts `python -m serving.server` on a free port with the model dir and stops it at the end.
 The baseline is the same model run by plain eager PyTorch in this process (model only: no decoding, no HTTP),
 at the batch sizes that match the numbers of clients. The endpoint gets the sample photo as the Lambda sends
 it: shrunk to the model's resize size and re-encoded by chalicelib, the code the Lambda runs. Baseline and
@@ -35,10 +35,10 @@ sys.path.insert(0, str(PROJECT))
 
 from chalicelib.image import prepare_image  # noqa: E402
 from chalicelib.settings import JPEG_QUALITY, MAX_PIXELS  # noqa: E402
-from training.inference import JPEG, load_predictor  # noqa: E402
+from serving.inference import JPEG, load_predictor  # noqa: E402
+from serving.server import DEFAULT_ENDPOINT_NAME  # noqa: E402
 from training.model import read_config  # noqa: E402
 from training.preprocessing import open_image  # noqa: E402
-from training.serve import DEFAULT_ENDPOINT_NAME  # noqa: E402
 
 SAMPLE = PROJECT.parent / "shared" / "data" / "samples" / "Labrador_retriever_06455.jpg"
 CLIENTS = (1, 4, 16)
@@ -53,7 +53,7 @@ def free_port() -> int:
 def start_endpoint(model_dir: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "training.serve", "--model-dir", str(model_dir), "--port", str(port), *extra],
+        [sys.executable, "-m", "serving.server", "--model-dir", str(model_dir), "--port", str(port), *extra],
         cwd=PROJECT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,  # one log line per request would swamp the figures
@@ -169,7 +169,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="per throughput measurement and round")
     parser.add_argument("--runs", type=int, default=60, help="sequential requests per round for latency")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--serve-args", default="", help="extra flags for training.serve, e.g. '--workers 2'")
+    parser.add_argument("--serve-args", default="", help="extra flags for serving.server, e.g. '--workers 2'")
     args = parser.parse_args()
 
     cpus = len(os.sched_getaffinity(0))
@@ -196,7 +196,7 @@ def main() -> None:
     url = args.url
     if url is None:
         process, url = start_endpoint(args.model_dir, args.serve_args.split())
-        print(f"endpoint: started here at {url} (training.serve {args.serve_args or 'with default flags'})")
+        print(f"endpoint: started here at {url} (serving.server {args.serve_args or 'with default flags'})")
     else:
         print(f"endpoint: {url}")
 

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from chalicelib import observability
 from chalicelib.endpoint import invoke_model
 from chalicelib.errors import BadRequest, InvalidJson, PayloadTooLarge
 from chalicelib.fetch import fetch_image
@@ -121,6 +122,7 @@ def classify(request: ClassifyRequest) -> dict[str, Any]:
     settings = get_settings()
     started = time.perf_counter()
     if request.url is not None:
+        observability.note_url(request.url)
         allow_loopback = settings.allow_loopback_fetch
         data = fetch_image(request.url, max_bytes=MAX_FETCH_BYTES, allow_loopback=allow_loopback)
     else:

@@ -29,7 +29,7 @@ from chalicelib.settings import (
 CONTENT_TYPE = "image/jpeg"
 ACCEPT = "application/json"
 BATCH_CONTENT_TYPE = "application/json"
-# The handlers' RECORD_JSON (training/inference.py, which the API cannot import; a test keeps them equal):
+# The handlers' RECORD_JSON (serving/inference.py, which the API cannot import; a test keeps them equal):
 # an image of a batch the model cannot take answers an error in its place instead of failing the batch.
 BATCH_ACCEPT = "application/vnd.dogbreeds.record+json"
 # How much of the model container's own error message is passed on to the caller.

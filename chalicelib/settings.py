@@ -100,3 +100,17 @@ def _positive_int(name: str, default: int) -> int:
     if not value.isdigit() or int(value) <= 0:
         raise ConfigurationError(f"{name} must be a positive integer, not {value!r}")
     return int(value)
+
+
+def api_key_required() -> bool:
+    """Whether the API's routes need an API key (the `x-api-key` header), from API_KEY_REQUIRED.
+
+    app.py reads it when it is imported, and `chalice package` and `chalice deploy` import it with the stage's
+    environment variables set, so each stage's setting decides its template.
+    """
+    return _flag("API_KEY_REQUIRED")
+
+
+def stage_name() -> str:
+    """The Chalice stage this code runs as (STAGE), which tags every log line and metric."""
+    return os.environ.get("STAGE", "local").strip() or "local"

@@ -32,7 +32,7 @@ wait_for() {  # url seconds
     return 1
 }
 
-$BIN/python -m training.serve --model-dir "$MODEL_DIR" --host 127.0.0.1 --port "$ENDPOINT_PORT" &
+$BIN/python -m serving.server --model-dir "$MODEL_DIR" --host 127.0.0.1 --port "$ENDPOINT_PORT" &
 pids+=($!)
 $BIN/python -m http.server --bind 127.0.0.1 --directory "$SAMPLES" "$FILES_PORT" >/dev/null 2>&1 &
 pids+=($!)

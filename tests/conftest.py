@@ -35,13 +35,13 @@ def wait_for_ping(url: str, process: subprocess.Popen, timeout: float = 120.0) -
 
 
 class EndpointProcess:
-    """`python -m training.serve` running as a real process on a free loopback port."""
+    """`python -m serving.server` running as a real process on a free loopback port."""
 
     def __init__(self, model_dir: Path, *extra_args: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "training.serve", "--model-dir", str(model_dir), "--port", str(self.port)]
+            [sys.executable, "-m", "serving.server", "--model-dir", str(model_dir), "--port", str(self.port)]
             + list(extra_args),
             cwd=PROJECT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -79,7 +79,7 @@ def spaniel(samples) -> bytes:
 
 @pytest.fixture(scope="session")
 def endpoint():
-    """The committed default model served by a real `training.serve` process, shared by the whole session."""
+    """The committed default model served by a real `serving.server` process, shared by the whole session."""
     running = EndpointProcess(DEFAULT_MODEL).wait_ready()
     yield running
     running.stop()

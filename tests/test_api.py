@@ -151,7 +151,7 @@ def test_health(client):
 
 
 def test_local_stage_uses_the_endpoint_name_the_local_server_answers():
-    from training.serve import DEFAULT_ENDPOINT_NAME  # test-only import: the API side never imports training
+    from serving.server import DEFAULT_ENDPOINT_NAME  # test-only import: the API side never imports training
 
     config = json.loads((PROJECT / ".chalice" / "config.json").read_text())
     assert config["stages"]["local"]["environment_variables"]["ENDPOINT_NAME"] == DEFAULT_ENDPOINT_NAME
@@ -651,7 +651,7 @@ def test_lambda_function_takes_a_batch(client, files):
 
 
 def test_batch_accept_is_the_handlers_errors_in_place_type():
-    from training.inference import RECORD_JSON
+    from serving.inference import RECORD_JSON
 
     assert endpoint_module.BATCH_ACCEPT == RECORD_JSON
 

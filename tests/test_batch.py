@@ -104,7 +104,7 @@ def test_transform_output_is_laid_out_as_the_job_writes_it(endpoint, photos, tmp
 
 
 def test_the_content_types_are_the_handlers():
-    from training import inference
+    from serving import inference
 
     assert batch_results.TRANSFORM_CONTENT_TYPE in inference.IMAGE_CONTENT_TYPES
     assert batch_results.TRANSFORM_ACCEPT == inference.RECORD_JSON

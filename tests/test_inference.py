@@ -16,9 +16,10 @@ import torch
 from conftest import DEFAULT_MODEL, PROJECT
 from PIL import Image
 
-from training import export, inference
+from serving import inference
+from serving.server import RequestContext
+from training import export
 from training.model import ONNX_FILE, load_model, read_config
-from training.serve import RequestContext
 
 
 @pytest.fixture(scope="module")
@@ -374,7 +375,7 @@ def toolkit(onnx_cache):
     from ts.context import Context
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SAGEMAKER_PROGRAM", "training.inference")
+        patch.setenv("SAGEMAKER_PROGRAM", "serving.inference")
         yield Toolkit(
             Transformer(default_inference_handler=DefaultInferenceHandler()),
             Context("dogbreeds", str(DEFAULT_MODEL), {}, 1, None, "0.12.0"),

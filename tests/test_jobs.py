@@ -23,7 +23,7 @@ from botocore.awsrequest import AWSResponse
 from moto_server import MotoServer
 
 from serving import batch, batch_results
-from training.inference import RECORD_JSON, X_IMAGE
+from serving.inference import RECORD_JSON, X_IMAGE
 from training.jobs import endpoint
 from training.jobs.autoscaling import ScalingSpec
 from training.jobs.calls import Aws
@@ -241,9 +241,12 @@ def test_train_on_one_cpu_instance(aws, capsys, connections):
 
     # The code SageMaker runs: the training package, its entry shim and the container's extra packages.
     code = tar_members(s3_object(aws, json.loads(hyperparameters["sagemaker_submit_directory"])))
-    assert {"sagemaker_train.py", "inference.py", "requirements.txt", "training/model.py"} <= code.keys()
+    assert {"sagemaker_train.py", "requirements.txt", "training/train.py", "training/model.py"} <= code.keys()
     assert code["training/model.py"] == (PROJECT / "training" / "model.py").read_bytes()
     assert not any(name.startswith("training/jobs") for name in code)
+    # Only what training imports: not the handlers' entry point, the local server or the evaluation.
+    left_home = {"inference.py", "serving/server.py", "serving/inference.py", "training/evaluate.py"}
+    assert not left_home & code.keys()
     assert b"efficientnet-lite-pytorch==" in code["requirements.txt"]
     assert connections
 
@@ -427,8 +430,12 @@ def test_deploy_twice_then_teardown(aws, trained_model, capsys, connections):
         "labels.json",
         "weights.pt",
         "code/inference.py",
-        "code/training/inference.py",
+        "code/serving/inference.py",
+        "code/training/model.py",
     } <= set(repacked)
+    # Exactly what the handlers import: not the local server (uvicorn), training or evaluation (matplotlib).
+    left_home = {"code/serving/server.py", "code/training/train.py", "code/training/evaluate.py"}
+    assert not left_home & set(repacked)
 
     second = report(run_jobs(capsys, *deploy))
     assert second == first
@@ -583,7 +590,8 @@ def test_transform_runs_a_batch_transform_job_and_summarises_its_output(
     assert model["PrimaryContainer"]["Image"] == INFERENCE_IMAGE_CPU
     assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
     archive = tar_members(s3_object(aws, model["PrimaryContainer"]["ModelDataUrl"]))
-    assert {"config.json", "weights.pt", "code/inference.py", "code/training/inference.py"} <= set(archive)
+    assert {"config.json", "weights.pt", "code/inference.py", "code/serving/inference.py"} <= set(archive)
+    assert not any(name.startswith(("code/serving/batch", "code/training/jobs")) for name in archive)
 
     # One results file from the .out objects, the inputs without one named.
     assert finished.code == 1, finished.err

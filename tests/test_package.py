@@ -22,9 +22,14 @@ ALLOWED_ACTIONS = {
     "logs:CreateLogGroup",
     "logs:CreateLogStream",
     "logs:PutLogEvents",
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
 }
+# X-Ray's actions have no resource-level permissions: "*" is the only resource they take.
+XRAY_ACTIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
 # boto3 comes with the Lambda runtime; the rest belongs to training and would break the 250 MB limit.
-NEVER_SHIPPED = ("torch", "training", "numpy", "boto3", "botocore", "onnxruntime")
+# aws_xray_sdk would bring its own botocore (see chalicelib/observability.py).
+NEVER_SHIPPED = ("torch", "training", "numpy", "boto3", "botocore", "onnxruntime", "aws_xray_sdk")
 
 
 def stage_environment(stage: str) -> dict[str, str]:
@@ -46,8 +51,22 @@ def package(request, tmp_path_factory) -> tuple[str, dict, Path]:
     )
     shutil.copytree(PROJECT / ".chalice", project / ".chalice", ignore=shutil.ignore_patterns("deployments"))
     output = project / "out"
+    # What `make package` does: the stage's merge template, then chalice package with it.
+    merge = project / "merge.json"
+    subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT / "scripts" / "merge_template.py"),
+            "--stage",
+            stage,
+            "--output",
+            str(merge),
+        ],
+        check=True,
+        timeout=60,
+    )
     result = subprocess.run(
-        [str(BIN / "chalice"), "package", "--stage", stage, str(output)],
+        [str(BIN / "chalice"), "package", "--stage", stage, "--merge-template", str(merge), str(output)],
         cwd=project,
         env={**os.environ, "AWS_DEFAULT_REGION": "us-east-1"},
         capture_output=True,
@@ -85,6 +104,7 @@ def test_functions_get_the_stage_environment_and_no_local_overrides(package):
     for function in resources(template, "AWS::Serverless::Function").values():
         variables = function["Properties"]["Environment"]["Variables"]
         assert variables["ENDPOINT_NAME"] == f"dogbreeds-{stage}"
+        assert variables["STAGE"] == stage
         assert variables["ALLOW_LOOPBACK_FETCH"] == "false"
         assert variables["UNSIGNED_ENDPOINT_REQUESTS"] == "false"
         assert "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME" not in variables
@@ -113,6 +133,9 @@ def test_roles_allow_only_invoking_the_stage_endpoint_and_writing_own_logs(packa
                 statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
             )
             assert set(actions) <= ALLOWED_ACTIONS
+            if set(actions) & XRAY_ACTIONS:
+                assert set(actions) <= XRAY_ACTIONS and targets == ["*"]
+                continue
             for target in targets:
                 if actions == ["sagemaker:InvokeEndpoint"]:
                     assert target == f"arn:aws:sagemaker:*:*:endpoint/dogbreeds-{stage}"
@@ -149,7 +172,7 @@ def test_zip_holds_the_manylinux_pillow_and_nothing_heavy(package):
             if name.endswith(".dist-info/WHEEL")
         }
     tops = {name.split("/")[0] for name in names}
-    assert {"app.py", "chalicelib", "PIL", "requests"} <= tops
+    assert {"app.py", "chalicelib", "PIL", "requests", "aws_lambda_powertools"} <= tops
     assert not tops & set(NEVER_SHIPPED), tops & set(NEVER_SHIPPED)
     pillow = wheels["pillow-12.2.0.dist-info"]
     # A Pillow that chalice compiled here would be tagged linux_x86_64 and link this machine's libraries.
@@ -172,3 +195,172 @@ def test_api_side_imports_neither_torch_nor_training():
         [sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+# --- authentication, throttling, gateway responses, tracing and alarms (scripts/merge_template.py) ---
+
+# The routes that stay public on every stage: the web page and the API's description.
+PUBLIC_ROUTES = {("/", "get"), ("/openapi.json", "get")}
+HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
+
+
+def rest_api(template: dict) -> dict:
+    (api,) = resources(template, "AWS::Serverless::Api").values()
+    return api["Properties"]
+
+
+def operations(template: dict) -> dict[tuple[str, str], dict]:
+    paths = rest_api(template)["DefinitionBody"]["paths"]
+    return {
+        (path, method): op
+        for path, ops in paths.items()
+        for method, op in ops.items()
+        if method in HTTP_METHODS
+    }
+
+
+def test_only_prod_requires_api_keys():
+    for stage in CONFIG["stages"]:
+        assert (stage_environment(stage)["API_KEY_REQUIRED"] == "true") is (stage == "prod")
+
+
+def test_prod_routes_need_an_api_key_and_dev_routes_do_not(package):
+    stage, template, _ = package
+    body = rest_api(template)["DefinitionBody"]
+    keyed = {route for route, op in operations(template).items() if op.get("security") == [{"api_key": []}]}
+    assert {("/predict", "post"), ("/predict/image", "post"), ("/health", "get")} <= set(operations(template))
+    if stage == "prod":
+        assert body["securityDefinitions"]["api_key"] == {
+            "type": "apiKey",
+            "name": "x-api-key",
+            "in": "header",
+        }
+        assert keyed == set(operations(template)) - PUBLIC_ROUTES
+    else:
+        assert keyed == set() and "securityDefinitions" not in body
+
+
+def test_a_keyed_stage_has_a_key_and_a_usage_plan_with_rate_burst_and_quota(package):
+    stage, template, _ = package
+    plans = resources(template, "AWS::ApiGateway::UsagePlan")
+    keys = resources(template, "AWS::ApiGateway::ApiKey")
+    links = resources(template, "AWS::ApiGateway::UsagePlanKey")
+    if stage != "prod":
+        assert not plans and not keys and not links
+        return
+    ((plan_id, plan),) = plans.items()
+    ((key_id, key),) = keys.items()
+    ((link,),) = [list(links.values())]
+    properties = plan["Properties"]
+    assert properties["ApiStages"] == [{"ApiId": {"Ref": "RestAPI"}, "Stage": {"Ref": "RestAPI.Stage"}}]
+    throttle, quota = properties["Throttle"], properties["Quota"]
+    assert 0 < throttle["RateLimit"] <= throttle["BurstLimit"]
+    assert quota["Period"] == "DAY" and quota["Limit"] > 0
+    stage_limits = rest_api(template)["MethodSettings"][0]
+    # One key may not take the whole stage.
+    assert throttle["RateLimit"] < stage_limits["ThrottlingRateLimit"]
+    assert key["Properties"]["Enabled"] is True
+    assert link["Properties"] == {
+        "KeyId": {"Ref": key_id},
+        "KeyType": "API_KEY",
+        "UsagePlanId": {"Ref": plan_id},
+    }
+    assert template["Outputs"]["ApiKeyId"] == {"Value": {"Ref": key_id}}
+
+
+def test_every_stage_is_throttled_as_a_whole(package):
+    stage, template, _ = package
+    (settings,) = rest_api(template)["MethodSettings"]
+    assert settings["ResourcePath"] == "/*" and settings["HttpMethod"] == "*"
+    assert 0 < settings["ThrottlingRateLimit"] <= settings["ThrottlingBurstLimit"]
+    # More than API Gateway's account default (10,000 rps) would be no limit at all.
+    assert settings["ThrottlingRateLimit"] < 1000
+
+
+def render(template_text: str, message: str) -> dict:
+    """A gateway response body as API Gateway writes it: $context.error.messageString is a quoted string."""
+    return json.loads(template_text.replace("$context.error.messageString", json.dumps(message)))
+
+
+def test_gateway_responses_answer_in_the_api_error_shape(package):
+    _, template, _ = package
+    responses = rest_api(template)["DefinitionBody"]["x-amazon-apigateway-gateway-responses"]
+    must = {"DEFAULT_4XX", "DEFAULT_5XX", "MISSING_AUTHENTICATION_TOKEN", "INVALID_API_KEY", "THROTTLED"}
+    assert must <= set(responses)
+    for response_type, response in responses.items():
+        body = render(response["responseTemplates"]["application/json"], "Forbidden")
+        assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, response_type
+        assert body["error"]["code"] and body["error"]["message"], response_type
+        assert response["responseParameters"]["gatewayresponse.header.Content-Type"] == "'application/json'"
+    # An unknown route is a 404 of ours, not API Gateway's 403 "Missing Authentication Token".
+    unknown = responses["MISSING_AUTHENTICATION_TOKEN"]
+    assert unknown["statusCode"] == "404"
+    assert render(unknown["responseTemplates"]["application/json"], "x")["error"]["code"] == "not_found"
+    assert responses["INVALID_API_KEY"]["statusCode"] == "403"
+    assert (
+        "x-api-key"
+        in render(responses["INVALID_API_KEY"]["responseTemplates"]["application/json"], "")["error"][
+            "message"
+        ]
+    )
+    throttled = responses["THROTTLED"]
+    assert (
+        throttled["statusCode"] == "429"
+        and "gatewayresponse.header.Retry-After" in throttled["responseParameters"]
+    )
+    # The fallbacks keep API Gateway's own status and message.
+    for fallback in ("DEFAULT_4XX", "DEFAULT_5XX"):
+        assert "statusCode" not in responses[fallback]
+        assert (
+            render(responses[fallback]["responseTemplates"]["application/json"], "Oops")["error"]["message"]
+            == "Oops"
+        )
+
+
+def test_tracing_is_on_for_the_functions_and_the_api(package):
+    _, template, _ = package
+    for function in resources(template, "AWS::Serverless::Function").values():
+        assert function["Properties"]["Tracing"] == "Active"
+    assert rest_api(template)["TracingEnabled"] is True
+
+
+def alarm_metrics(template: dict) -> dict[tuple[str, str], list[dict]]:
+    found: dict[tuple[str, str], list[dict]] = {}
+    for alarm in resources(template, "AWS::CloudWatch::Alarm").values():
+        properties = alarm["Properties"]
+        dimensions = {d["Name"]: d["Value"] for d in properties["Dimensions"]}
+        found.setdefault((properties["Namespace"], properties["MetricName"]), []).append(dimensions)
+    return found
+
+
+def test_alarms_watch_the_api_the_functions_and_the_stage_endpoint(package):
+    stage, template, _ = package
+    from chalicelib import observability
+
+    found = alarm_metrics(template)
+    api = rest_api(template)
+    api_dimensions = {"ApiName": api["Name"], "Stage": api["StageName"]}
+    assert api["Name"] == api["DefinitionBody"]["info"]["title"] == f"dogbreeds-{stage}"
+    assert found[("AWS/ApiGateway", "5XXError")] == [api_dimensions]
+    assert found[("AWS/ApiGateway", "Latency")] == [api_dimensions]
+    endpoint = {"EndpointName": f"dogbreeds-{stage}", "VariantName": "AllTraffic"}
+    for metric in ("Invocation5XXErrors", "InvocationModelErrors", "ModelLatency"):
+        assert found[("AWS/SageMaker", metric)] == [endpoint], metric
+    functions = set(resources(template, "AWS::Serverless::Function"))
+    for metric in ("Errors", "Throttles"):
+        watched = {d["FunctionName"]["Ref"] for d in found[("AWS/Lambda", metric)]}
+        assert watched == functions, metric
+    # The API's own metric, with exactly the dimensions chalicelib/observability.py publishes it with.
+    assert found[(observability.NAMESPACE, "Errors")] == [
+        {"service": observability.SERVICE, "stage": stage, "code": "model_error"}
+    ]
+    latency = [
+        a["Properties"]
+        for a in resources(template, "AWS::CloudWatch::Alarm").values()
+        if a["Properties"]["MetricName"] in ("Latency", "ModelLatency")
+    ]
+    assert all(p["ExtendedStatistic"] == "p99" and "Statistic" not in p for p in latency)
+    (topic,) = resources(template, "AWS::SNS::Topic")
+    for alarm in resources(template, "AWS::CloudWatch::Alarm").values():
+        assert alarm["Properties"]["AlarmActions"] == [{"Ref": topic}]
+        assert alarm["Properties"]["AlarmName"].startswith(f"dogbreeds-{stage}-")

@@ -1,4 +1,4 @@
-"""boto3's invoke_endpoint against a real `python -m training.serve` process serving the committed model."""
+"""boto3's invoke_endpoint against a real `python -m serving.server` process serving the committed model."""
 
 from __future__ import annotations
 
@@ -23,14 +23,15 @@ from botocore.parsers import create_parser
 from conftest import DEFAULT_MODEL, PROJECT, EndpointProcess, free_port
 from PIL import Image
 
-from training import export, inference
-from training.serve import (
+from serving import inference
+from serving.server import (
     DEFAULT_ENDPOINT_NAME,
     MAX_BODY_BYTES,
     PRODUCTION_VARIANT,
     ContainerAnswer,
     model_error,
 )
+from training import export
 
 
 @pytest.fixture
@@ -204,6 +205,7 @@ def test_ping_is_503_while_loading_then_200_and_sigterm_stops_cleanly(tmp_path, 
             [
                 sys.executable,
                 "-m",
+                # The local endpoint's first name, which users' scripts still call.
                 "training.serve",
                 "--model-dir",
                 str(DEFAULT_MODEL),

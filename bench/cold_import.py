@@ -1,0 +1,85 @@
+"""What observability adds to the API's cold start: import times in fresh interpreters.
+
+Each run is a new `python` process (as a Lambda cold start is) that imports, in order and timing each step:
+1. the API without observability: chalice and the chalicelib modules that do the work (the baseline);
+2. Powertools' Logger and Metrics and chalicelib/observability.py, then the rest of app.py;
+3. the X-Ray SDK that Powertools' Tracer would need (not shipped; for comparison).
+Prints the median of each step over the runs and its ratio to the baseline, twice: with every module compiled
+from source, as on Lambda (a chalice zip holds no bytecode and /var/task is read-only, so none is cached),
+and with cached bytecode, as on a developer's machine.
+
+    .venv/bin/python bench/cold_import.py --runs 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+STEPS = {
+    "baseline": "import chalice, chalicelib.settings, chalicelib.errors, chalicelib.fetch, chalicelib.image, "
+    "chalicelib.endpoint",
+    "observability": "import aws_lambda_powertools.logging, aws_lambda_powertools.metrics, "
+    "chalicelib.observability, app",
+    "xray_sdk": "import aws_xray_sdk.core",
+}
+
+RUNNER = """
+import json, time
+times = {}
+for name, statement in STEPS.items():
+    started = time.perf_counter()
+    exec(statement)
+    times[name] = (time.perf_counter() - started) * 1000
+print(json.dumps(times))
+"""
+
+
+def one_run(bytecode_dir: str, write_bytecode: bool) -> dict[str, float]:
+    code = f"STEPS = {STEPS!r}\n{RUNNER}"
+    # The prefix makes Python ignore the __pycache__ folders beside the sources: only this folder counts.
+    env = {"PATH": "/usr/bin:/bin", "AWS_DEFAULT_REGION": "us-east-1", "PYTHONPYCACHEPREFIX": bytecode_dir}
+    if not write_bytecode:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, check=True, env=env
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def report(title: str, runs: list[dict[str, float]]) -> None:
+    medians = {name: statistics.median(run[name] for run in runs) for name in STEPS}
+    base = medians["baseline"]
+    print(f"{title}, median of {len(runs)} fresh interpreters (ms):")
+    print(f"  API without observability (baseline)   {base:7.1f}")
+    for name, label in (
+        ("observability", "+ Powertools Logger/Metrics, app.py"),
+        ("xray_sdk", "+ aws_xray_sdk (Tracer; not shipped)"),
+    ):
+        print(f"  {label:<38} {medians[name]:7.1f}  ({medians[name] / base:.2f}x the baseline)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=15)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as empty, tempfile.TemporaryDirectory() as cached:
+        one_run(cached, write_bytecode=True)  # fills the bytecode cache and the OS's file cache
+        source_runs, cached_runs = [], []
+        # Interleaved, so that a change in the machine's load shows in both.
+        for _ in range(args.runs):
+            source_runs.append(one_run(empty, write_bytecode=False))
+            cached_runs.append(one_run(cached, write_bytecode=False))
+    report("compiled from source, as on Lambda", source_runs)
+    report("cached bytecode", cached_runs)
+
+
+if __name__ == "__main__":
+    main()

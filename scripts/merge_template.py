@@ -1,0 +1,331 @@
+"""What `chalice package --merge-template` adds to a stage's CloudFormation template (`make package`).
+
+- Gateway responses: whatever API Gateway answers itself (unknown route, missing or invalid API key,
+  throttled, body too large, Lambda failure) comes in the API's own error shape
+  {"error": {"code", "message"}}. They are part of the OpenAPI body, so they ship with the API's deployment.
+- Throttling: every stage's API has a stage-wide rate and burst; a stage whose routes need an API key
+  (API_KEY_REQUIRED in .chalice/config.json) gets an API key and a usage plan with a per-key rate, burst and
+  daily quota.
+- Alarms for the API, both Lambda functions, the stage's SageMaker endpoint and the API's own error metrics,
+  all notifying one SNS topic.
+
+The stage's facts (endpoint name, API Gateway stage, X-Ray, API keys) come from .chalice/config.json; the
+numbers below are the only place the throttling and alarm figures live.
+
+    python scripts/merge_template.py --stage prod --output build/merge-prod.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROJECT = Path(__file__).resolve().parents[1]
+CONFIG = PROJECT / ".chalice" / "config.json"
+# Chalice's logical ids for the REST API and the two functions (app.app and app.classify).
+REST_API = "RestAPI"
+FUNCTIONS = ("APIHandler", "Classify")
+# The variant `python -m training.jobs deploy` creates.
+ENDPOINT_VARIANT = "AllTraffic"
+# Our Embedded Metric Format metrics (chalicelib/observability.py).
+APP_NAMESPACE = "dogbreeds"
+APP_SERVICE = "dogbreeds"
+
+
+@dataclass(frozen=True)
+class StageOps:
+    """One stage's throttling and alarm thresholds."""
+
+    # The API stage as a whole (all clients together).
+    rate_per_s: float
+    burst: int
+    # Each API key, where the stage needs keys.
+    key_rate_per_s: float
+    key_burst: int
+    key_quota_per_day: int
+    # Alarms.
+    max_5xx_rate: float
+    max_p99_latency_ms: int
+    max_endpoint_p99_model_latency_ms: int
+
+
+# Sized from reserved concurrency (dev 2, prod 20) and about 0.1-1 s per request: the stage limit keeps
+# API Gateway from queueing requests Lambda would throttle anyway.
+STAGE_OPS = {
+    "dev": StageOps(
+        rate_per_s=5,
+        burst=10,
+        key_rate_per_s=5,
+        key_burst=10,
+        key_quota_per_day=1_000,
+        max_5xx_rate=0.05,
+        max_p99_latency_ms=10_000,
+        max_endpoint_p99_model_latency_ms=2_000,
+    ),
+    "prod": StageOps(
+        rate_per_s=50,
+        burst=100,
+        key_rate_per_s=10,
+        key_burst=20,
+        key_quota_per_day=10_000,
+        max_5xx_rate=0.01,
+        max_p99_latency_ms=5_000,
+        max_endpoint_p99_model_latency_ms=1_000,
+    ),
+}
+
+# (response type, status, code, message). Types left out fall back to DEFAULT_4XX/DEFAULT_5XX, which keep
+# API Gateway's status and message.
+GATEWAY_RESPONSES = [
+    ("MISSING_AUTHENTICATION_TOKEN", 404, "not_found", "no such route: check the method and path"),
+    ("RESOURCE_NOT_FOUND", 404, "not_found", "no such route: check the method and path"),
+    ("INVALID_API_KEY", 403, "api_key_invalid", "this API needs a valid API key in the x-api-key header"),
+    ("ACCESS_DENIED", 403, "forbidden", "access denied"),
+    ("THROTTLED", 429, "throttled", "too many requests: slow down and retry later"),
+    ("QUOTA_EXCEEDED", 429, "quota_exceeded", "this API key's daily quota is used up"),
+    ("REQUEST_TOO_LARGE", 413, "payload_too_large", "the request is over API Gateway's 10 MB limit"),
+    ("UNSUPPORTED_MEDIA_TYPE", 415, "unsupported_media_type", "unsupported Content-Type"),
+    ("INTEGRATION_TIMEOUT", 504, "timeout", "the request took too long"),
+    ("INTEGRATION_FAILURE", 502, "internal_error", "an internal error occurred"),
+    ("DEFAULT_4XX", None, "bad_request", None),
+    ("DEFAULT_5XX", None, "internal_error", None),
+]
+THROTTLED_RETRY_AFTER_S = 1
+
+
+def stage_facts(stage: str) -> dict[str, Any]:
+    config = json.loads(CONFIG.read_text())
+    if stage not in config["stages"]:
+        raise SystemExit(f"no stage {stage!r} in {CONFIG}")
+    settings = config["stages"][stage]
+    environment = {**config.get("environment_variables", {}), **settings.get("environment_variables", {})}
+    return {
+        "app": config["app_name"],
+        "endpoint_name": environment["ENDPOINT_NAME"],
+        "api_gateway_stage": settings.get("api_gateway_stage", config.get("api_gateway_stage", "api")),
+        "xray": bool(settings.get("xray", config.get("xray", False))),
+        "api_key_required": environment.get("API_KEY_REQUIRED", "false") == "true",
+    }
+
+
+def gateway_responses() -> dict[str, Any]:
+    responses = {}
+    for response_type, status, code, message in GATEWAY_RESPONSES:
+        # messageString is API Gateway's own message, already a quoted JSON string.
+        message_json = json.dumps(message) if message else "$context.error.messageString"
+        template = json.dumps({"error": {"code": code, "message": "MESSAGE"}}).replace(
+            '"MESSAGE"', message_json
+        )
+        headers = {"gatewayresponse.header.Content-Type": "'application/json'"}
+        if response_type == "THROTTLED":
+            headers["gatewayresponse.header.Retry-After"] = f"'{THROTTLED_RETRY_AFTER_S}'"
+        response = {"responseParameters": headers, "responseTemplates": {"application/json": template}}
+        if status is not None:
+            response["statusCode"] = str(status)
+        responses[response_type] = response
+    return responses
+
+
+def alarm(name: str, description: str, metric: dict[str, Any], threshold: float, topic: dict) -> dict:
+    return {
+        "Type": "AWS::CloudWatch::Alarm",
+        "Properties": {
+            "AlarmName": name,
+            "AlarmDescription": description,
+            **metric,
+            "ComparisonOperator": "GreaterThanThreshold",
+            "Threshold": threshold,
+            "Period": 300,
+            "EvaluationPeriods": 3,
+            "DatapointsToAlarm": 2,
+            # No traffic is not an outage; a quiet stage stays OK.
+            "TreatMissingData": "notBreaching",
+            "AlarmActions": [topic],
+            "OKActions": [topic],
+        },
+    }
+
+
+def dimensions(**values: Any) -> list[dict[str, Any]]:
+    return [{"Name": name, "Value": value} for name, value in values.items()]
+
+
+def alarms(stage: str, facts: dict[str, Any], ops: StageOps) -> dict[str, Any]:
+    topic = {"Ref": "AlarmTopic"}
+    prefix = f"{facts['app']}-{stage}"
+    api = dimensions(ApiName=f"{facts['app']}-{stage}", Stage=facts["api_gateway_stage"])
+    endpoint = dimensions(EndpointName=facts["endpoint_name"], VariantName=ENDPOINT_VARIANT)
+    resources = {
+        "AlarmApi5xxRate": alarm(
+            f"{prefix}-api-5xx-rate",
+            "Share of API requests answered 5xx",
+            {
+                "Namespace": "AWS/ApiGateway",
+                "MetricName": "5XXError",
+                "Dimensions": api,
+                "Statistic": "Average",
+            },
+            ops.max_5xx_rate,
+            topic,
+        ),
+        "AlarmApiLatencyP99": alarm(
+            f"{prefix}-api-latency-p99",
+            "p99 of API Gateway's whole-request latency (ms)",
+            {
+                "Namespace": "AWS/ApiGateway",
+                "MetricName": "Latency",
+                "Dimensions": api,
+                "ExtendedStatistic": "p99",
+            },
+            ops.max_p99_latency_ms,
+            topic,
+        ),
+        "AlarmEndpoint5xx": alarm(
+            f"{prefix}-endpoint-5xx",
+            f"SageMaker endpoint {facts['endpoint_name']} answered 5xx",
+            {
+                "Namespace": "AWS/SageMaker",
+                "MetricName": "Invocation5XXErrors",
+                "Dimensions": endpoint,
+                "Statistic": "Sum",
+            },
+            0,
+            topic,
+        ),
+        "AlarmEndpointModelErrors": alarm(
+            f"{prefix}-endpoint-model-errors",
+            f"SageMaker endpoint {facts['endpoint_name']}: invocations the model did not answer 2xx",
+            {
+                "Namespace": "AWS/SageMaker",
+                "MetricName": "InvocationModelErrors",
+                "Dimensions": endpoint,
+                "Statistic": "Sum",
+            },
+            0,
+            topic,
+        ),
+        "AlarmEndpointModelLatencyP99": alarm(
+            f"{prefix}-endpoint-model-latency-p99",
+            f"p99 of SageMaker endpoint {facts['endpoint_name']}'s ModelLatency (reported in microseconds)",
+            {
+                "Namespace": "AWS/SageMaker",
+                "MetricName": "ModelLatency",
+                "Dimensions": endpoint,
+                "ExtendedStatistic": "p99",
+            },
+            ops.max_endpoint_p99_model_latency_ms * 1000,
+            topic,
+        ),
+        # The API's own view: answers it gave as 502 model_error (chalicelib/observability.py's Errors).
+        "AlarmApiModelErrors": alarm(
+            f"{prefix}-api-model-errors",
+            "The API answered 502 model_error: the endpoint's model failed",
+            {
+                "Namespace": APP_NAMESPACE,
+                "MetricName": "Errors",
+                "Dimensions": dimensions(service=APP_SERVICE, stage=stage, code="model_error"),
+                "Statistic": "Sum",
+            },
+            0,
+            topic,
+        ),
+    }
+    for function in FUNCTIONS:
+        for metric, what in (("Errors", "failed invocations"), ("Throttles", "throttled invocations")):
+            resources[f"Alarm{function}{metric}"] = alarm(
+                f"{prefix}-{function.lower()}-{metric.lower()}",
+                f"Lambda function {function}: {what}",
+                {
+                    "Namespace": "AWS/Lambda",
+                    "MetricName": metric,
+                    "Dimensions": dimensions(FunctionName={"Ref": function}),
+                    "Statistic": "Sum",
+                },
+                0,
+                topic,
+            )
+    return resources
+
+
+def api_keys(stage: str, facts: dict[str, Any], ops: StageOps) -> dict[str, Any]:
+    name = f"{facts['app']}-{stage}"
+    return {
+        "ApiKey": {
+            "Type": "AWS::ApiGateway::ApiKey",
+            "Properties": {
+                "Name": f"{name}-default",
+                "Description": f"{name}'s first client key",
+                "Enabled": True,
+            },
+        },
+        "UsagePlan": {
+            "Type": "AWS::ApiGateway::UsagePlan",
+            "Properties": {
+                "UsagePlanName": name,
+                "Description": f"Per-key limits of {name}",
+                # RestAPI.Stage is SAM's reference to the stage it creates (and waits for it).
+                "ApiStages": [{"ApiId": {"Ref": REST_API}, "Stage": {"Ref": f"{REST_API}.Stage"}}],
+                "Throttle": {"RateLimit": ops.key_rate_per_s, "BurstLimit": ops.key_burst},
+                "Quota": {"Limit": ops.key_quota_per_day, "Period": "DAY"},
+            },
+        },
+        "UsagePlanKey": {
+            "Type": "AWS::ApiGateway::UsagePlanKey",
+            "Properties": {
+                "KeyId": {"Ref": "ApiKey"},
+                "KeyType": "API_KEY",
+                "UsagePlanId": {"Ref": "UsagePlan"},
+            },
+        },
+    }
+
+
+def merge_template(stage: str) -> dict[str, Any]:
+    if stage not in STAGE_OPS:
+        raise SystemExit(f"no throttling and alarm figures for stage {stage!r}: add it to STAGE_OPS")
+    facts, ops = stage_facts(stage), STAGE_OPS[stage]
+    api_name = f"{facts['app']}-{stage}"
+    api_properties: dict[str, Any] = {
+        # One name per stage, so that API Gateway's metrics (dimension ApiName) tell the stages apart.
+        "Name": api_name,
+        "DefinitionBody": {
+            "info": {"title": api_name},
+            "x-amazon-apigateway-gateway-responses": gateway_responses(),
+        },
+        "MethodSettings": [
+            {
+                "ResourcePath": "/*",
+                "HttpMethod": "*",
+                "ThrottlingRateLimit": ops.rate_per_s,
+                "ThrottlingBurstLimit": ops.burst,
+            }
+        ],
+        "TracingEnabled": facts["xray"],
+    }
+    resources: dict[str, Any] = {
+        REST_API: {"Properties": api_properties},
+        "AlarmTopic": {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": f"{api_name}-alarms"}},
+        **alarms(stage, facts, ops),
+    }
+    outputs: dict[str, Any] = {"AlarmTopicArn": {"Value": {"Ref": "AlarmTopic"}}}
+    if facts["api_key_required"]:
+        resources.update(api_keys(stage, facts, ops))
+        outputs["ApiKeyId"] = {"Value": {"Ref": "ApiKey"}}
+        outputs["UsagePlanId"] = {"Value": {"Ref": "UsagePlan"}}
+    return {"Resources": resources, "Outputs": outputs}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stage", required=True)
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args(argv)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(merge_template(args.stage), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

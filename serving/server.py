@@ -1,0 +1,422 @@
+"""A local SageMaker endpoint: `python -m serving.server --model-dir DIR --port 8080`.
+
+It serves both sides of SageMaker's hosting contract with the handlers of serving/inference.py:
+- the container's: `GET /ping` (200 once the model is loaded, 503 while it loads) and `POST /invocations`;
+- the runtime API's: `POST /endpoints/{EndpointName}/invocations`, answered the way SageMaker answers it
+  (errors in AWS's JSON shape), so `boto3.client("sagemaker-runtime")` with
+  `AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=http://127.0.0.1:8080` works unchanged.
+
+uvicorn runs a Starlette app in one or more worker processes. In each, requests decode their images in a
+thread pool while one model thread runs the model on everything that queued up meanwhile (micro-batching):
+one model call at a time keeps the runtime's threads from fighting over the CPUs, and a batch lets them share
+bigger tensors (how much that gains per image depends on the CPUs and on what else runs on them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from serving import inference
+
+log = logging.getLogger("dogbreeds.serve")
+
+# InvokeEndpoint's payload limit (6 MB); SageMaker refuses bigger bodies before they reach the container.
+MAX_BODY_BYTES = 6_291_456
+# An oversized body is read and dropped up to this much, so the client sees the 413 rather than a reset
+# connection; past it the connection is closed.
+MAX_DISCARD_BYTES = 64 * 1024 * 1024
+PRODUCTION_VARIANT = "AllTraffic"
+DEFAULT_ENDPOINT_NAME = "dogbreeds-local"
+# SageMaker names the account in its errors; this is the account botocore's stubs and moto use.
+LOCAL_ACCOUNT = "123456789012"
+# One model call per batch of at most this many images. On the 2 shared cores here ONNX Runtime's cost per
+# image is flat up to batches of 4 and grows past them (+25% at 16, likely the activations outgrowing the
+# caches); through the endpoint (lite0), 4 gave 90-98 images/s at 4-16 clients where 16 gave 65-68.
+DEFAULT_MAX_BATCH = 4
+# Each worker loads its own model and /ping may be answered by one that is ready, after which requests can
+# still reach one that is not: such a request waits this long for its worker's model before a 503.
+LOADING_WAIT_S = 60.0
+
+_SETTINGS_ENV = "DOGBREEDS_SERVE_SETTINGS"
+_LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    model_dir: str
+    endpoint_name: str = DEFAULT_ENDPOINT_NAME
+    max_batch: int = DEFAULT_MAX_BATCH
+
+
+class BodyTooLargeError(Exception):
+    pass
+
+
+class MicroBatcher:
+    """The predictor behind one model thread that merges the images of requests waiting for it.
+
+    It has the predictor's interface (`predict`, `labels`, `preprocessing`, `model_info`), so predict_fn runs
+    unchanged on it. Batching waits for nothing: a request alone runs alone; requests that arrive while the
+    model is busy share its next call. One call at a time also keeps the runtime's threads from fighting for
+    the CPUs.
+    """
+
+    def __init__(self, predictor: inference.BreedPredictor, max_batch: int = DEFAULT_MAX_BATCH):
+        self.predictor = predictor
+        self.labels = predictor.labels
+        self.preprocessing = predictor.preprocessing
+        self.model_info = predictor.model_info
+        self.max_batch = max_batch
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="model", daemon=True)
+        self._thread.start()
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        future: Future = Future()
+        self._queue.put((images, future))
+        return future.result()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (first := self._queue.get()) is not None:
+            pending, count, stop = [first], len(first[0]), False
+            while count < self.max_batch:
+                try:
+                    waiting = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if waiting is None:
+                    stop = True
+                    break
+                pending.append(waiting)
+                count += len(waiting[0])
+            self._answer(pending)
+            if stop:
+                return
+
+    def _answer(self, pending: list[tuple[np.ndarray, Future]]) -> None:
+        try:
+            breed, dog = self.predictor.predict(np.concatenate([images for images, _ in pending]))
+        except Exception as error:  # noqa: BLE001 - each waiting request gets the failure as its own
+            for _, future in pending:
+                future.set_exception(error)
+            return
+        start = 0
+        for images, future in pending:
+            end = start + len(images)
+            future.set_result((breed[start:end], dog[start:end]))
+            start = end
+
+
+class RequestContext:
+    """The part of the model server's request context that input_fn reads, shaped as the toolkit's."""
+
+    class _Properties:
+        def __init__(self, headers: dict[str, str]):
+            self._headers = headers
+
+        def get_request_properties(self) -> dict[str, str]:
+            return self._headers
+
+    def __init__(self, headers: dict[str, str]):
+        self.request_processor = [self._Properties(headers)]
+
+
+class ModelState:
+    """The model of this worker, loaded in the background so /ping can say 503 until it is ready."""
+
+    def __init__(self, settings: ServeSettings):
+        self.settings = settings
+        self.predictor: MicroBatcher | None = None
+        self.error: str | None = None
+        self.settled = threading.Event()  # set once loading has succeeded or failed
+        self._loader = threading.Thread(target=self._load, name="model-loader", daemon=True)
+
+    def start(self) -> None:
+        self._loader.start()
+
+    def close(self) -> None:
+        if self.predictor is not None:
+            self.predictor.close()
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            predictor = inference.model_fn(self.settings.model_dir)
+            # The first run allocates the runtime's buffers; pay for it before saying ready.
+            size = predictor.preprocessing.image_size
+            predictor.predict(np.zeros((1, 3, size, size), dtype=np.float32))
+        except Exception as error:  # noqa: BLE001 - reported by /ping rather than killing the server silently
+            log.exception("model failed to load from %s", self.settings.model_dir)
+            self.error = f"model failed to load: {error}"
+            self.settled.set()
+            return
+        self.predictor = MicroBatcher(predictor, self.settings.max_batch)
+        self.settled.set()
+        log.info("model ready (%s) in %.1fs", predictor.runtime, time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class ContainerAnswer:
+    status: int
+    body: bytes
+    content_type: str
+
+
+def transform(model: MicroBatcher, body: bytes, headers: dict[str, str]) -> ContainerAnswer:
+    """The handler chain as SageMaker's toolkit runs it: a request error is the client's, any other a 500."""
+    try:
+        data = inference.input_fn(body, headers.get("content-type"), RequestContext(headers))
+        answer = inference.output_fn(inference.predict_fn(data, model), headers.get("accept"))
+        return ContainerAnswer(200, answer, inference.JSON)
+    except inference.RequestError as error:
+        return ContainerAnswer(int(error.status_code), str(error).encode(), "text/plain; charset=utf-8")
+    except Exception as error:  # noqa: BLE001 - the client gets a 500, the log gets the traceback
+        log.exception("inference failed")
+        return ContainerAnswer(
+            500, f"inference failed: {type(error).__name__}".encode(), "text/plain; charset=utf-8"
+        )
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, at most MAX_BODY_BYTES of it. Raises BodyTooLargeError past that."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        await _discard(request, 0)
+        raise BodyTooLargeError
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            await _discard(request, size)
+            raise BodyTooLargeError
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _discard(request: Request, already_read: int) -> None:
+    with contextlib.suppress(Exception):
+        async for chunk in request.stream():
+            already_read += len(chunk)
+            if already_read > MAX_DISCARD_BYTES:
+                return
+
+
+async def container_answer(request: Request) -> ContainerAnswer:
+    state: ModelState = request.app.state.model
+    try:
+        body = await read_body(request)
+    except BodyTooLargeError:
+        return ContainerAnswer(413, f"body over {MAX_BODY_BYTES} bytes".encode(), "text/plain; charset=utf-8")
+    if state.predictor is None:
+        await run_in_threadpool(state.settled.wait, LOADING_WAIT_S)
+    if state.predictor is None:
+        return ContainerAnswer(503, (state.error or "model is loading").encode(), "text/plain; charset=utf-8")
+    headers = {key.lower(): value for key, value in request.headers.items()}
+    return await run_in_threadpool(transform, state.predictor, body, headers)
+
+
+async def ping(request: Request) -> Response:
+    state: ModelState = request.app.state.model
+    if state.predictor is not None:
+        return JSONResponse({"status": "ready", "model": state.predictor.model_info})
+    if state.error:
+        return JSONResponse({"status": "failed", "error": state.error}, status_code=500)
+    return JSONResponse({"status": "loading"}, status_code=503)
+
+
+async def invocations(request: Request) -> Response:
+    """SageMaker's container contract: the handlers' own status and body."""
+    answer = await container_answer(request)
+    return Response(answer.body, status_code=answer.status, media_type=answer.content_type)
+
+
+async def endpoint_invocations(request: Request) -> Response:
+    """InvokeEndpoint as the SageMaker runtime answers it: errors shaped so botocore raises what AWS does."""
+    state: ModelState = request.app.state.model
+    name = request.path_params["endpoint_name"]
+    if name != state.settings.endpoint_name:
+        await _discard(request, 0)
+        return aws_error(400, "ValidationError", f"Endpoint {name} of account {LOCAL_ACCOUNT} not found.")
+    if not request.headers.get("content-type"):
+        await _discard(request, 0)
+        return aws_error(400, "ValidationError", "1 validation error detected: ContentType must be set.")
+    answer = await container_answer(request)
+    if answer.status == 413:
+        # What SageMaker answers: no error type, so botocore raises a ClientError with code "413".
+        return aws_error(413, None, f"HTTP content length exceeded {MAX_BODY_BYTES} bytes.")
+    if answer.status == 503 and state.predictor is None:
+        message = state.error or "The endpoint's model is still loading; retry shortly."
+        return aws_error(503, "ServiceUnavailable", message)
+    if answer.status != 200:
+        return model_error(answer)
+    return Response(
+        answer.body,
+        media_type=answer.content_type,
+        headers={"x-Amzn-Invoked-Production-Variant": PRODUCTION_VARIANT, "x-amzn-RequestId": _request_id()},
+    )
+
+
+def aws_error(status: int, error_type: str | None, message: str, **fields) -> Response:
+    headers = {"x-amzn-RequestId": _request_id()}
+    if error_type:
+        headers["x-amzn-ErrorType"] = error_type
+    return JSONResponse({"message": message, **fields}, status_code=status, headers=headers)
+
+
+def model_error(answer: ContainerAnswer) -> Response:
+    """424 ModelError carrying the container's status and message, as SageMaker relays a failed invocation."""
+    side = "client" if answer.status < 500 else "server"
+    original = answer.body.decode(errors="replace")
+    return aws_error(
+        424,
+        "ModelError",
+        f'Received {side} error ({answer.status}) from primary with message "{original}".',
+        ErrorCode=f"{side.upper()}_ERROR_FROM_MODEL",
+        OriginalStatusCode=answer.status,
+        OriginalMessage=original,
+    )
+
+
+def _request_id() -> str:
+    return str(uuid.uuid4())
+
+
+class RequestLog:
+    """ASGI middleware: one log line per HTTP request with status, bytes in and out, and latency."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        counts = {"in": 0, "out": 0, "status": 0}
+
+        async def counting_receive():
+            message = await receive()
+            counts["in"] += len(message.get("body", b""))
+            return message
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                counts["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                counts["out"] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, counting_send)
+        finally:
+            log.info(
+                "%s %s %d in=%dB out=%dB %.1fms",
+                scope["method"],
+                scope["path"],
+                counts["status"],
+                counts["in"],
+                counts["out"],
+                (time.perf_counter() - started) * 1000,
+            )
+
+
+def create_app(settings: ServeSettings | None = None) -> Starlette:
+    """The Starlette app; without `settings`, those `main` left in the environment for uvicorn's workers."""
+    if settings is None:
+        settings = ServeSettings(**json.loads(os.environ[_SETTINGS_ENV]))
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    state = ModelState(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        app.state.model = state
+        state.start()
+        yield
+        state.close()
+
+    app = Starlette(
+        routes=[
+            Route("/ping", ping, methods=["GET"]),
+            Route("/invocations", invocations, methods=["POST"]),
+            Route("/endpoints/{endpoint_name}/invocations", endpoint_invocations, methods=["POST"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestLog)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve a model directory as a local SageMaker endpoint.")
+    parser.add_argument("--model-dir", required=True, type=Path)
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--workers", type=int, default=1, help="processes, each with its own model copy")
+    parser.add_argument("--endpoint-name", default=DEFAULT_ENDPOINT_NAME, help="the EndpointName answered")
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="images per model call")
+    parser.add_argument(
+        "--runtime",
+        choices=("auto", "onnx", "pytorch"),
+        default=os.environ.get(inference.RUNTIME_ENV, "auto"),
+    )
+    parser.add_argument("--threads", type=int, help="model threads per worker (default: CPUs / workers)")
+    args = parser.parse_args(argv)
+    if not (args.model_dir / "config.json").is_file():
+        parser.error(f"{args.model_dir} is not a model directory (no config.json)")
+
+    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    threads = args.threads or max(1, len(os.sched_getaffinity(0)) // args.workers)
+    # uvicorn's workers are fresh processes that build the app from the import string: the settings travel in
+    # the environment they inherit.
+    os.environ[inference.RUNTIME_ENV] = args.runtime
+    os.environ[inference.THREADS_ENV] = str(threads)
+    os.environ[_SETTINGS_ENV] = json.dumps(
+        {"model_dir": str(args.model_dir), "endpoint_name": args.endpoint_name, "max_batch": args.max_batch}
+    )
+    log.info(
+        "serving %s as endpoint %r on http://%s:%d (%d worker(s) x %d thread(s), runtime %s)",
+        args.model_dir,
+        args.endpoint_name,
+        args.host,
+        args.port,
+        args.workers,
+        threads,
+        args.runtime,
+    )
+    uvicorn.run(
+        "serving.server:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=False,  # RequestLog writes the one line per request
+        log_config=None,  # keep the root logger's format for uvicorn's own lines
+        timeout_graceful_shutdown=30,
+    )
+
+
+if __name__ == "__main__":
+    main()
