@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -55,6 +56,8 @@ DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
 # Enough requests in flight that the endpoint's model thread always has the next batch decoded and waiting.
 DEFAULT_CONCURRENCY = 8
 CONNECT_TIMEOUT_S = 5.0
+RETRIES = 4
+API_KEY_ENV = "DOGBREEDS_API_KEY"
 READ_TIMEOUT_S = 120.0
 PROGRESS_EVERY_S = 10.0
 EXIT_FAILED = 1
@@ -104,14 +107,27 @@ class Failure(Exception):
 class Client:
     """HTTP to the endpoint or the API: one thread-safe connection pool for all the workers."""
 
-    def __init__(self, base_url: str, concurrency: int, api: bool):
+    def __init__(self, base_url: str, concurrency: int, api: bool, api_key: str | None = None):
         self.base_url = base_url.rstrip("/")
         self.api = api
+        self.api_key = api_key
         self.http = urllib3.PoolManager(
             maxsize=concurrency,
             block=True,
             retries=False,
             timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
+        )
+        # Throttling (prod allows each API key 10 requests/s) and an endpoint still loading are waited out, as
+        # their Retry-After asks; nothing else is sent twice.
+        self.retries = urllib3.Retry(
+            total=RETRIES,
+            connect=0,
+            read=0,
+            status_forcelist=(429, 503),
+            allowed_methods=None,
+            backoff_factor=0.5,
+            respect_retry_after_header=True,
+            raise_on_status=False,
         )
 
     def answer(self, item: Item) -> bytes:
@@ -149,8 +165,12 @@ class Client:
 
     def _post(self, path: str, body: bytes, content_type: str, accept: str) -> bytes:
         headers = {"Content-Type": content_type, "Accept": accept}
+        if self.api_key:
+            headers["x-api-key"] = self.api_key
         try:
-            response = self.http.request("POST", self.base_url + path, body=body, headers=headers)
+            response = self.http.request(
+                "POST", self.base_url + path, body=body, headers=headers, retries=self.retries
+            )
         except urllib3.exceptions.HTTPError as error:
             raise Failure("connection_failed", f"{self.base_url}: {error}") from error
         if response.status == 200:
@@ -264,7 +284,8 @@ def run(args: argparse.Namespace, err: TextIO) -> int:
         wanted = "a folder" if args.transform_output else "a folder or a file of URLs"
         print(f"error: {args.source} is not {wanted}", file=err)
         return EXIT_USAGE
-    client = Client(args.api or args.endpoint, args.concurrency, api=bool(args.api))
+    api_key = os.environ.get(API_KEY_ENV) or None
+    client = Client(args.api or args.endpoint, args.concurrency, api=bool(args.api), api_key=api_key)
     out_dir = args.transform_output
 
     # Resuming: what was classified is skipped; what failed is tried again (its new row comes later).
@@ -329,7 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--endpoint", default=DEFAULT_ENDPOINT, help="the endpoint's base URL (default: %(default)s)"
     )
-    target.add_argument("--api", help="the API's base URL instead, e.g. http://127.0.0.1:8000")
+    target.add_argument(
+        "--api",
+        help=f"the API's base URL instead, e.g. http://127.0.0.1:8000 (prod's key from ${API_KEY_ENV})",
+    )
     parser.add_argument(
         "--concurrency", "-n", type=positive_int, default=DEFAULT_CONCURRENCY, help="requests in flight"
     )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import http.server
 import json
 import re
 import shutil
 import subprocess
 import sys
+import urllib.request
 from functools import partial
 from pathlib import Path
 
@@ -209,3 +211,46 @@ def test_batch_benchmark_runs_and_prints_its_figures():
     assert re.search(
         r"defaults / sequential: [\d.]+x; defaults / endpoint at 16 clients: [\d.]+x", result.stdout
     )
+
+
+class ThrottlingProxy(http.server.BaseHTTPRequestHandler):
+    """Answers each path's first request 429 with Retry-After, as API Gateway throttles, then passes the
+    requests on to the real endpoint."""
+
+    target = ""
+    seen: set[str] = set()
+    throttled = 0
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        photo = hashlib.sha256(body).hexdigest()
+        if photo not in self.seen:
+            self.seen.add(photo)
+            type(self).throttled += 1
+            self.send_response(429)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        forwarded = urllib.request.Request(
+            self.target + self.path, data=body, headers=dict(self.headers), method="POST"
+        )
+        with urllib.request.urlopen(forwarded, timeout=60) as answer:
+            data = answer.read()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_throttled_requests_are_retried_as_retry_after_asks(endpoint, photos, tmp_path, capsys):
+    proxy = type("Proxy", (ThrottlingProxy,), {"target": endpoint.url, "seen": set(), "throttled": 0})
+    results = tmp_path / "results.csv"
+    with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), proxy)) as url:
+        code, err = run_batch(capsys, str(photos), "-o", str(results), "--endpoint", url)
+    assert proxy.throttled == 3
+    assert csv_rows(results)[f"labs/{LABRADOR}"]["label"] == "Labrador_retriever"
+    assert "3 images: 2 classified, 1 failed" in err and "unreadable_image" in err
