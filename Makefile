@@ -8,7 +8,7 @@ STAGE ?= dev
 # The committed models `make bench` measures: the default (most accurate) one and the fast one.
 BENCH_MODELS ?= models/default models/fast
 
-.PHONY: setup run test test-all lint bench bench-batch bench-train package clean
+.PHONY: setup browser run test test-all lint bench bench-batch bench-train package clean
 
 setup: $(INSTALLED)
 
@@ -17,6 +17,17 @@ $(INSTALLED): requirements.txt requirements-dev.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
+# The web page's tests drive Debian's chromium through chromedriver. Installed here when missing and root (as
+# CI runs); otherwise those tests fail and say how to install them.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+		else \
+			echo "the browser tests need chromium and chromium-driver: sudo apt-get install chromium chromium-driver" >&2; \
+		fi; \
+	fi
+
 run: setup
 	scripts/run_local.sh
 
@@ -24,11 +35,11 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint browser
 	$(BIN)/pytest -m "not slow"
 
 # Everything, including full-data training and benchmark-sized tests.
-test-all: lint
+test-all: lint browser
 	$(BIN)/pytest
 
 bench: setup

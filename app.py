@@ -5,7 +5,10 @@ from chalice import Chalice, Response
 from chalicelib import batch, observability
 from chalicelib import classify as pipeline
 from chalicelib.errors import answers_errors, lambda_error, reshape_chalice_error
+from chalicelib.health import health_answer
+from chalicelib.openapi import describe_api, stage_base_path
 from chalicelib.settings import api_key_required, get_settings
+from chalicelib.webpage import render_page
 
 app = Chalice(app_name="dogbreeds")
 # Routes that pass KEYED need an API key on stages that set API_KEY_REQUIRED (prod); a public route omits it.
@@ -28,12 +31,20 @@ def project_error_shape(event, get_response):
     return reshape_chalice_error(get_response(event))
 
 
+@app.route("/", methods=["GET"])
+@answers_errors
+def page():
+    """The web page to try the API in a browser; public on every stage, like /openapi.json."""
+    html, headers = render_page(get_settings().model_resize_size, tuple(IMAGE_CONTENT_TYPES))
+    return Response(body=html, headers=headers)
+
+
 @app.route("/predict", methods=["POST"], content_types=["application/json"], api_key_required=KEYED)
 @answers_errors
 def predict():
     """{"url": "https://..."} or {"image": "<base64>"}, optional "top_k"."""
     request = pipeline.parse_json_body(app.current_request.raw_body)
-    return pipeline.classify(request)
+    return pipeline.http_answer(pipeline.classify(request))
 
 
 @app.route("/predict/image", methods=["POST"], content_types=IMAGE_CONTENT_TYPES, api_key_required=KEYED)
@@ -43,7 +54,14 @@ def predict_image():
     query = app.current_request.query_params or {}
     top_k = pipeline.parse_top_k_text(query.get("top_k"))
     request = pipeline.upload_request(app.current_request.raw_body, top_k)
-    return pipeline.classify(request)
+    return pipeline.http_answer(pipeline.classify(request))
+
+
+@app.route("/openapi.json", methods=["GET"])
+@answers_errors
+def openapi():
+    """This API described in OpenAPI 3.1."""
+    return describe_api(app.routes, stage_base_path(app.current_request.context))
 
 
 @app.route("/predict/batch", methods=["POST"], content_types=["application/json"], api_key_required=KEYED)
@@ -56,8 +74,9 @@ def predict_batch():
 @app.route("/health", methods=["GET"], api_key_required=KEYED)
 @answers_errors
 def health():
-    settings = get_settings()
-    return Response(body={"status": "ok", "endpoint": settings.endpoint_name})
+    """200 when the stage's endpoint can answer, 503 when not (checked without a model call, cached)."""
+    status, body, headers = health_answer()
+    return Response(body=body, status_code=status, headers=headers)
 
 
 @app.lambda_function(name="classify")

@@ -29,8 +29,8 @@ from chalicelib.settings import (
     DEFAULT_TOP_K,
     JPEG_QUALITY,
     MAX_BATCH_ITEMS,
+    MAX_ENDPOINT_BODY_BYTES,
     MAX_FETCH_BYTES,
-    MAX_INVOKE_BYTES,
     MAX_PIXELS,
     MAX_UPLOAD_BYTES,
     get_settings,
@@ -45,6 +45,12 @@ _BATCH_OVERHEAD = len('{"instances": []}')
 class BatchTimeout(ApiError):
     status = 504
     code = "timeout"
+
+
+class BatchNotServed(BadRequest):
+    """The stage's endpoint is asynchronous: it queues one photo at a time and answers later."""
+
+    code = "batch_not_supported"
 
 
 @dataclass(frozen=True)
@@ -131,9 +137,14 @@ def _image_item(value: str) -> BatchItem:
 def classify_batch(request: BatchRequest) -> dict[str, Any]:
     """One result per item, in the request's order, under the request's own field names.
 
-    Raises EndpointUnavailable, EndpointTimeout or ModelFailed when the endpoint cannot answer the batch.
+    Raises EndpointUnavailable, EndpointTimeout, ModelFailed or BadModelAnswer when the endpoint cannot
+    answer the batch, and BatchNotServed on a stage whose endpoint is asynchronous.
     """
     settings = get_settings()
+    if settings.endpoint_kind == "async":
+        raise BatchNotServed(
+            "this stage's endpoint is asynchronous: send the photos one at a time to /predict"
+        )
     started = time.perf_counter()
     resizing = threading.BoundedSemaphore(BATCH_RESIZE_CONCURRENCY)
 
@@ -193,8 +204,10 @@ def _drop_what_does_not_fit(prepared: dict[int, PreparedImage], results: list) -
     """Keep the endpoint call under InvokeEndpoint's payload limit: what would push it over answers 413."""
     size = _BATCH_OVERHEAD
     for index in sorted(prepared):
-        size += (len(prepared[index].jpeg) + 2) // 3 * 4 + _INSTANCE_OVERHEAD
-        if size > MAX_INVOKE_BYTES:
+        grown = size + (len(prepared[index].jpeg) + 2) // 3 * 4 + _INSTANCE_OVERHEAD
+        if grown <= MAX_ENDPOINT_BODY_BYTES:
+            size = grown
+        else:
             del prepared[index]
             results[index] = lambda_error(
                 PayloadTooLarge("the batch's shrunk photos outgrow one endpoint call; send this one again")

@@ -9,8 +9,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from chalice import Response
+
 from chalicelib import observability
-from chalicelib.endpoint import invoke_model
+from chalicelib.endpoint import invoke_model, queue_model_request
 from chalicelib.errors import BadRequest, InvalidJson, PayloadTooLarge
 from chalicelib.fetch import fetch_image
 from chalicelib.image import prepare_image
@@ -45,6 +47,9 @@ def parse_json_body(raw_body: bytes) -> ClassifyRequest:
         fields = json.loads(raw_body)
     except (ValueError, UnicodeDecodeError) as error:
         raise InvalidJson(f"the body is not valid JSON: {error}") from error
+    except RecursionError as error:
+        # Arrays or objects nested thousands deep: valid JSON in principle, never a request.
+        raise InvalidJson("the body is nested too deeply to be a request") from error
     return parse_fields(fields)
 
 
@@ -82,7 +87,9 @@ def parse_top_k_text(value: str | None) -> int:
     """top_k from a query string; raises BadRequest unless it is an integer from 1 to MAX_TOP_K."""
     if value is None:
         return DEFAULT_TOP_K
-    if not value.strip().isdigit():
+    value = value.strip()
+    # isdigit alone admits digits int() refuses, such as "²".
+    if not (value.isascii() and value.isdigit()) or len(value) > 6:
         raise BadRequest(f'"top_k" must be an integer from 1 to {MAX_TOP_K}')
     return parse_top_k(int(value))
 
@@ -115,7 +122,8 @@ def upload_request(body: bytes | None, top_k: int = DEFAULT_TOP_K) -> ClassifyRe
 
 
 def classify(request: ClassifyRequest) -> dict[str, Any]:
-    """The endpoint's answer for the photo plus what was sent and how long each step took.
+    """The endpoint's answer for the photo plus what was sent and how long each step took; for an async
+    endpoint, where the answer will be instead (`queue_model_request`).
 
     Raises the ApiError subclasses of fetch, image and endpoint.
     """
@@ -132,7 +140,12 @@ def classify(request: ClassifyRequest) -> dict[str, Any]:
         data, resize_size=settings.model_resize_size, max_pixels=MAX_PIXELS, quality=JPEG_QUALITY
     )
     resized = time.perf_counter()
-    answer = invoke_model(settings.endpoint_name, prepared.jpeg, request.top_k)
+    if settings.endpoint_kind == "async":
+        answer = queue_model_request(
+            settings.endpoint_name, prepared.jpeg, request.top_k, *settings.async_input
+        )
+    else:
+        answer = invoke_model(settings.endpoint_name, prepared.jpeg, request.top_k)
     invoked = time.perf_counter()
     answer["image"] = {
         "width": prepared.width,
@@ -146,6 +159,13 @@ def classify(request: ClassifyRequest) -> dict[str, Any]:
         "invoke": _ms(invoked - resized),
         "total": _ms(invoked - started),
     }
+    return answer
+
+
+def http_answer(answer: dict[str, Any]) -> Response | dict[str, Any]:
+    """A route's answer: the classification (200), or 202 Accepted when the photo was queued."""
+    if answer.get("status") == "queued":
+        return Response(body=answer, status_code=202)
     return answer
 
 

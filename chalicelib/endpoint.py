@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import uuid
 from typing import Any
 
 import boto3
@@ -15,14 +16,26 @@ from botocore.exceptions import (
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    IncompleteReadError,
     ReadTimeoutError,
+    ResponseStreamingError,
 )
 
-from chalicelib.errors import EndpointTimeout, EndpointUnavailable, ModelFailed
+from chalicelib.errors import (
+    BadModelAnswer,
+    EndpointTimeout,
+    EndpointUnavailable,
+    ModelFailed,
+    ModelPayloadTooLarge,
+)
+from chalicelib.schema import SchemaMismatch, validate_answer
 from chalicelib.settings import (
     ENDPOINT_CONNECT_TIMEOUT_S,
     ENDPOINT_MAX_ATTEMPTS,
     ENDPOINT_READ_TIMEOUT_S,
+    MAX_ENDPOINT_BODY_BYTES,
+    MAX_RETRY_AFTER_S,
+    RETRY_AFTER_S,
     get_settings,
 )
 
@@ -41,6 +54,8 @@ _RETRY_LATER_CODES = {
     "ModelNotReadyException",
     "InternalFailure",
 }
+# A model container shedding load answers these; SageMaker relays them as a ModelError with that status.
+_SHEDDING_STATUSES = (429, 503)
 
 
 @functools.cache
@@ -57,30 +72,43 @@ def runtime_client():
 
 
 def invoke_model(endpoint_name: str, jpeg: bytes, top_k: int) -> dict[str, Any]:
-    """The endpoint's answer for one JPEG: predictions, is_dog, dog_probability, model.
+    """The endpoint's answer for one JPEG, checked against ANSWER_SCHEMA (chalicelib/schema.py).
 
-    Raises ModelFailed (the model container failed on it), EndpointUnavailable (unreachable, unknown,
-    throttled or overloaded, after botocore's retries) and EndpointTimeout (no answer in time).
+    Raises ModelFailed (the model container failed on it), BadModelAnswer (it answered, but not with an
+    answer), EndpointUnavailable (unreachable, unknown, throttled or shedding load, after botocore's retries),
+    EndpointTimeout (no answer in time) and ModelPayloadTooLarge (the endpoint refused the body's size).
     """
-    return _invoke(endpoint_name, jpeg, CONTENT_TYPE, ACCEPT, top_k)
+    return parse_answer(_invoke(endpoint_name, jpeg, CONTENT_TYPE, ACCEPT, top_k))
 
 
 def invoke_model_batch(endpoint_name: str, jpegs: list[bytes], top_k: int) -> list[dict[str, Any]]:
-    """The endpoint's answers for several JPEGs in one call, in order: each an answer as `invoke_model`'s or
+    """The endpoint's answers for several JPEGs in ONE call, in order: each an answer as `invoke_model`'s or
     `{"error": {"code", "status", "message"}}` for an image the model could not take.
 
-    Raises as `invoke_model` does, and ModelFailed when the answer is not one per image.
+    Raises as `invoke_model` does; BadModelAnswer also when the answer is not one result per image.
     """
-    body = json.dumps({"instances": [{"b64": base64.b64encode(jpeg).decode()} for jpeg in jpegs]})
-    answers = _invoke(endpoint_name, body.encode(), BATCH_CONTENT_TYPE, BATCH_ACCEPT, top_k)
-    if isinstance(answers, dict) and "error" in answers:
-        raise ModelFailed(f"the endpoint refused the batch: {answers['error'].get('message', '')}")
+    body = json.dumps({"instances": [{"b64": base64.b64encode(jpeg).decode()} for jpeg in jpegs]}).encode()
+    raw = _invoke(endpoint_name, body, BATCH_CONTENT_TYPE, BATCH_ACCEPT, top_k)
+    try:
+        answers = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as error:
+        raise BadModelAnswer("the endpoint answered something that is not valid JSON") from error
+    if isinstance(answers, dict) and isinstance(answers.get("error"), dict):
+        raise ModelFailed(f"the endpoint refused the batch: {str(answers['error'].get('message'))[:300]}")
     if not isinstance(answers, list) or len(answers) != len(jpegs):
-        raise ModelFailed("the endpoint did not answer one result per image")
-    return answers
+        raise BadModelAnswer("the endpoint did not answer one result per image")
+    try:
+        return [answer if _is_error(answer) else validate_answer(answer) for answer in answers]
+    except SchemaMismatch as error:
+        raise BadModelAnswer(f"the endpoint's answer does not match the response schema: {error}") from error
 
 
-def _invoke(endpoint_name: str, body: bytes, content_type: str, accept: str, top_k: int) -> Any:
+def _is_error(answer: Any) -> bool:
+    return isinstance(answer, dict) and set(answer) == {"error"} and isinstance(answer["error"], dict)
+
+
+def _invoke(endpoint_name: str, body: bytes, content_type: str, accept: str, top_k: int) -> bytes:
+    """The body of the endpoint's 200 answer; raises as `invoke_model` does."""
     try:
         response = runtime_client().invoke_endpoint(
             EndpointName=endpoint_name,
@@ -89,31 +117,127 @@ def _invoke(endpoint_name: str, body: bytes, content_type: str, accept: str, top
             CustomAttributes=f"top_k={top_k}",
             Body=body,
         )
-        answer = response["Body"].read()
+        return response["Body"].read()
     except ReadTimeoutError as error:
         raise EndpointTimeout(f"the endpoint did not answer within {ENDPOINT_READ_TIMEOUT_S:g} s") from error
-    except (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError) as error:
+    except (EndpointConnectionError, ConnectTimeoutError) as error:
         raise EndpointUnavailable(f"the endpoint {endpoint_name!r} cannot be reached") from error
+    except (ConnectionClosedError, IncompleteReadError, ResponseStreamingError) as error:
+        # The connection broke mid-answer: what came is not the whole answer.
+        raise BadModelAnswer("the endpoint's answer was cut off") from error
     except ClientError as error:
-        raise _mapped(error, endpoint_name) from error
+        raise _mapped(error, endpoint_name, len(body)) from error
+
+
+def parse_answer(body: bytes) -> dict[str, Any]:
+    """The endpoint's 200 body as an answer; raises BadModelAnswer for anything that is not one."""
     try:
-        return json.loads(answer)
-    except ValueError as error:
-        raise ModelFailed("the endpoint answered something that is not JSON") from error
+        answer = json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as error:
+        # RecursionError: JSON nested thousands deep; ValueError covers bad UTF-8, truncation and NaN.
+        raise BadModelAnswer("the endpoint answered something that is not valid JSON") from error
+    try:
+        return validate_answer(answer)
+    except SchemaMismatch as error:
+        raise BadModelAnswer(f"the endpoint's answer does not match the response schema: {error}") from error
 
 
-def _mapped(error: ClientError, endpoint_name: str) -> Exception:
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _mapped(error: ClientError, endpoint_name: str, sent_bytes: int) -> Exception:
     details = error.response.get("Error", {})
     code = details.get("Code", "")
     message = details.get("Message", "")
     status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    if code == "ModelError" and error.response.get("OriginalStatusCode") in _SHEDDING_STATUSES:
+        return EndpointUnavailable(
+            f"the endpoint {endpoint_name!r} is overloaded; try again shortly",
+            retry_after_s=_retry_after(error),
+        )
     if code == "ModelError":
         original = str(error.response.get("OriginalMessage") or message)
         return ModelFailed(f"the model failed on this image: {original[:_MAX_RELAYED_CHARS]}")
+    if status == 413 or code == "413":
+        # prepare_image keeps bodies under MAX_ENDPOINT_BODY_BYTES: this endpoint takes less than SageMaker.
+        return ModelPayloadTooLarge(
+            f"the prepared image ({sent_bytes} bytes) is more than the model endpoint accepts"
+            f" (SageMaker's limit is {MAX_ENDPOINT_BODY_BYTES} bytes)"
+        )
     if code == "ValidationError":
         # invoke_endpoint's arguments are ours, so this means the stage's endpoint does not exist (yet).
         return EndpointUnavailable(f"the endpoint {endpoint_name!r} is not available: {message}")
     if code in _RETRY_LATER_CODES or status >= 500 or status == 429:
         reason = code or f"HTTP {status}"
-        return EndpointUnavailable(f"the endpoint {endpoint_name!r} is busy or unavailable ({reason})")
+        return EndpointUnavailable(
+            f"the endpoint {endpoint_name!r} is busy or unavailable ({reason})",
+            retry_after_s=_retry_after(error),
+        )
     return ModelFailed(f"the endpoint refused the request: {code} {message}".strip())
+
+
+def _retry_after(error: ClientError) -> int:
+    """The endpoint's own Retry-After in whole seconds (1 to MAX_RETRY_AFTER_S), else RETRY_AFTER_S."""
+    headers = error.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    value = str(headers.get("retry-after", "")).strip()
+    if value.isascii() and value.isdigit():
+        return min(max(int(value), 1), MAX_RETRY_AFTER_S)
+    return RETRY_AFTER_S
+
+
+# --- asynchronous endpoints: the photo goes to S3 and is queued; the answer says where the result will be ---
+
+
+@functools.cache
+def s3_client():
+    """The container's one S3 client for queued photos, with the endpoint's time limits."""
+    config = Config(
+        connect_timeout=ENDPOINT_CONNECT_TIMEOUT_S,
+        read_timeout=ENDPOINT_READ_TIMEOUT_S,
+        retries={"mode": "standard", "total_max_attempts": ENDPOINT_MAX_ATTEMPTS},
+    )
+    return boto3.client("s3", config=config)
+
+
+def queue_model_request(
+    endpoint_name: str, jpeg: bytes, top_k: int, bucket: str, prefix: str
+) -> dict[str, Any]:
+    """Put the JPEG under s3://bucket/prefix/ and queue it on the async endpoint.
+
+    Returns {"status": "queued", "inference_id", "output_location", "failure_location"}: SageMaker writes the
+    endpoint's answer (the same JSON invoke_model returns) to output_location, or the error to
+    failure_location. Raises what invoke_model raises; a photo S3 refuses is EndpointUnavailable.
+    """
+    inference_id = uuid.uuid4().hex
+    key = f"{prefix}/{inference_id}.jpg"
+    try:
+        s3_client().put_object(Bucket=bucket, Key=key, Body=jpeg, ContentType=CONTENT_TYPE)
+    except (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError, ReadTimeoutError) as error:
+        raise EndpointUnavailable(
+            f"the photo could not be queued for {endpoint_name!r}: S3 cannot be reached"
+        ) from error
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        raise EndpointUnavailable(f"the photo could not be queued for {endpoint_name!r} ({code})") from error
+    try:
+        response = runtime_client().invoke_endpoint_async(
+            EndpointName=endpoint_name,
+            ContentType=CONTENT_TYPE,
+            Accept=ACCEPT,
+            CustomAttributes=f"top_k={top_k}",
+            InferenceId=inference_id,
+            InputLocation=f"s3://{bucket}/{key}",
+        )
+    except ReadTimeoutError as error:
+        raise EndpointTimeout(f"the endpoint did not answer within {ENDPOINT_READ_TIMEOUT_S:g} s") from error
+    except (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError) as error:
+        raise EndpointUnavailable(f"the endpoint {endpoint_name!r} cannot be reached") from error
+    except ClientError as error:
+        raise _mapped(error, endpoint_name, len(jpeg)) from error
+    return {
+        "status": "queued",
+        "inference_id": response.get("InferenceId", inference_id),
+        "output_location": response["OutputLocation"],
+        "failure_location": response.get("FailureLocation"),
+    }

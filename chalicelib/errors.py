@@ -65,14 +65,34 @@ class UnsupportedImage(ApiError):
     code = "unsupported_media_type"
 
 
+class ModelPayloadTooLarge(PayloadTooLarge):
+    """The model endpoint refused the body as too large: the photo, even shrunk, is more than it takes."""
+
+    code = "model_payload_too_large"
+
+
 class TooManyPixels(ApiError):
     status = 422
     code = "too_many_pixels"
 
 
+class ImageTooElongated(ApiError):
+    """Longer side over MAX_ASPECT_RATIO times the shorter: the model's resize would blow it up."""
+
+    status = 422
+    code = "image_too_elongated"
+
+
 class ModelFailed(ApiError):
     status = 502
     code = "model_error"
+
+
+class BadModelAnswer(ApiError):
+    """The endpoint answered 200 with something other than an answer: not JSON, cut off, off the schema."""
+
+    status = 502
+    code = "bad_model_answer"
 
 
 class EndpointUnavailable(ApiError):
@@ -81,8 +101,12 @@ class EndpointUnavailable(ApiError):
     status = 503
     code = "endpoint_unavailable"
 
+    def __init__(self, message: str, retry_after_s: int = RETRY_AFTER_S):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(RETRY_AFTER_S)}
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class EndpointTimeout(ApiError):

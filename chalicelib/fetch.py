@@ -8,9 +8,11 @@ certificate against the hostname. Proxies from the environment are ignored (they
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import ipaddress
 import socket
+import threading
 import time
 from urllib.parse import urljoin, urlsplit
 
@@ -21,7 +23,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
-from chalicelib.errors import PayloadTooLarge, UrlFetchFailed, UrlNotAllowed
+from chalicelib.errors import BadRequest, PayloadTooLarge, UrlFetchFailed, UrlNotAllowed
 from chalicelib.settings import (
     FETCH_CONNECT_TIMEOUT_S,
     FETCH_READ_TIMEOUT_S,
@@ -71,9 +73,74 @@ def checked_addresses(host: str, port: int, *, allow_loopback: bool) -> list[tup
         raise UrlFetchFailed(f"cannot resolve host {host!r}: {error}") from error
     for _family, _type, _proto, _name, sockaddr in answers:
         refusal = address_refusal(sockaddr[0], allow_loopback=allow_loopback)
+        if refusal and _is_address(host):
+            raise UrlNotAllowed(f"the URL's host may not be fetched from: {refusal}")
         if refusal:
-            raise UrlNotAllowed(f"host {host!r} resolves to a forbidden address: {refusal}")
+            # Neither the address nor its kind: that would tell outsiders what internal names resolve to.
+            raise UrlNotAllowed(f"host {host!r} resolves to an address that may not be fetched from")
     return answers
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+class Deadline:
+    """One total time limit for a fetch: connect, headers and body of every hop together.
+
+    Timeouts on a socket bound each wait, not their sum, so an origin that sends a byte every few seconds
+    would never trip them. At the deadline a timer shuts down every socket the fetch opened, which ends
+    whatever read is waiting; `expired` then tells that failure from the origin's own.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def __enter__(self) -> Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._timer.cancel()
+
+    def remaining(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+        if self.expired:
+            self._cut()
+
+    def _cut(self) -> None:
+        with self._lock:
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already closed
+
+    def error(self) -> UrlFetchFailed:
+        return UrlFetchFailed(f"the download took longer than {self.seconds:g} s")
+
+
+# The deadline of the fetch running on this thread, for the connections it opens.
+_current_deadline: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar(
+    "fetch_deadline", default=None
+)
 
 
 class _CheckedConnectionMixin:
@@ -83,9 +150,12 @@ class _CheckedConnectionMixin:
 
     def _new_conn(self) -> socket.socket:
         answers = checked_addresses(self._dns_host, self.port, allow_loopback=self.allow_loopback)
+        deadline = _current_deadline.get()
         last_error: OSError | None = None
         for family, type_, proto, _name, sockaddr in answers:
             sock = socket.socket(family, type_, proto)
+            if deadline is not None:
+                deadline.watch(sock)
             try:
                 sock.settimeout(self.timeout)
                 sock.connect(sockaddr)
@@ -132,66 +202,93 @@ def _session(allow_loopback: bool) -> requests.Session:
 
 
 def _checked_url(url: str) -> str:
-    parts = urlsplit(url)
+    """`url` if it may be fetched; raises UrlNotAllowed, or BadRequest for one that cannot be parsed."""
+    try:
+        parts = urlsplit(url)
+        hostname, _port = parts.hostname, parts.port
+    except ValueError as error:
+        # An unclosed "[" of an IPv6 address, a port out of range or not a number.
+        raise BadRequest(f"the URL cannot be parsed: {error}") from error
     if parts.scheme.lower() not in ALLOWED_SCHEMES:
         raise UrlNotAllowed(f"only http and https URLs can be fetched, not {parts.scheme or 'no scheme'!r}")
-    if not parts.hostname:
+    if not hostname:
         raise UrlNotAllowed(f"the URL has no host: {url!r}")
     if parts.username or parts.password:
         raise UrlNotAllowed("URLs with credentials are not fetched")
     return url
 
 
-def fetch_image(url: str, *, max_bytes: int, allow_loopback: bool = False) -> bytes:
-    """The body behind `url`, at most `max_bytes` long, following at most MAX_REDIRECTS checked redirects.
+def fetch_image(
+    url: str, *, max_bytes: int, allow_loopback: bool = False, total_timeout_s: float = FETCH_TOTAL_TIMEOUT_S
+) -> bytes:
+    """The body behind `url`, at most `max_bytes` long, following at most MAX_REDIRECTS checked redirects,
+    all within `total_timeout_s` (name resolution aside: the resolver keeps its own timeouts).
 
     Raises UrlNotAllowed (bad scheme, forbidden address, also after a redirect), UrlFetchFailed (unresolvable,
     unreachable, timed out, error status, too many redirects) and PayloadTooLarge (over `max_bytes`).
     Whether the body is an image is for the image module to decide.
     """
-    deadline = time.monotonic() + FETCH_TOTAL_TIMEOUT_S
-    with _session(allow_loopback) as session:
-        for _hop in range(MAX_REDIRECTS + 1):
-            response = _get(session, _checked_url(url))
-            with response:
-                if response.status_code in REDIRECT_STATUSES and "Location" in response.headers:
-                    url = urljoin(url, response.headers["Location"])
-                    continue
-                if response.status_code != 200:
-                    raise UrlFetchFailed(f"the URL answered HTTP {response.status_code}")
-                return _read_capped(response, max_bytes, deadline)
+    with Deadline(total_timeout_s) as deadline, _session(allow_loopback) as session:
+        token = _current_deadline.set(deadline)
+        try:
+            for _hop in range(MAX_REDIRECTS + 1):
+                response = _get(session, _checked_url(url), deadline)
+                with response:
+                    if response.status_code in REDIRECT_STATUSES and "Location" in response.headers:
+                        url = _redirect_target(url, response.headers["Location"])
+                        continue
+                    if response.status_code != 200:
+                        raise UrlFetchFailed(f"the URL answered HTTP {response.status_code}")
+                    return _read_capped(response, max_bytes, deadline)
+        finally:
+            _current_deadline.reset(token)
     raise UrlFetchFailed(f"more than {MAX_REDIRECTS} redirects")
 
 
-def _get(session: requests.Session, url: str) -> requests.Response:
+def _redirect_target(url: str, location: str) -> str:
     try:
-        return session.get(
-            url,
-            stream=True,
-            allow_redirects=False,
-            timeout=(FETCH_CONNECT_TIMEOUT_S, FETCH_READ_TIMEOUT_S),
-        )
-    except requests.Timeout as error:
-        raise UrlFetchFailed(f"timed out fetching the URL: {error}") from error
+        return urljoin(url, location)
+    except ValueError as error:
+        raise UrlFetchFailed(f"the URL redirects to an address that cannot be parsed: {error}") from error
+
+
+def _get(session: requests.Session, url: str, deadline: Deadline) -> requests.Response:
+    if deadline.expired:
+        raise deadline.error()
+    # Each wait is also bounded by what is left of the total, so a late hop cannot start a full-length wait.
+    timeout = (
+        min(FETCH_CONNECT_TIMEOUT_S, deadline.remaining()),
+        min(FETCH_READ_TIMEOUT_S, deadline.remaining()),
+    )
+    try:
+        return session.get(url, stream=True, allow_redirects=False, timeout=timeout)
     except requests.RequestException as error:
+        if deadline.expired:
+            raise deadline.error() from error
+        if isinstance(error, requests.Timeout):
+            raise UrlFetchFailed(f"timed out fetching the URL: {error}") from error
         raise UrlFetchFailed(f"cannot fetch the URL: {error}") from error
 
 
-def _read_capped(response: requests.Response, max_bytes: int, deadline: float) -> bytes:
+def _read_capped(response: requests.Response, max_bytes: int, deadline: Deadline) -> bytes:
     declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
+    if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"the image is {int(declared)} bytes; the limit is {max_bytes} bytes")
     body = bytearray()
     try:
-        # read1 returns what has arrived instead of waiting for a full chunk, so the deadline is checked after
-        # every packet: the read timeout alone is per read, and a server dripping one byte at a time would
-        # never trip it. Sizes count decoded bytes, so a gzip bomb stops at the cap too.
+        # read1 returns what has arrived instead of waiting for a full chunk. Sizes count decoded bytes, so a
+        # gzip bomb stops at the cap too.
         while chunk := response.raw.read1(CHUNK_BYTES, decode_content=True):
             body += chunk
             if len(body) > max_bytes:
                 raise PayloadTooLarge(f"the image is over the limit of {max_bytes} bytes")
-            if time.monotonic() > deadline:
-                raise UrlFetchFailed(f"the download took longer than {FETCH_TOTAL_TIMEOUT_S:g} s")
+            if deadline.expired:
+                raise deadline.error()
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
+        if deadline.expired:
+            raise deadline.error() from error
         raise UrlFetchFailed(f"the download failed: {error}") from error
+    if deadline.expired:
+        # The cut-off socket reads as a clean end of the body when no length was declared.
+        raise deadline.error()
     return bytes(body)

@@ -6,9 +6,10 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from chalicelib.errors import TooManyPixels, UnsupportedImage
+from chalicelib.errors import ImageTooElongated, ModelPayloadTooLarge, TooManyPixels, UnsupportedImage
+from chalicelib.settings import MAX_ASPECT_RATIO, MAX_ENDPOINT_BODY_BYTES, MAX_PIXELS_BY_FORMAT
 
 # Pillow tries only these decoders; MPO is what Pillow calls the JPEGs that some cameras write with a preview.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
@@ -16,6 +17,22 @@ _OPENED_FORMATS = (*ALLOWED_FORMATS, "MPO")
 # EXIF orientations that turn the picture a quarter, so width and height swap.
 _QUARTER_TURNS = (5, 6, 7, 8)
 _ORIENTATION_TAG = 0x0112
+# How each EXIF orientation is undone (as ImageOps.exif_transpose does, which would copy the full picture).
+_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Pillow's resize first box-reduces by whole factors while the rest stays at least this many times the target.
+_REDUCING_GAP = 3.0
+# Pixels converted to RGB at a time: a few MB per strip.
+_STRIP_PIXELS = 1_000_000
+# Tried in turn when a JPEG at the requested quality is over the endpoint's body limit.
+_FALLBACK_QUALITIES = (75, 50)
 
 
 @dataclass(frozen=True)
@@ -28,11 +45,21 @@ class PreparedImage:
     bytes_received: int
 
 
-def prepare_image(data: bytes, *, resize_size: int, max_pixels: int, quality: int) -> PreparedImage:
+def prepare_image(
+    data: bytes,
+    *,
+    resize_size: int,
+    max_pixels: int,
+    quality: int,
+    max_bytes: int = MAX_ENDPOINT_BODY_BYTES,
+) -> PreparedImage:
     """Decode `data`, turn it upright, make it RGB and shrink its shorter side to `resize_size`, as a JPEG.
 
-    `width`/`height` are the photo's own, upright. Raises UnsupportedImage (empty, not an image, a format
-    outside ALLOWED_FORMATS, or undecodable such as a truncated file) and TooManyPixels (over `max_pixels`).
+    What is sent is bounded whatever comes in: its shorter side is at most `resize_size`, its longer side at
+    most MAX_ASPECT_RATIO times that, and its size at most `max_bytes` (a lower JPEG quality first, then a
+    refusal). `width`/`height` are the photo's own, upright. Raises UnsupportedImage (empty, not an image, a
+    format outside ALLOWED_FORMATS, or undecodable such as a truncated file), TooManyPixels (over
+    `max_pixels` or its format's cap), ImageTooElongated and ModelPayloadTooLarge.
     """
     image = open_checked(data, max_pixels=max_pixels)
     width, height = image.size
@@ -52,18 +79,30 @@ def prepare_image(data: bytes, *, resize_size: int, max_pixels: int, quality: in
             # a 12 MP photo then costs a fraction of the memory and time.
             image.draft("RGB", (resize_size, resize_size))
         image.load()
-        image = to_rgb(ImageOps.exif_transpose(image))
+        image = reduced_rgb(image, resize_size)
     except (OSError, SyntaxError, ValueError) as error:
         raise UnsupportedImage(f"the image cannot be decoded: {error}") from error
+    if orientation in _TRANSPOSES:
+        image = image.transpose(_TRANSPOSES[orientation])
     image = resize_for_model(image, resize_size)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    jpeg = buffer.getvalue()
+    jpeg = _encoded(image, quality, max_bytes)
     if as_is and len(data) <= len(jpeg):
         # Re-encoding a small, already compressed photo at `quality` often makes it bigger (12 KB in, 22 KB
         # out for a 340x148 one) and always loses a little more; decoding it above still checked it whole.
         jpeg = data
     return PreparedImage(jpeg=jpeg, width=width, height=height, bytes_received=len(data))
+
+
+def _encoded(image: Image.Image, quality: int, max_bytes: int) -> bytes:
+    for attempt in (quality, *(lower for lower in _FALLBACK_QUALITIES if lower < quality)):
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=attempt)
+        if buffer.tell() <= max_bytes:
+            return buffer.getvalue()
+    raise ModelPayloadTooLarge(
+        f"shrunk to {image.width}x{image.height}, the image is still {buffer.tell()} bytes as a JPEG;"
+        f" the model endpoint takes at most {max_bytes}"
+    )
 
 
 def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -88,10 +127,17 @@ def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
     if image.format not in _OPENED_FORMATS:
         raise UnsupportedImage(f"{image.format} images are not accepted")
     width, height = image.size
-    if width * height > max_pixels:
-        raise TooManyPixels(f"the image is {width}x{height} pixels; the limit is {max_pixels:,} pixels")
+    limit = min(max_pixels, MAX_PIXELS_BY_FORMAT.get(image.format, max_pixels))
+    if width * height > limit:
+        kind = "" if limit == max_pixels else f"{image.format} "
+        raise TooManyPixels(f"the image is {width}x{height} pixels; the limit for {kind}images is {limit:,}")
     if width == 0 or height == 0:
         raise UnsupportedImage("the image has no pixels")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageTooElongated(
+            f"the image is {width}x{height} pixels; its longer side may be at most {MAX_ASPECT_RATIO} times"
+            " its shorter side"
+        )
     return image
 
 
@@ -108,15 +154,47 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def resize_for_model(image: Image.Image, resize_size: int) -> Image.Image:
-    """Shrink so the shorter side is `resize_size` (the model's own first resize); smaller ones stay as is."""
-    width, height = image.size
+def model_size(size: tuple[int, int], resize_size: int) -> tuple[int, int]:
+    """The size `resize_for_model` gives a picture of `size`: the shorter side shrunk to `resize_size`."""
+    width, height = size
     shorter = min(width, height)
     if shorter <= resize_size:
-        return image
+        return size
     scale = resize_size / shorter
-    size = (max(resize_size, round(width * scale)), max(resize_size, round(height * scale)))
-    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return max(resize_size, round(width * scale)), max(resize_size, round(height * scale))
+
+
+def resize_for_model(image: Image.Image, resize_size: int) -> Image.Image:
+    """Shrink so the shorter side is `resize_size` (the model's own first resize); smaller ones stay as is."""
+    size = model_size(image.size, resize_size)
+    if size == image.size:
+        return image
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=_REDUCING_GAP)
+
+
+def reduced_rgb(image: Image.Image, resize_size: int) -> Image.Image:
+    """The decoded `image` as RGB, box-reduced by the whole factor that `resize_for_model` would reduce it by
+    first (Pillow's reducing_gap), converted and reduced a strip at a time.
+
+    Converting all at once costs several full-size copies (alpha compositing four: some 640 MB for 40 MP);
+    strips keep the peak at the decoded picture plus one strip, and give the same pixels.
+    """
+    width, height = image.size
+    target_width, target_height = model_size(image.size, resize_size)
+    factor = (
+        max(1, int(width / target_width / _REDUCING_GAP)),
+        max(1, int(height / target_height / _REDUCING_GAP)),
+    )
+    if factor == (1, 1) and image.mode == "RGB":
+        return image
+    reduced = Image.new("RGB", (-(-width // factor[0]), -(-height // factor[1])))
+    rows = max(1, _STRIP_PIXELS // width // factor[1]) * factor[1]
+    for top in range(0, height, rows):
+        strip = to_rgb(image.crop((0, top, width, min(height, top + rows))))
+        if factor != (1, 1):
+            strip = strip.reduce(factor)
+        reduced.paste(strip, (0, top // factor[1]))
+    return reduced
 
 
 def _orientation(image: Image.Image) -> int:

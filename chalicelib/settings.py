@@ -5,16 +5,22 @@ Limits follow from the platform:
   API Gateway base64-encodes binary bodies into that event (4/3 growth), so uploads stop at 4 MiB.
 - A URL is fetched by the Lambda itself, so its cap is set by memory rather than by the event size.
 - The pixel cap is well under Pillow's own decompression-bomb limit (89.5 MP warns, 179 MP refuses) and above
-  any phone camera (a 12 MP photo is 12,000,000 pixels).
-- Time budget of one API call (Lambda timeout 28 s, under API Gateway's 29 s): fetch <= 7 s, then at most
-  two endpoint attempts of 2 s connect + 7 s read each plus botocore's backoff (<= 1 s): 7 + 18 + 1 = 26 s.
+  any phone camera (a 12 MP photo is 12,000,000 pixels). With the image converted in strips, preparing a
+  picture at its format's cap peaks at about a quarter of the dev stage's 1,024 MB (README, "Limits").
+- What the Lambda sends is what SageMaker and the endpoint take: the shorter side at most the model's resize
+  size, the longer at most MAX_ASPECT_RATIO times that, the body at most MAX_ENDPOINT_BODY_BYTES
+  (tests/test_limits.py holds these against the endpoint's own constants).
+- Time budget of one API call (Lambda timeout 28 s, under API Gateway's 29 s): fetch <= 7 s (connect,
+  headers and body together), then at most two endpoint attempts of 2 s connect + 7 s read each plus
+  botocore's backoff (<= 1 s): 7 + 18 + 1 = 26 s (WORST_CASE_S, held under every stage's lambda_timeout by a
+  test). botocore waits longer only for an x-amz-retry-after header, which the SageMaker runtime never sends.
 - A batch (`POST /predict/batch`, the `classify` function with "images"/"urls"): at most MAX_BATCH_ITEMS
   items whose base64 images together hold at most MAX_UPLOAD_BYTES (the same 6 MB event as one upload).
   URLs are fetched concurrently and every item is fetched and shrunk within BATCH_PREPARE_TIMEOUT_S (an item
-  not ready by then answers a timeout of its own), then ONE endpoint call carries them all: 8 + 18 + 1 = 27 s.
-  Shrinking decodes at most BATCH_RESIZE_CONCURRENCY photos at once: a 40 MP PNG decodes to 160 MB, and
-  the function has 1 GB. The endpoint call's body stays under InvokeEndpoint's 6,291,456-byte payload
-  limit: 10 shrunk photos (a few tens of KB each) fill a small part of it.
+  not ready by then answers a timeout of its own), then ONE endpoint call carries them all: 8 + 18 + 1 = 27 s
+  (BATCH_WORST_CASE_S). Shrinking decodes at most BATCH_RESIZE_CONCURRENCY photos at once, so the batch
+  needs no more memory than two single requests. The endpoint call's body stays under
+  MAX_ENDPOINT_BODY_BYTES: 10 shrunk photos (a few tens of KB each) fill a small part of it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,11 @@ MIB = 1024 * 1024
 MAX_UPLOAD_BYTES = 4 * MIB
 MAX_FETCH_BYTES = 16 * MIB
 MAX_PIXELS = 40_000_000
+# Lower caps for formats whose decoding costs more memory per pixel than the rest (bench/decode_memory.py).
+MAX_PIXELS_BY_FORMAT = {"WEBP": 16_000_000}
+# The longer side may be at most this many times the shorter. The model scales the shorter side to its resize
+# size, so without this a 65000x1 picture would grow to 17 GB there. The endpoint refuses the same ratio.
+MAX_ASPECT_RATIO = 20
 MAX_REDIRECTS = 3
 FETCH_CONNECT_TIMEOUT_S = 3.0
 FETCH_READ_TIMEOUT_S = 5.0
@@ -38,22 +49,34 @@ ENDPOINT_READ_TIMEOUT_S = 7.0
 # Attempts in all, the first included; botocore's "standard" mode retries throttling, 5xx and connection
 # errors, never a ModelError.
 ENDPOINT_MAX_ATTEMPTS = 2
+# The longest wait botocore's standard mode makes before that one retry.
+ENDPOINT_BACKOFF_S = 1.0
+WORST_CASE_S = (
+    FETCH_TOTAL_TIMEOUT_S
+    + ENDPOINT_MAX_ATTEMPTS * (ENDPOINT_CONNECT_TIMEOUT_S + ENDPOINT_READ_TIMEOUT_S)
+    + (ENDPOINT_MAX_ATTEMPTS - 1) * ENDPOINT_BACKOFF_S
+)
 MAX_BATCH_ITEMS = 10
 BATCH_PREPARE_TIMEOUT_S = 8.0
 BATCH_RESIZE_CONCURRENCY = 2
-MAX_INVOKE_BYTES = 6_291_456
-# What a 503 tells the client to wait before trying again.
+BATCH_WORST_CASE_S = WORST_CASE_S - FETCH_TOTAL_TIMEOUT_S + BATCH_PREPARE_TIMEOUT_S
+# What a 503 tells the client to wait before trying again, unless the endpoint said (capped at the second).
 RETRY_AFTER_S = 2
+MAX_RETRY_AFTER_S = 60
+# SageMaker's InvokeEndpoint takes at most this many bytes of body; the API never sends more.
+MAX_ENDPOINT_BODY_BYTES = 6_291_456
+
+# /health checks the endpoint (DescribeEndpoint or /ping, no model call) at most this often per container.
+HEALTH_CACHE_S = 10.0
+HEALTH_TIMEOUT_S = 2.0
 
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 20
 JPEG_QUALITY = 90
 
-# The shorter side the model resizes every image to before its centre crop (models/*/config.json
-# "preprocessing"."resize_size"): the Lambda shrinks photos to this, so it never sends more pixels than the
-# model uses nor fewer than it needs. A test checks it against the committed model; a stage serving a larger
-# model overrides it with the MODEL_RESIZE_SIZE environment variable.
-DEFAULT_MODEL_RESIZE_SIZE = 260
+# How a stage's endpoint is called: InvokeEndpoint (real-time instances, serverless), or the photo is put in
+# S3 and queued with InvokeEndpointAsync (async), answered 202 with where the result will be.
+ENDPOINT_KINDS = ("real-time", "serverless", "async")
 
 
 class ConfigurationError(RuntimeError):
@@ -65,26 +88,45 @@ class Settings:
     endpoint_name: str
     # Only the `local` stage sets this, so that the demo can fetch sample photos from a loopback file server.
     allow_loopback_fetch: bool
+    # The shorter side the served model resizes every image to before its centre crop (its config.json,
+    # preprocessing.resize_size): the Lambda shrinks photos to this, so it never sends more pixels than the
+    # model uses nor fewer than it needs. The model is the one source: `python -m training.jobs deploy
+    # --chalice-stage STAGE` writes it into the stage; `make run` gives a model other than the default a copy
+    # of the local stage with its own (scripts/local_stage.py).
     model_resize_size: int
     # Only the `local` stage sets this: the local endpoint checks no signature, so a fresh machine with no AWS
     # credentials at all can run the demo.
     unsigned_endpoint_requests: bool
+    endpoint_kind: str = "real-time"
+    # For an async endpoint: the bucket and key prefix the Lambda puts queued photos under.
+    async_input: tuple[str, str] | None = None
 
 
 @functools.cache
 def get_settings() -> Settings:
     """The stage's settings, read from the environment on first use (once per Lambda container).
 
-    Raises ConfigurationError when ENDPOINT_NAME is unset or a value is malformed.
+    Raises ConfigurationError when ENDPOINT_NAME or MODEL_RESIZE_SIZE is unset, an async stage has no
+    ASYNC_INPUT_S3, or a value is malformed.
     """
     endpoint_name = os.environ.get("ENDPOINT_NAME", "").strip()
     if not endpoint_name:
         raise ConfigurationError("ENDPOINT_NAME is not set for this stage")
+    if not os.environ.get("MODEL_RESIZE_SIZE", "").strip():
+        raise ConfigurationError(
+            "MODEL_RESIZE_SIZE is not set for this stage: `python -m training.jobs deploy "
+            "--chalice-stage STAGE` writes it from the deployed model"
+        )
+    kind = os.environ.get("ENDPOINT_KIND", "real-time").strip()
+    if kind not in ENDPOINT_KINDS:
+        raise ConfigurationError(f"ENDPOINT_KIND must be one of {', '.join(ENDPOINT_KINDS)}, not {kind!r}")
     return Settings(
         endpoint_name=endpoint_name,
         allow_loopback_fetch=_flag("ALLOW_LOOPBACK_FETCH"),
-        model_resize_size=_positive_int("MODEL_RESIZE_SIZE", DEFAULT_MODEL_RESIZE_SIZE),
+        model_resize_size=_positive_int("MODEL_RESIZE_SIZE"),
         unsigned_endpoint_requests=_flag("UNSIGNED_ENDPOINT_REQUESTS"),
+        endpoint_kind=kind,
+        async_input=_s3_prefix("ASYNC_INPUT_S3") if kind == "async" else None,
     )
 
 
@@ -95,11 +137,20 @@ def _flag(name: str) -> bool:
     return value == "true"
 
 
-def _positive_int(name: str, default: int) -> int:
-    value = os.environ.get(name, str(default)).strip()
-    if not value.isdigit() or int(value) <= 0:
+def _positive_int(name: str) -> int:
+    value = os.environ.get(name, "").strip()
+    if not (value.isascii() and value.isdigit()) or int(value) <= 0:
         raise ConfigurationError(f"{name} must be a positive integer, not {value!r}")
     return int(value)
+
+
+def _s3_prefix(name: str) -> tuple[str, str]:
+    """`s3://bucket/prefix` -> (bucket, prefix without slashes at its ends)."""
+    value = os.environ.get(name, "").strip()
+    bucket, _, prefix = value.removeprefix("s3://").partition("/")
+    if not value.startswith("s3://") or not bucket or not prefix.strip("/"):
+        raise ConfigurationError(f"{name} must be s3://BUCKET/PREFIX for an async endpoint, not {value!r}")
+    return bucket, prefix.strip("/")
 
 
 def api_key_required() -> bool:

@@ -1,7 +1,8 @@
 """SageMaker inference handlers: model_fn -> input_fn -> predict_fn -> output_fn.
 
 The same module runs in SageMaker's PyTorch inference container (as the entry point) and in the local endpoint
-(`python -m serving.server`). It holds the one response schema of the project:
+(`python -m serving.server`). Its answer for one image looks like this; the schema it must match is
+ANSWER_SCHEMA in chalicelib/schema.py, the one place of the response schema (the API validates every answer):
 
     {"predictions": [{"label": "Labrador_retriever", "breed": "Labrador retriever", "probability": 0.93},
                      ...],

@@ -147,7 +147,7 @@ def top_label(answer: dict) -> str:
 def test_health(client):
     response = client.http.get("/health")
     assert response.status_code == 200
-    assert response.json_body == {"status": "ok", "endpoint": "dogbreeds-local"}
+    assert response.json_body["status"] == "ok" and response.json_body["endpoint"] == "dogbreeds-local"
 
 
 def test_local_stage_uses_the_endpoint_name_the_local_server_answers():

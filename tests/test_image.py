@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import random
 import struct
 import zlib
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageChops
 
-from chalicelib.errors import TooManyPixels, UnsupportedImage
-from chalicelib.image import prepare_image, resize_for_model
-from chalicelib.settings import DEFAULT_MODEL_RESIZE_SIZE, JPEG_QUALITY, MAX_PIXELS
+from chalicelib.errors import ImageTooElongated, ModelPayloadTooLarge, TooManyPixels, UnsupportedImage
+from chalicelib.image import model_size, prepare_image, reduced_rgb, resize_for_model, to_rgb
+from chalicelib.settings import (
+    JPEG_QUALITY,
+    MAX_ASPECT_RATIO,
+    MAX_ENDPOINT_BODY_BYTES,
+    MAX_PIXELS,
+    MAX_PIXELS_BY_FORMAT,
+)
 
 PROJECT = Path(__file__).resolve().parents[1]
-RESIZE = DEFAULT_MODEL_RESIZE_SIZE
+# What the Lambda of a stage serving the committed default model resizes to (its MODEL_RESIZE_SIZE).
+RESIZE = json.loads((PROJECT / "models" / "default" / "config.json").read_text())["preprocessing"][
+    "resize_size"
+]
 
 
 def encoded(image: Image.Image, format: str, **options) -> bytes:
@@ -59,12 +70,6 @@ def zero_png(width: int, height: int) -> bytes:
     return png(
         width, height, 1, 0, b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
     )
-
-
-def test_model_resize_setting_covers_the_committed_model():
-    # The Lambda must never send a shorter side smaller than the one the model resizes to.
-    config = json.loads((PROJECT / "models" / "default" / "config.json").read_text())
-    assert DEFAULT_MODEL_RESIZE_SIZE >= config["preprocessing"]["resize_size"]
 
 
 def test_a_12_megapixel_photo_leaves_as_a_few_tens_of_kilobytes(samples):
@@ -200,3 +205,85 @@ def test_refuses_a_decompression_bomb():
     assert len(bomb) < 200_000  # 400 megapixels in a small file
     with pytest.raises(TooManyPixels, match="limit"):
         prepare(bomb)
+
+
+# --- what the image can cost: aspect ratio, bytes sent, memory ---
+
+
+@pytest.mark.parametrize(
+    "width, height",
+    [(8000, 2), (65000, 1), (40000, 260), (1, 21), (2 * 21 + 1, 2)],
+    ids=["8000x2", "65000x1", "40000x260", "1x21", "43x2"],
+)
+def test_refuses_elongated_images_however_small(width, height):
+    data = zero_png(width, height)
+    assert len(data) < 100_000
+    with pytest.raises(ImageTooElongated, match=f"{width}x{height}"):
+        prepare(data)
+
+
+def test_refuses_an_elongated_jpeg_that_would_otherwise_go_as_it_came():
+    data = encoded(Image.new("RGB", (300, 14), (90, 120, 30)), "JPEG")
+    with pytest.raises(ImageTooElongated):
+        prepare(data)
+
+
+@pytest.mark.parametrize(
+    "size", [(20, 1), (1, 20), (RESIZE * MAX_ASPECT_RATIO, RESIZE), (3 * 20 * RESIZE, 3 * RESIZE)]
+)
+def test_the_aspect_limit_itself_is_accepted_and_what_is_sent_is_bounded(size):
+    prepared = prepare(zero_png(*size))
+    picture = Image.open(io.BytesIO(prepared.jpeg))
+    assert min(picture.size) <= RESIZE
+    assert max(picture.size) <= MAX_ASPECT_RATIO * min(picture.size)
+    assert len(prepared.jpeg) <= MAX_ENDPOINT_BODY_BYTES
+
+
+def noise(size: tuple[int, int]) -> Image.Image:
+    return Image.frombytes("RGB", size, random.Random(7).randbytes(size[0] * size[1] * 3))
+
+
+def test_a_jpeg_over_the_byte_limit_goes_at_a_lower_quality_then_is_refused():
+    data = encoded(noise((250, 250)), "PNG")
+    full = len(prepare(data).jpeg)
+    lowered = prepare_image(
+        data, resize_size=RESIZE, max_pixels=MAX_PIXELS, quality=JPEG_QUALITY, max_bytes=full - 1
+    )
+    assert len(lowered.jpeg) <= full - 1
+    with pytest.raises(ModelPayloadTooLarge, match="250x250"):
+        prepare_image(data, resize_size=RESIZE, max_pixels=MAX_PIXELS, quality=JPEG_QUALITY, max_bytes=1000)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "I;16", "RGB"])
+def test_converting_in_strips_gives_the_pixels_of_converting_at_once(mode):
+    # 3000 rows are several strips; the reduce factor is 3 on both sides for a 2400 x 3000 picture.
+    picture = noise((60, 75)).resize((2400, 3000), Image.Resampling.BICUBIC)
+    if mode in ("RGBA", "LA"):
+        picture = picture.convert(mode[:-1] or "L") if mode == "LA" else picture
+        picture.putalpha(Image.linear_gradient("L").resize(picture.size))
+    elif mode == "P":
+        picture = noise((60, 75)).quantize(32).resize((2400, 3000), Image.Resampling.NEAREST)
+        picture.info["transparency"] = 3
+    elif mode == "I;16":
+        picture = picture.convert("L").convert("I").point(lambda value: value * 257).convert("I;16")
+    expected = to_rgb(picture).resize(
+        model_size(picture.size, RESIZE), Image.Resampling.LANCZOS, reducing_gap=3.0
+    )
+    actual = resize_for_model(reduced_rgb(picture, RESIZE), RESIZE)
+    assert actual.size == expected.size
+    difference = ImageChops.difference(actual, expected).getextrema()
+    assert max(high for _low, high in difference) <= 2
+
+
+def test_webp_has_a_lower_pixel_cap_than_the_rest():
+    # libwebp decodes into a canvas of its own that Pillow then copies: about four times the memory per pixel.
+    cap = MAX_PIXELS_BY_FORMAT["WEBP"]
+    assert cap < MAX_PIXELS
+    side = math.isqrt(cap) + 1
+    data = encoded(Image.new("RGB", (side, side), (10, 200, 30)), "WEBP", quality=10, method=0)
+    with pytest.raises(TooManyPixels, match="WEBP"):
+        prepare(data)
+    assert (
+        prepare(encoded(Image.new("RGB", (side - 2, side - 2)), "WEBP", quality=10, method=0)).width
+        == side - 2
+    )

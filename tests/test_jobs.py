@@ -19,8 +19,7 @@ from types import SimpleNamespace
 
 import boto3
 import pytest
-from botocore.awsrequest import AWSResponse
-from moto_server import MotoServer
+from moto_server import EndpointUpdates, MotoServer
 
 from serving import batch, batch_results
 from serving.inference import RECORD_JSON, X_IMAGE
@@ -459,7 +458,7 @@ def test_deploy_twice_then_teardown(aws, trained_model, capsys, connections):
 
 
 def test_deploy_of_a_new_model_updates_the_endpoint(aws, trained_model, capsys):
-    """moto has no UpdateEndpoint, so that one call is answered by a botocore hook that records it."""
+    """moto has no UpdateEndpoint: botocore hooks answer it (moto_server.EndpointUpdates)."""
     name = f"dogs-{uuid.uuid4().hex[:8]}"
     spec = endpoint.EndpointSpec(
         region=REGION,
@@ -471,22 +470,17 @@ def test_deploy_of_a_new_model_updates_the_endpoint(aws, trained_model, capsys):
         scaling=ScalingSpec(endpoint_name=name, min_instances=1, max_instances=2, target_invocations=50),
     )
     first = endpoint.deploy(Aws(REGION), spec, print)
-    updates = []
-
-    def update_endpoint(params, **_):
-        updates.append(json.loads(params["body"]))
-        return AWSResponse("", 200, {}, None), {
-            "EndpointArn": f"arn:aws:sagemaker:{REGION}:123:endpoint/{name}"
-        }
-
     aws_again = Aws(REGION)
-    aws_again.client("sagemaker").meta.events.register(
-        "before-call.sagemaker.UpdateEndpoint", update_endpoint
-    )
+    updates = EndpointUpdates(aws_again.client("sagemaker"))
     bigger = replace(spec, instance_type="ml.c5.xlarge", scaling=replace(spec.scaling, max_instances=6))
     second = endpoint.deploy(aws_again, bigger, print)
 
-    assert updates == [{"EndpointName": name, "EndpointConfigName": second["endpoint_config"]}]
+    (update,) = updates.requests
+    assert (update["EndpointName"], update["EndpointConfigName"]) == (name, second["endpoint_config"])
+    # Blue/green, never delete + create: the old fleet serves until the new one has taken all traffic.
+    assert update["DeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]["Type"] == (
+        "ALL_AT_ONCE"
+    )
     assert second["endpoint_config"] != first["endpoint_config"]
     config = aws.sagemaker.describe_endpoint_config(EndpointConfigName=second["endpoint_config"])
     assert config["ProductionVariants"][0]["InstanceType"] == "ml.c5.xlarge"
@@ -665,6 +659,7 @@ def test_dry_run_prints_every_request_and_connects_nowhere(
         "PutObject",
         "CreateModel",
         "CreateEndpointConfig",
+        *["PutMetricAlarm"] * 3,
         "CreateEndpoint",
         "RegisterScalableTarget",
         "PutScalingPolicy",
@@ -672,6 +667,7 @@ def test_dry_run_prints_every_request_and_connects_nowhere(
     assert [op for op in operations("teardown") if not op.startswith("Describe")] == [
         "DeleteScalingPolicy",
         "DeregisterScalableTarget",
+        "DeleteAlarms",
         "DeleteEndpoint",
         "DeleteEndpointConfig",
         "DeleteModel",

@@ -192,7 +192,10 @@ def test_the_app_logs_without_the_xray_sdk_which_the_lambda_does_not_ship():
         "from chalice.test import Client\n"
         "import app\n"
         "with Client(app.app, stage_name='dev') as client:\n"
-        "    assert client.http.get('/health').status_code == 200\n"
+        # A request answered without the network: /health would ask SageMaker (tests/test_health.py).
+        "    json_body = {'Content-Type': 'application/json'}\n"
+        "    response = client.http.post('/predict', headers=json_body, body=b'{')\n"
+        "    assert response.status_code == 400\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],
@@ -204,7 +207,12 @@ def test_the_app_logs_without_the_xray_sdk_which_the_lambda_does_not_ship():
     )
     assert result.returncode == 0, result.stderr
     (log,) = [json.loads(line) for line in result.stdout.splitlines() if '"message":"request"' in line]
-    assert (log["route"], log["status"], log["stage"]) == ("/health", 200, "dev")
+    assert (log["route"], log["status"], log["error_code"], log["stage"]) == (
+        "/predict",
+        400,
+        "invalid_json",
+        "dev",
+    )
 
 
 def test_a_failure_to_log_never_changes_the_answer(capsys, monkeypatch):

@@ -19,6 +19,7 @@ CONFIG = json.loads((PROJECT / ".chalice" / "config.json").read_text())
 DEPLOYED_STAGES = ["dev", "prod"]
 ALLOWED_ACTIONS = {
     "sagemaker:InvokeEndpoint",
+    "sagemaker:DescribeEndpoint",
     "logs:CreateLogGroup",
     "logs:CreateLogStream",
     "logs:PutLogEvents",
@@ -137,7 +138,7 @@ def test_roles_allow_only_invoking_the_stage_endpoint_and_writing_own_logs(packa
                 assert set(actions) <= XRAY_ACTIONS and targets == ["*"]
                 continue
             for target in targets:
-                if actions == ["sagemaker:InvokeEndpoint"]:
+                if actions in (["sagemaker:InvokeEndpoint"], ["sagemaker:DescribeEndpoint"]):
                     assert target == f"arn:aws:sagemaker:*:*:endpoint/dogbreeds-{stage}"
                 else:
                     assert all(a.startswith("logs:") for a in actions)
@@ -173,6 +174,8 @@ def test_zip_holds_the_manylinux_pillow_and_nothing_heavy(package):
         }
     tops = {name.split("/")[0] for name in names}
     assert {"app.py", "chalicelib", "PIL", "requests", "aws_lambda_powertools"} <= tops
+    # The web page at / is read from these files at run time.
+    assert {f"chalicelib/static/{name}" for name in ("index.html", "page.css", "page.js")} <= set(names)
     assert not tops & set(NEVER_SHIPPED), tops & set(NEVER_SHIPPED)
     pillow = wheels["pillow-12.2.0.dist-info"]
     # A Pillow that chalice compiled here would be tagged linux_x86_64 and link this machine's libraries.

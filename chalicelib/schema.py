@@ -1,0 +1,181 @@
+"""The one response schema of the project, as JSON Schema (draft 2020-12, so OpenAPI 3.1 embeds it as is).
+
+- ANSWER_SCHEMA: what the model endpoint answers for one image (training/inference.py `describe`).
+- API_ANSWER_SCHEMA: the API's answer, the endpoint's plus what was sent (`image`) and how long it took
+  (`timings_ms`).
+- QUEUED_ANSWER_SCHEMA: the API's 202 for a stage whose endpoint is asynchronous: where the answer will be.
+- ERROR_SCHEMA: every answer that is not a classification.
+
+Answers only ever gain fields, so objects allow properties beyond those listed: a client written against an
+older schema keeps working, and the API passes on fields from a newer endpoint. The keywords used are the ones
+draft 2020-12 and draft 2019-09 share, which is what fastjsonschema compiles.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any
+
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+_PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
+
+PREDICTION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["label", "breed", "probability"],
+    "properties": {
+        "label": {
+            "type": "string",
+            "minLength": 1,
+            "description": "The class name, e.g. Labrador_retriever.",
+        },
+        "breed": {"type": "string", "minLength": 1, "description": "The readable name: Labrador retriever."},
+        "probability": {**_PROBABILITY, "description": "The breed's softmax probability."},
+    },
+}
+
+ANSWER_SCHEMA: dict[str, Any] = {
+    "$schema": DIALECT,
+    "title": "ModelAnswer",
+    "description": "The model endpoint's answer for one image.",
+    "type": "object",
+    "required": ["predictions", "is_dog", "dog_probability", "model"],
+    "properties": {
+        "predictions": {
+            "type": "array",
+            "minItems": 1,
+            "items": PREDICTION_SCHEMA,
+            "description": "The top_k breeds, most probable first.",
+        },
+        "is_dog": {"type": "boolean", "description": "Whether the picture shows a dog at all."},
+        "dog_probability": {**_PROBABILITY, "description": "How sure the model is that it shows a dog."},
+        "confident": {
+            "type": "boolean",
+            "description": "Whether the top breed is probable enough to be trusted (newer models only).",
+        },
+        "model": {
+            "type": "object",
+            "required": ["name", "version"],
+            "properties": {"name": {"type": "string"}, "version": {"type": "string"}},
+        },
+    },
+}
+
+_COUNT = {"type": "integer", "minimum": 0}
+_MILLISECONDS = {"type": "number", "minimum": 0}
+
+API_ANSWER_SCHEMA: dict[str, Any] = {
+    **copy.deepcopy(ANSWER_SCHEMA),
+    "title": "Answer",
+    "description": "The model's answer plus the picture that was sent and the time each step took.",
+    "required": [*ANSWER_SCHEMA["required"], "image", "timings_ms"],
+}
+API_ANSWER_SCHEMA["properties"].update(
+    {
+        "image": {
+            "type": "object",
+            "required": ["width", "height", "bytes_received", "bytes_sent"],
+            "properties": {
+                "width": {**_COUNT, "minimum": 1, "description": "The photo's own width, upright."},
+                "height": {**_COUNT, "minimum": 1, "description": "The photo's own height, upright."},
+                "bytes_received": {**_COUNT, "description": "The size of the photo uploaded or fetched."},
+                "bytes_sent": {**_COUNT, "description": "The size of the JPEG sent to the model."},
+            },
+        },
+        "timings_ms": {
+            "type": "object",
+            "required": ["fetch", "resize", "invoke", "total"],
+            "properties": {name: _MILLISECONDS for name in ("fetch", "resize", "invoke", "total")},
+        },
+    }
+)
+
+QUEUED_ANSWER_SCHEMA: dict[str, Any] = {
+    "$schema": DIALECT,
+    "title": "QueuedAnswer",
+    "description": "The photo is queued on an asynchronous endpoint (HTTP 202); SageMaker writes the model's "
+    "answer (ModelAnswer) to output_location, or the error to failure_location.",
+    "type": "object",
+    "required": ["status", "inference_id", "output_location", "image", "timings_ms"],
+    "properties": {
+        "status": {"const": "queued"},
+        "inference_id": {"type": "string", "minLength": 1},
+        "output_location": {"type": "string", "pattern": "^s3://", "description": "s3://BUCKET/KEY"},
+        "failure_location": {"type": ["string", "null"], "description": "s3://BUCKET/KEY"},
+        "image": API_ANSWER_SCHEMA["properties"]["image"],
+        "timings_ms": API_ANSWER_SCHEMA["properties"]["timings_ms"],
+    },
+}
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "$schema": DIALECT,
+    "title": "Error",
+    "description": "Every answer that is not a classification.",
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "Stable, e.g. unsupported_media_type.",
+                },
+                "message": {"type": "string", "description": "For people; its wording may change."},
+                "status": {"type": "integer", "description": "The HTTP status (direct Lambda invocations)."},
+            },
+        }
+    },
+}
+
+
+class SchemaMismatch(ValueError):
+    """A document that does not match its schema; the message says where."""
+
+
+@functools.cache
+def _validator(name: str):
+    # Imported and compiled on first use, not at import: a cold start that validates nothing pays nothing.
+    import fastjsonschema
+
+    return fastjsonschema.compile(
+        {
+            "ANSWER": ANSWER_SCHEMA,
+            "API_ANSWER": API_ANSWER_SCHEMA,
+            "QUEUED_ANSWER": QUEUED_ANSWER_SCHEMA,
+            "ERROR": ERROR_SCHEMA,
+        }[name]
+    )
+
+
+def _validate(name: str, document: Any) -> Any:
+    validator = _validator(name)
+    from fastjsonschema import JsonSchemaValueException
+
+    try:
+        return validator(document)
+    except JsonSchemaValueException as error:
+        raise SchemaMismatch(error.message) from error
+
+
+def validate_answer(document: Any) -> dict[str, Any]:
+    """`document` if it is a valid endpoint answer; raises SchemaMismatch otherwise."""
+    return _validate("ANSWER", document)
+
+
+def validate_api_answer(document: Any) -> dict[str, Any]:
+    """`document` if it is a valid API answer; raises SchemaMismatch otherwise."""
+    return _validate("API_ANSWER", document)
+
+
+def validate_queued_answer(document: Any) -> dict[str, Any]:
+    """`document` if it is a valid 202 answer of an async stage; raises SchemaMismatch otherwise."""
+    return _validate("QUEUED_ANSWER", document)
+
+
+def validate_error(document: Any) -> dict[str, Any]:
+    """`document` if it is a valid error answer; raises SchemaMismatch otherwise."""
+    return _validate("ERROR", document)

@@ -1,0 +1,195 @@
+"""What the API makes of each kind of answer from the model endpoint: real answers of the real local endpoint
+validate against the one response schema, and a loopback server speaking the SageMaker runtime's protocol
+answers what a faulty or overloaded endpoint would (AWS itself is the only thing imitated)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+
+import pytest
+from botocore.retries.standard import ExponentialBackoff
+from local_servers import serving_in_thread
+from test_api import (  # noqa: F401 - fixtures: client, local_project, new_container
+    LABRADOR,
+    PROJECT,
+    assert_error,
+    client,
+    client_for,
+    local_project,
+    new_container,
+    post_image,
+)
+
+from chalicelib import settings
+from chalicelib.schema import validate_answer, validate_api_answer, validate_error
+from chalicelib.settings import ENDPOINT_MAX_ATTEMPTS, RETRY_AFTER_S
+
+VALID = {
+    "predictions": [{"label": "Labrador_retriever", "breed": "Labrador retriever", "probability": 0.9}],
+    "is_dog": True,
+    "dog_probability": 0.99,
+    "model": {"name": "dogbreeds", "version": "2"},
+}
+
+
+class Runtime(http.server.BaseHTTPRequestHandler):
+    """InvokeEndpoint answered as scripted by the class attributes; counts the requests it gets."""
+
+    answer_status = 200
+    answer_headers: dict[str, str] = {}
+    answer_body = b""
+    # Declare a longer body than is sent, then close: an answer cut off on the wire.
+    cut_off = False
+    requests = 0
+
+    def do_POST(self):
+        type(self).requests += 1
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(self.answer_status)
+        for name, value in self.answer_headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(self.answer_body) + (100 if self.cut_off else 0)))
+        self.end_headers()
+        self.wfile.write(self.answer_body)
+        self.close_connection = self.cut_off
+
+    def log_message(self, *args):
+        pass
+
+
+def scripted(status: int = 200, body=b"", headers: dict[str, str] | None = None, cut_off: bool = False):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    attributes = {
+        "answer_status": status,
+        "answer_body": raw,
+        "answer_headers": headers or {},
+        "cut_off": cut_off,
+    }
+    handler = type("Scripted", (Runtime,), attributes)
+    return handler, serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler))
+
+
+def ask(tmp_path, samples, handler_and_server):
+    handler, server = handler_and_server
+    with server as url:
+        response = post_image(client_for(tmp_path, url), (samples / LABRADOR).read_bytes())
+    return handler, response
+
+
+def test_real_answers_of_the_local_endpoint_match_the_schema(client, samples):  # noqa: F811
+    for name in ("Labrador_retriever_06455.jpg", "American_water_spaniel_00648.jpg"):
+        response = post_image(client, (samples / name).read_bytes(), query="?top_k=20")
+        assert response.status_code == 200
+        answer = response.json_body
+        validate_api_answer(answer)
+        model_part = {key: value for key, value in answer.items() if key not in ("image", "timings_ms")}
+        validate_answer(model_part)
+        assert len(answer["predictions"]) == 20
+
+
+def test_a_valid_answer_is_passed_on_with_its_extra_fields(runtime_env, tmp_path, samples):
+    _, response = ask(tmp_path, samples, scripted(body={**VALID, "confident": True, "newer_field": [1, 2]}))
+    assert response.status_code == 200, response.body
+    assert response.json_body["confident"] is True and response.json_body["newer_field"] == [1, 2]
+    validate_api_answer(response.json_body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [],
+        {},
+        {**VALID, "predictions": []},
+        {**VALID, "is_dog": "yes"},
+        {**VALID, "dog_probability": 1.5},
+        {**VALID, "predictions": [{"label": "x", "breed": "x"}]},
+        b'{"predictions": [{"label": "x", "breed": "x", "probability": NaN}], "is_dog": true}',
+        json.dumps(VALID).encode()[:40],
+        b"[" * 100_000 + b"]" * 100_000,
+        b"\xff\xfe not json",
+        b"",
+    ],
+    ids=[
+        "list",
+        "empty object",
+        "no predictions",
+        "is_dog not bool",
+        "probability over 1",
+        "prediction without probability",
+        "NaN",
+        "truncated JSON",
+        "nested 100000 deep",
+        "not UTF-8",
+        "empty body",
+    ],
+)
+def test_anything_but_an_answer_is_a_clear_502(runtime_env, tmp_path, samples, body):
+    _, response = ask(tmp_path, samples, scripted(body=body))
+    error = assert_error(response, 502, "bad_model_answer")
+    validate_error(json.loads(response.body))
+    assert "endpoint" in error["message"]
+
+
+def test_an_answer_cut_off_on_the_wire_is_a_clear_502(runtime_env, tmp_path, samples):
+    _, response = ask(tmp_path, samples, scripted(body=json.dumps(VALID).encode()[:60], cut_off=True))
+    assert_error(response, 502, "bad_model_answer")
+
+
+def test_an_endpoint_413_is_not_a_model_error(runtime_env, tmp_path, samples):
+    # What SageMaker answers to a body over its limit: no error type at all.
+    handler, response = ask(
+        tmp_path, samples, scripted(413, {"message": "HTTP content length exceeded 6291456 bytes."})
+    )
+    error = assert_error(response, 413, "model_payload_too_large")
+    assert "bytes" in error["message"]
+    assert handler.requests == 1
+
+
+def shedding_model_error(retry_after: str | None):
+    body = {
+        "message": 'Received server error (503) from primary with message "overloaded".',
+        "ErrorCode": "SERVER_ERROR_FROM_MODEL",
+        "OriginalStatusCode": 503,
+        "OriginalMessage": "overloaded",
+    }
+    headers = {"x-amzn-ErrorType": "ModelError"}
+    if retry_after is not None:
+        headers["Retry-After"] = retry_after
+    return scripted(424, body, headers)
+
+
+@pytest.mark.parametrize("retry_after, expected", [(None, RETRY_AFTER_S), ("5", 5), ("soon", RETRY_AFTER_S)])
+def test_a_container_shedding_load_is_a_503_with_retry_after(
+    runtime_env, tmp_path, samples, retry_after, expected
+):
+    handler, response = ask(tmp_path, samples, shedding_model_error(retry_after))
+    error = assert_error(response, 503, "endpoint_unavailable")
+    assert "overloaded" in error["message"]
+    assert response.headers["Retry-After"] == str(expected)
+    # SageMaker relays it as a ModelError (HTTP 424), which botocore does not retry: the caller decides.
+    assert handler.requests == 1
+
+
+def test_the_runtime_answering_503_is_retried_once_then_passed_on(runtime_env, tmp_path, samples):
+    handler, response = ask(
+        tmp_path,
+        samples,
+        scripted(503, {"message": "busy"}, {"x-amzn-ErrorType": "ServiceUnavailable", "Retry-After": "3"}),
+    )
+    assert_error(response, 503, "endpoint_unavailable")
+    assert response.headers["Retry-After"] == "3"
+    assert handler.requests == ENDPOINT_MAX_ATTEMPTS == 2
+
+
+def test_retries_and_timeouts_fit_the_lambda_timeout():
+    config = json.loads((PROJECT / ".chalice" / "config.json").read_text())
+    timeouts = [
+        stage["lambda_functions"]["api_handler"]["lambda_timeout"]
+        for stage in config["stages"].values()
+        if "lambda_functions" in stage
+    ]
+    assert timeouts and settings.WORST_CASE_S < min(timeouts)
+    # botocore's standard mode waits rand(0, 1) * 1 s before retrying a throttled call, less otherwise.
+    assert settings.ENDPOINT_MAX_ATTEMPTS == 2
+    assert ExponentialBackoff._DEFAULT_BACKOFF_CONFIG["throttling_base_scale"] <= settings.ENDPOINT_BACKOFF_S
