@@ -87,7 +87,7 @@ def parse_batch_body(raw_body: bytes) -> BatchRequest:
         )
     try:
         fields = json.loads(raw_body)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise InvalidJson(f"the body is not valid JSON: {error}") from error
     return parse_batch_fields(fields)
 

@@ -44,12 +44,16 @@ BATCH_REQUEST_SCHEMA: dict[str, Any] = {
     f"The images hold at most {MAX_UPLOAD_BYTES} bytes together, decoded.",
     "type": "object",
     "properties": {
+        # Items are plain strings: one that is not usable (bad base64, not a URL) is answered with its own
+        # error in its place, and more items than allowed is a 413, so the schema leaves both to the API.
         "images": {
             "type": "array",
-            "maxItems": MAX_BATCH_ITEMS,
-            "items": REQUEST_SCHEMA["properties"]["image"],
+            "items": {"type": "string", "description": "An image's bytes in base64."},
         },
-        "urls": {"type": "array", "maxItems": MAX_BATCH_ITEMS, "items": REQUEST_SCHEMA["properties"]["url"]},
+        "urls": {
+            "type": "array",
+            "items": {"type": "string", "description": "An http(s) address of an image."},
+        },
         "top_k": REQUEST_SCHEMA["properties"]["top_k"],
     },
     "anyOf": [{"required": ["images"]}, {"required": ["urls"]}],

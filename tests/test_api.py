@@ -31,7 +31,13 @@ import app as api
 from chalicelib import endpoint as endpoint_module
 from chalicelib.endpoint import runtime_client
 from chalicelib.errors import answers_errors
-from chalicelib.settings import MAX_BATCH_ITEMS, MAX_UPLOAD_BYTES, RETRY_AFTER_S, get_settings
+from chalicelib.settings import (
+    BATCH_WORST_CASE_S,
+    MAX_BATCH_ITEMS,
+    MAX_UPLOAD_BYTES,
+    RETRY_AFTER_S,
+    get_settings,
+)
 
 PROJECT = Path(__file__).resolve().parents[1]
 LABRADOR = "Labrador_retriever_06455.jpg"
@@ -672,3 +678,14 @@ def test_batch_accept_is_the_handlers_errors_in_place_type():
 )
 def test_bad_batches_are_refused_whole(client, body, status, code):
     assert_error(post_json(client, body, "/predict/batch"), status, code)
+
+
+def test_a_batch_fits_the_lambda_timeout():
+    config = json.loads((PROJECT / ".chalice" / "config.json").read_text())
+    timeouts = [
+        stage["lambda_functions"][name]["lambda_timeout"]
+        for stage in config["stages"].values()
+        for name in ("api_handler", "classify")
+        if "lambda_functions" in stage
+    ]
+    assert timeouts and BATCH_WORST_CASE_S < min(timeouts)
