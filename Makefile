@@ -11,7 +11,7 @@ BENCH_MODELS ?= models/default models/fast
 # against PyTorch, so the local endpoint starts without exporting.
 GRAPHS := $(addsuffix /model.onnx,$(BENCH_MODELS))
 
-.PHONY: setup browser run test test-all lint bench bench-train bench-startup int8 package clean
+.PHONY: setup browser run test test-all lint bench bench-batch bench-startup bench-train int8 package clean
 
 setup: $(INSTALLED) $(GRAPHS)
 
@@ -58,6 +58,10 @@ bench: setup
 # Process start to the first /ping 200 of a fresh local endpoint, with and without the graph.
 bench-startup: setup
 	$(BIN)/python bench/startup.py $(BENCH_MODELS)
+
+# The 2,061 valid images through `python -m serving.batch` and the local endpoint, for each committed model.
+bench-batch: setup
+	$(BIN)/python bench/batch.py --model-dir $(BENCH_MODELS)
 
 bench-train: setup
 	$(BIN)/python bench/train.py

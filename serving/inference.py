@@ -10,6 +10,15 @@ ANSWER_SCHEMA in chalicelib/schema.py, the one place of the response schema (the
 
 A JSON batch `{"instances": [{"b64": "..."}, ...]}` answers a list of those, in order. It never fetches URLs:
 endpoints may run network-isolated, and fetching is the API's job.
+
+A request that asks for `Accept: application/vnd.dogbreeds.record+json` (RECORD_JSON: Batch Transform jobs
+and the API's multi-image route do) gets an image it cannot classify answered in place, with status 200:
+
+    {"error": {"code": "unreadable_image", "status": 400, "message": "cannot decode the image; ..."}}
+
+as the whole answer for one image, or in that image's slot of a batch's list. One bad object of a transform
+job then names itself in the job's output instead of failing the job, and one bad image of a batch leaves the
+others their answers. Without it, such a request fails with the error's HTTP status, as before.
 """
 
 from __future__ import annotations
@@ -41,10 +50,12 @@ WEBP = "image/webp"
 X_IMAGE = "application/x-image"
 OCTET_STREAM = "application/octet-stream"
 JSON = "application/json"
+# The answer is JSON either way; asking for this type is asking for errors in place (see the docstring).
+RECORD_JSON = "application/vnd.dogbreeds.record+json"
 # One image per request, its bytes as the body; Pillow tells the format from the bytes, not from the header.
 IMAGE_CONTENT_TYPES = (JPEG, PNG, WEBP, X_IMAGE, OCTET_STREAM)
 CONTENT_TYPES = (*IMAGE_CONTENT_TYPES, JSON)
-ACCEPT_TYPES = (JSON,)
+ACCEPT_TYPES = (JSON, RECORD_JSON)
 
 # SageMaker forwards InvokeEndpoint's CustomAttributes verbatim in this header.
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
@@ -80,30 +91,40 @@ class RequestError(ValueError, _ToolkitError):
     """The request cannot be answered as sent. `status_code` is the HTTP status the container answers with."""
 
     status_code = HTTPStatus.BAD_REQUEST
+    code = "bad_request"
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, code: str | None = None):
         ValueError.__init__(self, message)
         # The attributes SageMaker's toolkit answers an error with.
         self.message = message
         self.phrase = HTTPStatus(self.status_code).phrase
+        if code:
+            self.code = code
+
+    def as_answer(self) -> dict:
+        """The error as answered in place of a classification (RECORD_JSON)."""
+        return {"error": {"code": self.code, "status": int(self.status_code), "message": self.message}}
 
 
 class UnsupportedContentTypeError(RequestError):
     status_code = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    code = "unsupported_content_type"
 
 
 class UnsupportedAcceptError(RequestError):
     status_code = HTTPStatus.NOT_ACCEPTABLE
+    code = "not_acceptable"
 
 
 @dataclass(frozen=True)
 class Instances:
     """What input_fn decoded: the pictures (RGB, upright) and how to answer them.
 
-    Preprocessing waits for predict_fn, which has the model and so the artifact's own settings.
+    Preprocessing waits for predict_fn, which has the model and so the artifact's own settings. A picture
+    that could not be decoded is its RequestError, only when the request asked for errors in place.
     """
 
-    images: list[Image.Image]
+    images: list[Image.Image | RequestError]
     is_batch: bool  # a JSON batch answers a list, a single image one object
     top_k: int = DEFAULT_TOP_K
 
@@ -171,44 +192,88 @@ def model_fn(model_dir: str) -> BreedPredictor:
 def input_fn(body: bytes | str, content_type: str | None, context=None) -> Instances:
     """Decode a request body into `Instances`.
 
-    `context` is the model server's request context, which carries CustomAttributes (`top_k=3`): SageMaker's
-    toolkit passes TorchServe's (one object per model, its headers replaced for every request) and the local
-    endpoint one with the same `request_processor[0].get_request_properties()`. Without a context, or one
-    this code cannot read, top_k stays 5. (The toolkit counts parameters to decide whether to pass the
-    context, so there must be exactly three.)
+    `context` is the model server's request context, which carries the request's headers: CustomAttributes
+    (`top_k=3`) and Accept (RECORD_JSON asks for errors in place). SageMaker's toolkit passes TorchServe's
+    (one object per model, its headers replaced for every request) and the local endpoint one with the same
+    `request_processor[0].get_request_properties()`. Without a context, or one this code cannot read, top_k
+    stays 5 and errors raise. (The toolkit counts parameters to decide whether to pass the context, so
+    there must be exactly three.)
 
     Raises UnsupportedContentTypeError for a content type not in CONTENT_TYPES and RequestError for a
-    body that is not what its content type says (undecodable image, bad JSON or base64, a bad top_k).
+    body that is not what its content type says (undecodable image, bad JSON or base64, a bad top_k);
+    with errors in place, it raises nothing and returns the error in place of the picture(s) instead.
     """
+    in_place = _media_type(_header(context, "accept")) == RECORD_JSON
+    try:
+        return _instances(body, content_type, context, in_place)
+    except RequestError as error:
+        if not in_place:
+            raise
+        return Instances([error], is_batch=False)
+
+
+def _instances(body: bytes | str, content_type: str | None, context, in_place: bool) -> Instances:
     media_type = _media_type(content_type)
+    top_k = top_k_from(context)
     if media_type in IMAGE_CONTENT_TYPES:
         data = body.encode() if isinstance(body, str) else body
-        return Instances([_decode(data)], is_batch=False, top_k=top_k_from(context))
+        return Instances([_decode(data)], is_batch=False, top_k=top_k)
     if media_type == JSON:
         instances = _json_instances(body)
-        total = sum(_pixels(data) for data in instances)
+        if not in_place:
+            for item in instances:
+                if isinstance(item, RequestError):
+                    raise item
+        total = sum(_pixels(data) for data in instances if isinstance(data, bytes))
         if total > MAX_REQUEST_PIXELS:
-            raise RequestError(f"the images hold {total:,} pixels together; at most {MAX_REQUEST_PIXELS:,}")
-        images = [_decode(data, index) for index, data in enumerate(instances)]
-        return Instances(images, is_batch=True, top_k=top_k_from(context))
+            raise RequestError(
+                f"the images hold {total:,} pixels together; at most {MAX_REQUEST_PIXELS:,}",
+                "too_many_pixels",
+            )
+        images = [_decode_in_place(data, index, in_place) for index, data in enumerate(instances)]
+        return Instances(images, is_batch=True, top_k=top_k)
     raise UnsupportedContentTypeError(
         f"unsupported content type {content_type!r}; send one of {', '.join(CONTENT_TYPES)}"
     )
 
 
+def _decode_in_place(data: bytes | RequestError, index: int, in_place: bool) -> Image.Image | RequestError:
+    if isinstance(data, RequestError):
+        return data
+    try:
+        return _decode(data, index)
+    except RequestError as error:
+        if not in_place:
+            raise
+        return error
+
+
 def predict_fn(data: Instances, model: BreedPredictor) -> dict | list[dict]:
-    """Run the model and shape the answer: one response object, or a list of them for a JSON batch."""
-    images = np.stack([model.preprocessing(image) for image in data.images])
-    breed_probabilities, dog_probabilities = model.predict(images)
+    """Run the model and shape the answer: one response object, or a list of them for a JSON batch.
+
+    A RequestError among the pictures is answered in its place by its error object.
+    """
+    pictures = [image for image in data.images if not isinstance(image, RequestError)]
+    described = iter([])
+    if pictures:
+        breed_probabilities, dog_probabilities = model.predict(
+            np.stack([model.preprocessing(image) for image in pictures])
+        )
+        described = iter(
+            [
+                describe(breed_row, float(dog_probability), model.labels, data.top_k, model.model_info)
+                for breed_row, dog_probability in zip(breed_probabilities, dog_probabilities, strict=True)
+            ]
+        )
     answers = [
-        describe(breed_row, float(dog_probability), model.labels, data.top_k, model.model_info)
-        for breed_row, dog_probability in zip(breed_probabilities, dog_probabilities, strict=True)
+        image.as_answer() if isinstance(image, RequestError) else next(described) for image in data.images
     ]
     return answers if data.is_batch else answers[0]
 
 
 def output_fn(prediction: dict | list[dict], accept: str | None) -> bytes:
-    """Serialise an answer. Raises UnsupportedAcceptError unless `accept` admits application/json."""
+    """Serialise an answer. Raises UnsupportedAcceptError unless `accept` admits application/json or
+    RECORD_JSON."""
     if not _accepts_json(accept):
         raise UnsupportedAcceptError(f"cannot answer as {accept!r}; the answer is {JSON}")
     return json.dumps(prediction).encode()
@@ -250,14 +315,19 @@ def top_k_from(context) -> int:
 
 
 def _custom_attributes(context) -> str | None:
+    return _header(context, CUSTOM_ATTRIBUTES_HEADER)
+
+
+def _header(context, name: str) -> str | None:
+    """A request header from the model server's context (any case), or None."""
     if context is None:
         return None
     try:
         properties = context.request_processor[0].get_request_properties()
     except (AttributeError, IndexError, TypeError):
-        log.debug("request context without request properties; top_k stays %d", DEFAULT_TOP_K)
+        log.debug("request context without request properties")
         return None
-    wanted = CUSTOM_ATTRIBUTES_HEADER.lower()
+    wanted = name.lower()
     for key, value in dict(properties).items():
         if str(key).lower() == wanted:
             return value.decode() if isinstance(value, bytes) else str(value)
@@ -275,11 +345,14 @@ def _accepts_json(accept: str | None) -> bool:
     return bool(ranges & {*ACCEPT_TYPES, "application/*", "*/*", ""})
 
 
-def _json_instances(body: bytes | str) -> list[bytes]:
+def _json_instances(body: bytes | str) -> list[bytes | RequestError]:
+    """The instances' bytes; one that is not `{"b64": ...}` with valid base64 is its RequestError.
+
+    Raises RequestError when the body as a whole is not such a batch."""
     try:
         document = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
-        raise RequestError(f"body is not valid JSON: {error}") from error
+        raise RequestError(f"body is not valid JSON: {error}", "invalid_json") from error
     instances = document.get("instances") if isinstance(document, dict) else None
     if not isinstance(instances, list) or not instances:
         raise RequestError(
@@ -287,31 +360,36 @@ def _json_instances(body: bytes | str) -> list[bytes]:
         )
     if len(instances) > MAX_INSTANCES:
         raise RequestError(f"at most {MAX_INSTANCES} instances per request, got {len(instances)}")
-    images = []
+    images: list[bytes | RequestError] = []
     for index, instance in enumerate(instances):
         encoded = instance.get("b64") if isinstance(instance, dict) else None
         if not isinstance(encoded, str):
-            raise RequestError(f'instance {index}: expected {{"b64": "<base64 image>"}}')
+            images.append(RequestError(f'instance {index}: expected {{"b64": "<base64 image>"}}'))
+            continue
         try:
             images.append(base64.b64decode(encoded, validate=True))
         except (binascii.Error, ValueError) as error:
-            raise RequestError(f"instance {index}: invalid base64: {error}") from error
+            images.append(RequestError(f"instance {index}: invalid base64: {error}", "invalid_base64"))
     return images
 
 
 def _decode(data: bytes, index: int | None = None) -> Image.Image:
     where = "" if index is None else f"instance {index}: "
     if not data:
-        raise RequestError(f"{where}empty image")
+        raise RequestError(f"{where}empty image", "empty_image")
     if (pixels := _pixels(data)) > MAX_IMAGE_PIXELS:
-        raise RequestError(f"{where}image of {pixels:,} pixels; at most {MAX_IMAGE_PIXELS:,}")
+        raise RequestError(
+            f"{where}image of {pixels:,} pixels; at most {MAX_IMAGE_PIXELS:,}", "too_many_pixels"
+        )
     try:
         return open_image(data)
     except UnreadableImageError as error:
         if isinstance(error.__cause__, Image.DecompressionBombError):
-            raise RequestError(f"{where}image too large: {error.__cause__}") from error
+            raise RequestError(f"{where}image too large: {error.__cause__}", "too_many_pixels") from error
         # Pillow's other reasons name an in-memory file object, which tells the client nothing.
-        raise RequestError(f"{where}cannot decode the image; send a JPEG, PNG, WebP or GIF") from error
+        raise RequestError(
+            f"{where}cannot decode the image; send a JPEG, PNG, WebP or GIF", "unreadable_image"
+        ) from error
 
 
 def _pixels(data: bytes) -> int:
