@@ -157,8 +157,11 @@ def _mapped(error: ClientError, endpoint_name: str, sent_bytes: int) -> Exceptio
             retry_after_s=_retry_after(error),
         )
     if code == "ModelError":
-        original = str(error.response.get("OriginalMessage") or message)
-        return ModelFailed(f"the model failed on this image: {original[:_MAX_RELAYED_CHARS]}")
+        original = str(error.response.get("OriginalMessage") or message).strip()
+        # SageMaker's inference toolkit puts the container's Python traceback below the message: only the
+        # message is for the caller.
+        reason = original.splitlines()[0] if original else "no reason given"
+        return ModelFailed(f"the model failed on this image: {reason[:_MAX_RELAYED_CHARS]}")
     if status == 413 or code == "413":
         # prepare_image keeps bodies under MAX_ENDPOINT_BODY_BYTES: this endpoint takes less than SageMaker.
         return ModelPayloadTooLarge(
