@@ -2,8 +2,8 @@
 
 from chalice import Chalice, Response
 
+from chalicelib import batch, observability
 from chalicelib import classify as pipeline
-from chalicelib import observability
 from chalicelib.errors import answers_errors, lambda_error, reshape_chalice_error
 from chalicelib.health import health_answer
 from chalicelib.openapi import describe_api, stage_base_path
@@ -64,6 +64,13 @@ def openapi():
     return describe_api(app.routes, stage_base_path(app.current_request.context))
 
 
+@app.route("/predict/batch", methods=["POST"], content_types=["application/json"], api_key_required=KEYED)
+@answers_errors
+def predict_batch():
+    """{"images": ["<base64>", ...], "urls": ["https://...", ...]}, optional "top_k": one result per item."""
+    return batch.classify_batch(batch.parse_batch_body(app.current_request.raw_body))
+
+
 @app.route("/health", methods=["GET"], api_key_required=KEYED)
 @answers_errors
 def health():
@@ -74,8 +81,11 @@ def health():
 
 @app.lambda_function(name="classify")
 def classify(event, context):
-    """A direct invocation with {"url": ...} or {"image": "<base64>"}: the REST answer, or {"error": ...}."""
+    """A direct invocation with {"url": ...} or {"image": "<base64>"}, or a batch with {"images": [...]}
+    and/or {"urls": [...]}: the REST answer, or {"error": ...}."""
     try:
+        if batch.is_batch(event):
+            return batch.classify_batch(batch.parse_batch_fields(event))
         return pipeline.classify(pipeline.parse_fields(event))
     except Exception as exception:  # noqa: BLE001 - a raise would hand the caller a stack trace
         return lambda_error(exception)

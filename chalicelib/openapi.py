@@ -10,7 +10,7 @@ from typing import Any
 
 from chalicelib import errors, schema
 from chalicelib.gateway_responses import BODY_RESPONSE_TYPES, GATEWAY_RESPONSES, KEY_RESPONSE_TYPES
-from chalicelib.settings import DEFAULT_TOP_K, MAX_TOP_K, MAX_UPLOAD_BYTES
+from chalicelib.settings import DEFAULT_TOP_K, MAX_BATCH_ITEMS, MAX_TOP_K, MAX_UPLOAD_BYTES
 
 OPENAPI_VERSION = "3.1.0"
 API_KEY_HEADER = "x-api-key"
@@ -35,6 +35,28 @@ REQUEST_SCHEMA: dict[str, Any] = {
         "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": DEFAULT_TOP_K},
     },
     "oneOf": [{"required": ["url"]}, {"required": ["image"]}],
+    "additionalProperties": False,
+}
+
+BATCH_REQUEST_SCHEMA: dict[str, Any] = {
+    "title": "BatchRequest",
+    "description": f'"images" and/or "urls", at most {MAX_BATCH_ITEMS} items in all, and optionally "top_k". '
+    f"The images hold at most {MAX_UPLOAD_BYTES} bytes together, decoded.",
+    "type": "object",
+    "properties": {
+        # Items are plain strings: one that is not usable (bad base64, not a URL) is answered with its own
+        # error in its place, and more items than allowed is a 413, so the schema leaves both to the API.
+        "images": {
+            "type": "array",
+            "items": {"type": "string", "description": "An image's bytes in base64."},
+        },
+        "urls": {
+            "type": "array",
+            "items": {"type": "string", "description": "An http(s) address of an image."},
+        },
+        "top_k": REQUEST_SCHEMA["properties"]["top_k"],
+    },
+    "anyOf": [{"required": ["images"]}, {"required": ["urls"]}],
     "additionalProperties": False,
 }
 
@@ -160,6 +182,24 @@ def _answer() -> dict[str, Any]:
     }
 
 
+def _batch_answer_schema() -> dict[str, Any]:
+    result = {
+        "anyOf": [_ref("Answer"), _ref("Error")],
+        "description": "The item's answer, or its error (with its HTTP status as `error.status`).",
+    }
+    return {
+        "title": "BatchAnswer",
+        "description": "One result per item of the request, in its order, under the request's field names.",
+        "type": "object",
+        "required": ["images", "urls", "timings_ms"],
+        "properties": {
+            "images": {"type": "array", "items": result},
+            "urls": {"type": "array", "items": result},
+            "timings_ms": {"type": "object", "additionalProperties": {"type": "number"}},
+        },
+    }
+
+
 def _operations(image_types: list[str], api_key_required: bool) -> dict[tuple[str, str], dict[str, Any]]:
     def errors_of(classifies: bool) -> dict[str, Any]:
         return _errors(classifies=classifies, api_key_required=api_key_required)
@@ -193,6 +233,17 @@ def _operations(image_types: list[str], api_key_required: bool) -> dict[tuple[st
             "summary": "The breed of the dog in an image given by URL or as base64.",
             "requestBody": {"required": True, "content": _json("PredictRequest")},
             "responses": {**_answer(), **errors_of(True)},
+        },
+        ("/predict/batch", "POST"): {
+            "summary": "The breeds of several photos, given by URL and/or as base64, in one call.",
+            "requestBody": {"required": True, "content": _json("BatchRequest")},
+            "responses": {
+                "200": {
+                    "description": "One result per item, each an answer or an error.",
+                    "content": _json("BatchAnswer"),
+                },
+                **errors_of(True),
+            },
         },
         ("/predict/image", "POST"): {
             "summary": "The breed of the dog in the image sent as the body (JPEG, PNG, WebP or GIF).",
@@ -237,6 +288,8 @@ def _document(routes_key: tuple[tuple[str, str, str, tuple[str, ...], bool], ...
                 "QueuedAnswer": _schema_component(schema.QUEUED_ANSWER_SCHEMA),
                 "Error": _schema_component(schema.ERROR_SCHEMA),
                 "PredictRequest": REQUEST_SCHEMA,
+                "BatchRequest": BATCH_REQUEST_SCHEMA,
+                "BatchAnswer": _batch_answer_schema(),
                 "Health": HEALTH_SCHEMA,
                 "GatewayError": GATEWAY_ERROR_SCHEMA,
             },

@@ -14,6 +14,13 @@ Limits follow from the platform:
   headers and body together), then at most two endpoint attempts of 2 s connect + 7 s read each plus
   botocore's backoff (<= 1 s): 7 + 18 + 1 = 26 s (WORST_CASE_S, held under every stage's lambda_timeout by a
   test). botocore waits longer only for an x-amz-retry-after header, which the SageMaker runtime never sends.
+- A batch (`POST /predict/batch`, the `classify` function with "images"/"urls"): at most MAX_BATCH_ITEMS
+  items whose base64 images together hold at most MAX_UPLOAD_BYTES (the same 6 MB event as one upload).
+  URLs are fetched concurrently and every item is fetched and shrunk within BATCH_PREPARE_TIMEOUT_S (an item
+  not ready by then answers a timeout of its own), then ONE endpoint call carries them all: 8 + 18 + 1 = 27 s
+  (BATCH_WORST_CASE_S). Shrinking decodes at most BATCH_RESIZE_CONCURRENCY photos at once, so the batch
+  needs no more memory than two single requests. The endpoint call's body stays under
+  MAX_ENDPOINT_BODY_BYTES: 10 shrunk photos (a few tens of KB each) fill a small part of it.
 """
 
 from __future__ import annotations
@@ -49,6 +56,10 @@ WORST_CASE_S = (
     + ENDPOINT_MAX_ATTEMPTS * (ENDPOINT_CONNECT_TIMEOUT_S + ENDPOINT_READ_TIMEOUT_S)
     + (ENDPOINT_MAX_ATTEMPTS - 1) * ENDPOINT_BACKOFF_S
 )
+MAX_BATCH_ITEMS = 10
+BATCH_PREPARE_TIMEOUT_S = 8.0
+BATCH_RESIZE_CONCURRENCY = 2
+BATCH_WORST_CASE_S = WORST_CASE_S - FETCH_TOTAL_TIMEOUT_S + BATCH_PREPARE_TIMEOUT_S
 # What a 503 tells the client to wait before trying again, unless the endpoint said (capped at the second).
 RETRY_AFTER_S = 2
 MAX_RETRY_AFTER_S = 60

@@ -208,20 +208,26 @@ def alarms(stage: str, facts: dict[str, Any], ops: StageOps) -> dict[str, Any]:
             ops.max_endpoint_p99_model_latency_ms * 1000,
             topic,
         ),
-        # The API's own view: answers it gave as 502 model_error (chalicelib/observability.py's Errors).
-        "AlarmApiModelErrors": alarm(
-            f"{prefix}-api-model-errors",
-            "The API answered 502 model_error: the endpoint's model failed",
+    }
+    # The API's own view (chalicelib/observability.py's Errors): the model failed, or the endpoint answered
+    # something that is not an answer (a broken or mismatched model container; SageMaker counts it a success).
+    for code, what in (
+        ("model_error", "The API answered 502 model_error: the endpoint's model failed"),
+        ("bad_model_answer", "The API answered 502 bad_model_answer: the endpoint's answer broke the schema"),
+    ):
+        name = "".join(part.capitalize() for part in code.split("_"))
+        resources[f"AlarmApi{name}s"] = alarm(
+            f"{prefix}-api-{code.replace('_', '-')}s",
+            what,
             {
                 "Namespace": APP_NAMESPACE,
                 "MetricName": "Errors",
-                "Dimensions": dimensions(service=APP_SERVICE, stage=stage, code="model_error"),
+                "Dimensions": dimensions(service=APP_SERVICE, stage=stage, code=code),
                 "Statistic": "Sum",
             },
             0,
             topic,
-        ),
-    }
+        )
     for function in FUNCTIONS:
         for metric, what in (("Errors", "failed invocations"), ("Throttles", "throttled invocations")):
             resources[f"Alarm{function}{metric}"] = alarm(

@@ -50,6 +50,7 @@ from uvicorn.config import STARTUP_FAILURE
 
 from serving import inference
 from serving.limits import MAX_BODY_BYTES
+from serving.runtime import RUNTIMES
 
 log = logging.getLogger("dogbreeds.serve")
 
@@ -292,8 +293,9 @@ class ModelState:
         self.predictor = MicroBatcher(predictor, self.settings.max_batch, on_call=self.admission.observe)
         self.settled.set()
         log.info(
-            "model ready (%s) in %.1fs; %.1f images/s, so at most %s images queued",
+            "model ready (%s on %s) in %.1fs; %.1f images/s, so at most %s images queued",
             predictor.runtime,
+            predictor.device,
             time.perf_counter() - started,
             1 / seconds_per_image,
             self.admission.limit or "unlimited",
@@ -393,9 +395,16 @@ def overloaded(admission: Admission) -> ContainerAnswer:
 async def ping(request: Request) -> Response:
     state: ModelState = request.app.state.model
     if state.predictor is not None and state.admission is not None:
-        admission = state.admission
-        backlog = {"images": admission.images, "limit": admission.limit, "shed": admission.shed}
-        return JSONResponse({"status": "ready", "model": state.predictor.model_info, "queue": backlog})
+        predictor, admission = state.predictor.predictor, state.admission
+        return JSONResponse(
+            {
+                "status": "ready",
+                "model": predictor.model_info,
+                "runtime": predictor.runtime,
+                "device": predictor.device,
+                "queue": {"images": admission.images, "limit": admission.limit, "shed": admission.shed},
+            }
+        )
     if state.error:
         return JSONResponse({"status": "failed", "error": state.error}, status_code=500)
     return JSONResponse({"status": "loading"}, status_code=503)
@@ -569,7 +578,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--runtime",
-        choices=("auto", "onnx", "pytorch"),
+        choices=RUNTIMES,
         default=os.environ.get(inference.RUNTIME_ENV, "auto"),
     )
     parser.add_argument("--threads", type=int, help="model threads per worker (default: CPUs / workers)")

@@ -140,3 +140,14 @@ def test_a_serverless_stage_is_invoked_as_a_real_time_one(runtime_env, samples, 
     response = post_json(client, {"image": base64.b64encode((samples / LABRADOR).read_bytes()).decode()})
     assert response.status_code == 200, response.body
     assert json.loads(response.body)["predictions"][0]["label"] == "Labrador_retriever"
+
+
+def test_an_async_stage_refuses_a_batch_clearly(moto, bucket, tmp_path):
+    client = async_client(tmp_path, moto, ASYNC_INPUT_S3=f"s3://{bucket}/queued")
+    response = client.http.post(
+        "/predict/batch",
+        headers={"Content-Type": "application/json"},
+        body=json.dumps({"urls": ["http://127.0.0.1/a.jpg"]}).encode(),
+    )
+    assert response.status_code == 400
+    assert json.loads(response.body)["error"]["code"] == "batch_not_supported"

@@ -49,9 +49,13 @@ def with_custom_attributes(value: str) -> RequestContext:
     return RequestContext({inference.CUSTOM_ATTRIBUTES_HEADER: value})
 
 
-def test_model_fn_prefers_onnx_runtime(onnx_cache):
+def test_model_fn_prefers_onnx_runtime(onnx_cache, tmp_path):
     predictor = inference.model_fn(str(DEFAULT_MODEL))
     assert predictor.runtime == "onnxruntime"
+    # A model without its graph (one trained with --no-onnx-graph, say) exports it once, for the next start.
+    model_dir = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, model_dir, ignore=shutil.ignore_patterns("*.onnx"))
+    assert inference.model_fn(str(model_dir)).runtime == "onnxruntime"
     assert list(onnx_cache.glob(f"*/{ONNX_FILE}")), "the exported graph is cached for the next start"
 
 
@@ -197,6 +201,52 @@ def test_output_fn_answers_json(accept):
     assert json.loads(inference.output_fn({"is_dog": True}, accept)) == {"is_dog": True}
 
 
+def asking_for_errors_in_place() -> RequestContext:
+    return RequestContext({"Accept": inference.RECORD_JSON})
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "code"),
+    [
+        (b"garbage", inference.JPEG, "unreadable_image"),
+        (b"", inference.OCTET_STREAM, "empty_image"),
+        (b"{not json", inference.JSON, "invalid_json"),
+        (b"a,b", "text/csv", "unsupported_content_type"),
+    ],
+)
+def test_errors_in_place_answer_the_error_instead_of_raising(predictor, body, content_type, code):
+    answer = classify(predictor, body, content_type, asking_for_errors_in_place(), inference.RECORD_JSON)
+    assert set(answer) == {"error"}
+    assert answer["error"]["code"] == code and answer["error"]["message"]
+    assert answer["error"]["status"] == (415 if code == "unsupported_content_type" else 400)
+
+
+def test_errors_in_place_leave_the_rest_of_a_batch_its_answers(predictor, labrador, spaniel):
+    instances = [
+        {"b64": base64.b64encode(labrador).decode()},
+        {"b64": base64.b64encode(b"garbage").decode()},
+        {"b64": "***"},
+        {"url": "https://example.com/dog.jpg"},
+        {"b64": base64.b64encode(spaniel).decode()},
+    ]
+    body = json.dumps({"instances": instances}).encode()
+    answers = classify(predictor, body, inference.JSON, asking_for_errors_in_place(), inference.RECORD_JSON)
+
+    assert [answer.get("error", {}).get("code") for answer in answers] == [
+        None,
+        "unreadable_image",
+        "invalid_base64",
+        "bad_request",
+        None,
+    ]
+    assert answers[1]["error"]["message"].startswith("instance 1: ")
+    assert answers[0] == classify(predictor, labrador)
+    assert answers[4] == classify(predictor, spaniel)
+    # Asked for plain JSON, the same batch is refused as a whole, as before.
+    with pytest.raises(inference.RequestError, match="instance 2: invalid base64"):
+        inference.input_fn(body, inference.JSON)
+
+
 def test_output_fn_refuses_other_accept_types():
     with pytest.raises(inference.UnsupportedAcceptError, match="text/csv") as raised:
         inference.output_fn({"is_dog": True}, "text/csv")
@@ -238,10 +288,12 @@ def test_auto_falls_back_to_pytorch_when_the_graph_cannot_be_cached(tmp_path, mo
     not_a_directory = tmp_path / "cache"
     not_a_directory.write_text("a file where the cache directory should be")
     monkeypatch.setenv(export.CACHE_ENV, str(not_a_directory))
+    model_dir = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, model_dir, ignore=shutil.ignore_patterns("*.onnx"))
 
     with pytest.raises(OSError):
-        inference.load_predictor(DEFAULT_MODEL, runtime="onnx", threads=1)
-    fallback = inference.load_predictor(DEFAULT_MODEL, runtime="auto", threads=1)
+        inference.load_predictor(model_dir, runtime="onnx", threads=1)
+    fallback = inference.load_predictor(model_dir, runtime="auto", threads=1)
     assert fallback.runtime == "pytorch"
     assert classify(fallback, labrador)["predictions"][0]["label"] == "Labrador_retriever"
 
@@ -395,3 +447,13 @@ def test_sagemaker_toolkit_answers_request_errors_with_their_status(toolkit, bod
     answered, message = toolkit.invoke(body, {"Content-Type": content_type})
     assert answered == status
     assert message.startswith(b"cannot decode the image" if status == 400 else b"unsupported content type")
+
+
+def test_sagemaker_toolkit_answers_a_bad_record_in_place_as_batch_transform_asks(toolkit, labrador):
+    """A transform job sends each object with the job's ContentType and Accept: a bad one answers 200."""
+    headers = {"Content-Type": inference.JPEG, "Accept": inference.RECORD_JSON}
+    status, body = toolkit.invoke(b"not a photo", headers)
+    assert status == 200
+    assert json.loads(body)["error"]["code"] == "unreadable_image"
+    status, body = toolkit.invoke(labrador, headers)
+    assert status == 200 and json.loads(body)["predictions"][0]["label"] == "Labrador_retriever"

@@ -355,7 +355,8 @@ def test_alarms_watch_the_api_the_functions_and_the_stage_endpoint(package):
         assert watched == functions, metric
     # The API's own metric, with exactly the dimensions chalicelib/observability.py publishes it with.
     assert found[(observability.NAMESPACE, "Errors")] == [
-        {"service": observability.SERVICE, "stage": stage, "code": "model_error"}
+        {"service": observability.SERVICE, "stage": stage, "code": code}
+        for code in ("model_error", "bad_model_answer")
     ]
     latency = [
         a["Properties"]

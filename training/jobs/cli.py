@@ -1,4 +1,4 @@
-"""SageMaker jobs of the dog-breed classifier: upload-data, train, tune, deploy, teardown.
+"""SageMaker jobs of the dog-breed classifier: upload-data, train, tune, deploy, teardown, transform.
 
 Region, role and bucket come from --region/--role/--bucket or AWS_REGION (AWS_DEFAULT_REGION, the
 profile), SAGEMAKER_ROLE_ARN and SAGEMAKER_BUCKET. Every command takes --dry-run: it prints the AWS
@@ -16,6 +16,8 @@ requests as JSON lines and connects nowhere. A typical run:
   python -m training.jobs deploy ... --async-output s3://BUCKET/async/out \\
       --chalice-stage dev --async-input s3://BUCKET/async/in
   python -m training.jobs teardown --endpoint-name dogbreeds
+  python -m training.jobs transform --model-data s3://BUCKET/.../model.tar.gz \\
+      --input s3://BUCKET/photos/ --output s3://BUCKET/photos-out/ --instance-count 2 --results photos.csv
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from training.jobs import chalice_stage, endpoint, launch, storage
+from training.jobs import chalice_stage, endpoint, launch, storage, transform
 from training.jobs.autoscaling import ScalingSpec
 from training.jobs.calls import Aws, AwsCall
 from training.jobs.hosting import AsyncSpec, CaptureSpec, RolloutSpec, ServerlessSpec
@@ -156,7 +158,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     teardown = commands.add_parser("teardown", parents=[common], help="remove the endpoint and its scaling")
     teardown.add_argument("--endpoint-name", type=endpoint_name, required=True)
+    add_transform_parser(commands, common)
     return parser
+
+
+def add_transform_parser(commands, common: argparse.ArgumentParser) -> None:
+    batch = commands.add_parser(
+        "transform",
+        parents=[common],
+        help="classify every image under an S3 prefix with a Batch Transform job; one results file",
+    )
+    batch.add_argument("--model-data", required=True, help="s3://.../model.tar.gz written by a training job")
+    batch.add_argument(
+        "--input", required=True, help="s3://BUCKET/PREFIX/ holding the images (one per object)"
+    )
+    batch.add_argument("--output", required=True, help="s3://BUCKET/PREFIX/ for the job's KEY.out answers")
+    batch.add_argument("--instance-type", default="ml.m5.xlarge")
+    batch.add_argument("--instance-count", type=positive_int, default=1)
+    batch.add_argument(
+        "--workers",
+        type=positive_int,
+        help="model server workers per instance, and requests in flight to each (default: its vCPUs)",
+    )
+    batch.add_argument(
+        "--max-payload-mb",
+        type=positive_int,
+        default=transform.DEFAULT_MAX_PAYLOAD_MB,
+        help="largest image object, in MB (default: %(default)s, InvokeEndpoint's own limit)",
+    )
+    batch.add_argument("--job-name", help="name of the job; an existing job of that name is waited for")
+    batch.add_argument(
+        "--results",
+        type=Path,
+        help="the results file written when the job ends, .csv or .jsonl (default: JOB_NAME.csv)",
+    )
+    batch.add_argument("--prefix", default=DEFAULT_PREFIX, help="S3 prefix for the repacked model")
 
 
 def add_deploy_parser(commands, common: argparse.ArgumentParser) -> None:
@@ -341,6 +377,30 @@ def deploy(args: argparse.Namespace, settings: AwsSettings, aws: Aws, log) -> di
     return deployed
 
 
+def transform_spec(args: argparse.Namespace, settings: AwsSettings) -> transform.TransformSpec:
+    input_uri, output_uri = transform.folder_uri(args.input), transform.folder_uri(args.output)
+    # The job reads every object under --input: answers written there would be read by the next job.
+    if output_uri.startswith(input_uri) or input_uri.startswith(output_uri):
+        raise SettingsError(f"--output {output_uri} must not overlap --input {input_uri}")
+    workers = args.workers or transform.instance_vcpus(args.instance_type)
+    if workers is None:
+        raise SettingsError(f"cannot tell the vCPUs of {args.instance_type}: pass --workers")
+    model_bucket, _ = storage.parse_s3_uri(args.model_data)
+    return transform.TransformSpec(
+        region=settings.region,
+        role=settings.require_role(),
+        bucket=settings.bucket or model_bucket,
+        prefix=args.prefix,
+        model_data=args.model_data,
+        input_uri=input_uri,
+        output_uri=output_uri,
+        instance_type=args.instance_type,
+        instance_count=args.instance_count,
+        workers=workers,
+        max_payload_mb=args.max_payload_mb,
+    )
+
+
 def run(args: argparse.Namespace, log) -> dict:
     """Carry out one parsed command; returns what it reports."""
     settings = resolve_settings(args.region, args.role, args.bucket)
@@ -376,6 +436,8 @@ def run(args: argparse.Namespace, log) -> dict:
         )
     if args.command == "deploy":
         return deploy(args, settings, aws, log)
+    if args.command == "transform":
+        return transform.run_transform(aws, transform_spec(args, settings), args.job_name, args.results, log)
     existed = endpoint.teardown(aws, args.endpoint_name, log)
     return {"endpoint": args.endpoint_name, "deleted": existed}
 
@@ -416,4 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_AWS
     if not args.dry_run:
         print(json.dumps(report, indent=2, default=str))
+    if args.command == "transform" and not args.dry_run:
+        # As the local batch command: non-zero when the job failed or any image has no answer.
+        failed = report["status"] != "Completed" or report["summary"]["failed"]
+        return EXIT_AWS if failed else 0
     return 0

@@ -97,7 +97,7 @@ def versioned_name(base: str, *facts: object) -> str:
     return f"{base[:NAME_BASE]}-{tag}"
 
 
-def container_environment(spec: EndpointSpec) -> dict[str, str]:
+def container_environment(spec) -> dict[str, str]:
     """How the PyTorch inference toolkit finds the handlers: code/inference.py in the repacked model."""
     return {
         "SAGEMAKER_PROGRAM": INFERENCE_ENTRY,
@@ -107,7 +107,7 @@ def container_environment(spec: EndpointSpec) -> dict[str, str]:
     }
 
 
-def model_request(spec: EndpointSpec, model_name: str, model_data_url: str) -> AwsCall:
+def model_request(spec, model_name: str, model_data_url: str) -> AwsCall:
     params = {
         "ModelName": model_name,
         "ExecutionRoleArn": spec.role,
@@ -182,11 +182,14 @@ def describe(operation: str, **params: str) -> AwsCall:
     return AwsCall("sagemaker", operation, params)
 
 
-def deploy(aws: Aws, spec: EndpointSpec, log) -> dict[str, str]:
-    """Create or update the endpoint, its alarms and its auto scaling; returns the names in use.
+def ensure_model(aws: Aws, spec, name_base: str, key_prefix: str, log) -> tuple[str, str]:
+    """The repacked archive at `key_prefix/<digest>/model.tar.gz` and a SageMaker model serving it, named
+    `name_base-<digest of what it holds>`; both created unless that model exists. Returns (model name,
+    model data URL).
 
-    Raises botocore's ClientError on AWS errors, tarfile.ReadError when --model-data is not a tar.gz, and
-    EndpointStateError when the endpoint has failed or an update was rolled back (the old model still serves).
+    `spec` says where and what: region, role, bucket, model_data, instance_type and image_uri (an
+    EndpointSpec or a TransformSpec). Raises botocore's ClientError on AWS errors and tarfile.ReadError when
+    its model_data is not a tar.gz.
     """
     source_bucket, source_key = parse_s3_uri(spec.model_data)
     if aws.dry_run:
@@ -196,17 +199,26 @@ def deploy(aws: Aws, spec: EndpointSpec, log) -> dict[str, str]:
         original = aws.send(AwsCall("s3", "GetObject", {"Bucket": source_bucket, "Key": source_key}))
         repacked = repack_model(original["Body"].read())
         archive_digest = digest(repacked)
-    model_key = f"{spec.prefix.strip('/')}/endpoints/{spec.endpoint_name}/{archive_digest}/model.tar.gz"
+    model_key = f"{key_prefix}/{archive_digest}/model.tar.gz"
     model_data_url = f"s3://{spec.bucket}/{model_key}"
-    model_name = versioned_name(
-        spec.endpoint_name, spec.image_uri, model_data_url, container_environment(spec)
-    )
-    config_name = versioned_name(spec.endpoint_name, *config_facts(spec, model_name))
-
+    model_name = versioned_name(name_base, spec.image_uri, model_data_url, container_environment(spec))
     if aws.describe(describe("DescribeModel", ModelName=model_name)) is None:
         aws.send(AwsCall("s3", "PutObject", {"Bucket": spec.bucket, "Key": model_key, "Body": repacked}))
         aws.send(model_request(spec, model_name, model_data_url))
         log(f"created model {model_name} from {model_data_url}")
+    return model_name, model_data_url
+
+
+def deploy(aws: Aws, spec: EndpointSpec, log) -> dict[str, str]:
+    """Create or update the endpoint, its alarms and its auto scaling; returns the names in use.
+
+    Raises botocore's ClientError on AWS errors, tarfile.ReadError when --model-data is not a tar.gz, and
+    EndpointStateError when the endpoint has failed or an update was rolled back (the old model still serves).
+    """
+    key_prefix = f"{spec.prefix.strip('/')}/endpoints/{spec.endpoint_name}"
+    model_name, model_data_url = ensure_model(aws, spec, spec.endpoint_name, key_prefix, log)
+    config_name = versioned_name(spec.endpoint_name, *config_facts(spec, model_name))
+
     if aws.describe(describe("DescribeEndpointConfig", EndpointConfigName=config_name)) is None:
         aws.send(endpoint_config_request(spec, config_name, model_name))
         log(f"created endpoint config {config_name} ({spec.kind})")
