@@ -240,11 +240,21 @@ def test_errors_in_place_leave_the_rest_of_a_batch_its_answers(predictor, labrad
         None,
     ]
     assert answers[1]["error"]["message"].startswith("instance 1: ")
-    assert answers[0] == classify(predictor, labrador)
-    assert answers[4] == classify(predictor, spaniel)
+    # A batch of two runs other kernels than one image alone: the same answer, to float precision.
+    assert_same_answer(answers[0], classify(predictor, labrador))
+    assert_same_answer(answers[4], classify(predictor, spaniel))
     # Asked for plain JSON, the same batch is refused as a whole, as before.
     with pytest.raises(inference.RequestError, match="instance 2: invalid base64"):
         inference.input_fn(body, inference.JSON)
+
+
+def assert_same_answer(got: dict, expected: dict) -> None:
+    assert [p["label"] for p in got["predictions"]] == [p["label"] for p in expected["predictions"]]
+    assert [p["probability"] for p in got["predictions"]] == pytest.approx(
+        [p["probability"] for p in expected["predictions"]], abs=1e-5
+    )
+    assert got["dog_probability"] == pytest.approx(expected["dog_probability"], abs=1e-5)
+    assert (got["is_dog"], got["model"]) == (expected["is_dog"], expected["model"])
 
 
 def test_output_fn_refuses_other_accept_types():
