@@ -2,11 +2,13 @@
 
 from chalice import Chalice, Response
 
+from chalicelib import batch, observability
 from chalicelib import classify as pipeline
-from chalicelib import observability
 from chalicelib.errors import answers_errors, lambda_error, reshape_chalice_error
 from chalicelib.health import health_answer
-from chalicelib.settings import api_key_required
+from chalicelib.openapi import describe_api, stage_base_path
+from chalicelib.settings import api_key_required, get_settings
+from chalicelib.webpage import render_page
 
 app = Chalice(app_name="dogbreeds")
 # Routes that pass KEYED need an API key on stages that set API_KEY_REQUIRED (prod); a public route omits it.
@@ -29,12 +31,20 @@ def project_error_shape(event, get_response):
     return reshape_chalice_error(get_response(event))
 
 
+@app.route("/", methods=["GET"])
+@answers_errors
+def page():
+    """The web page to try the API in a browser; public on every stage, like /openapi.json."""
+    html, headers = render_page(get_settings().model_resize_size, tuple(IMAGE_CONTENT_TYPES))
+    return Response(body=html, headers=headers)
+
+
 @app.route("/predict", methods=["POST"], content_types=["application/json"], api_key_required=KEYED)
 @answers_errors
 def predict():
     """{"url": "https://..."} or {"image": "<base64>"}, optional "top_k" and "min_confidence"."""
     request = pipeline.parse_json_body(app.current_request.raw_body)
-    return pipeline.classify(request)
+    return pipeline.http_answer(pipeline.classify(request))
 
 
 @app.route("/predict/image", methods=["POST"], content_types=IMAGE_CONTENT_TYPES, api_key_required=KEYED)
@@ -45,7 +55,21 @@ def predict_image():
     top_k = pipeline.parse_top_k_text(query.get("top_k"))
     min_confidence = pipeline.parse_min_confidence_text(query.get("min_confidence"))
     request = pipeline.upload_request(app.current_request.raw_body, top_k, min_confidence)
-    return pipeline.classify(request)
+    return pipeline.http_answer(pipeline.classify(request))
+
+
+@app.route("/openapi.json", methods=["GET"])
+@answers_errors
+def openapi():
+    """This API described in OpenAPI 3.1."""
+    return describe_api(app.routes, stage_base_path(app.current_request.context))
+
+
+@app.route("/predict/batch", methods=["POST"], content_types=["application/json"], api_key_required=KEYED)
+@answers_errors
+def predict_batch():
+    """{"images": ["<base64>", ...], "urls": ["https://...", ...]}, optional "top_k": one result per item."""
+    return batch.classify_batch(batch.parse_batch_body(app.current_request.raw_body))
 
 
 @app.route("/health", methods=["GET"], api_key_required=KEYED)
@@ -58,8 +82,11 @@ def health():
 
 @app.lambda_function(name="classify")
 def classify(event, context):
-    """A direct invocation with {"url": ...} or {"image": "<base64>"}: the REST answer, or {"error": ...}."""
+    """A direct invocation with {"url": ...} or {"image": "<base64>"}, or a batch with {"images": [...]}
+    and/or {"urls": [...]}: the REST answer, or {"error": ...}."""
     try:
+        if batch.is_batch(event):
+            return batch.classify_batch(batch.parse_batch_fields(event))
         return pipeline.classify(pipeline.parse_fields(event))
     except Exception as exception:  # noqa: BLE001 - a raise would hand the caller a stack trace
         return lambda_error(exception)

@@ -122,7 +122,10 @@ def _measure(root: Path, path: Path) -> dict:
     try:
         prepared = prepare_image(
             data,
-            resize_size=settings.DEFAULT_MODEL_RESIZE_SIZE,
+            # What a stage serving root's default model resizes to (its MODEL_RESIZE_SIZE).
+            resize_size=json.loads((root / "models" / "default" / "config.json").read_text())[
+                "preprocessing"
+            ]["resize_size"],
             max_pixels=settings.MAX_PIXELS,
             quality=settings.JPEG_QUALITY,
         )

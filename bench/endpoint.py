@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import socket
 import statistics
@@ -37,7 +38,8 @@ from chalicelib.image import prepare_image  # noqa: E402
 from chalicelib.settings import JPEG_QUALITY, MAX_PIXELS  # noqa: E402
 from serving.inference import JPEG, load_predictor  # noqa: E402
 from serving.server import DEFAULT_ENDPOINT_NAME  # noqa: E402
-from training.model import read_config  # noqa: E402
+from training.export import graph_is_current  # noqa: E402
+from training.model import ONNX_INT8_FILE, read_config  # noqa: E402
 from training.preprocessing import open_image  # noqa: E402
 
 SAMPLE = PROJECT.parent / "shared" / "data" / "samples" / "Labrador_retriever_06455.jpg"
@@ -157,6 +159,12 @@ def model_throughput(predictor, image: np.ndarray, batch: int, seconds: float) -
     return count / (time.perf_counter() - began)
 
 
+def ping_body(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/ping", timeout=10) as response:  # noqa: S310 - our own http URL
+        body = json.loads(response.read())
+    return f"{body.get('runtime', '?')} on {body.get('device', '?')}"
+
+
 def percentile_ms(timings: list[float], percent: int) -> float:
     return float(np.percentile(timings, percent)) * 1000
 
@@ -178,7 +186,13 @@ def main() -> None:
     # Eager PyTorch is measured with one thread and with all: when other work shares the CPUs, its OpenMP
     # threads can spin against each other and one thread wins; ratios are taken against the better of the two.
     eager = load_predictor(args.model_dir, runtime="pytorch", threads=cpus)
-    onnx = load_predictor(args.model_dir, runtime="onnx", threads=cpus)  # what the endpoint runs, model only
+    onnx = load_predictor(args.model_dir, runtime="onnx", threads=cpus)  # the fp32 graph, model only
+    # The int8 graph where `make int8` built one (the endpoint runs it only where its figures qualify it).
+    int8 = (
+        load_predictor(args.model_dir, runtime="onnx-int8", threads=cpus)
+        if graph_is_current(args.model_dir / ONNX_INT8_FILE, args.model_dir)
+        else None
+    )
     photo = SAMPLE.read_bytes()
     body = prepare_image(
         photo, resize_size=eager.preprocessing.resize_size, max_pixels=MAX_PIXELS, quality=JPEG_QUALITY
@@ -199,10 +213,13 @@ def main() -> None:
         print(f"endpoint: started here at {url} (serving.server {args.serve_args or 'with default flags'})")
     else:
         print(f"endpoint: {url}")
+    endpoint_runtime = ping_body(url)
 
     eager_latency: dict[int, list[float]] = {threads: [] for threads in eager_threads}
     eager_throughput = {threads: {c: [] for c in CLIENTS} for threads in eager_threads}
     onnx_latency: list[float] = []
+    int8_latency: list[float] = []
+    int8_throughput: dict[int, list[float]] = {c: [] for c in CLIENTS}
     latency: list[float] = []
     throughput: dict[int, list[float]] = {c: [] for c in CLIENTS}
     try:
@@ -212,6 +229,8 @@ def main() -> None:
                 eager_latency[threads] += model_latencies(eager, image, max(10, args.runs // 4), args.seconds)
             torch.set_num_threads(cpus)
             onnx_latency += model_latencies(onnx, image, args.runs, args.seconds)
+            if int8 is not None:
+                int8_latency += model_latencies(int8, image, args.runs, args.seconds)
             latency += endpoint_latencies(url, args.endpoint_name, body, args.runs)
             for clients in CLIENTS:
                 for threads in eager_threads:
@@ -219,6 +238,8 @@ def main() -> None:
                     eager_throughput[threads][clients].append(
                         model_throughput(eager, image, clients, args.seconds / 2)
                     )
+                if int8 is not None:
+                    int8_throughput[clients].append(model_throughput(int8, image, clients, args.seconds / 2))
                 throughput[clients].append(
                     endpoint_throughput(url, args.endpoint_name, body, clients, args.seconds)
                 )
@@ -248,12 +269,20 @@ def main() -> None:
     for threads, timings in eager_latency.items():
         latency_row(f"eager PyTorch, {threads} thread(s), model only", timings, compare=False)
     latency_row(f"ONNX Runtime, {cpus} thread(s), model only", onnx_latency)
+    if int8 is not None:
+        latency_row(f"ONNX Runtime int8, {cpus} thread(s), model only", int8_latency)
+    print(f"the endpoint runs: {endpoint_runtime}")
     latency_row("endpoint, whole request (HTTP + decode + model)", latency)
     print()
     throughput_row("throughput, images/s", [f"{c} client(s)" for c in CLIENTS])
     for threads, figures in eager_images_per_second.items():
         throughput_row(
             f"eager PyTorch, {threads} thread(s), batch = clients", [f"{figures[c]:.1f}" for c in CLIENTS]
+        )
+    if int8 is not None:
+        throughput_row(
+            "ONNX Runtime int8, batch = clients",
+            [f"{statistics.median(int8_throughput[c]):.1f}" for c in CLIENTS],
         )
     throughput_row("endpoint, concurrent clients", [f"{endpoint_images_per_second[c]:.1f}" for c in CLIENTS])
     throughput_row(

@@ -9,8 +9,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from chalice import Response
+
 from chalicelib import observability
-from chalicelib.endpoint import invoke_model
+from chalicelib.endpoint import invoke_model, queue_model_request
 from chalicelib.errors import BadRequest, InvalidJson, PayloadTooLarge
 from chalicelib.fetch import fetch_image
 from chalicelib.image import prepare_image
@@ -148,7 +150,8 @@ def upload_request(
 
 
 def classify(request: ClassifyRequest) -> dict[str, Any]:
-    """The endpoint's answer for the photo plus what was sent and how long each step took.
+    """The endpoint's answer for the photo plus what was sent and how long each step took; for an async
+    endpoint, where the answer will be instead (`queue_model_request`).
 
     Raises the ApiError subclasses of fetch, image and endpoint.
     """
@@ -165,7 +168,12 @@ def classify(request: ClassifyRequest) -> dict[str, Any]:
         data, resize_size=settings.model_resize_size, max_pixels=MAX_PIXELS, quality=JPEG_QUALITY
     )
     resized = time.perf_counter()
-    answer = invoke_model(settings.endpoint_name, prepared.jpeg, request.top_k, request.min_confidence)
+    if settings.endpoint_kind == "async":
+        answer = queue_model_request(
+            settings.endpoint_name, prepared.jpeg, request.top_k, *settings.async_input
+        )
+    else:
+        answer = invoke_model(settings.endpoint_name, prepared.jpeg, request.top_k, request.min_confidence)
     invoked = time.perf_counter()
     answer["image"] = {
         "width": prepared.width,
@@ -179,6 +187,13 @@ def classify(request: ClassifyRequest) -> dict[str, Any]:
         "invoke": _ms(invoked - resized),
         "total": _ms(invoked - started),
     }
+    return answer
+
+
+def http_answer(answer: dict[str, Any]) -> Response | dict[str, Any]:
+    """A route's answer: the classification (200), or 202 Accepted when the photo was queued."""
+    if answer.get("status") == "queued":
+        return Response(body=answer, status_code=202)
     return answer
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
+import uuid
 from typing import Any
 
 import boto3
@@ -39,6 +41,10 @@ from chalicelib.settings import (
 
 CONTENT_TYPE = "image/jpeg"
 ACCEPT = "application/json"
+BATCH_CONTENT_TYPE = "application/json"
+# The handlers' RECORD_JSON (serving/inference.py, which the API cannot import; a test keeps them equal):
+# an image of a batch the model cannot take answers an error in its place instead of failing the batch.
+BATCH_ACCEPT = "application/vnd.dogbreeds.record+json"
 # How much of the model container's own error message is passed on to the caller.
 _MAX_RELAYED_CHARS = 300
 # Error codes after which the endpoint may well answer if asked again later.
@@ -77,15 +83,46 @@ def invoke_model(
     attributes = f"top_k={top_k}"
     if min_confidence is not None:
         attributes += f",min_confidence={min_confidence!r}"
+    return parse_answer(_invoke(endpoint_name, jpeg, CONTENT_TYPE, ACCEPT, attributes))
+
+
+def invoke_model_batch(endpoint_name: str, jpegs: list[bytes], top_k: int) -> list[dict[str, Any]]:
+    """The endpoint's answers for several JPEGs in ONE call, in order: each an answer as `invoke_model`'s or
+    `{"error": {"code", "status", "message"}}` for an image the model could not take.
+
+    Raises as `invoke_model` does; BadModelAnswer also when the answer is not one result per image.
+    """
+    body = json.dumps({"instances": [{"b64": base64.b64encode(jpeg).decode()} for jpeg in jpegs]}).encode()
+    raw = _invoke(endpoint_name, body, BATCH_CONTENT_TYPE, BATCH_ACCEPT, f"top_k={top_k}")
+    try:
+        answers = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as error:
+        raise BadModelAnswer("the endpoint answered something that is not valid JSON") from error
+    if isinstance(answers, dict) and isinstance(answers.get("error"), dict):
+        raise ModelFailed(f"the endpoint refused the batch: {str(answers['error'].get('message'))[:300]}")
+    if not isinstance(answers, list) or len(answers) != len(jpegs):
+        raise BadModelAnswer("the endpoint did not answer one result per image")
+    try:
+        return [answer if _is_error(answer) else validate_answer(answer) for answer in answers]
+    except SchemaMismatch as error:
+        raise BadModelAnswer(f"the endpoint's answer does not match the response schema: {error}") from error
+
+
+def _is_error(answer: Any) -> bool:
+    return isinstance(answer, dict) and set(answer) == {"error"} and isinstance(answer["error"], dict)
+
+
+def _invoke(endpoint_name: str, body: bytes, content_type: str, accept: str, attributes: str) -> bytes:
+    """The body of the endpoint's 200 answer; raises as `invoke_model` does."""
     try:
         response = runtime_client().invoke_endpoint(
             EndpointName=endpoint_name,
-            ContentType=CONTENT_TYPE,
-            Accept=ACCEPT,
+            ContentType=content_type,
+            Accept=accept,
             CustomAttributes=attributes,
-            Body=jpeg,
+            Body=body,
         )
-        body = response["Body"].read()
+        return response["Body"].read()
     except ReadTimeoutError as error:
         raise EndpointTimeout(f"the endpoint did not answer within {ENDPOINT_READ_TIMEOUT_S:g} s") from error
     except (EndpointConnectionError, ConnectTimeoutError) as error:
@@ -94,8 +131,7 @@ def invoke_model(
         # The connection broke mid-answer: what came is not the whole answer.
         raise BadModelAnswer("the endpoint's answer was cut off") from error
     except ClientError as error:
-        raise _mapped(error, endpoint_name, len(jpeg)) from error
-    return parse_answer(body)
+        raise _mapped(error, endpoint_name, len(body)) from error
 
 
 def parse_answer(body: bytes) -> dict[str, Any]:
@@ -126,8 +162,11 @@ def _mapped(error: ClientError, endpoint_name: str, sent_bytes: int) -> Exceptio
             retry_after_s=_retry_after(error),
         )
     if code == "ModelError":
-        original = str(error.response.get("OriginalMessage") or message)
-        return ModelFailed(f"the model failed on this image: {original[:_MAX_RELAYED_CHARS]}")
+        original = str(error.response.get("OriginalMessage") or message).strip()
+        # SageMaker's inference toolkit puts the container's Python traceback below the message: only the
+        # message is for the caller.
+        reason = original.splitlines()[0] if original else "no reason given"
+        return ModelFailed(f"the model failed on this image: {reason[:_MAX_RELAYED_CHARS]}")
     if status == 413 or code == "413":
         # prepare_image keeps bodies under MAX_ENDPOINT_BODY_BYTES: this endpoint takes less than SageMaker.
         return ModelPayloadTooLarge(
@@ -153,3 +192,60 @@ def _retry_after(error: ClientError) -> int:
     if value.isascii() and value.isdigit():
         return min(max(int(value), 1), MAX_RETRY_AFTER_S)
     return RETRY_AFTER_S
+
+
+# --- asynchronous endpoints: the photo goes to S3 and is queued; the answer says where the result will be ---
+
+
+@functools.cache
+def s3_client():
+    """The container's one S3 client for queued photos, with the endpoint's time limits."""
+    config = Config(
+        connect_timeout=ENDPOINT_CONNECT_TIMEOUT_S,
+        read_timeout=ENDPOINT_READ_TIMEOUT_S,
+        retries={"mode": "standard", "total_max_attempts": ENDPOINT_MAX_ATTEMPTS},
+    )
+    return boto3.client("s3", config=config)
+
+
+def queue_model_request(
+    endpoint_name: str, jpeg: bytes, top_k: int, bucket: str, prefix: str
+) -> dict[str, Any]:
+    """Put the JPEG under s3://bucket/prefix/ and queue it on the async endpoint.
+
+    Returns {"status": "queued", "inference_id", "output_location", "failure_location"}: SageMaker writes the
+    endpoint's answer (the same JSON invoke_model returns) to output_location, or the error to
+    failure_location. Raises what invoke_model raises; a photo S3 refuses is EndpointUnavailable.
+    """
+    inference_id = uuid.uuid4().hex
+    key = f"{prefix}/{inference_id}.jpg"
+    try:
+        s3_client().put_object(Bucket=bucket, Key=key, Body=jpeg, ContentType=CONTENT_TYPE)
+    except (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError, ReadTimeoutError) as error:
+        raise EndpointUnavailable(
+            f"the photo could not be queued for {endpoint_name!r}: S3 cannot be reached"
+        ) from error
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        raise EndpointUnavailable(f"the photo could not be queued for {endpoint_name!r} ({code})") from error
+    try:
+        response = runtime_client().invoke_endpoint_async(
+            EndpointName=endpoint_name,
+            ContentType=CONTENT_TYPE,
+            Accept=ACCEPT,
+            CustomAttributes=f"top_k={top_k}",
+            InferenceId=inference_id,
+            InputLocation=f"s3://{bucket}/{key}",
+        )
+    except ReadTimeoutError as error:
+        raise EndpointTimeout(f"the endpoint did not answer within {ENDPOINT_READ_TIMEOUT_S:g} s") from error
+    except (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError) as error:
+        raise EndpointUnavailable(f"the endpoint {endpoint_name!r} cannot be reached") from error
+    except ClientError as error:
+        raise _mapped(error, endpoint_name, len(jpeg)) from error
+    return {
+        "status": "queued",
+        "inference_id": response.get("InferenceId", inference_id),
+        "output_location": response["OutputLocation"],
+        "failure_location": response.get("FailureLocation"),
+    }

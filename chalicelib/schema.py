@@ -3,6 +3,7 @@
 - ANSWER_SCHEMA: what the model endpoint answers for one image (training/inference.py `describe`).
 - API_ANSWER_SCHEMA: the API's answer, the endpoint's plus what was sent (`image`) and how long it took
   (`timings_ms`).
+- QUEUED_ANSWER_SCHEMA: the API's 202 for a stage whose endpoint is asynchronous: where the answer will be.
 - ERROR_SCHEMA: every answer that is not a classification.
 
 Answers only ever gain fields, so objects allow properties beyond those listed: a client written against an
@@ -96,6 +97,23 @@ API_ANSWER_SCHEMA["properties"].update(
     }
 )
 
+QUEUED_ANSWER_SCHEMA: dict[str, Any] = {
+    "$schema": DIALECT,
+    "title": "QueuedAnswer",
+    "description": "The photo is queued on an asynchronous endpoint (HTTP 202); SageMaker writes the model's "
+    "answer (ModelAnswer) to output_location, or the error to failure_location.",
+    "type": "object",
+    "required": ["status", "inference_id", "output_location", "image", "timings_ms"],
+    "properties": {
+        "status": {"const": "queued"},
+        "inference_id": {"type": "string", "minLength": 1},
+        "output_location": {"type": "string", "pattern": "^s3://", "description": "s3://BUCKET/KEY"},
+        "failure_location": {"type": ["string", "null"], "description": "s3://BUCKET/KEY"},
+        "image": API_ANSWER_SCHEMA["properties"]["image"],
+        "timings_ms": API_ANSWER_SCHEMA["properties"]["timings_ms"],
+    },
+}
+
 ERROR_SCHEMA: dict[str, Any] = {
     "$schema": DIALECT,
     "title": "Error",
@@ -130,7 +148,12 @@ def _validator(name: str):
     import fastjsonschema
 
     return fastjsonschema.compile(
-        {"ANSWER": ANSWER_SCHEMA, "API_ANSWER": API_ANSWER_SCHEMA, "ERROR": ERROR_SCHEMA}[name]
+        {
+            "ANSWER": ANSWER_SCHEMA,
+            "API_ANSWER": API_ANSWER_SCHEMA,
+            "QUEUED_ANSWER": QUEUED_ANSWER_SCHEMA,
+            "ERROR": ERROR_SCHEMA,
+        }[name]
     )
 
 
@@ -152,6 +175,11 @@ def validate_answer(document: Any) -> dict[str, Any]:
 def validate_api_answer(document: Any) -> dict[str, Any]:
     """`document` if it is a valid API answer; raises SchemaMismatch otherwise."""
     return _validate("API_ANSWER", document)
+
+
+def validate_queued_answer(document: Any) -> dict[str, Any]:
+    """`document` if it is a valid 202 answer of an async stage; raises SchemaMismatch otherwise."""
+    return _validate("QUEUED_ANSWER", document)
 
 
 def validate_error(document: Any) -> dict[str, Any]:

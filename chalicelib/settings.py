@@ -14,6 +14,13 @@ Limits follow from the platform:
   headers and body together), then at most two endpoint attempts of 2 s connect + 7 s read each plus
   botocore's backoff (<= 1 s): 7 + 18 + 1 = 26 s (WORST_CASE_S, held under every stage's lambda_timeout by a
   test). botocore waits longer only for an x-amz-retry-after header, which the SageMaker runtime never sends.
+- A batch (`POST /predict/batch`, the `classify` function with "images"/"urls"): at most MAX_BATCH_ITEMS
+  items whose base64 images together hold at most MAX_UPLOAD_BYTES (the same 6 MB event as one upload).
+  URLs are fetched concurrently and every item is fetched and shrunk within BATCH_PREPARE_TIMEOUT_S (an item
+  not ready by then answers a timeout of its own), then ONE endpoint call carries them all: 8 + 18 + 1 = 27 s
+  (BATCH_WORST_CASE_S). Shrinking decodes at most BATCH_RESIZE_CONCURRENCY photos at once, so the batch
+  needs no more memory than two single requests. The endpoint call's body stays under
+  MAX_ENDPOINT_BODY_BYTES: 10 shrunk photos (a few tens of KB each) fill a small part of it.
 """
 
 from __future__ import annotations
@@ -49,6 +56,10 @@ WORST_CASE_S = (
     + ENDPOINT_MAX_ATTEMPTS * (ENDPOINT_CONNECT_TIMEOUT_S + ENDPOINT_READ_TIMEOUT_S)
     + (ENDPOINT_MAX_ATTEMPTS - 1) * ENDPOINT_BACKOFF_S
 )
+MAX_BATCH_ITEMS = 10
+BATCH_PREPARE_TIMEOUT_S = 8.0
+BATCH_RESIZE_CONCURRENCY = 2
+BATCH_WORST_CASE_S = WORST_CASE_S - FETCH_TOTAL_TIMEOUT_S + BATCH_PREPARE_TIMEOUT_S
 # What a 503 tells the client to wait before trying again, unless the endpoint said (capped at the second).
 RETRY_AFTER_S = 2
 MAX_RETRY_AFTER_S = 60
@@ -63,11 +74,9 @@ DEFAULT_TOP_K = 5
 MAX_TOP_K = 20
 JPEG_QUALITY = 90
 
-# The shorter side the model resizes every image to before its centre crop (models/*/config.json
-# "preprocessing"."resize_size"): the Lambda shrinks photos to this, so it never sends more pixels than the
-# model uses nor fewer than it needs. A test checks it against the committed model; a stage serving a larger
-# model overrides it with the MODEL_RESIZE_SIZE environment variable.
-DEFAULT_MODEL_RESIZE_SIZE = 260
+# How a stage's endpoint is called: InvokeEndpoint (real-time instances, serverless), or the photo is put in
+# S3 and queued with InvokeEndpointAsync (async), answered 202 with where the result will be.
+ENDPOINT_KINDS = ("real-time", "serverless", "async")
 
 
 class ConfigurationError(RuntimeError):
@@ -79,26 +88,45 @@ class Settings:
     endpoint_name: str
     # Only the `local` stage sets this, so that the demo can fetch sample photos from a loopback file server.
     allow_loopback_fetch: bool
+    # The shorter side the served model resizes every image to before its centre crop (its config.json,
+    # preprocessing.resize_size): the Lambda shrinks photos to this, so it never sends more pixels than the
+    # model uses nor fewer than it needs. The model is the one source: `python -m training.jobs deploy
+    # --chalice-stage STAGE` writes it into the stage; `make run` gives a model other than the default a copy
+    # of the local stage with its own (scripts/local_stage.py).
     model_resize_size: int
     # Only the `local` stage sets this: the local endpoint checks no signature, so a fresh machine with no AWS
     # credentials at all can run the demo.
     unsigned_endpoint_requests: bool
+    endpoint_kind: str = "real-time"
+    # For an async endpoint: the bucket and key prefix the Lambda puts queued photos under.
+    async_input: tuple[str, str] | None = None
 
 
 @functools.cache
 def get_settings() -> Settings:
     """The stage's settings, read from the environment on first use (once per Lambda container).
 
-    Raises ConfigurationError when ENDPOINT_NAME is unset or a value is malformed.
+    Raises ConfigurationError when ENDPOINT_NAME or MODEL_RESIZE_SIZE is unset, an async stage has no
+    ASYNC_INPUT_S3, or a value is malformed.
     """
     endpoint_name = os.environ.get("ENDPOINT_NAME", "").strip()
     if not endpoint_name:
         raise ConfigurationError("ENDPOINT_NAME is not set for this stage")
+    if not os.environ.get("MODEL_RESIZE_SIZE", "").strip():
+        raise ConfigurationError(
+            "MODEL_RESIZE_SIZE is not set for this stage: `python -m training.jobs deploy "
+            "--chalice-stage STAGE` writes it from the deployed model"
+        )
+    kind = os.environ.get("ENDPOINT_KIND", "real-time").strip()
+    if kind not in ENDPOINT_KINDS:
+        raise ConfigurationError(f"ENDPOINT_KIND must be one of {', '.join(ENDPOINT_KINDS)}, not {kind!r}")
     return Settings(
         endpoint_name=endpoint_name,
         allow_loopback_fetch=_flag("ALLOW_LOOPBACK_FETCH"),
-        model_resize_size=_positive_int("MODEL_RESIZE_SIZE", DEFAULT_MODEL_RESIZE_SIZE),
+        model_resize_size=_positive_int("MODEL_RESIZE_SIZE"),
         unsigned_endpoint_requests=_flag("UNSIGNED_ENDPOINT_REQUESTS"),
+        endpoint_kind=kind,
+        async_input=_s3_prefix("ASYNC_INPUT_S3") if kind == "async" else None,
     )
 
 
@@ -109,11 +137,20 @@ def _flag(name: str) -> bool:
     return value == "true"
 
 
-def _positive_int(name: str, default: int) -> int:
-    value = os.environ.get(name, str(default)).strip()
+def _positive_int(name: str) -> int:
+    value = os.environ.get(name, "").strip()
     if not (value.isascii() and value.isdigit()) or int(value) <= 0:
         raise ConfigurationError(f"{name} must be a positive integer, not {value!r}")
     return int(value)
+
+
+def _s3_prefix(name: str) -> tuple[str, str]:
+    """`s3://bucket/prefix` -> (bucket, prefix without slashes at its ends)."""
+    value = os.environ.get(name, "").strip()
+    bucket, _, prefix = value.removeprefix("s3://").partition("/")
+    if not value.startswith("s3://") or not bucket or not prefix.strip("/"):
+        raise ConfigurationError(f"{name} must be s3://BUCKET/PREFIX for an async endpoint, not {value!r}")
+    return bucket, prefix.strip("/")
 
 
 def api_key_required() -> bool:

@@ -19,11 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+# /openapi.json describes the same gateway responses, so they live beside the API's own errors.
+from chalicelib.gateway_responses import GATEWAY_RESPONSES  # noqa: E402
+
 CONFIG = PROJECT / ".chalice" / "config.json"
 # Chalice's logical ids for the REST API and the two functions (app.app and app.classify).
 REST_API = "RestAPI"
@@ -77,22 +82,6 @@ STAGE_OPS = {
     ),
 }
 
-# (response type, status, code, message). Types left out fall back to DEFAULT_4XX/DEFAULT_5XX, which keep
-# API Gateway's status and message.
-GATEWAY_RESPONSES = [
-    ("MISSING_AUTHENTICATION_TOKEN", 404, "not_found", "no such route: check the method and path"),
-    ("RESOURCE_NOT_FOUND", 404, "not_found", "no such route: check the method and path"),
-    ("INVALID_API_KEY", 403, "api_key_invalid", "this API needs a valid API key in the x-api-key header"),
-    ("ACCESS_DENIED", 403, "forbidden", "access denied"),
-    ("THROTTLED", 429, "throttled", "too many requests: slow down and retry later"),
-    ("QUOTA_EXCEEDED", 429, "quota_exceeded", "this API key's daily quota is used up"),
-    ("REQUEST_TOO_LARGE", 413, "payload_too_large", "the request is over API Gateway's 10 MB limit"),
-    ("UNSUPPORTED_MEDIA_TYPE", 415, "unsupported_media_type", "unsupported Content-Type"),
-    ("INTEGRATION_TIMEOUT", 504, "timeout", "the request took too long"),
-    ("INTEGRATION_FAILURE", 502, "internal_error", "an internal error occurred"),
-    ("DEFAULT_4XX", None, "bad_request", None),
-    ("DEFAULT_5XX", None, "internal_error", None),
-]
 THROTTLED_RETRY_AFTER_S = 1
 
 
@@ -219,20 +208,26 @@ def alarms(stage: str, facts: dict[str, Any], ops: StageOps) -> dict[str, Any]:
             ops.max_endpoint_p99_model_latency_ms * 1000,
             topic,
         ),
-        # The API's own view: answers it gave as 502 model_error (chalicelib/observability.py's Errors).
-        "AlarmApiModelErrors": alarm(
-            f"{prefix}-api-model-errors",
-            "The API answered 502 model_error: the endpoint's model failed",
+    }
+    # The API's own view (chalicelib/observability.py's Errors): the model failed, or the endpoint answered
+    # something that is not an answer (a broken or mismatched model container; SageMaker counts it a success).
+    for code, what in (
+        ("model_error", "The API answered 502 model_error: the endpoint's model failed"),
+        ("bad_model_answer", "The API answered 502 bad_model_answer: the endpoint's answer broke the schema"),
+    ):
+        name = "".join(part.capitalize() for part in code.split("_"))
+        resources[f"AlarmApi{name}s"] = alarm(
+            f"{prefix}-api-{code.replace('_', '-')}s",
+            what,
             {
                 "Namespace": APP_NAMESPACE,
                 "MetricName": "Errors",
-                "Dimensions": dimensions(service=APP_SERVICE, stage=stage, code="model_error"),
+                "Dimensions": dimensions(service=APP_SERVICE, stage=stage, code=code),
                 "Statistic": "Sum",
             },
             0,
             topic,
-        ),
-    }
+        )
     for function in FUNCTIONS:
         for metric, what in (("Errors", "failed invocations"), ("Throttles", "throttled invocations")):
             resources[f"Alarm{function}{metric}"] = alarm(

@@ -20,6 +20,7 @@ cleanup() {
     for pid in "${pids[@]}"; do pkill -TERM -P "$pid" 2>/dev/null || true; done
     kill "${pids[@]}" 2>/dev/null || true
     wait 2>/dev/null || true
+    rm -rf "${scratch:-}"
 }
 trap cleanup EXIT INT TERM
 
@@ -38,7 +39,12 @@ $BIN/python -m http.server --bind 127.0.0.1 --directory "$SAMPLES" "$FILES_PORT"
 pids+=($!)
 # .chalice/config.json's local stage points boto3 at 127.0.0.1:8080 (unsigned, so no AWS credentials are
 # needed) and is the only stage allowed to fetch from loopback; its settings win over this environment.
-$BIN/chalice local --stage local --host 127.0.0.1 --port "$API_PORT" &
+# The API shrinks photos to the served model's own resize size: a model other than the default gets a copy
+# of the local stage that says so (scripts/local_stage.py).
+scratch=$(mktemp -d)
+API_PROJECT=$($BIN/python scripts/local_stage.py "$MODEL_DIR" "$scratch")
+# Absolute: chalice moves into the project folder, then its reloader starts itself again by the same path.
+"$PWD/$BIN/chalice" --project-dir "$API_PROJECT" local --stage local --host 127.0.0.1 --port "$API_PORT" &
 pids+=($!)
 
 wait_for "http://127.0.0.1:$ENDPOINT_PORT/ping" 180
@@ -46,7 +52,7 @@ wait_for "http://127.0.0.1:$API_PORT/health" 60
 
 cat <<MSG
 
-dogbreeds is running. Try:
+dogbreeds is running. Open http://127.0.0.1:$API_PORT/ in a browser and drop a photo on it, or try:
 
   curl -s -X POST http://127.0.0.1:$API_PORT/predict -H 'Content-Type: application/json' \\
        -d '{"url": "http://127.0.0.1:$FILES_PORT/Labrador_retriever_06455.jpg", "top_k": 3}'
@@ -55,6 +61,8 @@ dogbreeds is running. Try:
        --data-binary @$SAMPLES/Labrador_retriever_06455.jpg
 
   scripts/smoke.sh http://127.0.0.1:$API_PORT http://127.0.0.1:$FILES_PORT
+
+The API's description: http://127.0.0.1:$API_PORT/openapi.json
 
 Ctrl-C stops everything.
 MSG

@@ -16,6 +16,15 @@ that probability (the list may then be empty).
 
 A JSON batch `{"instances": [{"b64": "..."}, ...]}` answers a list of those, in order. It never fetches URLs:
 endpoints may run network-isolated, and fetching is the API's job.
+
+A request that asks for `Accept: application/vnd.dogbreeds.record+json` (RECORD_JSON: Batch Transform jobs
+and the API's multi-image route do) gets an image it cannot classify answered in place, with status 200:
+
+    {"error": {"code": "unreadable_image", "status": 400, "message": "cannot decode the image; ..."}}
+
+as the whole answer for one image, or in that image's slot of a batch's list. One bad object of a transform
+job then names itself in the job's output instead of failing the job, and one bad image of a batch leaves the
+others their answers. Without it, such a request fails with the error's HTTP status, as before.
 """
 
 from __future__ import annotations
@@ -35,8 +44,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from serving.runtime import OnnxRunner, TorchRunner, onnx_runner_for, softmax
-from training.model import CONFIDENCE_THRESHOLD, DOG_THRESHOLD, breed_name, load_model
+from serving.limits import (
+    MAX_ASPECT_RATIO,
+    MAX_IMAGE_PIXELS,
+    MAX_IMAGE_SIDE,
+    MAX_INSTANCES,
+    MAX_REQUEST_PIXELS,
+)
+from serving.runtime import RUNTIMES, Device, OnnxRunner, TorchRunner, load_runner, softmax
+from training.model import CONFIDENCE_THRESHOLD, DOG_THRESHOLD, breed_name, read_config
 from training.preprocessing import Preprocessing, UnreadableImageError, open_image
 
 log = logging.getLogger(__name__)
@@ -47,22 +63,18 @@ WEBP = "image/webp"
 X_IMAGE = "application/x-image"
 OCTET_STREAM = "application/octet-stream"
 JSON = "application/json"
+# The answer is JSON either way; asking for this type is asking for errors in place (see the docstring).
+RECORD_JSON = "application/vnd.dogbreeds.record+json"
 # One image per request, its bytes as the body; Pillow tells the format from the bytes, not from the header.
 IMAGE_CONTENT_TYPES = (JPEG, PNG, WEBP, X_IMAGE, OCTET_STREAM)
 CONTENT_TYPES = (*IMAGE_CONTENT_TYPES, JSON)
-ACCEPT_TYPES = (JSON,)
+ACCEPT_TYPES = (JSON, RECORD_JSON)
 
 # SageMaker forwards InvokeEndpoint's CustomAttributes verbatim in this header.
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 DEFAULT_TOP_K = 5
-# A 6 MB body of tiny images could otherwise ask for thousands of 600 KB input arrays.
-MAX_INSTANCES = 64
-# Decoded pictures wait in memory until predict_fn, and a few KB of PNG can decode to hundreds of MB: cap
-# the pixels of one image (a 12 MP photo passes; the API sends a few hundred a side anyway) and of a request.
-MAX_IMAGE_PIXELS = 40_000_000
-MAX_REQUEST_PIXELS = 100_000_000
 
-RUNTIME_ENV = "DOGBREEDS_RUNTIME"  # auto (ONNX Runtime when installed, else PyTorch), onnx, or pytorch
+RUNTIME_ENV = "DOGBREEDS_RUNTIME"  # one of serving.runtime.RUNTIMES
 THREADS_ENV = "DOGBREEDS_THREADS"
 
 _TOP_K_ATTRIBUTE = re.compile(r"(?:^|[\s,;])top_k\s*=\s*([^\s,;]*)", re.IGNORECASE)
@@ -83,30 +95,40 @@ class RequestError(ValueError, _ToolkitError):
     """The request cannot be answered as sent. `status_code` is the HTTP status the container answers with."""
 
     status_code = HTTPStatus.BAD_REQUEST
+    code = "bad_request"
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, code: str | None = None):
         ValueError.__init__(self, message)
         # The attributes SageMaker's toolkit answers an error with.
         self.message = message
         self.phrase = HTTPStatus(self.status_code).phrase
+        if code:
+            self.code = code
+
+    def as_answer(self) -> dict:
+        """The error as answered in place of a classification (RECORD_JSON)."""
+        return {"error": {"code": self.code, "status": int(self.status_code), "message": self.message}}
 
 
 class UnsupportedContentTypeError(RequestError):
     status_code = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    code = "unsupported_content_type"
 
 
 class UnsupportedAcceptError(RequestError):
     status_code = HTTPStatus.NOT_ACCEPTABLE
+    code = "not_acceptable"
 
 
 @dataclass(frozen=True)
 class Instances:
     """What input_fn decoded: the pictures (RGB, upright) and how to answer them.
 
-    Preprocessing waits for predict_fn, which has the model and so the artifact's own settings.
+    Preprocessing waits for predict_fn, which has the model and so the artifact's own settings. A picture
+    that could not be decoded is its RequestError, only when the request asked for errors in place.
     """
 
-    images: list[Image.Image]
+    images: list[Image.Image | RequestError]
     is_batch: bool  # a JSON batch answers a list, a single image one object
     top_k: int = DEFAULT_TOP_K
     min_confidence: float = 0.0
@@ -141,6 +163,10 @@ class BreedPredictor:
     def runtime(self) -> str:
         return self.runner.name
 
+    @property
+    def device(self) -> str:
+        return self.runner.device
+
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(breed probabilities N x classes, dog probabilities N) for a normalised NCHW batch."""
         breed_logits, dog_probability = self.runner(images)
@@ -156,32 +182,25 @@ def default_threads() -> int:
 
 
 def load_predictor(
-    model_dir: str | Path, runtime: str = "auto", threads: int | None = None
+    model_dir: str | Path, runtime: str = "auto", threads: int | None = None, device: Device | None = None
 ) -> BreedPredictor:
     """Load an artifact for inference.
 
-    `runtime` is "auto" (ONNX Runtime when it is installed and its graph agrees with PyTorch, else PyTorch),
-    "onnx" (ONNX Runtime or an error) or "pytorch". Raises ValueError for an unknown runtime or a broken
-    artifact.
+    `runtime` is one of serving.runtime.RUNTIMES: "auto" (the int8 graph where it qualified, else ONNX
+    Runtime when it is installed and its graph agrees with PyTorch, else PyTorch), "onnx", "onnx-int8" (that
+    runtime or an error) or "pytorch". `device` defaults to a CUDA device when there is one. Raises ValueError
+    for an unknown runtime or a broken artifact.
     """
-    if runtime not in ("auto", "onnx", "pytorch"):
-        raise ValueError(f"unknown runtime {runtime!r}; choose auto, onnx or pytorch")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     threads = threads or default_threads()
     torch.set_num_threads(threads)
-    model, config, labels, preprocessing = load_model(model_dir)
-    runner: OnnxRunner | TorchRunner = TorchRunner(model)
-    if runtime != "pytorch":
-        try:
-            runner = onnx_runner_for(model, model_dir, preprocessing.image_size, threads)
-        # Whatever keeps the graph from running (no onnxruntime, a read-only cache, an export or runtime
-        # failure, a graph that disagrees), PyTorch still can: serve slower rather than not at all.
-        except Exception as error:  # noqa: BLE001
-            if runtime == "onnx":
-                raise
-            log.warning(
-                "ONNX Runtime unavailable (%s: %s); serving with eager PyTorch", type(error).__name__, error
-            )
-    log.info("loaded %s %s (%s, %d threads)", config["name"], config["version"], runner.name, threads)
+    config, labels, preprocessing = read_config(model_dir)
+    runner = load_runner(model_dir, preprocessing.image_size, runtime, threads, device)
+    log.info(
+        "loaded %s %s (%s on %s, %d threads)",
+        *(config["name"], config["version"], runner.name, runner.device, threads),
+    )
     return BreedPredictor(runner, config, labels, preprocessing)
 
 
@@ -192,53 +211,97 @@ def model_fn(model_dir: str) -> BreedPredictor:
 def input_fn(body: bytes | str, content_type: str | None, context=None) -> Instances:
     """Decode a request body into `Instances`.
 
-    `context` is the model server's request context, which carries CustomAttributes (`top_k=3`): SageMaker's
+    `context` is the model server's request context, which carries the request's headers: CustomAttributes
+    (`top_k=3`, `min_confidence=0.3`) and Accept (RECORD_JSON asks for errors in place). SageMaker's
     toolkit passes TorchServe's (one object per model, its headers replaced for every request) and the local
     endpoint one with the same `request_processor[0].get_request_properties()`. Without a context, or one
-    this code cannot read, top_k stays 5 and min_confidence 0. (The toolkit counts parameters to decide
-    whether to pass the context, so there must be exactly three.)
+    this code cannot read, top_k stays 5, min_confidence 0 and errors raise. (The toolkit counts parameters
+    to decide whether to pass the context, so there must be exactly three.)
 
     Raises UnsupportedContentTypeError for a content type not in CONTENT_TYPES and RequestError for a
     body that is not what its content type says (undecodable image, bad JSON or base64, a bad top_k or
-    min_confidence).
+    min_confidence);
+    with errors in place, it raises nothing and returns the error in place of the picture(s) instead.
     """
+    in_place = _media_type(_header(context, "accept")) == RECORD_JSON
+    try:
+        return _instances(body, content_type, context, in_place)
+    except RequestError as error:
+        if not in_place:
+            raise
+        return Instances([error], is_batch=False)
+
+
+def _instances(body: bytes | str, content_type: str | None, context, in_place: bool) -> Instances:
     media_type = _media_type(content_type)
+    options = _answer_options(context)
     if media_type in IMAGE_CONTENT_TYPES:
         data = body.encode() if isinstance(body, str) else body
-        return Instances([_decode(data)], is_batch=False, **_answer_options(context))
+        return Instances([_decode(data)], is_batch=False, **options)
     if media_type == JSON:
         instances = _json_instances(body)
-        total = sum(_pixels(data) for data in instances)
+        if not in_place:
+            for item in instances:
+                if isinstance(item, RequestError):
+                    raise item
+        total = sum(_pixels(data) for data in instances if isinstance(data, bytes))
         if total > MAX_REQUEST_PIXELS:
-            raise RequestError(f"the images hold {total:,} pixels together; at most {MAX_REQUEST_PIXELS:,}")
-        images = [_decode(data, index) for index, data in enumerate(instances)]
-        return Instances(images, is_batch=True, **_answer_options(context))
+            raise RequestError(
+                f"the images hold {total:,} pixels together; at most {MAX_REQUEST_PIXELS:,}",
+                "too_many_pixels",
+            )
+        images = [_decode_in_place(data, index, in_place) for index, data in enumerate(instances)]
+        return Instances(images, is_batch=True, **options)
     raise UnsupportedContentTypeError(
         f"unsupported content type {content_type!r}; send one of {', '.join(CONTENT_TYPES)}"
     )
 
 
+def _decode_in_place(data: bytes | RequestError, index: int, in_place: bool) -> Image.Image | RequestError:
+    if isinstance(data, RequestError):
+        return data
+    try:
+        return _decode(data, index)
+    except RequestError as error:
+        if not in_place:
+            raise
+        return error
+
+
 def predict_fn(data: Instances, model: BreedPredictor) -> dict | list[dict]:
-    """Run the model and shape the answer: one response object, or a list of them for a JSON batch."""
-    images = np.stack([model.preprocessing(image) for image in data.images])
-    breed_probabilities, dog_probabilities = model.predict(images)
-    answers = [
-        describe(
-            breed_row,
-            float(dog_probability),
-            model.labels,
-            data.top_k,
-            model.model_info,
-            model.thresholds,
-            data.min_confidence,
+    """Run the model and shape the answer: one response object, or a list of them for a JSON batch.
+
+    A RequestError among the pictures is answered in its place by its error object.
+    """
+    pictures = [image for image in data.images if not isinstance(image, RequestError)]
+    described = iter([])
+    if pictures:
+        breed_probabilities, dog_probabilities = model.predict(
+            np.stack([model.preprocessing(image) for image in pictures])
         )
-        for breed_row, dog_probability in zip(breed_probabilities, dog_probabilities, strict=True)
+        described = iter(
+            [
+                describe(
+                    breed_row,
+                    float(dog_probability),
+                    model.labels,
+                    data.top_k,
+                    model.model_info,
+                    model.thresholds,
+                    data.min_confidence,
+                )
+                for breed_row, dog_probability in zip(breed_probabilities, dog_probabilities, strict=True)
+            ]
+        )
+    answers = [
+        image.as_answer() if isinstance(image, RequestError) else next(described) for image in data.images
     ]
     return answers if data.is_batch else answers[0]
 
 
 def output_fn(prediction: dict | list[dict], accept: str | None) -> bytes:
-    """Serialise an answer. Raises UnsupportedAcceptError unless `accept` admits application/json."""
+    """Serialise an answer. Raises UnsupportedAcceptError unless `accept` admits application/json or
+    RECORD_JSON."""
     if not _accepts_json(accept):
         raise UnsupportedAcceptError(f"cannot answer as {accept!r}; the answer is {JSON}")
     return json.dumps(prediction).encode()
@@ -312,14 +375,19 @@ def _answer_options(context) -> dict:
 
 
 def _custom_attributes(context) -> str | None:
+    return _header(context, CUSTOM_ATTRIBUTES_HEADER)
+
+
+def _header(context, name: str) -> str | None:
+    """A request header from the model server's context (any case), or None."""
     if context is None:
         return None
     try:
         properties = context.request_processor[0].get_request_properties()
     except (AttributeError, IndexError, TypeError):
-        log.debug("request context without request properties; top_k stays %d", DEFAULT_TOP_K)
+        log.debug("request context without request properties")
         return None
-    wanted = CUSTOM_ATTRIBUTES_HEADER.lower()
+    wanted = name.lower()
     for key, value in dict(properties).items():
         if str(key).lower() == wanted:
             return value.decode() if isinstance(value, bytes) else str(value)
@@ -337,11 +405,14 @@ def _accepts_json(accept: str | None) -> bool:
     return bool(ranges & {*ACCEPT_TYPES, "application/*", "*/*", ""})
 
 
-def _json_instances(body: bytes | str) -> list[bytes]:
+def _json_instances(body: bytes | str) -> list[bytes | RequestError]:
+    """The instances' bytes; one that is not `{"b64": ...}` with valid base64 is its RequestError.
+
+    Raises RequestError when the body as a whole is not such a batch."""
     try:
         document = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
-        raise RequestError(f"body is not valid JSON: {error}") from error
+        raise RequestError(f"body is not valid JSON: {error}", "invalid_json") from error
     instances = document.get("instances") if isinstance(document, dict) else None
     if not isinstance(instances, list) or not instances:
         raise RequestError(
@@ -349,37 +420,66 @@ def _json_instances(body: bytes | str) -> list[bytes]:
         )
     if len(instances) > MAX_INSTANCES:
         raise RequestError(f"at most {MAX_INSTANCES} instances per request, got {len(instances)}")
-    images = []
+    images: list[bytes | RequestError] = []
     for index, instance in enumerate(instances):
         encoded = instance.get("b64") if isinstance(instance, dict) else None
         if not isinstance(encoded, str):
-            raise RequestError(f'instance {index}: expected {{"b64": "<base64 image>"}}')
+            images.append(RequestError(f'instance {index}: expected {{"b64": "<base64 image>"}}'))
+            continue
         try:
             images.append(base64.b64decode(encoded, validate=True))
         except (binascii.Error, ValueError) as error:
-            raise RequestError(f"instance {index}: invalid base64: {error}") from error
+            images.append(RequestError(f"instance {index}: invalid base64: {error}", "invalid_base64"))
     return images
 
 
 def _decode(data: bytes, index: int | None = None) -> Image.Image:
     where = "" if index is None else f"instance {index}: "
     if not data:
-        raise RequestError(f"{where}empty image")
-    if (pixels := _pixels(data)) > MAX_IMAGE_PIXELS:
-        raise RequestError(f"{where}image of {pixels:,} pixels; at most {MAX_IMAGE_PIXELS:,}")
+        raise RequestError(f"{where}empty image", "empty_image")
+    if (size := _header_size(data)) is not None:
+        _check_size(*size, where)
     try:
-        return open_image(data)
+        image = open_image(data)
     except UnreadableImageError as error:
         if isinstance(error.__cause__, Image.DecompressionBombError):
-            raise RequestError(f"{where}image too large: {error.__cause__}") from error
+            raise RequestError(f"{where}image too large: {error.__cause__}", "too_many_pixels") from error
         # Pillow's other reasons name an in-memory file object, which tells the client nothing.
-        raise RequestError(f"{where}cannot decode the image; send a JPEG, PNG, WebP or GIF") from error
+        raise RequestError(
+            f"{where}cannot decode the image; send a JPEG, PNG, WebP or GIF", "unreadable_image"
+        ) from error
+    # A few formats (ICO, ICNS, multi-resolution TIFF) may decode to another size than their header named.
+    _check_size(*image.size, where)
+    return image
+
+
+def _check_size(width: int, height: int, where: str) -> None:
+    """Refuse an image whose sizes would cost more than any photo: pixels, longest side, aspect ratio."""
+    if (pixels := width * height) > MAX_IMAGE_PIXELS:
+        raise RequestError(
+            f"{where}image of {pixels:,} pixels; at most {MAX_IMAGE_PIXELS:,}", "too_many_pixels"
+        )
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise RequestError(
+            f"{where}image of {width} x {height}; at most {MAX_IMAGE_SIDE} pixels a side", "too_many_pixels"
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise RequestError(
+            f"{where}image of {width} x {height}; its longer side may be at most {MAX_ASPECT_RATIO} times "
+            "its shorter side",
+            "image_too_elongated",
+        )
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image header, without decoding; None when unreadable (decoding says why)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 def _pixels(data: bytes) -> int:
-    """Width x height from the image header, without decoding; 0 when unreadable (decoding will say why)."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.width * image.height
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return 0
+    size = _header_size(data)
+    return size[0] * size[1] if size else 0

@@ -31,7 +31,13 @@ import app as api
 from chalicelib import endpoint as endpoint_module
 from chalicelib.endpoint import runtime_client
 from chalicelib.errors import answers_errors
-from chalicelib.settings import MAX_UPLOAD_BYTES, RETRY_AFTER_S, get_settings
+from chalicelib.settings import (
+    BATCH_WORST_CASE_S,
+    MAX_BATCH_ITEMS,
+    MAX_UPLOAD_BYTES,
+    RETRY_AFTER_S,
+    get_settings,
+)
 
 PROJECT = Path(__file__).resolve().parents[1]
 LABRADOR = "Labrador_retriever_06455.jpg"
@@ -608,3 +614,108 @@ def test_smoke_script_fails_when_the_api_is_down(files):
         timeout=60,
     )
     assert result.returncode != 0
+
+
+# --- several photos in one request ---
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_batch_answers_each_item_in_order_with_one_endpoint_call(client, files, samples):
+    labrador, spaniel = (
+        (samples / LABRADOR).read_bytes(),
+        (samples / "American_water_spaniel_00648.jpg").read_bytes(),
+    )
+    single = post_image(client, labrador, query="?top_k=3").json_body
+    single_spaniel = post_image(client, spaniel).json_body
+    # The Lambda container's one client, made by the requests above: count what goes through it from here.
+    calls = []
+    runtime_client().meta.events.register(
+        "before-call.sagemaker-runtime.InvokeEndpoint", lambda params, **_: calls.append(params)
+    )
+    response = post_json(
+        client,
+        {
+            "images": [b64(labrador), b64(b"not a photo"), "***", b64(spaniel)],
+            "urls": [f"{files}/{LABRADOR}", f"{files}/missing.jpg", "http://169.254.169.254/latest/"],
+            "top_k": 3,
+        },
+        "/predict/batch",
+    )
+    assert response.status_code == 200, response.body
+    answer = response.json_body
+    assert [len(answer["images"]), len(answer["urls"])] == [4, 3]
+    codes = [result.get("error", {}).get("code") for result in answer["images"] + answer["urls"]]
+    assert codes == [
+        None,
+        "unsupported_media_type",
+        "bad_request",
+        None,
+        None,
+        "url_fetch_failed",
+        "url_not_allowed",
+    ]
+    assert [
+        result["error"]["status"] for result in answer["images"] + answer["urls"] if "error" in result
+    ] == [
+        415,
+        400,
+        400,
+        400,
+    ]
+    # The good items answer as the single-photo route does.
+    for result in (answer["images"][0], answer["urls"][0]):
+        assert [p["label"] for p in result["predictions"]] == [p["label"] for p in single["predictions"]]
+        assert result["predictions"][0]["probability"] == pytest.approx(
+            single["predictions"][0]["probability"], abs=1e-4
+        )
+        assert result["image"] == single["image"] and result["is_dog"] is True
+    assert top_label(answer["images"][3]) == top_label(single_spaniel)
+    # Three photos could be had; they went to the endpoint together, as one JSON batch.
+    assert len(calls) == 1
+    assert calls[0]["headers"]["Content-Type"] == "application/json"
+    assert len(json.loads(calls[0]["body"])["instances"]) == 3
+
+
+def test_lambda_function_takes_a_batch(client, files):
+    payload = client.lambda_.invoke("classify", {"urls": [f"{files}/{LABRADOR}", "ftp://example.com/x.jpg"]})
+    results = payload.payload["urls"]
+    assert top_label(results[0]) == "Labrador_retriever"
+    assert results[1]["error"]["code"] == "url_not_allowed" and payload.payload["images"] == []
+
+
+def test_batch_accept_is_the_handlers_errors_in_place_type():
+    from serving.inference import RECORD_JSON
+
+    assert endpoint_module.BATCH_ACCEPT == RECORD_JSON
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"urls": ["http://127.0.0.1/a.jpg"] * (MAX_BATCH_ITEMS + 1)}, 413, "payload_too_large"),
+        ({"images": [b64(b"x" * (MAX_UPLOAD_BYTES // 2 + 1))] * 2}, 413, "payload_too_large"),
+        ({"images": [], "urls": []}, 400, "bad_request"),
+        ({"images": "abc"}, 400, "bad_request"),
+        ({"urls": [{"url": "http://127.0.0.1/a.jpg"}]}, 400, "bad_request"),
+        ({"urls": ["http://127.0.0.1/a.jpg"], "url": "x"}, 400, "bad_request"),
+        ({"urls": ["http://127.0.0.1/a.jpg"], "top_k": 0}, 400, "bad_request"),
+        (b"[not json", 400, "invalid_json"),
+        (b'{"images": ["' + b"A" * (8 * 1024 * 1024) + b'"]}', 413, "payload_too_large"),
+    ],
+)
+def test_bad_batches_are_refused_whole(client, body, status, code):
+    assert_error(post_json(client, body, "/predict/batch"), status, code)
+
+
+def test_a_batch_fits_the_lambda_timeout():
+    config = json.loads((PROJECT / ".chalice" / "config.json").read_text())
+    timeouts = [
+        stage["lambda_functions"][name]["lambda_timeout"]
+        for stage in config["stages"].values()
+        for name in ("api_handler", "classify")
+        if "lambda_functions" in stage
+    ]
+    assert timeouts and BATCH_WORST_CASE_S < min(timeouts)

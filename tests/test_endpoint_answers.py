@@ -146,6 +146,24 @@ def test_an_endpoint_413_is_not_a_model_error(runtime_env, tmp_path, samples):
     assert handler.requests == 1
 
 
+def test_a_model_error_passes_on_the_containers_message_never_its_traceback(runtime_env, tmp_path, samples):
+    # How the SageMaker inference toolkit's 4xx bodies reach the runtime API: the message, then the traceback.
+    original = (
+        "cannot decode the image; send a JPEG, PNG, WebP or GIF\n"
+        "Traceback (most recent call last):\n"
+        '  File "/opt/conda/lib/python3.12/site-packages/sagemaker_inference/transformer.py", line 150\n'
+        "serving.inference.RequestError: cannot decode the image\n"
+    )
+    body = {"message": "Received client error (400)", "OriginalStatusCode": 400, "OriginalMessage": original}
+    handler, response = ask(tmp_path, samples, scripted(424, body, {"x-amzn-ErrorType": "ModelError"}))
+    error = assert_error(response, 502, "model_error")
+    assert (
+        error["message"]
+        == "the model failed on this image: cannot decode the image; send a JPEG, PNG, WebP or GIF"
+    )
+    assert "Traceback" not in response.body.decode() and "/opt/conda" not in response.body.decode()
+
+
 def shedding_model_error(retry_after: str | None):
     body = {
         "message": 'Received server error (503) from primary with message "overloaded".',

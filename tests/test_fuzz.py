@@ -12,14 +12,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from test_image import RESIZE as DEFAULT_MODEL_RESIZE_SIZE
 
-from chalicelib import classify
+from chalicelib import batch, classify
 from chalicelib.endpoint import parse_answer
 from chalicelib.errors import ApiError, BadModelAnswer
 from chalicelib.fetch import address_refusal, fetch_image
 from chalicelib.image import prepare_image
 from chalicelib.schema import validate_answer
-from chalicelib.settings import DEFAULT_MODEL_RESIZE_SIZE, JPEG_QUALITY, MAX_PIXELS
+from chalicelib.settings import JPEG_QUALITY, MAX_PIXELS
 
 # Bounded so the whole file takes seconds (FUZZ_EXAMPLES=3000 for a longer hunt); failures are replayed.
 FUZZ = settings(
@@ -62,10 +63,26 @@ def test_json_body_fields(fields):
     answers_or_refuses(classify.parse_json_body, json.dumps(fields).encode())
 
 
+batch_fields = st.dictionaries(
+    st.sampled_from(["images", "urls", "top_k", "extra"]),
+    json_values | st.lists(st.text(max_size=20), max_size=12),
+    min_size=0,
+    max_size=3,
+)
+
+
+@FUZZ
+@given(batch_fields | json_values)
+def test_batch_body_fields(fields):
+    answers_or_refuses(batch.parse_batch_fields, fields)
+    answers_or_refuses(batch.parse_batch_body, json.dumps(fields).encode())
+
+
 @pytest.mark.parametrize("depth", [1_000, 100_000])
-def test_deeply_nested_json_is_a_bad_request(depth):
+@pytest.mark.parametrize("parse", [classify.parse_json_body, batch.parse_batch_body])
+def test_deeply_nested_json_is_a_bad_request(depth, parse):
     for raw in (b"[" * depth + b"]" * depth, b'{"a":' * depth + b"1" + b"}" * depth):
-        error = answers_or_refuses(classify.parse_json_body, raw)
+        error = answers_or_refuses(parse, raw)
         assert isinstance(error, ApiError) and error.status == 400
 
 

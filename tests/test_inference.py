@@ -16,7 +16,7 @@ import torch
 from conftest import DEFAULT_MODEL, PROJECT
 from PIL import Image
 
-from serving import inference
+from serving import inference, limits
 from serving.server import RequestContext
 from training import export
 from training.model import ONNX_FILE, load_model, read_config
@@ -49,9 +49,13 @@ def with_custom_attributes(value: str) -> RequestContext:
     return RequestContext({inference.CUSTOM_ATTRIBUTES_HEADER: value})
 
 
-def test_model_fn_prefers_onnx_runtime(onnx_cache):
+def test_model_fn_prefers_onnx_runtime(onnx_cache, tmp_path):
     predictor = inference.model_fn(str(DEFAULT_MODEL))
     assert predictor.runtime == "onnxruntime"
+    # A model without its graph (one trained with --no-onnx-graph, say) exports it once, for the next start.
+    model_dir = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, model_dir, ignore=shutil.ignore_patterns("*.onnx"))
+    assert inference.model_fn(str(model_dir)).runtime == "onnxruntime"
     assert list(onnx_cache.glob(f"*/{ONNX_FILE}")), "the exported graph is cached for the next start"
 
 
@@ -234,6 +238,62 @@ def test_output_fn_answers_json(accept):
     assert json.loads(inference.output_fn({"is_dog": True}, accept)) == {"is_dog": True}
 
 
+def asking_for_errors_in_place() -> RequestContext:
+    return RequestContext({"Accept": inference.RECORD_JSON})
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "code"),
+    [
+        (b"garbage", inference.JPEG, "unreadable_image"),
+        (b"", inference.OCTET_STREAM, "empty_image"),
+        (b"{not json", inference.JSON, "invalid_json"),
+        (b"a,b", "text/csv", "unsupported_content_type"),
+    ],
+)
+def test_errors_in_place_answer_the_error_instead_of_raising(predictor, body, content_type, code):
+    answer = classify(predictor, body, content_type, asking_for_errors_in_place(), inference.RECORD_JSON)
+    assert set(answer) == {"error"}
+    assert answer["error"]["code"] == code and answer["error"]["message"]
+    assert answer["error"]["status"] == (415 if code == "unsupported_content_type" else 400)
+
+
+def test_errors_in_place_leave_the_rest_of_a_batch_its_answers(predictor, labrador, spaniel):
+    instances = [
+        {"b64": base64.b64encode(labrador).decode()},
+        {"b64": base64.b64encode(b"garbage").decode()},
+        {"b64": "***"},
+        {"url": "https://example.com/dog.jpg"},
+        {"b64": base64.b64encode(spaniel).decode()},
+    ]
+    body = json.dumps({"instances": instances}).encode()
+    answers = classify(predictor, body, inference.JSON, asking_for_errors_in_place(), inference.RECORD_JSON)
+
+    assert [answer.get("error", {}).get("code") for answer in answers] == [
+        None,
+        "unreadable_image",
+        "invalid_base64",
+        "bad_request",
+        None,
+    ]
+    assert answers[1]["error"]["message"].startswith("instance 1: ")
+    # A batch of two runs other kernels than one image alone: the same answer, to float precision.
+    assert_same_answer(answers[0], classify(predictor, labrador))
+    assert_same_answer(answers[4], classify(predictor, spaniel))
+    # Asked for plain JSON, the same batch is refused as a whole, as before.
+    with pytest.raises(inference.RequestError, match="instance 2: invalid base64"):
+        inference.input_fn(body, inference.JSON)
+
+
+def assert_same_answer(got: dict, expected: dict) -> None:
+    assert [p["label"] for p in got["predictions"]] == [p["label"] for p in expected["predictions"]]
+    assert [p["probability"] for p in got["predictions"]] == pytest.approx(
+        [p["probability"] for p in expected["predictions"]], abs=1e-5
+    )
+    assert got["dog_probability"] == pytest.approx(expected["dog_probability"], abs=1e-5)
+    assert (got["is_dog"], got["model"]) == (expected["is_dog"], expected["model"])
+
+
 def test_output_fn_refuses_other_accept_types():
     with pytest.raises(inference.UnsupportedAcceptError, match="text/csv") as raised:
         inference.output_fn({"is_dog": True}, "text/csv")
@@ -275,10 +335,12 @@ def test_auto_falls_back_to_pytorch_when_the_graph_cannot_be_cached(tmp_path, mo
     not_a_directory = tmp_path / "cache"
     not_a_directory.write_text("a file where the cache directory should be")
     monkeypatch.setenv(export.CACHE_ENV, str(not_a_directory))
+    model_dir = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, model_dir, ignore=shutil.ignore_patterns("*.onnx"))
 
     with pytest.raises(OSError):
-        inference.load_predictor(DEFAULT_MODEL, runtime="onnx", threads=1)
-    fallback = inference.load_predictor(DEFAULT_MODEL, runtime="auto", threads=1)
+        inference.load_predictor(model_dir, runtime="onnx", threads=1)
+    fallback = inference.load_predictor(model_dir, runtime="auto", threads=1)
     assert fallback.runtime == "pytorch"
     assert classify(fallback, labrador)["predictions"][0]["label"] == "Labrador_retriever"
 
@@ -293,6 +355,38 @@ def test_an_image_with_too_many_pixels_is_refused_before_decoding():
     side = int(inference.MAX_IMAGE_PIXELS**0.5) + 1
     with pytest.raises(inference.RequestError, match="pixels; at most"):
         inference.input_fn(solid_png(side, side), inference.PNG)
+
+
+# The probe's amplification cases: a few hundred bytes of PNG each, whose short side the resize would scale
+# up with no bound on the long side (8000 x 2 cost about 1 GB; 65000 x 1 would need about 17 GB).
+@pytest.mark.parametrize(
+    ("width", "height", "message"),
+    [
+        (8000, 2, "at most 20 times"),
+        (2, 8000, "at most 20 times"),
+        (65000, 1, "at most 16384 pixels a side"),
+        (limits.MAX_ASPECT_RATIO * 30 + 1, 30, "at most 20 times"),
+        (limits.MAX_IMAGE_SIDE + 1, 1000, "at most 16384 pixels a side"),
+    ],
+)
+def test_extreme_dimensions_are_refused_before_decoding(width, height, message):
+    png = solid_png(width, height)
+    assert len(png) < 50_000  # a small body, whatever it decodes to
+    with pytest.raises(inference.RequestError, match=message) as raised:
+        inference.input_fn(png, inference.PNG)
+    assert raised.value.status_code == 400
+    batch = json.dumps({"instances": [{"b64": base64.b64encode(png).decode()}]})
+    with pytest.raises(inference.RequestError, match=f"instance 0: .*{message}"):
+        inference.input_fn(batch, inference.JSON)
+
+
+def test_the_most_extreme_allowed_shape_is_answered(predictor):
+    # Exactly 20:1 passes, and its answer costs no more than any photo's.
+    strip = Image.new("RGB", (limits.MAX_ASPECT_RATIO * 13, 13), (120, 90, 60))
+    png = io.BytesIO()
+    strip.save(png, format="PNG")
+    answer = classify(predictor, png.getvalue(), inference.PNG)
+    assert len(answer["predictions"]) == 5
 
 
 def test_a_batch_with_too_many_pixels_together_is_refused():
@@ -400,3 +494,13 @@ def test_sagemaker_toolkit_answers_request_errors_with_their_status(toolkit, bod
     answered, message = toolkit.invoke(body, {"Content-Type": content_type})
     assert answered == status
     assert message.startswith(b"cannot decode the image" if status == 400 else b"unsupported content type")
+
+
+def test_sagemaker_toolkit_answers_a_bad_record_in_place_as_batch_transform_asks(toolkit, labrador):
+    """A transform job sends each object with the job's ContentType and Accept: a bad one answers 200."""
+    headers = {"Content-Type": inference.JPEG, "Accept": inference.RECORD_JSON}
+    status, body = toolkit.invoke(b"not a photo", headers)
+    assert status == 200
+    assert json.loads(body)["error"]["code"] == "unreadable_image"
+    status, body = toolkit.invoke(labrador, headers)
+    assert status == 200 and json.loads(body)["predictions"][0]["label"] == "Labrador_retriever"

@@ -19,9 +19,10 @@ from types import SimpleNamespace
 
 import boto3
 import pytest
-from botocore.awsrequest import AWSResponse
-from moto_server import MotoServer
+from moto_server import EndpointUpdates, MotoServer
 
+from serving import batch, batch_results
+from serving.inference import RECORD_JSON, X_IMAGE
 from training.jobs import endpoint
 from training.jobs.autoscaling import ScalingSpec
 from training.jobs.calls import Aws
@@ -457,7 +458,7 @@ def test_deploy_twice_then_teardown(aws, trained_model, capsys, connections):
 
 
 def test_deploy_of_a_new_model_updates_the_endpoint(aws, trained_model, capsys):
-    """moto has no UpdateEndpoint, so that one call is answered by a botocore hook that records it."""
+    """moto has no UpdateEndpoint: botocore hooks answer it (moto_server.EndpointUpdates)."""
     name = f"dogs-{uuid.uuid4().hex[:8]}"
     spec = endpoint.EndpointSpec(
         region=REGION,
@@ -469,22 +470,17 @@ def test_deploy_of_a_new_model_updates_the_endpoint(aws, trained_model, capsys):
         scaling=ScalingSpec(endpoint_name=name, min_instances=1, max_instances=2, target_invocations=50),
     )
     first = endpoint.deploy(Aws(REGION), spec, print)
-    updates = []
-
-    def update_endpoint(params, **_):
-        updates.append(json.loads(params["body"]))
-        return AWSResponse("", 200, {}, None), {
-            "EndpointArn": f"arn:aws:sagemaker:{REGION}:123:endpoint/{name}"
-        }
-
     aws_again = Aws(REGION)
-    aws_again.client("sagemaker").meta.events.register(
-        "before-call.sagemaker.UpdateEndpoint", update_endpoint
-    )
+    updates = EndpointUpdates(aws_again.client("sagemaker"))
     bigger = replace(spec, instance_type="ml.c5.xlarge", scaling=replace(spec.scaling, max_instances=6))
     second = endpoint.deploy(aws_again, bigger, print)
 
-    assert updates == [{"EndpointName": name, "EndpointConfigName": second["endpoint_config"]}]
+    (update,) = updates.requests
+    assert (update["EndpointName"], update["EndpointConfigName"]) == (name, second["endpoint_config"])
+    # Blue/green, never delete + create: the old fleet serves until the new one has taken all traffic.
+    assert update["DeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]["Type"] == (
+        "ALL_AT_ONCE"
+    )
     assert second["endpoint_config"] != first["endpoint_config"]
     config = aws.sagemaker.describe_endpoint_config(EndpointConfigName=second["endpoint_config"])
     assert config["ProductionVariants"][0]["InstanceType"] == "ml.c5.xlarge"
@@ -532,6 +528,89 @@ def test_repacked_model_serves_a_photo_with_the_packaged_code(aws, trained_model
     run_jobs(capsys, "teardown", "--endpoint-name", "serve-check")
 
 
+def test_transform_runs_a_batch_transform_job_and_summarises_its_output(
+    aws, trained_model, samples, endpoint, tmp_path, capsys, connections
+):
+    """moto records the job and calls it Completed at once, but runs no container and writes no output. The
+    test plays the job's part beforehand: the local batch command sends each input object to the real
+    endpoint as the job would and its .out files go where the job writes them."""
+    photos = {
+        "shelter/a/lab.jpg": (samples / "Labrador_retriever_06455.jpg").read_bytes(),
+        "shelter/b/spaniel.jpg": (samples / "American_water_spaniel_00648.jpg").read_bytes(),
+        "shelter/notes.txt": b"not a photo",
+        "shelter/lost.jpg": (samples / "Labrador_retriever_06455.jpg").read_bytes(),
+    }
+    for key, body in photos.items():
+        aws.s3.put_object(Bucket=aws.bucket, Key=f"in/{key}", Body=body)
+    # The job's part: every object but lost.jpg answered (a record the container failed on gets no .out).
+    local_in, local_out = tmp_path / "in", tmp_path / "out"
+    for key, body in photos.items():
+        if key != "shelter/lost.jpg":
+            (local_in / key).parent.mkdir(parents=True, exist_ok=True)
+            (local_in / key).write_bytes(body)
+    played = batch.main(
+        [str(local_in), "-o", str(tmp_path / "local.csv"), "--endpoint", endpoint.url]
+        + ["--transform-output", str(local_out)]
+    )
+    assert played == batch.EXIT_FAILED  # notes.txt
+    for path in local_out.rglob("*.out"):
+        key = f"out/{path.relative_to(local_out).as_posix()}"
+        aws.s3.put_object(Bucket=aws.bucket, Key=key, Body=path.read_bytes())
+    capsys.readouterr()
+
+    results = tmp_path / "shelter.csv"
+    argv = ("transform", "--model-data", trained_model, "--input", f"s3://{aws.bucket}/in")
+    argv += ("--output", f"s3://{aws.bucket}/out/", "--instance-count", "2", "--job-name", "shelter-1")
+    finished = run_jobs(capsys, *argv, "--results", str(results))
+
+    job = aws.sagemaker.describe_transform_job(TransformJobName="shelter-1")
+    assert job["TransformInput"] == {
+        "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"s3://{aws.bucket}/in/"}},
+        "ContentType": X_IMAGE,
+        "CompressionType": "None",
+        "SplitType": "None",
+    }
+    assert job["TransformOutput"] == {
+        "S3OutputPath": f"s3://{aws.bucket}/out/",
+        "Accept": RECORD_JSON,
+        "AssembleWith": "None",
+    }
+    assert job["BatchStrategy"] == "SingleRecord"
+    assert job["TransformResources"] == {"InstanceType": "ml.m5.xlarge", "InstanceCount": 2}
+    # ml.m5.xlarge has 4 vCPUs: 4 model server workers, 4 requests in flight to each instance.
+    assert (job["MaxConcurrentTransforms"], job["MaxPayloadInMB"]) == (4, 6)
+    assert job["Environment"]["SAGEMAKER_MODEL_SERVER_WORKERS"] == "4"
+    model = aws.sagemaker.describe_model(ModelName=job["ModelName"])
+    assert model["PrimaryContainer"]["Image"] == INFERENCE_IMAGE_CPU
+    assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+    archive = tar_members(s3_object(aws, model["PrimaryContainer"]["ModelDataUrl"]))
+    assert {"config.json", "weights.pt", "code/inference.py", "code/serving/inference.py"} <= set(archive)
+    assert not any(name.startswith(("code/serving/batch", "code/training/jobs")) for name in archive)
+
+    # One results file from the .out objects, the inputs without one named.
+    assert finished.code == 1, finished.err
+    summary = json.loads(finished.out)
+    assert (summary["status"], summary["results"]) == ("Completed", str(results))
+    assert summary["summary"]["failures"] == {"unreadable_image": 1, "no_output": 1}
+    assert summary["summary"]["images"] == 4 and summary["summary"]["classified"] == 2
+    assert "transform job shelter-1: Completed, 3 of 4 objects answered" in finished.err
+    rows = {row.key: row for row in batch_results.read_rows(results, "csv")}
+    assert rows["shelter/a/lab.jpg"].label == "Labrador_retriever"
+    assert rows["shelter/notes.txt"].error == "unreadable_image"
+    assert rows["shelter/lost.jpg"].error == "no_output"
+    # The same .out files make the same rows locally and from S3.
+    local_rows = batch_results.read_rows(tmp_path / "local.csv", "csv")
+    assert len(local_rows) == 3 and all(rows[row.key] == row for row in local_rows)
+
+    # Run again with the same name: it waits for that job instead of starting another.
+    again = run_jobs(capsys, *argv, "--results", str(tmp_path / "again.jsonl"))
+    assert "transform job shelter-1 exists" in again.err
+    assert [
+        job["TransformJobName"] for job in aws.sagemaker.list_transform_jobs()["TransformJobSummaries"]
+    ] == ["shelter-1"]
+    assert connections and all(is_loopback(host) for host, _ in connections)
+
+
 def test_dry_run_prints_every_request_and_connects_nowhere(
     image_tree, monkeypatch, tmp_path, capsys, connections
 ):
@@ -543,6 +622,15 @@ def test_dry_run_prints_every_request_and_connects_nowhere(
         "tune": ("tune", "--max-jobs", "4"),
         "deploy": ("deploy", "--model-data", "s3://nowhere/model.tar.gz", "--endpoint-name", "dogs"),
         "teardown": ("teardown", "--endpoint-name", "dogs"),
+        "transform": (
+            "transform",
+            "--model-data",
+            "s3://nowhere/model.tar.gz",
+            "--input",
+            "s3://nowhere/in/",
+            "--output",
+            "s3://nowhere/out/",
+        ),
     }
     printed = {}
     for command, argv in commands.items():
@@ -571,6 +659,7 @@ def test_dry_run_prints_every_request_and_connects_nowhere(
         "PutObject",
         "CreateModel",
         "CreateEndpointConfig",
+        *["PutMetricAlarm"] * 3,
         "CreateEndpoint",
         "RegisterScalableTarget",
         "PutScalingPolicy",
@@ -578,10 +667,18 @@ def test_dry_run_prints_every_request_and_connects_nowhere(
     assert [op for op in operations("teardown") if not op.startswith("Describe")] == [
         "DeleteScalingPolicy",
         "DeregisterScalableTarget",
+        "DeleteAlarms",
         "DeleteEndpoint",
         "DeleteEndpointConfig",
         "DeleteModel",
     ]
+    assert [op for op in operations("transform") if not op.startswith("Describe")] == [
+        "PutObject",
+        "CreateModel",
+        "CreateTransformJob",
+    ]
+    created = printed["transform"][-1]["params"]
+    assert created["TransformOutput"]["Accept"] == RECORD_JSON and created["MaxConcurrentTransforms"] == 4
     assert connections == []
 
 
@@ -600,6 +697,26 @@ def test_dry_run_prints_every_request_and_connects_nowhere(
             {"AWS_REGION": REGION},
             ("deploy", "--model-data", "model.tar.gz", "--endpoint-name", "d", "--role", ROLE),
             "error: expected s3://BUCKET/KEY",
+        ),
+        (
+            {"AWS_REGION": REGION},
+            (
+                "transform",
+                "--model-data",
+                "s3://b/m.tar.gz",
+                "--input",
+                "s3://b/in",
+                "--output",
+                "s3://b/in/out",
+            )
+            + ("--role", ROLE),
+            "error: --output s3://b/in/out/ must not overlap --input s3://b/in/",
+        ),
+        (
+            {"AWS_REGION": REGION},
+            ("transform", "--model-data", "s3://b/m.tar.gz", "--input", "s3://b/in", "--output", "s3://b/out")
+            + ("--role", ROLE, "--instance-type", "ml.inf2.metal"),
+            "error: cannot tell the vCPUs of ml.inf2.metal: pass --workers",
         ),
     ],
 )

@@ -1,12 +1,11 @@
 """The API's limits never exceed the endpoint's: whatever the API accepts and sends, the endpoint takes.
 
-The endpoint side's constants are read where they live (serving/ after the restructure, training/ before),
-so that a change on either side that breaks the agreement fails here.
+The endpoint's limits are read from serving/limits.py, their one place (a test-only import: the API side never
+imports serving), so that a change on either side that breaks the agreement fails here.
 """
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
 import random
@@ -26,31 +25,17 @@ from test_api import (  # noqa: F401 - fixtures: client, local_project, new_cont
 from chalicelib.image import prepare_image
 from chalicelib.schema import validate_error
 from chalicelib.settings import (
-    DEFAULT_MODEL_RESIZE_SIZE,
     JPEG_QUALITY,
     MAX_ASPECT_RATIO,
     MAX_ENDPOINT_BODY_BYTES,
     MAX_PIXELS,
 )
+from serving import limits as endpoint_limits
 
+# What a stage serving the committed default model resizes to (its MODEL_RESIZE_SIZE, from that model).
+DEFAULT_MODEL_RESIZE_SIZE = test_image.RESIZE
 # SageMaker's InvokeEndpoint payload limit (6 MB).
 SAGEMAKER_MAX_BODY_BYTES = 6_291_456
-
-
-def endpoint_constant(name: str, modules: tuple[str, ...]):
-    """`name` from the first of `modules` that defines it (test-only: the API side never imports these)."""
-    for module_name in modules:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError:
-            continue
-        if hasattr(module, name):
-            return getattr(module, name)
-    return None
-
-
-INFERENCE = ("serving.inference", "training.inference", "training.preprocessing")
-SERVER = ("serving.server", "training.serve")
 
 
 def worst_case(size: tuple[int, int]) -> bytes:
@@ -63,16 +48,11 @@ def worst_case(size: tuple[int, int]) -> bytes:
 
 def test_the_api_never_sends_more_than_sagemaker_or_the_endpoint_takes():
     assert MAX_ENDPOINT_BODY_BYTES <= SAGEMAKER_MAX_BODY_BYTES
-    endpoint_body = endpoint_constant("MAX_BODY_BYTES", SERVER)
-    assert endpoint_body is not None, "the local endpoint's body limit moved: update SERVER"
-    assert MAX_ENDPOINT_BODY_BYTES <= endpoint_body
+    assert MAX_ENDPOINT_BODY_BYTES <= endpoint_limits.MAX_BODY_BYTES
 
 
 def test_the_api_refuses_every_aspect_ratio_the_endpoint_refuses():
-    endpoint_aspect = endpoint_constant("MAX_ASPECT_RATIO", INFERENCE)
-    if endpoint_aspect is None:
-        pytest.skip("the endpoint has no MAX_ASPECT_RATIO yet (h-endpoint adds it in serving/)")
-    assert MAX_ASPECT_RATIO <= endpoint_aspect
+    assert MAX_ASPECT_RATIO <= endpoint_limits.MAX_ASPECT_RATIO
 
 
 @pytest.mark.parametrize(
@@ -92,12 +72,11 @@ def test_what_the_api_sends_fits_the_endpoint(size):
     sent = Image.open(io.BytesIO(prepared.jpeg))
     assert len(prepared.jpeg) <= MAX_ENDPOINT_BODY_BYTES
     assert max(sent.size) <= MAX_ASPECT_RATIO * min(sent.size)
+    assert max(sent.size) <= endpoint_limits.MAX_IMAGE_SIDE
     # The endpoint scales the shorter side to the model's resize size, up or down: what it then holds.
     config = json.loads((PROJECT / "models" / "default" / "config.json").read_text())
     resized = _model_resized(sent.size, config["preprocessing"]["resize_size"])
-    for name in ("MAX_IMAGE_PIXELS", "MAX_REQUEST_PIXELS"):
-        cap = endpoint_constant(name, INFERENCE)
-        assert cap is not None, f"the endpoint's {name} moved: update INFERENCE"
+    for cap in (endpoint_limits.MAX_IMAGE_PIXELS, endpoint_limits.MAX_REQUEST_PIXELS):
         assert sent.width * sent.height <= cap and resized[0] * resized[1] <= cap
 
 

@@ -174,6 +174,8 @@ def test_zip_holds_the_manylinux_pillow_and_nothing_heavy(package):
         }
     tops = {name.split("/")[0] for name in names}
     assert {"app.py", "chalicelib", "PIL", "requests", "aws_lambda_powertools"} <= tops
+    # The web page at / is read from these files at run time.
+    assert {f"chalicelib/static/{name}" for name in ("index.html", "page.css", "page.js")} <= set(names)
     assert not tops & set(NEVER_SHIPPED), tops & set(NEVER_SHIPPED)
     pillow = wheels["pillow-12.2.0.dist-info"]
     # A Pillow that chalice compiled here would be tagged linux_x86_64 and link this machine's libraries.
@@ -353,7 +355,8 @@ def test_alarms_watch_the_api_the_functions_and_the_stage_endpoint(package):
         assert watched == functions, metric
     # The API's own metric, with exactly the dimensions chalicelib/observability.py publishes it with.
     assert found[(observability.NAMESPACE, "Errors")] == [
-        {"service": observability.SERVICE, "stage": stage, "code": "model_error"}
+        {"service": observability.SERVICE, "stage": stage, "code": code}
+        for code in ("model_error", "bad_model_answer")
     ]
     latency = [
         a["Properties"]

@@ -45,6 +45,34 @@ def test_resize_keeps_aspect_and_crops_the_centre():
     assert cropped.getpixel((223, 112)) == (255, 0, 0)
 
 
+@pytest.mark.parametrize("size", [(500, 375), (375, 500), (2000, 60), (61, 1900), (260, 260), (240, 700)])
+def test_only_the_crop_is_resized_with_the_pixels_of_resizing_everything(samples, size):
+    # The reference: scale the whole picture so its shorter side is resize_size, then take the centre.
+    photo = open_image((samples / "Labrador_retriever_06455.jpg").read_bytes()).resize(size)
+    for preprocessing in (Preprocessing(260, 260), Preprocessing.for_backbone("efficientnet-lite0")):
+        scale = preprocessing.resize_size / min(size)
+        full = [max(preprocessing.image_size, round(side * scale)) for side in size]
+        left, top = ((side - preprocessing.image_size) // 2 for side in full)
+        reference = photo.resize(full, Image.Resampling.BILINEAR, reducing_gap=3.0).crop(
+            (left, top, left + preprocessing.image_size, top + preprocessing.image_size)
+        )
+        cropped = preprocessing.resize_and_crop(photo)
+        assert cropped.size == reference.size
+        difference = np.abs(np.asarray(cropped, dtype=np.int16) - np.asarray(reference, dtype=np.int16))
+        # Rounding where Pillow's reducing step meets the crop's edge, at most a couple of levels.
+        assert difference.max() <= 2
+        assert difference.mean() < 0.05
+
+
+def test_a_thin_strip_is_resized_to_the_square_alone():
+    # Scaling up the short side of 8000 x 2 would make a 1,024,000 x 260 picture first (about 800 MB);
+    # resizing only what the crop keeps costs the square.
+    strip = Image.new("RGB", (8000, 2), (200, 30, 30))
+    array = Preprocessing(260, 260)(strip)
+    assert array.shape == (3, 260, 260)
+    assert np.allclose(array[0], 200 / 255 * 2 - 1, atol=1e-6)
+
+
 def test_a_sample_photo_is_decoded_as_rgb(samples):
     image = open_image((samples / "Labrador_retriever_06455.jpg").read_bytes())
     assert image.mode == "RGB"

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +22,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from botocore.parsers import create_parser
 from conftest import DEFAULT_MODEL, PROJECT, EndpointProcess, free_port
+from local_servers import stop_process
 from PIL import Image
 
 from serving import inference
@@ -103,6 +105,22 @@ def test_garbage_bytes_raise_model_error(runtime):
     assert error["ResponseMetadata"]["HTTPStatusCode"] == 424
     assert error["OriginalStatusCode"] == 400
     assert "cannot decode the image" in error["OriginalMessage"]
+
+
+@pytest.mark.parametrize("size", [(8000, 2), (65000, 1), (2, 8000)])
+def test_tiny_pngs_of_extreme_dimensions_are_refused_by_the_endpoint(runtime, endpoint, size):
+    # A few hundred bytes each; scaling up their short side used to cost about 1 GB (8000 x 2) and would
+    # have needed about 17 GB (65000 x 1).
+    png = io.BytesIO()
+    Image.new("L", size, 90).save(png, format="PNG")
+    with pytest.raises(runtime.exceptions.ModelError) as raised:
+        invoke(runtime, png.getvalue(), inference.PNG)
+    assert raised.value.response["OriginalStatusCode"] == 400
+    assert f"image of {size[0]} x {size[1]}" in raised.value.response["OriginalMessage"]
+
+    status, body = post(f"{endpoint.url}/invocations", png.getvalue(), {"Content-Type": inference.PNG})
+    assert status == 400
+    assert b"at most" in body
 
 
 def test_unsupported_content_type_raises_model_error_naming_it(runtime, labrador):
@@ -278,43 +296,120 @@ def test_a_failing_handler_is_relayed_as_model_error():
     assert "Received server error (500)" in parsed["Error"]["Message"]
 
 
-def test_a_model_that_fails_to_load_is_reported_not_served(tmp_path, labrador):
+@pytest.mark.parametrize(
+    ("module", "workers"),
+    # The local endpoint's first name, which users' scripts still call, with uvicorn's worker supervisor.
+    [("serving.server", "1"), ("training.serve", "2")],
+)
+def test_a_model_that_cannot_load_stops_the_server_with_the_reason(tmp_path, module, workers):
     model_dir = tmp_path / "broken"
     shutil.copytree(DEFAULT_MODEL, model_dir)
     labels = json.loads((model_dir / "labels.json").read_text())
     (model_dir / "labels.json").write_text(json.dumps(labels[:-1]))  # one label short of the model's outputs
-    server = EndpointProcess(model_dir)
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            module,
+            "--model-dir",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--workers",
+            workers,
+        ],
+        cwd=PROJECT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        deadline = time.monotonic() + 120
-        status, answer = None, {}
-        while time.monotonic() < deadline and status in (None, 503):
-            try:
-                with urllib.request.urlopen(f"{server.url}/ping", timeout=2) as response:
-                    status = response.status
-            except urllib.error.HTTPError as error:
-                status, answer = error.code, json.loads(error.read())
-            except OSError:
-                pass
-            time.sleep(0.1)
-        assert status == 500
-        assert "labels" in answer["error"]
+        _, stderr = server.communicate(timeout=180)
+    finally:
+        stop_process(server, timeout=10)
+    assert server.returncode != 0
+    last_line = stderr.splitlines()[-1]
+    assert last_line.startswith(f"serving.server: model failed to load from {model_dir}")
+    assert "labels" in last_line
 
-        client = boto3.client(
-            "sagemaker-runtime",
-            endpoint_url=server.url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            config=Config(retries={"max_attempts": 1}),
+
+FAST_MODEL = PROJECT / "models" / "fast"
+
+
+def test_a_burst_past_the_queue_limit_is_shed_with_retry_after_and_the_rest_answered(labrador):
+    # One image queued at a time: of a burst of simultaneous requests, those that find the model busy are
+    # refused at once instead of waiting.
+    server = EndpointProcess(FAST_MODEL, "--max-queue", "1").wait_ready()
+    client = boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=server.url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        # One retry, as the API makes: botocore's standard mode must take a shed request for a retryable one.
+        config=Config(retries={"total_max_attempts": 2, "mode": "standard"}, max_pool_connections=16),
+    )
+    start = threading.Barrier(16)
+
+    def container_call(_):
+        start.wait()
+        request = urllib.request.Request(
+            f"{server.url}/invocations", labrador, {"Content-Type": inference.JPEG}, method="POST"
         )
-        with pytest.raises(ClientError) as raised:
-            client.invoke_endpoint(
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read()), response.headers
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode(), error.headers
+
+    def runtime_call(_):
+        start.wait()
+        try:
+            response = client.invoke_endpoint(
                 EndpointName=DEFAULT_ENDPOINT_NAME, Body=labrador, ContentType=inference.JPEG
             )
-        assert raised.value.response["Error"]["Code"] == "ServiceUnavailable"
-        assert "model failed to load" in raised.value.response["Error"]["Message"]
+            return 200, json.loads(response["Body"].read()), response["ResponseMetadata"]
+        except ClientError as error:
+            error_response = error.response
+            return (
+                error_response["Error"]["Code"],
+                error_response["Error"]["Message"],
+                error_response["ResponseMetadata"],
+            )
+
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            container = list(pool.map(container_call, range(16)))
+            runtime = list(pool.map(runtime_call, range(16)))
+        with urllib.request.urlopen(f"{server.url}/ping", timeout=10) as response:
+            backlog = json.loads(response.read())["queue"]
     finally:
         server.stop()
+
+    for answers, shed_status in ((container, 503), (runtime, "ServiceUnavailable")):
+        statuses = [status for status, _, _ in answers]
+        assert statuses.count(200) >= 1
+        assert statuses.count(shed_status) >= 1
+        assert set(statuses) == {200, shed_status}
+        for status, answer, _ in answers:
+            if status == 200:
+                assert answer["predictions"][0]["label"] == "Labrador_retriever"
+            else:
+                assert "overloaded" in answer
+    for status, _, headers in container:
+        assert (headers["Retry-After"] is not None) == (status == 503)
+        if status == 503:
+            assert int(headers["Retry-After"]) >= 1
+    for status, _, metadata in runtime:
+        if status != 200:
+            assert metadata["HTTPStatusCode"] == 503
+            assert metadata["RetryAttempts"] == 1
+            assert int(metadata["HTTPHeaders"]["retry-after"]) >= 1
+            assert "x-amz-retry-after" not in metadata["HTTPHeaders"]
+    shed = [status for status, _, _ in container].count(503)
+    shed += sum(metadata["RetryAttempts"] + (status != 200) for status, _, metadata in runtime)
+    assert backlog == {"images": 0, "limit": 1, "shed": shed}
 
 
 @pytest.mark.slow
@@ -329,3 +424,27 @@ def test_endpoint_benchmark_runs_and_prints_its_figures():
     assert result.returncode == 0, result.stderr
     assert re.search(r"endpoint, whole request .* speed-up over best eager: [\d.]+x", result.stdout)
     assert re.search(r"endpoint / best eager +[\d.]+x +[\d.]+x +[\d.]+x", result.stdout)
+
+
+@pytest.mark.slow
+def test_overload_benchmark_runs_and_prints_its_figures():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "bench/overload.py",
+            "--model-dir",
+            str(FAST_MODEL),
+            "--clients",
+            "8",
+            "--seconds",
+            "2",
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^no shedding +none +[\d.]+", result.stdout, re.MULTILINE)
+    assert re.search(r"^shedding +\d+ +[\d.]+", result.stdout, re.MULTILINE)
+    assert re.search(r"shedding / no shedding: goodput [\d.]+x, p99 [\d.]+x, wasted", result.stdout)

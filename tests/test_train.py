@@ -16,7 +16,8 @@ import torch
 from conftest import free_port
 
 from training.data import PreprocessedImages, load_image, read_image_folder
-from training.model import CONFIG_FILE, LABELS_FILE, METRICS_FILE, WEIGHTS_FILE, load_model
+from training.export import graph_is_current
+from training.model import CONFIG_FILE, LABELS_FILE, METRICS_FILE, ONNX_FILE, WEIGHTS_FILE, load_model
 from training.preprocessing import Preprocessing
 from training.train import parse_args
 
@@ -37,13 +38,22 @@ def copy_dogs(dogs: Path, destination: Path) -> Path:
     return destination
 
 
-def run_training(data: Path, model_dir: Path, *extra: str, env: dict | None = None, entry: str = "module"):
+def run_training(
+    data: Path,
+    model_dir: Path,
+    *extra: str,
+    env: dict | None = None,
+    entry: str = "module",
+    graph: bool = False,
+):
     command = [sys.executable, "-m", "training.train"] if entry == "module" else [sys.executable, entry]
     command += [
         "--backbone", "efficientnet-lite0", "--train", str(data / "train"), "--valid", str(data / "valid"),
         "--model-dir", str(model_dir), "--epochs", "3", "--batch-size", "8", "--lr", "3e-3",
         "--threads", "1", "--workers", "0", *extra,
     ]  # fmt: skip
+    if not graph:  # the export costs seconds; one run (single_rank) checks it
+        command.append("--no-onnx-graph")
     # Strip any SageMaker/torchrun settings of the calling shell: each test states its own.
     base = {
         key: value for key, value in os.environ.items() if not key.startswith(("SM_", "RANK", "WORLD_SIZE"))
@@ -77,7 +87,9 @@ def data(dogs, tmp_path_factory) -> Path:
 def single_rank(data, tmp_path_factory) -> tuple[Path, str]:
     """One rank, PyTorch features (no cache), run as a script the way SageMaker starts it."""
     model_dir = tmp_path_factory.mktemp("single")
-    output = finish(run_training(data, model_dir, "--no-cache", entry=str(PROJECT / "training" / "train.py")))
+    output = finish(
+        run_training(data, model_dir, "--no-cache", entry=str(PROJECT / "training" / "train.py"), graph=True)
+    )
     return model_dir, output
 
 
@@ -115,8 +127,12 @@ def test_training_writes_a_small_loadable_artifact(single_rank, data, samples):
         LABELS_FILE,
         WEIGHTS_FILE,
         METRICS_FILE,
+        ONNX_FILE,
     }
     assert (model_dir / WEIGHTS_FILE).stat().st_size < 100_000  # the head only, not the backbone
+    # The graph the endpoint runs, checked against these weights when they were made.
+    assert "max probability gap to PyTorch" in output
+    assert graph_is_current(model_dir / ONNX_FILE, model_dir)
 
     model, config, labels, preprocessing = load_model(model_dir)
     assert labels == ["Shih-Tzu", "Beagle", "Labrador_retriever"]

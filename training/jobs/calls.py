@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from dataclasses import dataclass, field
@@ -9,8 +10,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import boto3
+import botocore.session
 from botocore import xform_name
 from botocore.exceptions import ClientError
+from botocore.model import ServiceModel
 
 
 @dataclass(frozen=True)
@@ -90,3 +93,34 @@ def is_not_found(error: ClientError) -> bool:
     return code in {"404", "NoSuchKey", "NotFound", "ResourceNotFound", "ObjectNotFoundException"} or (
         code == "ValidationException" and "could not find" in message.lower()
     )
+
+
+def as_api_params(service: str, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+    """sagemaker-core's `serialize` output with each key spelled as the API spells it.
+
+    serialize() rebuilds names from snake_case, so `memory_size_in_mb` becomes MemorySizeInMb where the API
+    wants MemorySizeInMB; botocore's model of the operation has the real names (matched ignoring case).
+    """
+    return _respell(params, _service_model(service).operation_model(operation).input_shape)
+
+
+@functools.cache
+def _service_model(service: str) -> ServiceModel:
+    return botocore.session.get_session().get_service_model(service)
+
+
+def _respell(value: Any, shape) -> Any:
+    if shape is None:
+        return value
+    if shape.type_name == "structure" and isinstance(value, dict):
+        members = {name.lower(): name for name in shape.members}
+        respelled = {}
+        for key, item in value.items():
+            name = members.get(key.lower(), key)
+            respelled[name] = _respell(item, shape.members.get(name))
+        return respelled
+    if shape.type_name == "list" and isinstance(value, list):
+        return [_respell(item, shape.member) for item in value]
+    if shape.type_name == "map" and isinstance(value, dict):
+        return {key: _respell(item, shape.value) for key, item in value.items()}
+    return value

@@ -1,4 +1,4 @@
-"""SageMaker jobs of the dog-breed classifier: upload-data, train, tune, deploy, teardown.
+"""SageMaker jobs of the dog-breed classifier: upload-data, train, tune, deploy, teardown, transform.
 
 Region, role and bucket come from --region/--role/--bucket or AWS_REGION (AWS_DEFAULT_REGION, the
 profile), SAGEMAKER_ROLE_ARN and SAGEMAKER_BUCKET. Every command takes --dry-run: it prints the AWS
@@ -9,8 +9,15 @@ requests as JSON lines and connects nowhere. A typical run:
   python -m training.jobs train --instance-type ml.g5.2xlarge --instance-count 2 \\
       --hyperparameters backbone=efficientnet-lite2 epochs=10 batch-size=128 lr=0.001
   python -m training.jobs deploy --model-data s3://BUCKET/dogbreeds/output/JOB/output/model.tar.gz \\
-      --endpoint-name dogbreeds --min-instances 1 --max-instances 4 --target-invocations 100
+      --endpoint-name dogbreeds-dev --min-instances 2 --max-instances 4 --target-invocations 100 \\
+      --canary-percent 10 --bake-minutes 10 --capture-percent 5 --capture-s3 s3://BUCKET/capture \\
+      --chalice-stage dev
+  python -m training.jobs deploy ... --serverless-memory 3072 --max-concurrency 10
+  python -m training.jobs deploy ... --async-output s3://BUCKET/async/out \\
+      --chalice-stage dev --async-input s3://BUCKET/async/in
   python -m training.jobs teardown --endpoint-name dogbreeds
+  python -m training.jobs transform --model-data s3://BUCKET/.../model.tar.gz \\
+      --input s3://BUCKET/photos/ --output s3://BUCKET/photos-out/ --instance-count 2 --results photos.csv
 """
 
 from __future__ import annotations
@@ -24,14 +31,19 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from training.jobs import endpoint, launch, storage
+from training.jobs import chalice_stage, endpoint, launch, storage, transform
 from training.jobs.autoscaling import ScalingSpec
-from training.jobs.calls import Aws
+from training.jobs.calls import Aws, AwsCall
+from training.jobs.hosting import AsyncSpec, CaptureSpec, RolloutSpec, ServerlessSpec
 from training.jobs.settings import AwsSettings, SettingsError, resolve_settings
+from training.jobs.source_bundle import PROJECT_DIR
 from training.jobs.training_job import BACKBONES, DISTRIBUTIONS, DistributionError, JobSpec, SearchSpace
 
 DEFAULT_PREFIX = "dogbreeds"
 DEFAULT_DATA_PREFIX = "dogbreeds/data"
+DEFAULT_ENDPOINT_INSTANCE = "ml.m5.large"
+DEFAULT_MAX_INSTANCES = 4
+CHALICE_DIR = PROJECT_DIR / ".chalice"
 EXIT_USAGE = 2
 EXIT_AWS = 1
 
@@ -40,6 +52,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
@@ -135,14 +154,64 @@ def build_parser() -> argparse.ArgumentParser:
         help="wait up to this long for the tuning job to finish before reporting (default: 0)",
     )
 
+    add_deploy_parser(commands, common)
+
+    teardown = commands.add_parser("teardown", parents=[common], help="remove the endpoint and its scaling")
+    teardown.add_argument("--endpoint-name", type=endpoint_name, required=True)
+    add_transform_parser(commands, common)
+    return parser
+
+
+def add_transform_parser(commands, common: argparse.ArgumentParser) -> None:
+    batch = commands.add_parser(
+        "transform",
+        parents=[common],
+        help="classify every image under an S3 prefix with a Batch Transform job; one results file",
+    )
+    batch.add_argument("--model-data", required=True, help="s3://.../model.tar.gz written by a training job")
+    batch.add_argument(
+        "--input", required=True, help="s3://BUCKET/PREFIX/ holding the images (one per object)"
+    )
+    batch.add_argument("--output", required=True, help="s3://BUCKET/PREFIX/ for the job's KEY.out answers")
+    batch.add_argument("--instance-type", default="ml.m5.xlarge")
+    batch.add_argument("--instance-count", type=positive_int, default=1)
+    batch.add_argument(
+        "--workers",
+        type=positive_int,
+        help="model server workers per instance, and requests in flight to each (default: its vCPUs)",
+    )
+    batch.add_argument(
+        "--max-payload-mb",
+        type=positive_int,
+        default=transform.DEFAULT_MAX_PAYLOAD_MB,
+        help="largest image object, in MB (default: %(default)s, InvokeEndpoint's own limit)",
+    )
+    batch.add_argument("--job-name", help="name of the job; an existing job of that name is waited for")
+    batch.add_argument(
+        "--results",
+        type=Path,
+        help="the results file written when the job ends, .csv or .jsonl (default: JOB_NAME.csv)",
+    )
+    batch.add_argument("--prefix", default=DEFAULT_PREFIX, help="S3 prefix for the repacked model")
+
+
+def add_deploy_parser(commands, common: argparse.ArgumentParser) -> None:
     deploy = commands.add_parser(
-        "deploy", parents=[common], help="create or update the endpoint and its scaling"
+        "deploy",
+        parents=[common],
+        help="create or update the endpoint, its alarms and its scaling",
+        description="Real-time instances by default; --serverless-memory or --async-output pick another "
+        "hosting; an existing endpoint is updated blue/green and rolls back when its alarms fire.",
     )
     deploy.add_argument("--model-data", required=True, help="s3://.../model.tar.gz written by a training job")
     deploy.add_argument("--endpoint-name", type=endpoint_name, required=True)
-    deploy.add_argument("--instance-type", default="ml.m5.large")
-    deploy.add_argument("--min-instances", type=positive_int, default=1)
-    deploy.add_argument("--max-instances", type=positive_int, default=4)
+    deploy.add_argument(
+        "--instance-type", help=f"default: {DEFAULT_ENDPOINT_INSTANCE} (none when serverless)"
+    )
+    deploy.add_argument(
+        "--min-instances", type=non_negative_int, help="default: 1; 0 (the default) for async: scale to zero"
+    )
+    deploy.add_argument("--max-instances", type=positive_int, help="default: 4")
     deploy.add_argument(
         "--target-invocations",
         type=positive_float,
@@ -153,9 +222,60 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--scale-out-cooldown", type=positive_int, default=60, help="seconds")
     deploy.add_argument("--prefix", default=DEFAULT_PREFIX, help="S3 prefix for the repacked model")
 
-    teardown = commands.add_parser("teardown", parents=[common], help="remove the endpoint and its scaling")
-    teardown.add_argument("--endpoint-name", type=endpoint_name, required=True)
-    return parser
+    serverless = deploy.add_argument_group("Serverless Inference (CPU, pay per request, scales to zero)")
+    serverless.add_argument("--serverless-memory", type=int, metavar="MB", help="1024, 2048, ... 6144")
+    serverless.add_argument("--max-concurrency", type=int, metavar="N", help="concurrent requests, 1..200")
+
+    queued = deploy.add_argument_group(
+        "Asynchronous Inference (queued requests, results in S3, scales to zero)"
+    )
+    queued.add_argument("--async-output", metavar="S3_URI", help="where SageMaker writes each result")
+    queued.add_argument("--async-success-topic", metavar="SNS_ARN", help="SNS topic told of each result")
+    queued.add_argument("--async-error-topic", metavar="SNS_ARN", help="SNS topic told of each failure")
+    queued.add_argument(
+        "--target-backlog",
+        type=positive_float,
+        default=5.0,
+        help="queued requests per instance that auto scaling aims for (default: %(default)s)",
+    )
+
+    capture = deploy.add_argument_group("Data capture (a share of requests and answers, to S3)")
+    capture.add_argument("--capture-percent", type=int, metavar="P", help="1..100")
+    capture.add_argument("--capture-s3", metavar="S3_URI", help="where the captured data goes")
+
+    rollout = deploy.add_argument_group("Updates of an existing endpoint: blue/green with automatic rollback")
+    rollout.add_argument(
+        "--canary-percent",
+        type=int,
+        metavar="P",
+        help="share of capacity that takes traffic first (1..50); default: all at once",
+    )
+    rollout.add_argument(
+        "--bake-minutes",
+        type=non_negative_int,
+        default=10,
+        help="alarms watched after each traffic step before the next (0..60, default: %(default)s)",
+    )
+    rollout.add_argument(
+        "--rollback-latency-ms",
+        type=positive_float,
+        default=2000.0,
+        help="p99 model latency that rolls an update back (default: %(default)s)",
+    )
+
+    stage = deploy.add_argument_group("The API stage that calls the endpoint")
+    stage.add_argument(
+        "--chalice-stage",
+        metavar="STAGE",
+        help="write the model's resize size and the endpoint's kind into this stage of .chalice/config.json "
+        "(and the grants its kind needs into the stage's policy file)",
+    )
+    stage.add_argument(
+        "--async-input", metavar="S3_URI", help="async: where the stage's Lambda puts the photos it queues"
+    )
+    stage.add_argument(
+        "--chalice-dir", type=Path, default=CHALICE_DIR, help="the .chalice folder (default: this project's)"
+    )
 
 
 def job_spec(args: argparse.Namespace, settings: AwsSettings) -> JobSpec:
@@ -170,6 +290,114 @@ def job_spec(args: argparse.Namespace, settings: AwsSettings) -> JobSpec:
         distribution=args.distribution,
         volume_gb=args.volume_gb,
         max_runtime_s=args.max_runtime,
+    )
+
+
+def deploy_spec(args: argparse.Namespace, settings: AwsSettings) -> endpoint.EndpointSpec:
+    """The endpoint the deploy flags describe. Raises SettingsError/HostingError for flags that do not fit."""
+    serverless = None
+    if args.serverless_memory is not None or args.max_concurrency is not None:
+        if args.serverless_memory is None or args.max_concurrency is None:
+            raise SettingsError("a serverless endpoint needs both --serverless-memory and --max-concurrency")
+        for flag, value in (("--min-instances", args.min_instances), ("--max-instances", args.max_instances)):
+            if value is not None:
+                raise SettingsError(f"a serverless endpoint has no instances: drop {flag}")
+        serverless = ServerlessSpec(args.serverless_memory, args.max_concurrency)
+    async_inference = None
+    if args.async_output is not None:
+        async_inference = AsyncSpec(args.async_output, args.async_success_topic, args.async_error_topic)
+    elif args.async_success_topic or args.async_error_topic:
+        raise SettingsError("--async-success-topic and --async-error-topic need --async-output")
+    capture = None
+    if (args.capture_percent is None) != (args.capture_s3 is None):
+        raise SettingsError("data capture needs both --capture-percent and --capture-s3")
+    if args.capture_percent is not None:
+        capture = CaptureSpec(args.capture_percent, args.capture_s3)
+
+    default_min = 0 if async_inference is not None else 1
+    min_instances = default_min if args.min_instances is None else args.min_instances
+    max_instances = DEFAULT_MAX_INSTANCES if args.max_instances is None else args.max_instances
+    if min_instances == 0 and async_inference is None:
+        raise SettingsError("--min-instances 0 needs an asynchronous endpoint (--async-output)")
+    if min_instances > max_instances:
+        raise SettingsError(f"--min-instances {min_instances} exceeds --max-instances {max_instances}")
+    model_bucket, _ = storage.parse_s3_uri(args.model_data)
+    instance_type = args.instance_type
+    if serverless is None:
+        instance_type = instance_type or DEFAULT_ENDPOINT_INSTANCE
+    return endpoint.EndpointSpec(
+        region=settings.region,
+        role=settings.require_role(),
+        bucket=settings.bucket or model_bucket,
+        prefix=args.prefix,
+        model_data=args.model_data,
+        instance_type=instance_type,
+        scaling=ScalingSpec(
+            endpoint_name=args.endpoint_name,
+            min_instances=min_instances,
+            max_instances=max_instances,
+            target_invocations=args.target_invocations,
+            scale_in_cooldown_s=args.scale_in_cooldown,
+            scale_out_cooldown_s=args.scale_out_cooldown,
+            target_backlog=args.target_backlog if async_inference is not None else None,
+        ),
+        serverless=serverless,
+        async_inference=async_inference,
+        capture=capture,
+        rollout=RolloutSpec(args.canary_percent, args.bake_minutes, args.rollback_latency_ms),
+    )
+
+
+def deploy(args: argparse.Namespace, settings: AwsSettings, aws: Aws, log) -> dict:
+    spec = deploy_spec(args, settings)
+    if args.async_input and not args.chalice_stage:
+        raise SettingsError("--async-input is the stage's setting: it needs --chalice-stage")
+    if args.chalice_stage:
+        # Before anything is created: a stage calling another endpoint, or lacking the input, is a typo.
+        chalice_stage.check_stage(
+            args.chalice_dir, args.chalice_stage, spec.endpoint_name, spec.kind, args.async_input
+        )
+    deployed = endpoint.deploy(aws, spec, log)
+    if args.chalice_stage:
+        resize_size = None
+        if not aws.dry_run:
+            bucket, key = storage.parse_s3_uri(args.model_data)
+            archive = aws.send(AwsCall("s3", "GetObject", {"Bucket": bucket, "Key": key}))["Body"].read()
+            resize_size = chalice_stage.model_resize_size(archive)
+        deployed["stage"] = chalice_stage.update_stage(
+            args.chalice_dir,
+            args.chalice_stage,
+            endpoint_name=spec.endpoint_name,
+            kind=spec.kind,
+            resize_size=resize_size,
+            async_input=args.async_input,
+            dry_run=aws.dry_run,
+            log=log,
+        )
+    return deployed
+
+
+def transform_spec(args: argparse.Namespace, settings: AwsSettings) -> transform.TransformSpec:
+    input_uri, output_uri = transform.folder_uri(args.input), transform.folder_uri(args.output)
+    # The job reads every object under --input: answers written there would be read by the next job.
+    if output_uri.startswith(input_uri) or input_uri.startswith(output_uri):
+        raise SettingsError(f"--output {output_uri} must not overlap --input {input_uri}")
+    workers = args.workers or transform.instance_vcpus(args.instance_type)
+    if workers is None:
+        raise SettingsError(f"cannot tell the vCPUs of {args.instance_type}: pass --workers")
+    model_bucket, _ = storage.parse_s3_uri(args.model_data)
+    return transform.TransformSpec(
+        region=settings.region,
+        role=settings.require_role(),
+        bucket=settings.bucket or model_bucket,
+        prefix=args.prefix,
+        model_data=args.model_data,
+        input_uri=input_uri,
+        output_uri=output_uri,
+        instance_type=args.instance_type,
+        instance_count=args.instance_count,
+        workers=workers,
+        max_payload_mb=args.max_payload_mb,
     )
 
 
@@ -207,28 +435,9 @@ def run(args: argparse.Namespace, log) -> dict:
             aws, spec, space, args.max_jobs, args.max_parallel, static, args.tuning_job_name, wait_s=args.wait
         )
     if args.command == "deploy":
-        if args.min_instances > args.max_instances:
-            raise SettingsError(
-                f"--min-instances {args.min_instances} exceeds --max-instances {args.max_instances}"
-            )
-        model_bucket, _ = storage.parse_s3_uri(args.model_data)
-        spec = endpoint.EndpointSpec(
-            region=settings.region,
-            role=settings.require_role(),
-            bucket=settings.bucket or model_bucket,
-            prefix=args.prefix,
-            model_data=args.model_data,
-            instance_type=args.instance_type,
-            scaling=ScalingSpec(
-                endpoint_name=args.endpoint_name,
-                min_instances=args.min_instances,
-                max_instances=args.max_instances,
-                target_invocations=args.target_invocations,
-                scale_in_cooldown_s=args.scale_in_cooldown,
-                scale_out_cooldown_s=args.scale_out_cooldown,
-            ),
-        )
-        return endpoint.deploy(aws, spec, log)
+        return deploy(args, settings, aws, log)
+    if args.command == "transform":
+        return transform.run_transform(aws, transform_spec(args, settings), args.job_name, args.results, log)
     existed = endpoint.teardown(aws, args.endpoint_name, log)
     return {"endpoint": args.endpoint_name, "deleted": existed}
 
@@ -269,4 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_AWS
     if not args.dry_run:
         print(json.dumps(report, indent=2, default=str))
+    if args.command == "transform" and not args.dry_run:
+        # As the local batch command: non-zero when the job failed or any image has no answer.
+        failed = report["status"] != "Completed" or report["summary"]["failed"]
+        return EXIT_AWS if failed else 0
     return 0

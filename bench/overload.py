@@ -1,0 +1,271 @@
+"""Overload benchmark: what the local endpoint delivers in time when more clients call it than it can serve.
+
+    .venv/bin/python bench/overload.py [--model-dir models/default] [--clients 64] [--seconds 30]
+
+It starts `python -m serving.server` on a free loopback port twice, with shedding off (`--max-wait 0`: the
+unbounded queue it had before) and with its default shedding, and puts the same load on each: `--clients`
+threads, each calling InvokeEndpoint one call after another for `--seconds` (after a 503, once its
+Retry-After has passed, as the API tells its callers), every thread with its own boto3 client configured as
+the API's (chalicelib/endpoint.py: 2 s connect, 7 s read timeout, botocore's standard retry mode, 2 attempts
+in all), as concurrent Lambda containers would call it. The body is the sample photo as the Lambda sends it
+(shrunk and re-encoded by chalicelib).
+
+Figures per mode:
+- goodput: calls answered (200) per second of the run; an answer always came within its attempt's 7 s;
+- p50/p99 of the answered calls, retries included;
+- shed: attempts answered 503 (botocore retries one at once; the API passes the second on with Retry-After);
+- wasted model work: attempts that timed out after 7 s, which the endpoint still runs the model for, as a
+  share of all the attempts it ran the model for (answered + timed out).
+Then the ratios with shedding over without. The clients share the CPUs with the endpoint, as they would not in
+production: the absolute figures are this machine's; the ratios are what to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+from botocore import UNSIGNED
+from botocore.config import Config
+from botocore.exceptions import ClientError, ConnectionError, ReadTimeoutError
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+from chalicelib.image import prepare_image  # noqa: E402
+from chalicelib.settings import (  # noqa: E402
+    ENDPOINT_CONNECT_TIMEOUT_S,
+    ENDPOINT_MAX_ATTEMPTS,
+    ENDPOINT_READ_TIMEOUT_S,
+    JPEG_QUALITY,
+    MAX_PIXELS,
+)
+from serving.server import DEFAULT_ENDPOINT_NAME  # noqa: E402
+from training.model import read_config  # noqa: E402
+from training.preprocessing import Preprocessing  # noqa: E402
+
+SAMPLE = PROJECT.parent / "shared" / "data" / "samples" / "Labrador_retriever_06455.jpg"
+DEFAULT_MODEL = PROJECT / "models" / "default"
+# After the run, calls still in flight may take two attempts of the read timeout plus botocore's backoff.
+DRAIN_S = 2 * (ENDPOINT_CONNECT_TIMEOUT_S + ENDPOINT_READ_TIMEOUT_S) + 6
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_endpoint(model_dir: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving.server", "--model-dir", str(model_dir), "--port", str(port), *extra],
+        cwd=PROJECT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,  # one log line per request would swamp the figures
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the endpoint exited with {process.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:  # noqa: S310 - our own http URL
+                if response.status == 200:
+                    return process, url
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    stop(process)
+    raise SystemExit(f"{url}/ping did not answer 200 within 300 s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def api_client(url: str):
+    """A sagemaker-runtime client with the API's settings (see chalicelib.endpoint.runtime_client)."""
+    return boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=url,
+        region_name="us-east-1",
+        config=Config(
+            signature_version=UNSIGNED,
+            connect_timeout=ENDPOINT_CONNECT_TIMEOUT_S,
+            read_timeout=ENDPOINT_READ_TIMEOUT_S,
+            retries={"mode": "standard", "total_max_attempts": ENDPOINT_MAX_ATTEMPTS},
+        ),
+    )
+
+
+@dataclass
+class Tally:
+    """What the clients saw; each thread adds to its own, merged after the run."""
+
+    answered: list[float] = field(default_factory=list)  # seconds per answered call, retries included
+    failed_calls: int = 0
+    attempts: dict[str, int] = field(default_factory=lambda: {"200": 0, "503": 0, "timeout": 0, "other": 0})
+
+    def merge(self, other: Tally) -> None:
+        self.answered += other.answered
+        self.failed_calls += other.failed_calls
+        for outcome, count in other.attempts.items():
+            self.attempts[outcome] += count
+
+
+def run_load(url: str, body: bytes, clients: int, seconds: float) -> tuple[Tally, float]:
+    """`clients` threads calling for `seconds`; the merged tally and the run's length in seconds."""
+    tallies = [Tally() for _ in range(clients)]
+    ready = threading.Barrier(clients + 1)
+    stop_at = [float("inf")]
+
+    def run(tally: Tally) -> None:
+        client = api_client(url)
+
+        def count_attempt(response=None, caught_exception=None, **_):
+            # botocore asks this after every attempt, whether it will retry or not.
+            if isinstance(caught_exception, ReadTimeoutError):
+                tally.attempts["timeout"] += 1
+            elif response is not None and response[0].status_code in (200, 503):
+                tally.attempts[str(response[0].status_code)] += 1
+            else:
+                tally.attempts["other"] += 1
+
+        client.meta.events.register("needs-retry.sagemaker-runtime.InvokeEndpoint", count_attempt)
+        ready.wait()
+        while time.perf_counter() < stop_at[0]:
+            started = time.perf_counter()
+            try:
+                response = client.invoke_endpoint(
+                    EndpointName=DEFAULT_ENDPOINT_NAME, Body=body, ContentType="image/jpeg"
+                )
+                json.loads(response["Body"].read())
+            except ClientError as error:
+                tally.failed_calls += 1
+                # The API answers its caller 503 with the endpoint's Retry-After; its caller waits that long.
+                retry_after = error.response["ResponseMetadata"]["HTTPHeaders"].get("retry-after", "0")
+                time.sleep(max(0.0, min(float(retry_after), stop_at[0] - time.perf_counter())))
+                continue
+            except (ReadTimeoutError, ConnectionError):
+                tally.failed_calls += 1
+                continue
+            finished = time.perf_counter()
+            if finished <= stop_at[0]:
+                tally.answered.append(finished - started)
+
+    threads = [threading.Thread(target=run, args=(tally,), daemon=True) for tally in tallies]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    began = time.perf_counter()
+    stop_at[0] = began + seconds
+    for thread in threads:
+        thread.join(timeout=max(0.0, stop_at[0] + DRAIN_S - time.perf_counter()))
+    total = Tally()
+    for tally in tallies:
+        total.merge(tally)
+    return total, seconds
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[round(fraction * 100) - 1]
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else float("nan")
+
+
+def measure(model_dir: Path, extra: list[str], body: bytes, clients: int, seconds: float) -> dict:
+    process, url = start_endpoint(model_dir, extra)
+    try:
+        with urllib.request.urlopen(f"{url}/ping", timeout=10) as response:  # noqa: S310 - our own http URL
+            limit = json.loads(response.read())["queue"]["limit"]
+        tally, elapsed = run_load(url, body, clients, seconds)
+    finally:
+        stop(process)
+    model_runs = tally.attempts["200"] + tally.attempts["timeout"]
+    return {
+        "limit": limit,
+        "goodput": len(tally.answered) / elapsed,
+        "p50": percentile(tally.answered, 0.50),
+        "p99": percentile(tally.answered, 0.99),
+        "answered": len(tally.answered),
+        "failed": tally.failed_calls,
+        "shed": tally.attempts["503"],
+        "timeouts": tally.attempts["timeout"],
+        "other": tally.attempts["other"],
+        "wasted": tally.attempts["timeout"] / model_runs if model_runs else 0.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--max-wait", type=float, help="the shedding run's --max-wait (default: the server's)"
+    )
+    args = parser.parse_args()
+    if not 1 <= args.clients <= 256 or not 1 <= args.seconds <= 600:
+        parser.error("--clients must be 1-256 and --seconds 1-600")
+
+    config, _, _ = read_config(args.model_dir)
+    preprocessing = Preprocessing.from_dict(config["preprocessing"])
+    photo = SAMPLE.read_bytes()
+    body = prepare_image(
+        photo, resize_size=preprocessing.resize_size, max_pixels=MAX_PIXELS, quality=JPEG_QUALITY
+    ).jpeg
+    print(f"CPUs: {len(os.sched_getaffinity(0))}; load average at start: {os.getloadavg()[0]:.2f}")
+    print(
+        f"model: {args.model_dir} ({config['backbone']}); {args.clients} clients, {args.seconds:g} s a run; "
+        f"API timeouts: {ENDPOINT_READ_TIMEOUT_S:g} s read, {ENDPOINT_MAX_ATTEMPTS} attempts"
+    )
+    shedding = [] if args.max_wait is None else ["--max-wait", str(args.max_wait)]
+    results = {
+        "no shedding": measure(args.model_dir, ["--max-wait", "0"], body, args.clients, args.seconds),
+        "shedding": measure(args.model_dir, shedding, body, args.clients, args.seconds),
+    }
+    print(
+        f"{'mode':<12} {'queue limit':>11} {'goodput/s':>9} {'p50 s':>6} {'p99 s':>6} {'answered':>8} "
+        f"{'failed':>6} {'shed':>5} {'timeouts':>8} {'wasted':>7}"
+    )
+    for mode, result in results.items():
+        print(
+            f"{mode:<12} {result['limit'] or 'none':>11} {result['goodput']:>9.2f} {result['p50']:>6.2f} "
+            f"{result['p99']:>6.2f} {result['answered']:>8} {result['failed']:>6} {result['shed']:>5} "
+            f"{result['timeouts']:>8} {result['wasted']:>6.0%}"
+        )
+        if result["other"]:
+            print(f"  ({result['other']} attempts failed otherwise)")
+    before, after = results["no shedding"], results["shedding"]
+    print(
+        f"shedding / no shedding: goodput {ratio(after['goodput'], before['goodput']):.2f}x, "
+        f"p99 {ratio(after['p99'], before['p99']):.2f}x, "
+        f"wasted model work {before['wasted']:.0%} -> {after['wasted']:.0%}"
+    )
+
+
+if __name__ == "__main__":
+    main()

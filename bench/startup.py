@@ -1,0 +1,112 @@
+"""Start-up of a fresh local endpoint: process start to the first `/ping` 200, with and without the graph.
+
+    .venv/bin/python bench/startup.py [--runs 2] models/default models/fast
+
+"with graph" is the model directory as `make setup` leaves it (model.onnx stamped for its weights);
+"without graph" is a copy without model.onnx and an empty export cache, so the endpoint exports and checks
+the graph as it starts, as every new instance did before archives carried it; "pytorch" serves the model
+directory with eager PyTorch (no graph at all), the baseline. Each row alternates with the others over the
+runs, so a change in the machine's other load hits them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+from training.model import ONNX_FILE  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def seconds_to_ready(model_dir: Path, runtime: str, cache: Path, limit: float = 600) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the server) from starting `python -m serving.server` to its first
+    /ping 200; the server is stopped. CPU seconds hardly depend on what else runs on the machine."""
+    port = free_port()
+    env = {**os.environ, "DOGBREEDS_CACHE": str(cache)}
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving.server", "--model-dir", str(model_dir), "--port", str(port)]
+        + ["--runtime", runtime],
+        cwd=PROJECT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while time.perf_counter() - started < limit:
+            if process.poll() is not None:
+                raise SystemExit(f"the endpoint exited with {process.returncode} before it was ready")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:  # noqa: S310
+                    if response.status == 200:
+                        return time.perf_counter() - started, cpu_seconds(process.pid)
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.05)
+        raise SystemExit(f"not ready within {limit} s")
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_dirs", nargs="+", type=Path)
+    parser.add_argument("--runs", type=int, default=2)
+    args = parser.parse_args()
+    print(f"{len(os.sched_getaffinity(0))} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
+    for model_dir in args.model_dirs:
+        if not (model_dir / ONNX_FILE).is_file():
+            raise SystemExit(f"{model_dir / ONNX_FILE} is missing: run make setup first")
+        with tempfile.TemporaryDirectory() as scratch:
+            bare = Path(scratch) / "model"
+            shutil.copytree(model_dir, bare, ignore=shutil.ignore_patterns("*.onnx"))
+            cases = {
+                "with graph (onnx)": (model_dir, "auto"),
+                "without graph (export at start)": (bare, "auto"),
+                "pytorch": (model_dir, "pytorch"),
+            }
+            timings: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+            for run in range(args.runs):
+                for name, (directory, runtime) in cases.items():
+                    cache = Path(scratch) / f"cache-{run}-{len(timings[name])}"  # empty: a fresh instance
+                    timings[name].append(seconds_to_ready(directory, runtime, cache))
+        print(f"\n{model_dir}: process start to the first /ping 200, median of {args.runs} (wall s, CPU s)")
+        base_wall, base_cpu = (
+            statistics.median(column) for column in zip(*timings["with graph (onnx)"], strict=True)
+        )
+        for name, values in timings.items():
+            wall, cpu = (statistics.median(column) for column in zip(*values, strict=True))
+            print(
+                f"  {name:32s} wall {wall:6.1f} s ({wall / base_wall:4.1f}x)   "
+                f"CPU {cpu:6.1f} s ({cpu / base_cpu:4.1f}x)"
+            )
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()

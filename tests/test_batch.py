@@ -1,0 +1,256 @@
+"""`python -m serving.batch` on a small folder of real photos, against the real endpoint process over HTTP."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import http.server
+import json
+import re
+import shutil
+import subprocess
+import sys
+import urllib.request
+from functools import partial
+from pathlib import Path
+
+import pytest
+from conftest import PROJECT
+from local_servers import serving_in_thread
+
+from serving import batch, batch_results
+
+LABRADOR = "Labrador_retriever_06455.jpg"
+SPANIEL = "American_water_spaniel_00648.jpg"
+
+
+@pytest.fixture
+def photos(samples, tmp_path) -> Path:
+    """Two photos in nested folders, a file that is no image, and a hidden file that is skipped."""
+    root = tmp_path / "photos"
+    (root / "labs").mkdir(parents=True)
+    (root / "other" / "deeper").mkdir(parents=True)
+    shutil.copy(samples / LABRADOR, root / "labs" / LABRADOR)
+    shutil.copy(samples / SPANIEL, root / "other" / "deeper" / SPANIEL)
+    (root / "other" / "notes.txt").write_text("not a photo")
+    (root / ".DS_Store").write_bytes(b"\0\0")
+    return root
+
+
+def run_batch(capsys, *argv: str):
+    code = batch.main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def csv_rows(path: Path) -> dict[str, dict]:
+    with path.open(newline="") as stream:
+        return {row["key"]: row for row in csv.DictReader(stream)}
+
+
+def test_a_folder_becomes_a_csv_with_a_summary_and_a_rerun_resumes(endpoint, photos, tmp_path, capsys):
+    results = tmp_path / "results.csv"
+    code, err = run_batch(capsys, str(photos), "-o", str(results), "--endpoint", endpoint.url, "-n", "2")
+
+    rows = csv_rows(results)
+    assert set(rows) == {f"labs/{LABRADOR}", f"other/deeper/{SPANIEL}", "other/notes.txt"}
+    lab = rows[f"labs/{LABRADOR}"]
+    assert (lab["label"], lab["breed"], lab["is_dog"], lab["error"]) == (
+        "Labrador_retriever",
+        "Labrador retriever",
+        "True",
+        "",
+    )
+    assert 0.5 < float(lab["probability"]) <= 1
+    assert rows["other/notes.txt"]["error"] == "unreadable_image"
+    assert "cannot decode" in rows["other/notes.txt"]["message"]
+    # A bad file is reported, never the end of the run; the exit status says something failed.
+    assert code == batch.EXIT_FAILED
+    assert "3 images: 2 classified, 1 failed" in err
+    assert "not a dog: 0" in err
+    assert "1  Labrador retriever" in err and "1  unreadable_image" in err
+
+    # The re-run sends only what failed; its new row joins the file.
+    (photos / "other" / "notes.txt").unlink()
+    shutil.copy(photos / "labs" / LABRADOR, photos / "other" / "notes.txt")
+    code, err = run_batch(capsys, str(photos), "-o", str(results), "--endpoint", endpoint.url)
+    assert "3 images, 2 already done, 1 to classify" in err
+    assert code == 0 and "3 images: 3 classified, 0 failed" in err
+    with results.open(newline="") as stream:
+        keys = [row["key"] for row in csv.DictReader(stream)]
+    assert len(keys) == 4 and keys[-1] == "other/notes.txt"
+
+
+def test_transform_output_is_laid_out_as_the_job_writes_it(endpoint, photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    results = tmp_path / "summary.jsonl"
+    argv = (str(photos), "-o", str(results), "--endpoint", endpoint.url, "--transform-output", str(out))
+    code, err = run_batch(capsys, *argv)
+
+    written = sorted(path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file())
+    assert written == [f"labs/{LABRADOR}.out", f"other/deeper/{SPANIEL}.out", "other/notes.txt.out"]
+    answer = json.loads((out / "labs" / f"{LABRADOR}.out").read_bytes())
+    assert set(answer) == {"predictions", "is_dog", "dog_probability", "model"}
+    failure = json.loads((out / "other" / "notes.txt.out").read_bytes())
+    assert failure["error"]["code"] == "unreadable_image" and failure["error"]["status"] == 400
+    rows = {row["key"]: row for row in map(json.loads, results.read_text().splitlines())}
+    assert rows[f"labs/{LABRADOR}"]["label"] == "Labrador_retriever"
+    assert rows[f"labs/{LABRADOR}"]["probability"] == answer["predictions"][0]["probability"]
+    assert rows["other/notes.txt"]["error"] == "unreadable_image"
+    assert code == batch.EXIT_FAILED and "3 images: 2 classified, 1 failed" in err
+
+    # Resuming skips the objects that have their .out; a missing one is made again.
+    (out / "labs" / f"{LABRADOR}.out").unlink()
+    code, err = run_batch(capsys, *argv)
+    assert "3 images, 2 already done, 1 to classify" in err
+    assert json.loads((out / "labs" / f"{LABRADOR}.out").read_bytes()) == answer
+
+
+def test_the_content_types_are_the_handlers():
+    from serving import inference
+
+    assert batch_results.TRANSFORM_CONTENT_TYPE in inference.IMAGE_CONTENT_TYPES
+    assert batch_results.TRANSFORM_ACCEPT == inference.RECORD_JSON
+    assert batch.JSON == inference.JSON
+
+
+def test_the_command_does_not_import_torch():
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, serving.batch; print(sorted({'torch', 'numpy'} & set(sys.modules)))",
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert loaded.stdout.strip() == "[]", loaded.stderr
+
+
+def test_the_summary_of_outputs_names_inputs_without_one():
+    outputs = {"a.jpg": json.dumps({"error": {"code": "too_many_pixels", "message": "big"}}).encode()}
+    rows = list(batch_results.rows_from_outputs(["a.jpg", "b.jpg"], outputs.get))
+    assert [(row.key, row.error) for row in rows] == [("a.jpg", "too_many_pixels"), ("b.jpg", "no_output")]
+
+
+class Files(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_a_url_list_through_the_endpoint(endpoint, samples, tmp_path, capsys):
+    with serving_in_thread(
+        http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Files, directory=str(samples)))
+    ) as files:
+        listing = tmp_path / "urls.txt"
+        listing.write_text(f"# photos\n{files}/{LABRADOR}\n\n{files}/missing.jpg\n{files}/{LABRADOR}\n")
+        results = tmp_path / "results.jsonl"
+        code, err = run_batch(capsys, str(listing), "-o", str(results), "--endpoint", endpoint.url)
+    rows = {row["key"]: row for row in map(json.loads, results.read_text().splitlines())}
+    assert rows[f"{files}/{LABRADOR}"]["label"] == "Labrador_retriever"
+    assert rows[f"{files}/missing.jpg"]["error"] == "url_fetch_failed"
+    assert code == batch.EXIT_FAILED and "2 images: 1 classified, 1 failed" in err
+
+
+def test_an_unreachable_endpoint_fails_every_image_without_a_traceback(photos, tmp_path):
+    from local_servers import free_port
+
+    results = tmp_path / "results.csv"
+    done = subprocess.run(
+        [sys.executable, "-m", "serving.batch", str(photos), "-o", str(results)]
+        + ["--endpoint", f"http://127.0.0.1:{free_port()}"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == batch.EXIT_FAILED
+    assert "3  connection_failed" in done.stderr and "Traceback" not in done.stderr
+    assert {row["error"] for row in csv_rows(results).values()} == {"connection_failed"}
+
+
+def test_a_file_that_is_not_a_results_file_is_refused(photos, tmp_path, capsys):
+    other = tmp_path / "other.csv"
+    other.write_text("name,size\na,1\n")
+    code, err = run_batch(capsys, str(photos), "-o", str(other))
+    assert code == batch.EXIT_USAGE and err.startswith("error: ") and "not a results file" in err
+    assert other.read_text() == "name,size\na,1\n"
+
+
+def test_a_folder_through_the_api(endpoint, photos, tmp_path, capsys):
+    """The folder through a real `chalice local` in front of the endpoint: the API's answers and errors."""
+    from test_api import chalice_local, write_stage_project
+
+    project = tmp_path / "project"
+    shutil.copytree(
+        PROJECT / "chalicelib", project / "chalicelib", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copy(PROJECT / "app.py", project / "app.py")
+    write_stage_project(project, AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=endpoint.url)
+    results = tmp_path / "results.csv"
+    with chalice_local(project) as api_url:
+        code, err = run_batch(capsys, str(photos), "-o", str(results), "--api", api_url)
+    rows = csv_rows(results)
+    assert rows[f"labs/{LABRADOR}"]["label"] == "Labrador_retriever"
+    assert rows["other/notes.txt"]["error"] == "unsupported_media_type"
+    assert code == batch.EXIT_FAILED and "3 images: 2 classified, 1 failed" in err
+
+
+@pytest.mark.slow
+def test_batch_benchmark_runs_and_prints_its_figures():
+    result = subprocess.run(
+        [sys.executable, "bench/batch.py", "--model-dir", "models/fast", "--limit", "12", "--seconds", "1"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"batch command, 1 request at a time \(baseline\): +[\d.]+ images/s", result.stdout)
+    assert re.search(
+        r"defaults / sequential: [\d.]+x; defaults / endpoint at 16 clients: [\d.]+x", result.stdout
+    )
+
+
+class ThrottlingProxy(http.server.BaseHTTPRequestHandler):
+    """Answers each path's first request 429 with Retry-After, as API Gateway throttles, then passes the
+    requests on to the real endpoint."""
+
+    target = ""
+    seen: set[str] = set()
+    throttled = 0
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        photo = hashlib.sha256(body).hexdigest()
+        if photo not in self.seen:
+            self.seen.add(photo)
+            type(self).throttled += 1
+            self.send_response(429)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        forwarded = urllib.request.Request(
+            self.target + self.path, data=body, headers=dict(self.headers), method="POST"
+        )
+        with urllib.request.urlopen(forwarded, timeout=60) as answer:
+            data = answer.read()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_throttled_requests_are_retried_as_retry_after_asks(endpoint, photos, tmp_path, capsys):
+    proxy = type("Proxy", (ThrottlingProxy,), {"target": endpoint.url, "seen": set(), "throttled": 0})
+    results = tmp_path / "results.csv"
+    with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), proxy)) as url:
+        code, err = run_batch(capsys, str(photos), "-o", str(results), "--endpoint", url)
+    assert proxy.throttled == 3
+    assert csv_rows(results)[f"labs/{LABRADOR}"]["label"] == "Labrador_retriever"
+    assert "3 images: 2 classified, 1 failed" in err and "unreadable_image" in err

@@ -1,0 +1,258 @@
+"""GET /openapi.json: a valid OpenAPI 3.1 document for every route, built from the one schema and the error
+classes, that the real answers of the real local stack match, error answers included; then schemathesis
+fuzzes the stack from it."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import jsonschema
+import pytest
+import referencing
+from chalice.test import Client
+from conftest import ChaliceLocal
+from openapi_spec_validator import validate
+from PIL import Image
+from referencing.jsonschema import DRAFT202012
+
+import app as api
+from chalicelib import health, openapi
+from chalicelib.endpoint import runtime_client
+from chalicelib.gateway_responses import GATEWAY_RESPONSES
+from chalicelib.settings import MAX_UPLOAD_BYTES, get_settings
+
+# Examples per operation and phase; the whole fuzz run stays within seconds.
+FUZZ_EXAMPLES = 10
+
+
+@pytest.fixture(scope="module")
+def document(api_stack) -> dict:
+    with urllib.request.urlopen(api_stack.url + "/openapi.json") as response:
+        assert response.headers["Content-Type"] == "application/json"
+        return json.load(response)
+
+
+def call(url: str, method: str = "GET", body: bytes | None = None, content_type: str | None = None):
+    """(status, content type, body bytes, headers) of a real HTTP request."""
+    request = urllib.request.Request(url, data=body, method=method)
+    if content_type:
+        request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.headers.get_content_type(), response.read(), response.headers
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers.get_content_type(), error.read(), error.headers
+
+
+def assert_matches(document: dict, path: str, method: str, status: int, content_type: str, body: bytes):
+    """The answer is one the document lists for the route, in a listed content type, valid by its schema;
+    a method the route does not have answers 405 with the error schema."""
+    operation = document["paths"][path].get(method.lower())
+    if operation is None:
+        assert status == 405 and content_type == "application/json"
+        return assert_valid(document, {"$ref": "#/components/schemas/Error"}, body)
+    assert str(status) in operation["responses"], f"{method} {path} answered {status}, not in the document"
+    content = operation["responses"][str(status)]["content"]
+    assert content_type in content, f"{method} {path} {status} answered {content_type}"
+    if content_type == "application/json":
+        assert_valid(document, content[content_type]["schema"], body)
+
+
+def assert_valid(document: dict, schema: dict, body: bytes):
+    registry = referencing.Registry().with_resource(
+        "urn:openapi", referencing.Resource.from_contents(document, default_specification=DRAFT202012)
+    )
+    validator = jsonschema.Draft202012Validator(_rebased(schema), registry=registry)
+    validator.validate(json.loads(body))
+
+
+def _rebased(schema):
+    """`schema` with its document-relative references ("#/components/...") pointing into urn:openapi."""
+    if isinstance(schema, dict):
+        return {
+            key: ("urn:openapi" + value if key == "$ref" and value.startswith("#") else _rebased(value))
+            for key, value in schema.items()
+        }
+    if isinstance(schema, list):
+        return [_rebased(item) for item in schema]
+    return schema
+
+
+def jpeg(size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (120, 90, 60)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def png(size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", size).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+# --- the document ---
+
+
+def test_the_document_is_valid_openapi_3_1_and_describes_every_route(document):
+    validate(document)
+    assert document["openapi"].startswith("3.1")
+    described = {(path, method.upper()) for path, methods in document["paths"].items() for method in methods}
+    assert described == {(path, method) for path, methods in api.app.routes.items() for method in methods}
+    upload = document["paths"]["/predict/image"]["post"]
+    assert set(upload["requestBody"]["content"]) == set(api.IMAGE_CONTENT_TYPES)
+    assert [parameter["name"] for parameter in upload["parameters"]] == ["top_k"]
+
+
+def test_every_error_class_is_described_with_its_status(document):
+    classes = openapi.error_classes()
+    assert {"BadRequest", "UnsupportedImage", "EndpointUnavailable", "Misconfigured"} <= {
+        cls.__name__ for cls in classes
+    }
+    for cls in classes:
+        for path in ("/predict", "/predict/image"):
+            response = document["paths"][path]["post"]["responses"][str(cls.status)]
+            assert cls.code in documented_codes(response), (cls, path)
+
+
+def documented_codes(response: dict) -> set[str]:
+    """The error codes a documented response allows."""
+    found, pending = set(), [response["content"]["application/json"]["schema"]]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            found.update(node.get("enum", []))
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return found
+
+
+def test_routes_that_need_a_key_say_so_and_the_page_never_does():
+    """As on prod, where app.py declares the classifying routes with api_key_required."""
+    routes = {path: dict(methods) for path, methods in api.app.routes.items()}
+    for path in ("/predict", "/predict/image"):
+        routes[path]["POST"] = copy.copy(routes[path]["POST"])
+    for path in ("/predict", "/predict/image"):
+        routes[path]["POST"].api_key_required = True
+    document = openapi.describe_api(routes, "/api")
+    validate(document)
+    for path in ("/predict", "/predict/image"):
+        operation = document["paths"][path]["post"]
+        assert operation["security"] == [{"apiKey": []}]
+        # Every answer API Gateway gives itself for a route, as the packaged template maps them.
+        for response_type, status, code, _ in GATEWAY_RESPONSES:
+            if status is not None and status != 404:
+                assert code in documented_codes(operation["responses"][str(status)]), response_type
+    for path in ("/", "/openapi.json"):
+        assert "security" not in document["paths"][path]["get"]
+        assert "403" not in document["paths"][path]["get"]["responses"]
+    assert document["servers"] == [{"url": "/api"}]
+
+
+def test_the_document_knows_the_stage_path_it_is_served_under():
+    assert openapi.stage_base_path({"path": "/api/openapi.json", "resourcePath": "/openapi.json"}) == "/api"
+    assert openapi.stage_base_path({"path": "/openapi.json", "resourcePath": "/openapi.json"}) == ""
+    assert openapi.stage_base_path({}) == ""
+
+
+# --- real answers of every route against it ---
+
+
+def test_every_route_answers_as_described(document, api_stack, sample_files, labrador):
+    image = "/predict/image"
+    by_url = json.dumps({"url": f"{sample_files}/Labrador_retriever_06455.jpg"})
+    by_base64 = json.dumps({"image": base64.b64encode(labrador).decode(), "top_k": 2})
+    cases = [
+        ("/", "GET", None, None, 200),
+        ("/openapi.json", "GET", None, None, 200),
+        ("/health", "GET", None, None, 200),
+        ("/predict", "POST", by_url, "json", 200),
+        ("/predict", "POST", by_base64, "json", 200),
+        ("/predict", "POST", "{not json", "json", 400),
+        ("/predict", "POST", json.dumps({"url": "file:///etc/passwd"}), "json", 400),
+        ("/predict", "POST", json.dumps({"url": f"{sample_files}/missing.jpg"}), "json", 400),
+        ("/predict", "POST", json.dumps({"image": "AAAA", "top_k": 0}), "json", 400),
+        ("/predict", "POST", json.dumps({"url": "x"}), "text/plain", 415),
+        ("/predict", "GET", None, None, 405),
+        (image, "POST", labrador, "image/jpeg", 200),
+        (image + "?top_k=99", "POST", labrador, "image/jpeg", 400),
+        (image, "POST", b"not an image", "image/png", 415),
+        (image, "POST", b"\0" * (MAX_UPLOAD_BYTES + 1), "application/octet-stream", 413),
+        (image, "POST", png((9000, 9000)), "image/png", 422),
+        (image, "POST", jpeg((4000, 20)), "image/jpeg", 422),
+        ("/health", "POST", b"{}", "json", 405),
+    ]
+    for path, method, body, content_type, expected in cases:
+        data = body.encode() if isinstance(body, str) else body
+        kind = "application/json" if content_type == "json" else content_type
+        status, answered_type, answer, _ = call(api_stack.url + path, method, data, kind)
+        assert status == expected, (path, method, expected, answer[:300])
+        assert_matches(document, path.split("?")[0], method, status, answered_type, answer)
+
+
+@pytest.fixture
+def stopped_endpoint_client(tmp_path, monkeypatch):
+    """The local stage in-process, with its endpoint address pointing at a port nothing listens on."""
+    from local_servers import free_port
+
+    project = tmp_path / "project"
+    ChaliceLocal.write_config(project, f"http://127.0.0.1:{free_port()}")
+    fresh_container()
+    yield Client(api.app, stage_name="local", project_dir=str(project))
+    fresh_container()
+
+
+def fresh_container():
+    get_settings.cache_clear()
+    runtime_client.cache_clear()
+    health.clear_cache()
+
+
+def test_an_endpoint_that_is_down_answers_as_described(document, stopped_endpoint_client, labrador):
+    response = stopped_endpoint_client.http.post(
+        "/predict/image", headers={"Content-Type": "image/jpeg"}, body=labrador
+    )
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert_matches(document, "/predict/image", "POST", 503, "application/json", response.body)
+    response = stopped_endpoint_client.http.get("/health")
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert_matches(document, "/health", "GET", 503, "application/json", response.body)
+
+
+# --- fuzzing ---
+
+
+def test_fuzzed_requests_get_described_answers_and_never_a_5xx(api_stack, tmp_path):
+    """schemathesis generates requests from the document, valid and invalid, for every operation: every
+    answer must be one the document describes, and none a 5xx. The seed is fixed so that a run repeats."""
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "schemathesis"),
+            f"--config-file={Path(__file__).with_name('schemathesis.toml')}",
+            "run",
+            api_stack.url + "/openapi.json",
+            "--checks=all",
+            f"--max-examples={FUZZ_EXAMPLES}",
+            "--seed=1",
+            "--workers=1",
+            "--phases=examples,coverage,fuzzing",
+            "--generation-database=none",
+            "--request-timeout=30",
+            "--no-color",
+            "--report=junit",
+            f"--report-dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]

@@ -1,0 +1,405 @@
+"""The web page at `/` in a real headless Chromium, against the real local stack: the endpoint process
+with the default model and `chalice local`, behind a loopback stand-in for API Gateway that records what
+the browser sends and can require an API key as the prod stage does."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import io
+import json
+import shutil
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from conftest import DEFAULT_MODEL, ChaliceLocal
+from local_servers import free_port, serving_in_thread
+from PIL import Image
+
+from chalicelib.settings import MAX_UPLOAD_BYTES, RETRY_AFTER_S
+
+CHROMIUM = "chromium"
+CHROMEDRIVER = "chromedriver"
+INSTALL_HINT = "run `make test` as root (it installs them), or `apt-get install chromium chromium-driver`"
+# Statuses the gateway stand-in passes on, and the headers of an answer a browser sees.
+FORWARDED_REQUEST_HEADERS = ("Content-Type", "x-api-key")
+DROPPED_RESPONSE_HEADERS = {"transfer-encoding", "connection", "server", "date", "content-length"}
+# Wait this long for the page to answer; the model itself takes well under a second here.
+ANSWER_TIMEOUT_S = 60
+
+
+# --- a stand-in for API Gateway in front of chalice local ---
+
+
+@dataclass
+class Gateway:
+    """What reached the gateway, and the API key it requires (None: open, as the dev and local stages are)."""
+
+    api_url: str
+    url: str = ""
+    required_key: str | None = None
+    forbidden_body: bytes = b""
+    received: list[tuple[str, str, str, int]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def uploads(self) -> list[tuple[str, str, str, int]]:
+        """(method, path, content type, body bytes) of every POST so far."""
+        with self.lock:
+            return [request for request in self.received if request[0] == "POST"]
+
+
+class GatewayHandler(http.server.BaseHTTPRequestHandler):
+    gateway: Gateway
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.forward(None)
+
+    def do_POST(self):
+        self.forward(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+
+    def forward(self, body: bytes | None):
+        gateway = self.gateway
+        with gateway.lock:
+            gateway.received.append(
+                (self.command, self.path, self.headers.get("Content-Type", ""), len(body or b""))
+            )
+        # The page and its description stay open in every stage; the routes that classify may need a key.
+        keyed = self.command == "POST" and gateway.required_key is not None
+        if keyed and self.headers.get("x-api-key") != gateway.required_key:
+            # API Gateway's answer when a method requires a key and the request has none or a wrong one.
+            return self.answer(403, {"Content-Type": "application/json"}, gateway.forbidden_body)
+        headers = {name: self.headers[name] for name in FORWARDED_REQUEST_HEADERS if name in self.headers}
+        request = urllib.request.Request(gateway.api_url + self.path, data=body, headers=headers)
+        request.method = self.command
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                self.answer(response.status, response.headers, response.read())
+        except urllib.error.HTTPError as error:
+            self.answer(error.code, error.headers, error.read())
+
+    def answer(self, status: int, headers, body: bytes):
+        self.send_response(status)
+        for name, value in headers.items():
+            if name.lower() not in DROPPED_RESPONSE_HEADERS:
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def gateway(api_stack):
+    state = Gateway(api_url=api_stack.url)
+    handler = type("Handler", (GatewayHandler,), {"gateway": state})
+    with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)) as url:
+        state.url = url
+        yield state
+
+
+# --- the browser ---
+
+
+def browser_paths() -> tuple[str, str]:
+    """Where chromium and chromedriver are; fails the test, saying how to install them, when they are not."""
+    found = {name: shutil.which(name) for name in (CHROMIUM, CHROMEDRIVER)}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        pytest.fail(f"the browser tests need {' and '.join(missing)}: {INSTALL_HINT}")
+    return found[CHROMIUM], found[CHROMEDRIVER]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for the module, driven through Debian's chromedriver."""
+    chromium, chromedriver = browser_paths()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,900"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def page(browser, gateway):
+    """The page freshly loaded through the gateway, with nothing remembered from an earlier test."""
+    gateway.received.clear()
+    gateway.required_key = None
+    browser.set_window_size(1000, 900)
+    browser.get(gateway.url + "/")
+    browser.execute_script("localStorage.clear()")
+    browser.get(gateway.url + "/")
+    browser.get_log("browser")  # start each test with an empty console
+    assert state(browser) == "ready"
+    return browser
+
+
+def state(driver) -> str:
+    return driver.find_element("tag name", "body").get_attribute("data-state")
+
+
+def wait_for_outcome(driver) -> str:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, ANSWER_TIMEOUT_S).until(lambda d: state(d) in ("answered", "failed"))
+    return state(driver)
+
+
+def text(driver, element_id: str) -> str:
+    return driver.find_element("id", element_id).text
+
+
+def bars(driver) -> list[tuple[str, str]]:
+    """(label, visible text) of each breed bar, top first."""
+    items = driver.find_elements("css selector", "#bars li")
+    return [(item.get_attribute("data-label"), item.text) for item in items]
+
+
+def console_errors(driver, allow_network: bool = False) -> list[dict]:
+    """The console's errors since the last call; with `allow_network`, not the browser's own line for a
+    request that answered an error status (the API's 4xx answers are expected there)."""
+    entries = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    return [entry for entry in entries if not (allow_network and entry.get("source") == "network")]
+
+
+def screenshot(driver, path: Path) -> None:
+    """The whole page, however long, at the window's width."""
+    width = driver.get_window_size()["width"]
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(width, height + 140)  # the window's own frame takes part of its height
+    driver.save_screenshot(str(path))
+
+
+def choose_file(driver, path: Path) -> None:
+    driver.find_element("id", "file").send_keys(str(path))
+
+
+def photo_file(tmp_path: Path, name: str, image: Image.Image, **options) -> Path:
+    path = tmp_path / name
+    image.save(path, **options)
+    return path
+
+
+# --- the flows ---
+
+
+def test_a_chosen_photo_gets_its_breed(page, gateway, samples, tmp_path):
+    choose_file(page, samples / "Labrador_retriever_06455.jpg")
+    assert wait_for_outcome(page) == "answered", text(page, "error")
+    screenshot(page, tmp_path / "upload.png")
+    top_label, top_text = bars(page)[0]
+    assert top_label == "Labrador_retriever" and "Labrador retriever" in top_text and "%" in top_text
+    assert len(bars(page)) == 5
+    assert text(page, "verdict") == "A Labrador retriever"
+    facts = text(page, "facts")
+    assert "dogbreeds version 2" in facts and "total" in facts and "ms" in facts
+    # 700x487: its shorter side is over the model's 260, so the browser sent it shrunk, as a JPEG.
+    [(_, path, content_type, size)] = gateway.uploads()
+    assert path.startswith("/predict/image") and content_type == "image/jpeg"
+    assert size < (samples / "Labrador_retriever_06455.jpg").stat().st_size
+    assert console_errors(page) == []
+
+
+def test_an_image_address_gets_its_breed(page, gateway, sample_files, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+
+    field = page.find_element("id", "url")
+    field.send_keys(f"{sample_files}/Labrador_retriever_06455.jpg", Keys.ENTER)
+    assert wait_for_outcome(page) == "answered", text(page, "error")
+    page.save_screenshot(str(tmp_path / "url.png"))
+    assert bars(page)[0][0] == "Labrador_retriever"
+    assert page.find_element("id", "preview").is_displayed()
+    assert [upload[1] for upload in gateway.uploads()] == ["/predict"]
+    assert console_errors(page) == []
+
+
+def test_a_refused_address_is_a_readable_error(page, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+
+    page.find_element("id", "url").send_keys("file:///etc/passwd", Keys.ENTER)
+    assert wait_for_outcome(page) == "failed"
+    page.save_screenshot(str(tmp_path / "refused-url.png"))
+    assert text(page, "error-title") == "That address may not be fetched"
+    assert text(page, "error-message")
+    assert console_errors(page, allow_network=True) == []
+
+
+def test_a_file_that_is_not_an_image_is_a_readable_error(page, gateway, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo\n")
+    choose_file(page, notes)
+    assert wait_for_outcome(page) == "failed"
+    page.save_screenshot(str(tmp_path / "not-an-image.png"))
+    assert text(page, "error-title") == "That is not an image the service can read"
+    assert "image" in text(page, "error-message")
+    # The browser could not read it either, so it went as it was for the API to judge.
+    assert gateway.uploads() == [("POST", "/predict/image", "application/octet-stream", notes.stat().st_size)]
+    assert console_errors(page, allow_network=True) == []
+
+
+def test_a_file_over_the_upload_limit_is_refused_before_it_is_sent(page, gateway, tmp_path):
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\x00" * (MAX_UPLOAD_BYTES + 1))
+    choose_file(page, big)
+    assert wait_for_outcome(page) == "failed"
+    assert text(page, "error-title") == "The photo is too large"
+    assert gateway.uploads() == []
+    assert console_errors(page) == []
+
+
+def test_a_12_megapixel_photo_leaves_the_browser_small_and_upright(page, gateway, labrador, tmp_path):
+    """A phone photo: 12.5 million pixels stored sideways with an EXIF orientation that turns it upright."""
+    upright = Image.open(io.BytesIO(labrador)).resize((4242, 2951))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the stored pixels are turned a quarter to the left; viewers turn them right
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    photo = photo_file(tmp_path, "phone.jpg", stored, quality=95, exif=exif)
+    assert photo.stat().st_size > 1_000_000
+    choose_file(page, photo)
+    assert wait_for_outcome(page) == "answered", text(page, "error")
+    page.save_screenshot(str(tmp_path / "12mp.png"))
+    [(_, _, content_type, size)] = gateway.uploads()
+    assert content_type == "image/jpeg" and size < 100_000
+    assert bars(page)[0][0] == "Labrador_retriever"
+    # What the API received was already upright: wider than high, the model's 260 px on its shorter side.
+    assert "374 × 260" in text(page, "facts")
+    assert console_errors(page) == []
+
+
+def test_a_pasted_small_photo_goes_as_it_is_and_a_dropped_one_too(page, gateway, samples, tmp_path):
+    photo = (samples / "people_with_dog.jpg").read_bytes()
+    script = """
+        const [data, kind] = arguments;
+        const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "photo.jpg", {type: "image/jpeg"}));
+        const event = kind === "paste"
+            ? new ClipboardEvent("paste", {clipboardData: transfer, bubbles: true, cancelable: true})
+            : new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true});
+        document.body.dispatchEvent(event);
+    """
+    encoded = base64.b64encode(photo).decode()
+    page.execute_script(script, encoded, "paste")
+    assert wait_for_outcome(page) == "answered", text(page, "error")
+    assert text(page, "verdict").startswith("A ")
+    page.execute_script("document.body.dataset.state = 'ready'")
+    page.execute_script(script, encoded, "drop")
+    assert wait_for_outcome(page) == "answered", text(page, "error")
+    page.save_screenshot(str(tmp_path / "paste-drop.png"))
+    assert gateway.uploads() == [("POST", "/predict/image", "image/jpeg", len(photo))] * 2
+    assert console_errors(page) == []
+
+
+def test_a_picture_without_a_dog_says_so(page, gateway, tmp_path):
+    blank = photo_file(tmp_path, "blank.png", Image.new("RGB", (300, 300), (40, 90, 200)))
+    choose_file(page, blank)
+    assert wait_for_outcome(page) == "answered", text(page, "error")
+    page.save_screenshot(str(tmp_path / "not-a-dog.png"))
+    assert text(page, "verdict") == "This does not look like a dog."
+    assert text(page, "bars-note").startswith("If it is a dog after all")
+    # The flat 300x300 PNG is smaller than any JPEG of it: it went as it was.
+    assert gateway.uploads() == [("POST", "/predict/image", "image/png", blank.stat().st_size)]
+    assert console_errors(page) == []
+
+
+# API Gateway's own 403, and the same mapped to the API's error shape by a stage's gateway responses.
+FORBIDDEN_BODIES = [
+    b'{"message":"Forbidden"}',
+    b'{"error": {"code": "api_key_invalid",'
+    b' "message": "this API needs a valid API key in the x-api-key header"}}',
+]
+
+
+@pytest.mark.parametrize("forbidden_body", FORBIDDEN_BODIES, ids=["gateway-shape", "api-shape"])
+def test_a_stage_that_needs_a_key_says_so_then_remembers_it(page, gateway, samples, tmp_path, forbidden_body):
+    gateway.required_key = "key-for-tests"
+    gateway.forbidden_body = forbidden_body
+    choose_file(page, samples / "Labrador_retriever_06455.jpg")
+    assert wait_for_outcome(page) == "failed"
+    assert text(page, "error-title") == "This API needs a key"
+    assert page.switch_to.active_element.get_attribute("id") == "api-key"
+    page.save_screenshot(str(tmp_path / "needs-key.png"))
+    key_field = page.find_element("id", "api-key")
+    assert key_field.is_displayed()  # the key's section opened itself
+    key_field.send_keys("key-for-tests")
+    choose_file(page, samples / "Labrador_retriever_06455.jpg")
+    assert wait_for_outcome(page) == "answered", text(page, "error")
+    assert bars(page)[0][0] == "Labrador_retriever"
+    page.refresh()
+    assert page.find_element("id", "api-key").get_attribute("value") == "key-for-tests"
+    assert console_errors(page, allow_network=True) == []
+
+
+@pytest.fixture
+def endpoint_down(gateway, tmp_path):
+    """The gateway in front of a second `chalice local` whose endpoint address has nothing listening."""
+    api = ChaliceLocal(tmp_path / "project", f"http://127.0.0.1:{free_port()}").wait_ready()
+    working, gateway.api_url = gateway.api_url, api.url
+    yield
+    gateway.api_url = working
+    api.stop()
+
+
+def test_an_endpoint_that_is_down_is_a_readable_error(page, endpoint_down, samples, tmp_path):
+    choose_file(page, samples / "Labrador_retriever_06455.jpg")
+    assert wait_for_outcome(page) == "failed"
+    page.save_screenshot(str(tmp_path / "endpoint-down.png"))
+    assert text(page, "error-title") == "The model is not available right now"
+    assert text(page, "error-message").endswith(f"Try again in {RETRY_AFTER_S} s.")
+    assert console_errors(page, allow_network=True) == []
+
+
+def test_phone_width_and_labels(page, samples, tmp_path):
+    page.set_window_size(390, 844)
+    choose_file(page, samples / "Labrador_retriever_06455.jpg")
+    assert wait_for_outcome(page) == "answered", text(page, "error")
+    screenshot(page, tmp_path / "phone.png")
+    # Nothing wider than the screen.
+    assert page.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+    # Every field has a label, and the answer is announced.
+    for element in page.find_elements("css selector", "input"):
+        element_id = element.get_attribute("id")
+        assert page.find_elements("css selector", f"label[for='{element_id}']"), element_id
+    assert page.find_element("id", "live").get_attribute("aria-live") == "polite"
+    # The keyboard reaches every control in reading order.
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    page.execute_script("document.activeElement.blur(); window.scrollTo(0, 0)")
+    focused = []
+    for _ in range(4):
+        ActionChains(page).send_keys(Keys.TAB).perform()
+        focused.append(page.execute_script("const e = document.activeElement; return e.id || e.tagName"))
+    assert focused == ["file", "url", "BUTTON", "SUMMARY"]
+    assert console_errors(page) == []
+
+
+def test_a_machine_without_the_browser_is_told_how_to_install_it(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(pytest.fail.Exception, match="apt-get install chromium chromium-driver"):
+        browser_paths()
+
+
+def test_the_page_is_one_small_document_that_loads_nothing_else(gateway):
+    with urllib.request.urlopen(gateway.url + "/") as response:
+        html = response.read()
+        policy = response.headers["Content-Security-Policy"]
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert len(html) < 60_000
+    assert "default-src 'none'" in policy and "connect-src 'self'" in policy
+    assert b"<script src" not in html and b'<link rel="stylesheet"' not in html
+    config = json.loads(html.split(b'id="config">')[1].split(b"</script>")[0])
+    model_config = json.loads((DEFAULT_MODEL / "config.json").read_text())
+    assert config["resize_size"] == model_config["preprocessing"]["resize_size"]
