@@ -18,7 +18,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 from typing import Any
 
-from chalicelib.classify import decode_base64, parse_top_k
+from chalicelib.classify import decode_base64, parse_min_confidence, parse_top_k
 from chalicelib.endpoint import invoke_model_batch
 from chalicelib.errors import ApiError, BadRequest, InvalidJson, ModelFailed, PayloadTooLarge, lambda_error
 from chalicelib.fetch import fetch_image
@@ -67,6 +67,7 @@ class BatchRequest:
     images: list[BatchItem]
     urls: list[BatchItem]
     top_k: int = DEFAULT_TOP_K
+    min_confidence: float | None = None
 
     @property
     def items(self) -> list[BatchItem]:
@@ -93,7 +94,7 @@ def parse_batch_body(raw_body: bytes) -> BatchRequest:
 
 
 def parse_batch_fields(fields: Any) -> BatchRequest:
-    """`{"images": [...], "urls": [...]}` (either or both) with an optional `"top_k"`.
+    """`{"images": [...], "urls": [...]}` (either or both), optional `"top_k"` and `"min_confidence"`.
 
     Raises BadRequest for anything else (not an object, unknown fields, no items, lists of other things than
     strings) and PayloadTooLarge for more than MAX_BATCH_ITEMS items or images over MAX_UPLOAD_BYTES in all.
@@ -103,10 +104,11 @@ def parse_batch_fields(fields: Any) -> BatchRequest:
         raise BadRequest(
             'expected a JSON object: {"images": ["<base64>", ...], "urls": ["https://...", ...]}'
         )
-    unknown = sorted(set(fields) - {*FIELDS, "top_k"})
+    unknown = sorted(set(fields) - {*FIELDS, "top_k", "min_confidence"})
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
     top_k = parse_top_k(fields.get("top_k", DEFAULT_TOP_K))
+    min_confidence = parse_min_confidence(fields.get("min_confidence"))
     lists = {name: fields.get(name, []) for name in FIELDS}
     for name, values in lists.items():
         if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
@@ -124,7 +126,7 @@ def parse_batch_fields(fields: Any) -> BatchRequest:
         BatchItem(url=url.strip()) if url.strip() else BatchItem(error=BadRequest("the URL is empty"))
         for url in lists["urls"]
     ]
-    return BatchRequest(images=images, urls=urls, top_k=top_k)
+    return BatchRequest(images=images, urls=urls, top_k=top_k, min_confidence=min_confidence)
 
 
 def _image_item(value: str) -> BatchItem:
@@ -183,7 +185,10 @@ def classify_batch(request: BatchRequest) -> dict[str, Any]:
     if prepared:
         order = sorted(prepared)
         answers = invoke_model_batch(
-            settings.endpoint_name, [prepared[index].jpeg for index in order], request.top_k
+            settings.endpoint_name,
+            [prepared[index].jpeg for index in order],
+            request.top_k,
+            request.min_confidence,
         )
         for index, answer in zip(order, answers, strict=True):
             results[index] = _with_image(answer, prepared[index])

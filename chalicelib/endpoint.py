@@ -80,20 +80,30 @@ def invoke_model(
     answer), EndpointUnavailable (unreachable, unknown, throttled or shedding load, after botocore's retries),
     EndpointTimeout (no answer in time) and ModelPayloadTooLarge (the endpoint refused the body's size).
     """
-    attributes = f"top_k={top_k}"
-    if min_confidence is not None:
-        attributes += f",min_confidence={min_confidence!r}"
+    attributes = _custom_attributes(top_k, min_confidence)
     return parse_answer(_invoke(endpoint_name, jpeg, CONTENT_TYPE, ACCEPT, attributes))
 
 
-def invoke_model_batch(endpoint_name: str, jpegs: list[bytes], top_k: int) -> list[dict[str, Any]]:
+def _custom_attributes(top_k: int, min_confidence: float | None) -> str:
+    """What the handlers read from CustomAttributes (serving/inference.py)."""
+    attributes = f"top_k={top_k}"
+    if min_confidence is not None:
+        attributes += f",min_confidence={min_confidence!r}"
+    return attributes
+
+
+def invoke_model_batch(
+    endpoint_name: str, jpegs: list[bytes], top_k: int, min_confidence: float | None = None
+) -> list[dict[str, Any]]:
     """The endpoint's answers for several JPEGs in ONE call, in order: each an answer as `invoke_model`'s or
     `{"error": {"code", "status", "message"}}` for an image the model could not take.
 
     Raises as `invoke_model` does; BadModelAnswer also when the answer is not one result per image.
     """
     body = json.dumps({"instances": [{"b64": base64.b64encode(jpeg).decode()} for jpeg in jpegs]}).encode()
-    raw = _invoke(endpoint_name, body, BATCH_CONTENT_TYPE, BATCH_ACCEPT, f"top_k={top_k}")
+    raw = _invoke(
+        endpoint_name, body, BATCH_CONTENT_TYPE, BATCH_ACCEPT, _custom_attributes(top_k, min_confidence)
+    )
     try:
         answers = json.loads(raw, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as error:

@@ -17,7 +17,7 @@ API_KEY_HEADER = "x-api-key"
 
 REQUEST_SCHEMA: dict[str, Any] = {
     "title": "PredictRequest",
-    "description": 'Exactly one of "url" and "image", and optionally "top_k".',
+    "description": 'Exactly one of "url" and "image", and optionally "top_k" and "min_confidence".',
     "type": "object",
     "properties": {
         "url": {
@@ -33,6 +33,13 @@ REQUEST_SCHEMA: dict[str, Any] = {
             f"At most {MAX_UPLOAD_BYTES} bytes decoded.",
         },
         "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": DEFAULT_TOP_K},
+        "min_confidence": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "description": "Leave out breeds whose (calibrated) probability is under this. The answer's "
+            '"confident" says whether the top breed clears the model\'s own threshold, whatever this is.',
+        },
     },
     "oneOf": [{"required": ["url"]}, {"required": ["image"]}],
     "additionalProperties": False,
@@ -40,7 +47,8 @@ REQUEST_SCHEMA: dict[str, Any] = {
 
 BATCH_REQUEST_SCHEMA: dict[str, Any] = {
     "title": "BatchRequest",
-    "description": f'"images" and/or "urls", at most {MAX_BATCH_ITEMS} items in all, and optionally "top_k". '
+    "description": f'"images" and/or "urls", at most {MAX_BATCH_ITEMS} items in all, and optionally "top_k" '
+    'and "min_confidence". '
     f"The images hold at most {MAX_UPLOAD_BYTES} bytes together, decoded.",
     "type": "object",
     "properties": {
@@ -55,6 +63,7 @@ BATCH_REQUEST_SCHEMA: dict[str, Any] = {
             "items": {"type": "string", "description": "An http(s) address of an image."},
         },
         "top_k": REQUEST_SCHEMA["properties"]["top_k"],
+        "min_confidence": REQUEST_SCHEMA["properties"]["min_confidence"],
     },
     "anyOf": [{"required": ["images"]}, {"required": ["urls"]}],
     "additionalProperties": False,
@@ -85,6 +94,14 @@ _TOP_K_PARAMETER = {
     "required": False,
     "description": "How many breeds to answer, most probable first.",
     "schema": REQUEST_SCHEMA["properties"]["top_k"],
+}
+
+_MIN_CONFIDENCE_PARAMETER = {
+    "name": "min_confidence",
+    "in": "query",
+    "required": False,
+    "description": REQUEST_SCHEMA["properties"]["min_confidence"]["description"],
+    "schema": REQUEST_SCHEMA["properties"]["min_confidence"],
 }
 
 
@@ -247,7 +264,7 @@ def _operations(image_types: list[str], api_key_required: bool) -> dict[tuple[st
         },
         ("/predict/image", "POST"): {
             "summary": "The breed of the dog in the image sent as the body (JPEG, PNG, WebP or GIF).",
-            "parameters": [_TOP_K_PARAMETER],
+            "parameters": [_TOP_K_PARAMETER, _MIN_CONFIDENCE_PARAMETER],
             "requestBody": {
                 "required": True,
                 "content": {kind: {"schema": {"type": "string", "format": "binary"}} for kind in image_types},
