@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.export import INPUT_NAME, OUTPUT_NAMES, graph_is_current, onnx_graph_for
+from training.export import INPUT_NAME, OUTPUT_NAMES, graph_is_current, onnx_graph_for, source_digest
 from training.model import ONNX_FILE, ONNX_INT8_FILE, QUANTIZATION_FILE, BreedClassifier, load_model
 
 log = logging.getLogger(__name__)
@@ -151,9 +151,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def int8_is_default(model_dir: str | Path) -> bool:
-    """Whether the model's int8 graph met the bar on the valid split (training.quantize wrote the figures)."""
-    figures = Path(model_dir) / QUANTIZATION_FILE
-    return figures.is_file() and json.loads(figures.read_text()).get("default") is True
+    """Whether the model's int8 graph met the bar on the valid split (training.quantize wrote the figures),
+    measured for this very config and these weights: a recalibrated or retrained model is measured again."""
+    path = Path(model_dir) / QUANTIZATION_FILE
+    if not path.is_file():
+        return False
+    figures = json.loads(path.read_text())
+    return figures.get("default") is True and figures.get("source_digest") == source_digest(model_dir)
 
 
 def load_runner(
