@@ -52,7 +52,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_endpoint(model_dir: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
+def start_endpoint(
+    model_dir: Path, extra: list[str], ready_within_s: float = 300
+) -> tuple[subprocess.Popen, str]:
+    """`python -m serving.server` for `model_dir` on a free loopback port, once its /ping answers 200."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "serving.server", "--model-dir", str(model_dir), "--port", str(port), *extra],
@@ -61,7 +64,7 @@ def start_endpoint(model_dir: Path, extra: list[str]) -> tuple[subprocess.Popen,
         stderr=subprocess.DEVNULL,  # one log line per request would swamp the figures
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + ready_within_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"the endpoint exited with {process.returncode} before it was ready")
@@ -72,8 +75,17 @@ def start_endpoint(model_dir: Path, extra: list[str]) -> tuple[subprocess.Popen,
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.2)
+    stop_endpoint(process)
+    raise SystemExit(f"{url}/ping did not answer 200 within {ready_within_s:g} s")
+
+
+def stop_endpoint(process: subprocess.Popen) -> None:
     process.terminate()
-    raise SystemExit(f"{url}/ping did not answer 200 within 180 s")
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class Client:
@@ -245,8 +257,7 @@ def main() -> None:
                 )
     finally:
         if process is not None:
-            process.terminate()
-            process.wait(timeout=60)
+            stop_endpoint(process)
 
     eager_images_per_second = {
         threads: {c: statistics.median(runs[c]) for c in CLIENTS}

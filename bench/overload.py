@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -42,6 +41,9 @@ from botocore.exceptions import ClientError, ConnectionError, ReadTimeoutError
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from endpoint import SAMPLE, start_endpoint, stop_endpoint  # noqa: E402
 
 from chalicelib.image import prepare_image  # noqa: E402
 from chalicelib.settings import (  # noqa: E402
@@ -55,51 +57,9 @@ from serving.server import DEFAULT_ENDPOINT_NAME  # noqa: E402
 from training.model import read_config  # noqa: E402
 from training.preprocessing import Preprocessing  # noqa: E402
 
-SAMPLE = PROJECT.parent / "shared" / "data" / "samples" / "Labrador_retriever_06455.jpg"
 DEFAULT_MODEL = PROJECT / "models" / "default"
 # After the run, calls still in flight may take two attempts of the read timeout plus botocore's backoff.
 DRAIN_S = 2 * (ENDPOINT_CONNECT_TIMEOUT_S + ENDPOINT_READ_TIMEOUT_S) + 6
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_endpoint(model_dir: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving.server", "--model-dir", str(model_dir), "--port", str(port), *extra],
-        cwd=PROJECT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,  # one log line per request would swamp the figures
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the endpoint exited with {process.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:  # noqa: S310 - our own http URL
-                if response.status == 200:
-                    return process, url
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.2)
-    stop(process)
-    raise SystemExit(f"{url}/ping did not answer 200 within 300 s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def api_client(url: str):
@@ -203,7 +163,7 @@ def measure(model_dir: Path, extra: list[str], body: bytes, clients: int, second
             limit = json.loads(response.read())["queue"]["limit"]
         tally, elapsed = run_load(url, body, clients, seconds)
     finally:
-        stop(process)
+        stop_endpoint(process)
     model_runs = tally.attempts["200"] + tally.attempts["timeout"]
     return {
         "limit": limit,
