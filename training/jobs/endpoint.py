@@ -38,6 +38,20 @@ TAG = 10
 NAME_BASE = MAX_NAME - TAG - 1
 
 
+def inference_image_uri(region: str, instance_type: str | None, serverless=None) -> str:
+    """The PyTorch inference image the handlers run in (the version training uses), for an endpoint or a
+    transform job on `instance_type`, or serverless (`serverless`: its ServerlessConfig)."""
+    return image_uris.retrieve(
+        "pytorch",
+        region=region,
+        version=FRAMEWORK_VERSION,
+        py_version=PY_VERSION,
+        instance_type=instance_type,
+        image_scope="inference",
+        serverless_inference_config=serverless,
+    )
+
+
 @dataclass(frozen=True)
 class EndpointSpec:
     region: str
@@ -80,15 +94,7 @@ class EndpointSpec:
 
     @property
     def image_uri(self) -> str:
-        return image_uris.retrieve(
-            "pytorch",
-            region=self.region,
-            version=FRAMEWORK_VERSION,
-            py_version=PY_VERSION,
-            instance_type=self.instance_type,
-            image_scope="inference",
-            serverless_inference_config=self.serverless,
-        )
+        return inference_image_uri(self.region, self.instance_type, self.serverless)
 
 
 def versioned_name(base: str, *facts: object) -> str:

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from sagemaker.core import image_uris, shapes
+from sagemaker.core import shapes
 from sagemaker.core.common_utils import name_from_base
 from sagemaker.core.utils.utils import serialize
 
@@ -32,9 +32,8 @@ from serving.batch_results import (
     write_rows,
 )
 from training.jobs.calls import Aws, AwsCall
-from training.jobs.endpoint import ensure_model
+from training.jobs.endpoint import ensure_model, inference_image_uri
 from training.jobs.storage import parse_s3_uri
-from training.jobs.training_job import FRAMEWORK_VERSION, PY_VERSION
 
 # InvokeEndpoint's payload limit and the local endpoint's: the same photos pass everywhere.
 DEFAULT_MAX_PAYLOAD_MB = 6
@@ -80,14 +79,7 @@ class TransformSpec:
 
     @property
     def image_uri(self) -> str:
-        return image_uris.retrieve(
-            "pytorch",
-            region=self.region,
-            version=FRAMEWORK_VERSION,
-            py_version=PY_VERSION,
-            instance_type=self.instance_type,
-            image_scope="inference",
-        )
+        return inference_image_uri(self.region, self.instance_type)
 
 
 def folder_uri(uri: str) -> str:
