@@ -4,8 +4,9 @@
 
 Calibration uses a few hundred TRAINING images (a fixed sample, a few per breed), never the valid split the
 figures come from. Every variant asked for is built and measured on the whole valid split beside the fp32
-graph (top-1, top-5, and dog photos whose dog probability falls below DOG_THRESHOLD); the first variant
-listed is written as DIR/model-int8.onnx and the figures of all of them as DIR/quantization-valid.json.
+graph (top-1, top-5, and dog photos whose dog probability falls below the model's own dog threshold); the
+first variant listed is written as DIR/model-int8.onnx and the figures of all of them as
+DIR/quantization-valid.json.
 The int8 graph becomes the model's default runtime only when it passes `qualifies` (see serving/runtime.py's
 choice of runtime): otherwise it stays an option (`--runtime onnx-int8`).
 """
@@ -29,6 +30,7 @@ from training.data import load_image, read_image_folder
 from training.export import DIGEST_KEY, INPUT_NAME, OUTPUT_NAMES, source_digest, stamp_graph
 from training.model import (
     CONFIG_FILE,
+    DOG_THRESHOLD,
     LABELS_FILE,
     ONNX_FILE,
     ONNX_INT8_FILE,
@@ -43,7 +45,6 @@ CALIBRATION_IMAGES = 360  # 3 per breed: enough for stable activation ranges, a 
 # The bar for int8 to replace fp32 as a model's default runtime (issue #11).
 MAX_TOP1_DROP_POINTS = 0.3
 MAX_DOG_PHOTOS_LOST = 0
-DOG_THRESHOLD = 0.5  # serving.inference.DOG_THRESHOLD; training/ must not import serving's decoder
 
 
 @dataclass(frozen=True)
@@ -222,10 +223,11 @@ def score(session, pixels: SplitPixels, targets: np.ndarray, batch: int = 16) ->
     )
 
 
-def compare(fp32: Scores, int8: Scores) -> dict:
-    """The int8 figures beside fp32, and whether int8 may be the default runtime."""
-    dog_fp32 = fp32.dog_probabilities >= DOG_THRESHOLD
-    dog_int8 = int8.dog_probabilities >= DOG_THRESHOLD
+def compare(fp32: Scores, int8: Scores, dog_threshold: float) -> dict:
+    """The int8 figures beside fp32 (is_dog as the model's own dog threshold decides it), and whether int8
+    may be the default runtime."""
+    dog_fp32 = fp32.dog_probabilities >= dog_threshold
+    dog_int8 = int8.dog_probabilities >= dog_threshold
     figures = {
         "top1": round(int8.top1, 4),
         "top5": round(int8.top5, 4),
@@ -278,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"{fp32_path} is missing: run python -m training.export --model-dir {args.model_dir}")
     config = json.loads((args.model_dir / CONFIG_FILE).read_text())
     preprocessing = Preprocessing.from_dict(config["preprocessing"])
+    # The dog probabilities are the calibrated ones the endpoint answers: so is the threshold they meet.
+    dog_threshold = config.get("calibration", {}).get("dog_threshold", DOG_THRESHOLD)
 
     started = time.perf_counter()
     calibration = SplitPixels(calibration_paths(args.data / "train", args.calibration_images), preprocessing)
@@ -296,10 +300,11 @@ def main(argv: list[str] | None = None) -> None:
         "valid_images": len(valid),
         "valid_every": args.valid_every,
         "calibration_images": len(calibration),
+        "dog_threshold": round(dog_threshold, 4),
         "fp32": {
             "top1": round(fp32.top1, 4),
             "top5": round(fp32.top5, 4),
-            "dog_photos_below_threshold": int((fp32.dog_probabilities < DOG_THRESHOLD).sum()),
+            "dog_photos_below_threshold": int((fp32.dog_probabilities < dog_threshold).sum()),
             "seconds": round(fp32.seconds, 1),
         },
         "int8": {},
@@ -311,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
         quantize(fp32_path, out, calibration, variant)
         stamp_graph(out, DIGEST_KEY, digest)
         built = time.perf_counter() - began
-        figures = compare(fp32, score(cpu_session(out, args.threads), valid, targets))
+        figures = compare(fp32, score(cpu_session(out, args.threads), valid, targets), dog_threshold)
         figures["build_seconds"] = round(built, 1)
         report["int8"][variant.name] = figures
         log.info("%s: %s", variant.name, figures)
