@@ -89,7 +89,7 @@ def test_transform_output_is_laid_out_as_the_job_writes_it(endpoint, photos, tmp
     written = sorted(path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file())
     assert written == [f"labs/{LABRADOR}.out", f"other/deeper/{SPANIEL}.out", "other/notes.txt.out"]
     answer = json.loads((out / "labs" / f"{LABRADOR}.out").read_bytes())
-    assert set(answer) == {"predictions", "is_dog", "dog_probability", "model"}
+    assert set(answer) == {"predictions", "confident", "is_dog", "dog_probability", "model"}
     failure = json.loads((out / "other" / "notes.txt.out").read_bytes())
     assert failure["error"]["code"] == "unreadable_image" and failure["error"]["status"] == 400
     rows = {row["key"]: row for row in map(json.loads, results.read_text().splitlines())}

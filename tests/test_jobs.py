@@ -243,8 +243,8 @@ def test_train_on_one_cpu_instance(aws, capsys, connections):
     assert {"sagemaker_train.py", "requirements.txt", "training/train.py", "training/model.py"} <= code.keys()
     assert code["training/model.py"] == (PROJECT / "training" / "model.py").read_bytes()
     assert not any(name.startswith("training/jobs") for name in code)
-    # Only what training imports: not the handlers' entry point, the local server or the evaluation.
-    left_home = {"inference.py", "serving/server.py", "serving/inference.py", "training/evaluate.py"}
+    # Only what training imports: not the handlers or their entry point, not the local server.
+    left_home = {"inference.py", "serving/server.py", "serving/inference.py", "serving/batch.py"}
     assert not left_home & code.keys()
     assert b"efficientnet-lite-pytorch==" in code["requirements.txt"]
     assert connections

