@@ -1,6 +1,6 @@
 """The one response schema of the project, as JSON Schema (draft 2020-12, so OpenAPI 3.1 embeds it as is).
 
-- ANSWER_SCHEMA: what the model endpoint answers for one image (training/inference.py `describe`).
+- ANSWER_SCHEMA: what the model endpoint answers for one image (serving/inference.py `describe`).
 - API_ANSWER_SCHEMA: the API's answer, the endpoint's plus what was sent (`image`) and how long it took
   (`timings_ms`).
 - QUEUED_ANSWER_SCHEMA: the API's 202 for a stage whose endpoint is asynchronous: where the answer will be.
