@@ -11,40 +11,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from chalice.test import Client
 from PIL import Image
-from test_api import file_server, write_stage_project
+from test_api import (  # noqa: F401 - fixtures: client, local_project, new_container
+    client,
+    file_server,
+    local_project,
+    new_container,
+)
 
 import app as api
 from chalicelib import observability
-from chalicelib.endpoint import runtime_client
-from chalicelib.settings import get_settings
 
 PROJECT = Path(__file__).resolve().parents[1]
 LABRADOR = "Labrador_retriever_06455.jpg"
 PHASE_METRICS = {"FetchLatency", "ResizeLatency", "InvokeLatency", "TotalLatency"}
-
-
-@pytest.fixture(autouse=True)
-def new_container():
-    get_settings.cache_clear()
-    runtime_client.cache_clear()
-    yield
-    get_settings.cache_clear()
-    runtime_client.cache_clear()
-
-
-@pytest.fixture(scope="module")
-def local_project(endpoint, tmp_path_factory) -> Path:
-    return write_stage_project(
-        tmp_path_factory.mktemp("local"), AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=endpoint.url
-    )
-
-
-@pytest.fixture
-def client(runtime_env, local_project) -> Client:
-    return Client(api.app, stage_name="local", project_dir=str(local_project))
 
 
 def printed(capsys) -> tuple[list[dict], list[dict], str]:
@@ -74,7 +55,7 @@ def metric_values(blobs: list[dict]) -> dict[str, list]:
     return values
 
 
-def test_a_classification_leaves_one_line_with_its_facts_and_metrics(client, capsys, labrador):
+def test_a_classification_leaves_one_line_with_its_facts_and_metrics(client, capsys, labrador):  # noqa: F811
     capsys.readouterr()
     response = client.http.post(
         "/predict/image?top_k=3", headers={"Content-Type": "image/jpeg"}, body=labrador
@@ -106,7 +87,7 @@ def test_a_classification_leaves_one_line_with_its_facts_and_metrics(client, cap
     assert "Errors" not in metrics
 
 
-def test_a_url_leaves_its_host_and_never_its_path_or_query(client, capsys, samples):
+def test_a_url_leaves_its_host_and_never_its_path_or_query(client, capsys, samples):  # noqa: F811
     capsys.readouterr()
     with file_server(samples) as files:
         url = f"{files}/{LABRADOR}?token=s3cr3t-t0ken&sig=abc"
@@ -119,7 +100,7 @@ def test_a_url_leaves_its_host_and_never_its_path_or_query(client, capsys, sampl
     assert "s3cr3t-t0ken" not in out and LABRADOR not in out and "sig=" not in out
 
 
-def test_an_error_leaves_its_code_and_an_errors_metric_by_code(client, capsys):
+def test_an_error_leaves_its_code_and_an_errors_metric_by_code(client, capsys):  # noqa: F811
     capsys.readouterr()
     response = client.http.post(
         "/predict",
@@ -137,7 +118,7 @@ def test_an_error_leaves_its_code_and_an_errors_metric_by_code(client, capsys):
     assert metric_values(blobs)["Requests"] == [1.0]
 
 
-def test_chalice_own_errors_and_malformed_urls_are_logged_too(client, capsys):
+def test_chalice_own_errors_and_malformed_urls_are_logged_too(client, capsys):  # noqa: F811
     capsys.readouterr()
     assert client.http.put("/predict", body=b"{}").status_code == 405
     response = client.http.post(
@@ -148,7 +129,7 @@ def test_chalice_own_errors_and_malformed_urls_are_logged_too(client, capsys):
     assert second["url_hosts"] == ["(unparsable)"] and second["status"] == response.status_code
 
 
-def test_a_picture_without_a_dog_is_counted(client, capsys):
+def test_a_picture_without_a_dog_is_counted(client, capsys):  # noqa: F811
     # A flat grey picture: the model's ImageNet classifiers see no dog in it.
     buffer = io.BytesIO()
     Image.new("RGB", (320, 240), (128, 128, 128)).save(buffer, format="PNG")
@@ -163,7 +144,7 @@ def test_a_picture_without_a_dog_is_counted(client, capsys):
     assert metric_values(blobs)["NotADog"] == [1.0]
 
 
-def test_a_direct_invocation_leaves_the_same_line(client, capsys, labrador):
+def test_a_direct_invocation_leaves_the_same_line(client, capsys, labrador):  # noqa: F811
     event = {"image": base64.b64encode(labrador).decode(), "top_k": 2}
     capsys.readouterr()
     answer = client.lambda_.invoke("classify", event).payload
@@ -221,7 +202,7 @@ def test_a_failure_to_log_never_changes_the_answer(capsys, monkeypatch):
 
     monkeypatch.setattr(observability, "stage_name", broken_stage_name)
     capsys.readouterr()
-    with Client(api.app, stage_name="dev", project_dir=str(PROJECT)) as client:
+    with Client(api.app, stage_name="dev", project_dir=str(PROJECT)) as client:  # noqa: F811
         response = client.http.post(
             "/predict", headers={"Content-Type": "application/json"}, body=b"{not json"
         )
