@@ -9,10 +9,8 @@ moto lacks UpdateEndpoint: moto_server.EndpointUpdates answers it (after botocor
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import tarfile
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +32,7 @@ from test_jobs import (  # noqa: F401 - fixtures
     run_jobs,
     scaling_state,
     trained_model,
+    uploaded_model,
 )
 
 from training.jobs import endpoint
@@ -413,13 +412,7 @@ def stage_copy(tmp_path: Path, endpoint_name: str) -> Path:
 @pytest.fixture
 def fast_model(aws) -> str:
     """The committed fast model (another resize size than the default's) as a training job's archive."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for path in sorted((PROJECT / "models" / "fast").iterdir()):
-            tar.add(path, arcname=path.name)
-    key = "dogbreeds/output/dogbreeds-train-fast/output/model.tar.gz"
-    aws.s3.put_object(Bucket=aws.bucket, Key=key, Body=buffer.getvalue())
-    return f"s3://{aws.bucket}/{key}"
+    return uploaded_model(aws, PROJECT / "models" / "fast", "dogbreeds-train-fast")
 
 
 def stage_of(chalice_dir: Path, stage: str = "dev") -> tuple[dict, list[dict]]:

@@ -163,16 +163,21 @@ def image_tree(dogs, tmp_path) -> Path:
     return root
 
 
+def uploaded_model(aws, model_dir: Path, job_name: str) -> str:
+    """`model_dir` as training job `job_name`'s model.tar.gz in the bucket; returns its S3 URI."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(model_dir.iterdir()):
+            tar.add(path, arcname=path.name)
+    key = f"dogbreeds/output/{job_name}/output/model.tar.gz"
+    aws.s3.put_object(Bucket=aws.bucket, Key=key, Body=buffer.getvalue())
+    return f"s3://{aws.bucket}/{key}"
+
+
 @pytest.fixture
 def trained_model(aws) -> str:
     """A training job's model.tar.gz (the committed default model) in the bucket; returns its S3 URI."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for path in sorted((PROJECT / "models" / "default").iterdir()):
-            tar.add(path, arcname=path.name)
-    key = "dogbreeds/output/dogbreeds-train-1/output/model.tar.gz"
-    aws.s3.put_object(Bucket=aws.bucket, Key=key, Body=buffer.getvalue())
-    return f"s3://{aws.bucket}/{key}"
+    return uploaded_model(aws, PROJECT / "models" / "default", "dogbreeds-train-1")
 
 
 def test_upload_data_puts_the_image_folder_tree_and_skips_what_is_there(aws, image_tree, capsys, connections):
