@@ -1,9 +1,12 @@
 """Classify many images: `python -m serving.batch SOURCE --output results.csv [--endpoint URL | --api URL]`.
 
-SOURCE is a folder (every file under it, recursively) or a text file of image URLs (one per line). Each
-image is one request, N at a time, to the local endpoint's `/invocations` (the default, as a SageMaker
-container is called) or to the API's `/predict/image` and `/predict` (URLs are then fetched by the API;
-for the endpoint, which never fetches, this command fetches them). Results are rows of CSV or JSON lines:
+SOURCE is a folder (every file under it, recursively) or a text file of image URLs (one per line). The
+images go in groups of up to `--batch-size`, one request per group and N requests at a time, to the local
+endpoint's `/invocations` as a JSON batch (the default, as a SageMaker container is called) or to the API's
+`/predict/batch` (URLs are then fetched by the API; for the endpoint, which never fetches, this command
+fetches them). Both answer each image of a group on its own, so a bad image fails only its own row; a group
+refused as a whole (too many pixels together, a stage that takes no batches) is sent again one image per
+request. Results are rows of CSV or JSON lines:
 
     key, label, breed, probability, is_dog, dog_probability, error, message
 
@@ -21,11 +24,12 @@ job's output.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +37,7 @@ from typing import TextIO
 
 import urllib3
 
+from chalicelib.settings import MAX_BATCH_ITEMS, MAX_UPLOAD_BYTES
 from serving.batch_results import (
     FORMATS,
     OUT_SUFFIX,
@@ -48,13 +53,23 @@ from serving.batch_results import (
     rows_from_outputs,
     write_rows,
 )
+from serving.limits import MAX_BODY_BYTES, MAX_INSTANCES
 
 JSON = "application/json"
-# InvokeEndpoint's payload limit; the local endpoint and the container refuse bigger bodies anyway.
-MAX_IMAGE_BYTES = 6_291_456
 DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
-# Enough requests in flight that the endpoint's model thread always has the next batch decoded and waiting.
-DEFAULT_CONCURRENCY = 8
+# Images per request to the endpoint: its model thread's batch (serving.server.DEFAULT_MAX_BATCH), so each
+# request is one model call, and the HTTP and JSON work per image is a quarter of one image per request.
+DEFAULT_ENDPOINT_BATCH = 4
+# Through the API, the most /predict/batch takes: prod allows each key a few requests per second, not images.
+DEFAULT_API_BATCH = MAX_BATCH_ITEMS
+# Requests in flight: enough that the endpoint's model thread always has the next group decoded and waiting.
+DEFAULT_CONCURRENCY = 4
+# The JSON around each base64 image of the endpoint's batch, and around the batch.
+_INSTANCE_OVERHEAD = len('{"b64": ""}, ')
+_BATCH_OVERHEAD = len('{"instances": []}')
+# A group answered with one of these (or no answer at all) met an endpoint or API that is busy or down after
+# the retries, not a refusal of the group: sending its images one by one would only add load.
+UNAVAILABLE_STATUSES = {429, 503, 504}
 CONNECT_TIMEOUT_S = 5.0
 RETRIES = 4
 API_KEY_ENV = "DOGBREEDS_API_KEY"
@@ -96,12 +111,25 @@ def url_items(listing: Path) -> list[Item]:
 
 
 class Failure(Exception):
-    """One image could not be classified; `code` is its reason in the summary."""
+    """One image (or a group) could not be classified; `code` is its reason in the summary."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, status: int | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.status = status  # the HTTP status that said so, None when there was no answer
+
+    @property
+    def unavailable(self) -> bool:
+        return self.status is None or self.status in UNAVAILABLE_STATUSES
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """An item and what to send for it: its bytes, or nothing for a URL the API fetches itself."""
+
+    item: Item
+    data: bytes | None
 
 
 class Client:
@@ -117,8 +145,8 @@ class Client:
             retries=False,
             timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
         )
-        # Throttling (prod allows each API key 10 requests/s) and an endpoint still loading are waited out, as
-        # their Retry-After asks; nothing else is sent twice.
+        # Throttling (prod allows each API key 10 requests/s) and an endpoint still loading or shedding load
+        # are waited out, as their Retry-After asks; nothing else is sent twice.
         self.retries = urllib3.Retry(
             total=RETRIES,
             connect=0,
@@ -130,25 +158,83 @@ class Client:
             raise_on_status=False,
         )
 
+    # --- one image per request ---
+
     def answer(self, item: Item) -> bytes:
         """The answer's body for one item. Raises Failure when there is none to give."""
-        if self.api:
-            if item.url is not None:
-                return self._post("/predict", json.dumps({"url": item.url}).encode(), JSON, JSON)
-            return self._post("/predict/image", self.image_bytes(item), "application/octet-stream", JSON)
-        # As a transform job sends an object: its bytes, and errors asked for in place.
-        return self._post("/invocations", self.image_bytes(item), TRANSFORM_CONTENT_TYPE, TRANSFORM_ACCEPT)
+        return self.answer_loaded(self.load(item))
 
-    def image_bytes(self, item: Item) -> bytes:
+    def answer_loaded(self, loaded: Loaded) -> bytes:
+        if self.api:
+            if loaded.data is None:
+                return self._post("/predict", json.dumps({"url": loaded.item.url}).encode(), JSON, JSON)
+            return self._post("/predict/image", loaded.data, "application/octet-stream", JSON)
+        # As a transform job sends an object: its bytes, and errors asked for in place.
+        return self._post("/invocations", loaded.data, TRANSFORM_CONTENT_TYPE, TRANSFORM_ACCEPT)
+
+    # --- a group per request ---
+
+    def batch_cost(self, loaded: Loaded) -> int:
+        """What one item adds to a group's request, in the unit of `max_batch_cost`."""
+        if self.api:
+            return len(loaded.data) if loaded.data is not None else 0  # the API counts the images' bytes
+        return (len(loaded.data) + 2) // 3 * 4 + _INSTANCE_OVERHEAD  # the endpoint counts the body
+
+    @property
+    def max_batch_cost(self) -> int:
+        return MAX_UPLOAD_BYTES if self.api else MAX_BODY_BYTES - _BATCH_OVERHEAD
+
+    @property
+    def max_batch_size(self) -> int:
+        return MAX_BATCH_ITEMS if self.api else MAX_INSTANCES
+
+    def answers(self, group: list[Loaded]) -> list[object]:
+        """The answer objects of a group sent as one request, in its order (each a classification or an
+        `{"error": ...}` of its own). Raises Failure when the group as a whole got none."""
+        if self.api:
+            return self._api_batch(group)
+        instances = [{"b64": base64.b64encode(loaded.data).decode("ascii")} for loaded in group]
+        body = json.dumps({"instances": instances}).encode()
+        answer = _json(self._post("/invocations", body, JSON, TRANSFORM_ACCEPT))
+        if isinstance(answer, list) and len(answer) == len(group):
+            return answer
+        # With errors asked for in place, a batch refused as a whole is one error object.
+        error = answer.get("error") if isinstance(answer, dict) else None
+        if isinstance(error, dict):
+            status = error.get("status") if isinstance(error.get("status"), int) else 400
+            raise Failure(str(error.get("code") or "error"), str(error.get("message", "")), status)
+        raise Failure("bad_answer", f"expected {len(group)} answers", 200)
+
+    def _api_batch(self, group: list[Loaded]) -> list[object]:
+        images = [loaded for loaded in group if loaded.data is not None]
+        urls = [loaded for loaded in group if loaded.data is None]
+        request = {
+            "images": [base64.b64encode(loaded.data).decode("ascii") for loaded in images],
+            "urls": [loaded.item.url for loaded in urls],
+        }
+        answer = _json(self._post("/predict/batch", json.dumps(request).encode(), JSON, JSON))
+        try:
+            by_item = dict(zip(map(id, images), answer["images"], strict=True))
+            by_item |= dict(zip(map(id, urls), answer["urls"], strict=True))
+        except (KeyError, TypeError, ValueError) as error:
+            raise Failure("bad_answer", f"not a batch answer ({type(error).__name__})", 200) from error
+        return [by_item[id(loaded)] for loaded in group]
+
+    # --- the pieces ---
+
+    def load(self, item: Item) -> Loaded:
+        """The item with its bytes (a URL through the API stays a URL). Raises Failure."""
         if item.path is not None:
             try:
                 size = item.path.stat().st_size
-                if size > MAX_IMAGE_BYTES:
-                    raise Failure("too_large", f"{size} bytes; at most {MAX_IMAGE_BYTES}")
-                return item.path.read_bytes()
+                if size > MAX_BODY_BYTES:
+                    raise Failure("too_large", f"{size} bytes; at most {MAX_BODY_BYTES}")
+                return Loaded(item, item.path.read_bytes())
             except OSError as error:
                 raise Failure("unreadable_file", str(error)) from error
-        return self._fetch(item.url)
+        if self.api:
+            return Loaded(item, None)
+        return Loaded(item, self._fetch(item.url))
 
     def _fetch(self, url: str) -> bytes:
         try:
@@ -158,9 +244,9 @@ class Client:
         with response:
             if response.status != 200:
                 raise Failure("url_fetch_failed", f"the URL answered HTTP {response.status}")
-            data = response.read(MAX_IMAGE_BYTES + 1)
-        if len(data) > MAX_IMAGE_BYTES:
-            raise Failure("too_large", f"over {MAX_IMAGE_BYTES} bytes")
+            data = response.read(MAX_BODY_BYTES + 1)
+        if len(data) > MAX_BODY_BYTES:
+            raise Failure("too_large", f"over {MAX_BODY_BYTES} bytes")
         return data
 
     def _post(self, path: str, body: bytes, content_type: str, accept: str) -> bytes:
@@ -179,10 +265,37 @@ class Client:
             # The API's errors carry their own code and message; pass them on as the row's.
             try:
                 error = json.loads(response.data)["error"]
-                raise Failure(str(error["code"]), str(error["message"]))
+                raise Failure(str(error["code"]), str(error["message"]), response.status)
             except (ValueError, KeyError, TypeError):
                 pass
-        raise Failure(f"http_{response.status}", response.data[:300].decode(errors="replace"))
+        message = response.data[:300].decode(errors="replace")
+        raise Failure(f"http_{response.status}", message, response.status)
+
+
+def _json(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except ValueError as error:
+        raise Failure("bad_answer", "the answer is not JSON", 200) from error
+
+
+def groups_of(client: Client, loaded: list[Loaded], size: int) -> Iterator[list[Loaded]]:
+    """`loaded` in order, in groups of at most `size` items that one request of the target can carry.
+
+    An item too big to share a request is a group of its own (sent as a single image, with its own limits).
+    """
+    size = min(size, client.max_batch_size)
+    group: list[Loaded] = []
+    cost = 0
+    for item in loaded:
+        item_cost = client.batch_cost(item)
+        if group and (len(group) == size or cost + item_cost > client.max_batch_cost):
+            yield group
+            group, cost = [], 0
+        group.append(item)
+        cost += item_cost
+    if group:
+        yield group
 
 
 # --- running it ---
@@ -229,29 +342,61 @@ class Progress:
 
 
 def classify_items(
-    items: list[Item], answer_row: Callable[[Item], Row], concurrency: int, record: Callable[[Row], None]
+    items: list[Item],
+    rows_of: Callable[[list[Item]], list[Row]],
+    group_size: int,
+    concurrency: int,
+    record: Callable[[Row], None],
 ) -> None:
-    """`answer_row` for every item, `concurrency` at a time, each row given to `record` as it comes back."""
+    """`rows_of` for every `group_size` items, `concurrency` groups at a time, each row given to `record` as
+    its group comes back."""
+    groups = [items[start : start + group_size] for start in range(0, len(items), group_size)]
     pool = ThreadPoolExecutor(max_workers=concurrency)
     try:
-        for future in as_completed([pool.submit(answer_row, item) for item in items]):
-            record(future.result())
+        for future in as_completed([pool.submit(rows_of, group) for group in groups]):
+            for row in future.result():
+                record(row)
     finally:
         # On Ctrl-C, what has not started is dropped rather than waited for.
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def classified_row(client: Client, item: Item) -> Row:
+def classified_rows(client: Client, items: list[Item]) -> list[Row]:
+    """The rows of some items, in their order: as few requests as the target's limits allow."""
+    rows: dict[str, Row] = {}
+    loaded: list[Loaded] = []
+    for item in items:
+        try:
+            loaded.append(client.load(item))
+        except Failure as failure:
+            rows[item.key] = Row(item.key, error=failure.code, message=failure.message)
+    for group in groups_of(client, loaded, len(items)):
+        for each, row in zip(group, group_rows(client, group), strict=True):
+            rows[each.item.key] = row
+    return [rows[item.key] for item in items]
+
+
+def group_rows(client: Client, group: list[Loaded]) -> list[Row]:
+    """One request for the group; one per image if the group was refused as a whole."""
+    if len(group) > 1:
+        try:
+            answers = client.answers(group)
+        except Failure as failure:
+            if failure.unavailable:
+                return [Row(each.item.key, error=failure.code, message=failure.message) for each in group]
+        else:
+            pairs = zip(group, answers, strict=True)
+            return [row_from_answer(each.item.key, answer) for each, answer in pairs]
+    return [single_row(client, each) for each in group]
+
+
+def single_row(client: Client, loaded: Loaded) -> Row:
     """Ask for one item's answer and make its row."""
     try:
-        body = client.answer(item)
+        answer = _json(client.answer_loaded(loaded))
     except Failure as failure:
-        return Row(item.key, error=failure.code, message=failure.message)
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        return Row(item.key, error="bad_answer", message="the answer is not JSON")
-    return row_from_answer(item.key, answer)
+        return Row(loaded.item.key, error=failure.code, message=failure.message)
+    return row_from_answer(loaded.item.key, answer)
 
 
 def transformed_row(client: Client, item: Item, out_dir: Path) -> Row:
@@ -287,6 +432,7 @@ def run(args: argparse.Namespace, err: TextIO) -> int:
     api_key = os.environ.get(API_KEY_ENV) or None
     client = Client(args.api or args.endpoint, args.concurrency, api=bool(args.api), api_key=api_key)
     out_dir = args.transform_output
+    batch_size = args.batch_size or (DEFAULT_API_BATCH if args.api else DEFAULT_ENDPOINT_BATCH)
 
     # Resuming: what was classified is skipped; what failed is tried again (its new row comes later).
     if out_dir:
@@ -299,8 +445,13 @@ def run(args: argparse.Namespace, err: TextIO) -> int:
     progress = Progress(len(todo), err)
     try:
         if out_dir:
+            # One object per request, as the job sends them.
             classify_items(
-                todo, lambda item: transformed_row(client, item, out_dir), args.concurrency, progress.update
+                todo,
+                lambda group: [transformed_row(client, item, out_dir) for item in group],
+                1,
+                args.concurrency,
+                progress.update,
             )
         else:
             writer = ResultsWriter(args.output, fmt)
@@ -310,7 +461,9 @@ def run(args: argparse.Namespace, err: TextIO) -> int:
                     writer.write(row)
                     progress.update(row)
 
-                classify_items(todo, lambda item: classified_row(client, item), args.concurrency, record)
+                classify_items(
+                    todo, lambda group: classified_rows(client, group), batch_size, args.concurrency, record
+                )
             finally:
                 writer.close()
     finally:
@@ -358,6 +511,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency", "-n", type=positive_int, default=DEFAULT_CONCURRENCY, help="requests in flight"
     )
     parser.add_argument(
+        "--batch-size",
+        "-b",
+        type=positive_int,
+        help=f"images per request (default: {DEFAULT_ENDPOINT_BATCH} to the endpoint, "
+        f"{DEFAULT_API_BATCH} to the API; at most {MAX_INSTANCES} and {MAX_BATCH_ITEMS})",
+    )
+    parser.add_argument(
         "--transform-output",
         type=Path,
         metavar="DIR",
@@ -372,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "error: --transform-output plays the endpoint's job; it cannot go through --api", file=sys.stderr
         )
+        return EXIT_USAGE
+    if args.transform_output and (args.batch_size or 1) > 1:
+        print("error: --transform-output sends one object per request, as the job does", file=sys.stderr)
         return EXIT_USAGE
     try:
         return run(args, sys.stderr)

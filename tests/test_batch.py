@@ -207,24 +207,31 @@ def test_batch_benchmark_runs_and_prints_its_figures():
         timeout=600,
     )
     assert result.returncode == 0, result.stderr
-    assert re.search(r"batch command, 1 request at a time \(baseline\): +[\d.]+ images/s", result.stdout)
+    assert re.search(r"batch command, 1 image per request, 1 at a time: +[\d.]+ images/s", result.stdout)
     assert re.search(
         r"defaults / sequential: [\d.]+x; defaults / endpoint at 16 clients: [\d.]+x", result.stdout
     )
 
 
-class ThrottlingProxy(http.server.BaseHTTPRequestHandler):
-    """Answers each path's first request 429 with Retry-After, as API Gateway throttles, then passes the
-    requests on to the real endpoint."""
+class RecordingProxy(http.server.BaseHTTPRequestHandler):
+    """Passes requests on to the real endpoint and records each one's content type; with `throttle` set it
+    first answers each distinct body 429 with Retry-After, as API Gateway throttles."""
 
     target = ""
+    throttle = False
     seen: set[str] = set()
     throttled = 0
+    content_types: list[str] = []
+
+    @classmethod
+    def to(cls, target: str, throttle: bool = False) -> type[RecordingProxy]:
+        fields = {"target": target, "throttle": throttle, "seen": set(), "throttled": 0, "content_types": []}
+        return type("Proxy", (cls,), fields)
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         photo = hashlib.sha256(body).hexdigest()
-        if photo not in self.seen:
+        if self.throttle and photo not in self.seen:
             self.seen.add(photo)
             type(self).throttled += 1
             self.send_response(429)
@@ -232,6 +239,7 @@ class ThrottlingProxy(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        self.content_types.append(self.headers["Content-Type"])
         forwarded = urllib.request.Request(
             self.target + self.path, data=body, headers=dict(self.headers), method="POST"
         )
@@ -247,10 +255,90 @@ class ThrottlingProxy(http.server.BaseHTTPRequestHandler):
 
 
 def test_throttled_requests_are_retried_as_retry_after_asks(endpoint, photos, tmp_path, capsys):
-    proxy = type("Proxy", (ThrottlingProxy,), {"target": endpoint.url, "seen": set(), "throttled": 0})
+    proxy = RecordingProxy.to(endpoint.url, throttle=True)
     results = tmp_path / "results.csv"
     with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), proxy)) as url:
         code, err = run_batch(capsys, str(photos), "-o", str(results), "--endpoint", url)
-    assert proxy.throttled == 3
+    # The three files went as one JSON batch: throttled once, then answered.
+    assert proxy.throttled == 1 and proxy.content_types == [batch.JSON]
     assert csv_rows(results)[f"labs/{LABRADOR}"]["label"] == "Labrador_retriever"
     assert "3 images: 2 classified, 1 failed" in err and "unreadable_image" in err
+
+
+def test_groups_of_images_answer_as_one_image_per_request_does(endpoint, photos, dogs, tmp_path, capsys):
+    for path in sorted((dogs / "valid").rglob("*.jpg"))[::400]:
+        shutil.copy(path, photos / path.name)
+    files = sum(1 for path in photos.rglob("*") if path.is_file() and not path.name.startswith("."))
+    rows = {}
+    for size in ("1", "3"):
+        proxy = RecordingProxy.to(endpoint.url)
+        results = tmp_path / f"results-{size}.csv"
+        with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), proxy)) as url:
+            code, err = run_batch(capsys, str(photos), "-o", str(results), "--endpoint", url, "-b", size)
+        assert code == batch.EXIT_FAILED and f"{files} images: {files - 1} classified, 1 failed" in err
+        rows[size] = csv_rows(results)
+        expected = [batch.TRANSFORM_CONTENT_TYPE] * files if size == "1" else [batch.JSON] * -(-files // 3)
+        assert proxy.content_types == expected
+    assert rows["1"].keys() == rows["3"].keys()
+    for key, single in rows["1"].items():
+        grouped = rows["3"][key]
+        assert (grouped["label"], grouped["is_dog"], grouped["error"]) == (
+            single["label"],
+            single["is_dog"],
+            single["error"],
+        )
+        if not single["error"]:
+            assert float(grouped["probability"]) == pytest.approx(float(single["probability"]), abs=1e-4)
+    assert rows["3"]["other/notes.txt"]["error"] == "unreadable_image"
+
+
+def test_a_group_refused_as_a_whole_is_sent_again_one_image_per_request(endpoint, samples, tmp_path, capsys):
+    """Three pictures of 36 MP each pass the endpoint's per-image cap but not its per-request one."""
+    from PIL import Image
+
+    from serving import limits
+
+    side = 6000
+    assert side * side <= limits.MAX_IMAGE_PIXELS and 3 * side * side > limits.MAX_REQUEST_PIXELS
+    folder = tmp_path / "big"
+    folder.mkdir()
+    shutil.copy(samples / LABRADOR, folder / LABRADOR)
+    for index, colour in enumerate(["white", "grey", "black"]):
+        Image.new("RGB", (side, side), colour).save(folder / f"plain-{index}.png")
+    proxy = RecordingProxy.to(endpoint.url)
+    results = tmp_path / "results.csv"
+    with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), proxy)) as url:
+        code, err = run_batch(capsys, str(folder), "-o", str(results), "--endpoint", url)
+    assert code == 0 and "4 images: 4 classified, 0 failed" in err
+    assert proxy.content_types == [batch.JSON] + [batch.TRANSFORM_CONTENT_TYPE] * 4
+    assert csv_rows(results)[LABRADOR]["label"] == "Labrador_retriever"
+
+
+def test_groups_fit_the_targets_limits():
+    def loaded(size: int) -> batch.Loaded:
+        return batch.Loaded(batch.Item(f"{size}"), b"x" * size)
+
+    endpoint = batch.Client("http://127.0.0.1:1", 1, api=False)
+    big = batch.MAX_BODY_BYTES // 2  # its base64 is two thirds of the body
+    sizes = [
+        [len(each.data) for each in group]
+        for group in batch.groups_of(endpoint, [loaded(10), loaded(big), loaded(big), loaded(10)], 4)
+    ]
+    assert sizes == [[10, big], [big, 10]]
+    # What cannot share a request goes alone, as a single image with its own limits.
+    assert [len(group) for group in batch.groups_of(endpoint, [loaded(batch.MAX_BODY_BYTES)] * 2, 4)] == [
+        1,
+        1,
+    ]
+    assert [len(group) for group in batch.groups_of(endpoint, [loaded(1)] * 100, 100)] == [
+        batch.MAX_INSTANCES,
+        36,
+    ]
+
+    api = batch.Client("http://127.0.0.1:1", 1, api=True)
+    urls = [
+        batch.Loaded(batch.Item(f"http://x/{index}", url=f"http://x/{index}"), None) for index in range(25)
+    ]
+    assert [len(group) for group in batch.groups_of(api, urls, 100)] == [10, 10, 5]
+    half = batch.MAX_UPLOAD_BYTES // 2
+    assert [len(group) for group in batch.groups_of(api, [loaded(half)] * 3, 10)] == [2, 1]
