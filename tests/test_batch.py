@@ -190,7 +190,11 @@ def test_a_folder_through_the_api(endpoint, photos, tmp_path, capsys):
     write_stage_project(project, AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=endpoint.url)
     results = tmp_path / "results.csv"
     with chalice_local(project) as api_url:
-        code, err = run_batch(capsys, str(photos), "-o", str(results), "--api", api_url)
+        proxy = RecordingProxy.to(api_url)
+        with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), proxy)) as url:
+            code, err = run_batch(capsys, str(photos), "-o", str(results), "--api", url)
+    # The three files went as one /predict/batch call, each answered on its own.
+    assert proxy.requests == [("/predict/batch", batch.JSON)]
     rows = csv_rows(results)
     assert rows[f"labs/{LABRADOR}"]["label"] == "Labrador_retriever"
     assert rows["other/notes.txt"]["error"] == "unsupported_media_type"
@@ -221,12 +225,16 @@ class RecordingProxy(http.server.BaseHTTPRequestHandler):
     throttle = False
     seen: set[str] = set()
     throttled = 0
-    content_types: list[str] = []
+    requests: list[tuple[str, str]] = []  # (path, content type) of each request passed on
 
     @classmethod
     def to(cls, target: str, throttle: bool = False) -> type[RecordingProxy]:
-        fields = {"target": target, "throttle": throttle, "seen": set(), "throttled": 0, "content_types": []}
+        fields = {"target": target, "throttle": throttle, "seen": set(), "throttled": 0, "requests": []}
         return type("Proxy", (cls,), fields)
+
+    @classmethod
+    def content_types(cls) -> list[str]:
+        return [content_type for _, content_type in cls.requests]
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -239,7 +247,7 @@ class RecordingProxy(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        self.content_types.append(self.headers["Content-Type"])
+        self.requests.append((self.path, self.headers["Content-Type"]))
         forwarded = urllib.request.Request(
             self.target + self.path, data=body, headers=dict(self.headers), method="POST"
         )
@@ -260,7 +268,7 @@ def test_throttled_requests_are_retried_as_retry_after_asks(endpoint, photos, tm
     with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), proxy)) as url:
         code, err = run_batch(capsys, str(photos), "-o", str(results), "--endpoint", url)
     # The three files went as one JSON batch: throttled once, then answered.
-    assert proxy.throttled == 1 and proxy.content_types == [batch.JSON]
+    assert proxy.throttled == 1 and proxy.content_types() == [batch.JSON]
     assert csv_rows(results)[f"labs/{LABRADOR}"]["label"] == "Labrador_retriever"
     assert "3 images: 2 classified, 1 failed" in err and "unreadable_image" in err
 
@@ -278,7 +286,7 @@ def test_groups_of_images_answer_as_one_image_per_request_does(endpoint, photos,
         assert code == batch.EXIT_FAILED and f"{files} images: {files - 1} classified, 1 failed" in err
         rows[size] = csv_rows(results)
         expected = [batch.TRANSFORM_CONTENT_TYPE] * files if size == "1" else [batch.JSON] * -(-files // 3)
-        assert proxy.content_types == expected
+        assert proxy.content_types() == expected
     assert rows["1"].keys() == rows["3"].keys()
     for key, single in rows["1"].items():
         grouped = rows["3"][key]
@@ -310,7 +318,7 @@ def test_a_group_refused_as_a_whole_is_sent_again_one_image_per_request(endpoint
     with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), proxy)) as url:
         code, err = run_batch(capsys, str(folder), "-o", str(results), "--endpoint", url)
     assert code == 0 and "4 images: 4 classified, 0 failed" in err
-    assert proxy.content_types == [batch.JSON] + [batch.TRANSFORM_CONTENT_TYPE] * 4
+    assert proxy.content_types() == [batch.JSON] + [batch.TRANSFORM_CONTENT_TYPE] * 4
     assert csv_rows(results)[LABRADOR]["label"] == "Labrador_retriever"
 
 
