@@ -69,13 +69,19 @@ def test_serverless_endpoint_has_memory_and_concurrency_and_no_instances(aws, tr
             "3072",
             "--max-concurrency",
             "8",
+            "--provisioned-concurrency",
+            "2",
         )
     )
 
     assert deployed["kind"] == "serverless"
     config = aws.sagemaker.describe_endpoint_config(EndpointConfigName=deployed["endpoint_config"])
     (variant,) = config["ProductionVariants"]
-    assert variant["ServerlessConfig"] == {"MemorySizeInMB": 3072, "MaxConcurrency": 8}
+    assert variant["ServerlessConfig"] == {
+        "MemorySizeInMB": 3072,
+        "MaxConcurrency": 8,
+        "ProvisionedConcurrency": 2,
+    }
     assert "InstanceType" not in variant and "InitialInstanceCount" not in variant
     model = aws.sagemaker.describe_model(ModelName=deployed["model"])
     assert model["PrimaryContainer"]["Image"] == INFERENCE_IMAGE_CPU
@@ -98,6 +104,15 @@ def test_serverless_endpoint_has_memory_and_concurrency_and_no_instances(aws, tr
             "--max-concurrency must be from 1 to 200",
         ),
         (("--serverless-memory", "2048"), "needs both --serverless-memory and --max-concurrency"),
+        (
+            ("--serverless-memory", "2048", "--max-concurrency", "2", "--provisioned-concurrency", "3"),
+            "--provisioned-concurrency must be from 1 to --max-concurrency (2), got 3",
+        ),
+        (
+            ("--serverless-memory", "2048", "--max-concurrency", "2", "--provisioned-concurrency", "0"),
+            "--provisioned-concurrency must be from 1",
+        ),
+        (("--provisioned-concurrency", "2"), "is for a serverless endpoint"),
         (
             ("--serverless-memory", "2048", "--max-concurrency", "2", "--instance-type", "ml.g5.xlarge"),
             "runs on CPU only: --instance-type ml.g5.xlarge is a GPU instance",
@@ -341,7 +356,14 @@ def test_dry_run_requests_are_valid_api_requests(monkeypatch, tmp_path, capsys, 
     common = ("--region", REGION, "--role", ROLE, "--bucket", "nowhere", "--dry-run")
     deploy = ("deploy", "--model-data", "s3://nowhere/model.tar.gz", "--endpoint-name", "dogs")
     variants = {
-        "serverless": ("--serverless-memory", "1024", "--max-concurrency", "4"),
+        "serverless": (
+            "--serverless-memory",
+            "1024",
+            "--max-concurrency",
+            "4",
+            "--provisioned-concurrency",
+            "1",
+        ),
         "async": (
             "--async-output",
             "s3://nowhere/results",
@@ -370,6 +392,7 @@ def test_dry_run_requests_are_valid_api_requests(monkeypatch, tmp_path, capsys, 
             assert config["ProductionVariants"][0]["ServerlessConfig"] == {
                 "MemorySizeInMB": 1024,
                 "MaxConcurrency": 4,
+                "ProvisionedConcurrency": 1,
             }
             assert not [
                 r for r in requests if r["service"] == "application-autoscaling" and "Put" in r["operation"]

@@ -225,6 +225,12 @@ def add_deploy_parser(commands, common: argparse.ArgumentParser) -> None:
     serverless = deploy.add_argument_group("Serverless Inference (CPU, pay per request, scales to zero)")
     serverless.add_argument("--serverless-memory", type=int, metavar="MB", help="1024, 2048, ... 6144")
     serverless.add_argument("--max-concurrency", type=int, metavar="N", help="concurrent requests, 1..200")
+    serverless.add_argument(
+        "--provisioned-concurrency",
+        type=int,
+        metavar="N",
+        help="requests kept warm, 1..--max-concurrency: no cold start for them, billed while idle",
+    )
 
     queued = deploy.add_argument_group(
         "Asynchronous Inference (queued requests, results in S3, scales to zero)"
@@ -302,7 +308,11 @@ def deploy_spec(args: argparse.Namespace, settings: AwsSettings) -> endpoint.End
         for flag, value in (("--min-instances", args.min_instances), ("--max-instances", args.max_instances)):
             if value is not None:
                 raise SettingsError(f"a serverless endpoint has no instances: drop {flag}")
-        serverless = ServerlessSpec(args.serverless_memory, args.max_concurrency)
+        serverless = ServerlessSpec(
+            args.serverless_memory, args.max_concurrency, args.provisioned_concurrency
+        )
+    elif args.provisioned_concurrency is not None:
+        raise SettingsError("--provisioned-concurrency is for a serverless endpoint (--serverless-memory)")
     async_inference = None
     if args.async_output is not None:
         async_inference = AsyncSpec(args.async_output, args.async_success_topic, args.async_error_topic)

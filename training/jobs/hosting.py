@@ -34,6 +34,9 @@ class HostingError(ValueError):
 class ServerlessSpec:
     memory_mb: int
     max_concurrency: int
+    # Requests SageMaker keeps warm containers for (billed while idle). A cold start is the container starting
+    # and loading the model, which can outlast the API's read timeout on an endpoint that has scaled to zero.
+    provisioned_concurrency: int | None = None
 
     def __post_init__(self) -> None:
         if self.memory_mb not in SERVERLESS_MEMORY_MB:
@@ -44,10 +47,18 @@ class ServerlessSpec:
                 f"--max-concurrency must be from 1 to {MAX_SERVERLESS_CONCURRENCY}, "
                 f"got {self.max_concurrency}"
             )
+        provisioned = self.provisioned_concurrency
+        if provisioned is not None and not 1 <= provisioned <= self.max_concurrency:
+            raise HostingError(
+                f"--provisioned-concurrency must be from 1 to --max-concurrency ({self.max_concurrency}), "
+                f"got {provisioned}"
+            )
 
     def variant_config(self) -> shapes.ProductionVariantServerlessConfig:
         return shapes.ProductionVariantServerlessConfig(
-            memory_size_in_mb=self.memory_mb, max_concurrency=self.max_concurrency
+            memory_size_in_mb=self.memory_mb,
+            max_concurrency=self.max_concurrency,
+            provisioned_concurrency=self.provisioned_concurrency,
         )
 
 
