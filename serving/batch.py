@@ -213,12 +213,13 @@ class Client:
             "urls": [loaded.item.url for loaded in urls],
         }
         answer = _json(self._post("/predict/batch", json.dumps(request).encode(), JSON, JSON))
-        try:
-            by_item = dict(zip(map(id, images), answer["images"], strict=True))
-            by_item |= dict(zip(map(id, urls), answer["urls"], strict=True))
-        except (KeyError, TypeError, ValueError) as error:
-            raise Failure("bad_answer", f"not a batch answer ({type(error).__name__})", 200) from error
-        return [by_item[id(loaded)] for loaded in group]
+        # The answer mirrors the request: {"images": [...], "urls": [...]}, one result per item in order.
+        found = answer if isinstance(answer, dict) else {}
+        per_image, per_url = found.get("images"), found.get("urls")
+        if not (_is_list_of(per_image, len(images)) and _is_list_of(per_url, len(urls))):
+            raise Failure("bad_answer", "not an answer to the batch sent", 200)
+        per_image, per_url = iter(per_image), iter(per_url)
+        return [next(per_image) if loaded.data is not None else next(per_url) for loaded in group]
 
     # --- the pieces ---
 
@@ -277,6 +278,10 @@ def _json(body: bytes) -> object:
         return json.loads(body)
     except ValueError as error:
         raise Failure("bad_answer", "the answer is not JSON", 200) from error
+
+
+def _is_list_of(value: object, length: int) -> bool:
+    return isinstance(value, list) and len(value) == length
 
 
 def groups_of(client: Client, loaded: list[Loaded], size: int) -> Iterator[list[Loaded]]:

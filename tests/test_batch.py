@@ -178,8 +178,8 @@ def test_a_file_that_is_not_a_results_file_is_refused(photos, tmp_path, capsys):
     assert other.read_text() == "name,size\na,1\n"
 
 
-def test_a_folder_through_the_api(endpoint, photos, tmp_path, capsys):
-    """The folder through a real `chalice local` in front of the endpoint: the API's answers and errors."""
+def test_a_folder_and_a_url_list_through_the_api(endpoint, photos, samples, tmp_path, capsys):
+    """Through a real `chalice local` in front of the endpoint: the API's answers and errors."""
     from test_api import chalice_local, write_stage_project
 
     project = tmp_path / "project"
@@ -189,16 +189,30 @@ def test_a_folder_through_the_api(endpoint, photos, tmp_path, capsys):
     shutil.copy(PROJECT / "app.py", project / "app.py")
     write_stage_project(project, AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=endpoint.url)
     results = tmp_path / "results.csv"
-    with chalice_local(project) as api_url:
+    listing = tmp_path / "urls.txt"
+    url_results = tmp_path / "urls.jsonl"
+    with (
+        chalice_local(project) as api_url,
+        serving_in_thread(
+            http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Files, directory=str(samples)))
+        ) as files,
+    ):
         proxy = RecordingProxy.to(api_url)
         with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), proxy)) as url:
             code, err = run_batch(capsys, str(photos), "-o", str(results), "--api", url)
-    # The three files went as one /predict/batch call, each answered on its own.
-    assert proxy.requests == [("/predict/batch", batch.JSON)]
+            listing.write_text(f"{files}/{LABRADOR}\n{files}/missing.jpg\n{files}/{SPANIEL}\n")
+            url_code, url_err = run_batch(capsys, str(listing), "-o", str(url_results), "--api", url)
+    # Each source went as one /predict/batch call, each item answered on its own.
+    assert proxy.requests == [("/predict/batch", batch.JSON)] * 2
     rows = csv_rows(results)
     assert rows[f"labs/{LABRADOR}"]["label"] == "Labrador_retriever"
     assert rows["other/notes.txt"]["error"] == "unsupported_media_type"
     assert code == batch.EXIT_FAILED and "3 images: 2 classified, 1 failed" in err
+    url_rows = {row["key"]: row for row in map(json.loads, url_results.read_text().splitlines())}
+    assert url_rows[f"{files}/{LABRADOR}"]["label"] == "Labrador_retriever"
+    assert url_rows[f"{files}/{SPANIEL}"]["label"] == rows[f"other/deeper/{SPANIEL}"]["label"]
+    assert url_rows[f"{files}/missing.jpg"]["error"] == "url_fetch_failed"
+    assert url_code == batch.EXIT_FAILED and "3 images: 2 classified, 1 failed" in url_err
 
 
 @pytest.mark.slow
