@@ -135,12 +135,12 @@ class Loaded:
 class Client:
     """HTTP to the endpoint or the API: one thread-safe connection pool for all the workers."""
 
-    def __init__(self, base_url: str, concurrency: int, api: bool, api_key: str | None = None):
+    def __init__(self, base_url: str, connections: int, api: bool, api_key: str | None = None):
         self.base_url = base_url.rstrip("/")
         self.api = api
         self.api_key = api_key
         self.http = urllib3.PoolManager(
-            maxsize=concurrency,
+            maxsize=connections,  # per host
             block=True,
             retries=False,
             timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
@@ -370,15 +370,30 @@ def classified_rows(client: Client, items: list[Item]) -> list[Row]:
     """The rows of some items, in their order: as few requests as the target's limits allow."""
     rows: dict[str, Row] = {}
     loaded: list[Loaded] = []
-    for item in items:
-        try:
-            loaded.append(client.load(item))
-        except Failure as failure:
-            rows[item.key] = Row(item.key, error=failure.code, message=failure.message)
+    for item, each in zip(items, loaded_items(client, items), strict=True):
+        if isinstance(each, Failure):
+            rows[item.key] = Row(item.key, error=each.code, message=each.message)
+        else:
+            loaded.append(each)
     for group in groups_of(client, loaded, len(items)):
         for each, row in zip(group, group_rows(client, group), strict=True):
             rows[each.item.key] = row
     return [rows[item.key] for item in items]
+
+
+def loaded_items(client: Client, items: list[Item]) -> list[Loaded | Failure]:
+    """Each item loaded, or why it could not be; URLs the command fetches itself are fetched together."""
+
+    def load(item: Item) -> Loaded | Failure:
+        try:
+            return client.load(item)
+        except Failure as failure:
+            return failure
+
+    if client.api or len(items) < 2 or all(item.url is None for item in items):
+        return [load(item) for item in items]
+    with ThreadPoolExecutor(max_workers=len(items)) as fetches:
+        return list(fetches.map(load, items))
 
 
 def group_rows(client: Client, group: list[Loaded]) -> list[Row]:
@@ -435,9 +450,11 @@ def run(args: argparse.Namespace, err: TextIO) -> int:
         print(f"error: {args.source} is not {wanted}", file=err)
         return EXIT_USAGE
     api_key = os.environ.get(API_KEY_ENV) or None
-    client = Client(args.api or args.endpoint, args.concurrency, api=bool(args.api), api_key=api_key)
-    out_dir = args.transform_output
     batch_size = args.batch_size or (DEFAULT_API_BATCH if args.api else DEFAULT_ENDPOINT_BATCH)
+    # Every image of every group in flight may be a URL being fetched from the same host.
+    connections = args.concurrency * batch_size
+    client = Client(args.api or args.endpoint, connections, api=bool(args.api), api_key=api_key)
+    out_dir = args.transform_output
 
     # Resuming: what was classified is skipped; what failed is tried again (its new row comes later).
     if out_dir:

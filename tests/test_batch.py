@@ -10,6 +10,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from functools import partial
 from pathlib import Path
@@ -151,6 +153,43 @@ def test_a_url_list_through_the_endpoint(endpoint, samples, tmp_path, capsys):
     assert rows[f"{files}/{LABRADOR}"]["label"] == "Labrador_retriever"
     assert rows[f"{files}/missing.jpg"]["error"] == "url_fetch_failed"
     assert code == batch.EXIT_FAILED and "2 images: 1 classified, 1 failed" in err
+
+
+class SlowFiles(Files):
+    """Files that take a while to start answering; counts how many requests it serves at once."""
+
+    lock = threading.Lock()
+    in_flight = 0
+    most_in_flight = 0
+
+    def do_GET(self):
+        cls = type(self)
+        with cls.lock:
+            cls.in_flight += 1
+            cls.most_in_flight = max(cls.most_in_flight, cls.in_flight)
+        try:
+            time.sleep(0.3)
+            super().do_GET()
+        finally:
+            with cls.lock:
+                cls.in_flight -= 1
+
+
+def test_the_urls_of_a_group_are_fetched_together(endpoint, samples, tmp_path, capsys):
+    served = type("Served", (SlowFiles,), {"lock": threading.Lock(), "in_flight": 0, "most_in_flight": 0})
+    names = [LABRADOR, SPANIEL, "people_with_dog.jpg", "missing.jpg"]
+    with serving_in_thread(
+        http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(served, directory=str(samples)))
+    ) as files:
+        listing = tmp_path / "urls.txt"
+        listing.write_text("".join(f"{files}/{name}\n" for name in names))
+        results = tmp_path / "results.csv"
+        argv = (str(listing), "-o", str(results), "--endpoint", endpoint.url, "-n", "1", "-b", "4")
+        code, err = run_batch(capsys, *argv)
+    # One group in flight, and still its four URLs were being fetched at the same time.
+    assert served.most_in_flight > 1
+    assert code == batch.EXIT_FAILED and "4 images: 3 classified, 1 failed" in err
+    assert csv_rows(results)[f"{files}/{LABRADOR}"]["label"] == "Labrador_retriever"
 
 
 def test_an_unreachable_endpoint_fails_every_image_without_a_traceback(photos, tmp_path):
