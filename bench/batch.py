@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/batch.py [--model-dir DIR ...] [--data ../shared/data/dogs/valid] [--limit N]
 
-For each model it starts `python -m training.serve` on a free port and runs the batch command on the folder
+For each model it starts `python -m serving.server` on a free port and runs the batch command on the folder
 (2,061 valid images by default) twice: one image per request, one request at a time (the baseline), and with
 the command's defaults (groups of images per request, several requests in flight). Each figure is images per
 second over the classification itself, as the command reports it in its last progress line (its start-up is
