@@ -262,6 +262,15 @@ class Client:
             raise Failure("connection_failed", f"{self.base_url}: {error}") from error
         if response.status == 200:
             return response.data
+        if self.api and response.status == 202:
+            # An asynchronous stage queues the photo; SageMaker writes its answer to S3 later.
+            try:
+                location = json.loads(response.data)["output_location"]
+            except (ValueError, KeyError, TypeError):
+                location = "(not given)"
+            raise Failure(
+                "queued", f"queued on an asynchronous endpoint; its answer will be at {location}", 202
+            )
         if self.api:
             # The API's errors carry their own code and message; pass them on as the row's.
             try:

@@ -569,7 +569,8 @@ def test_a_stage_without_an_endpoint_name_is_a_clean_500(runtime_env, samples, t
 
 
 @contextmanager
-def chalice_local(project: Path) -> Iterator[str]:
+def chalice_local(project: Path, ready_path: str = "/health") -> Iterator[str]:
+    """`chalice local` on the project, once `ready_path` answers 200."""
     port = free_port()
     process = subprocess.Popen(
         [CHALICE, "local", "--stage", "local", "--port", str(port), "--no-autoreload"],
@@ -584,7 +585,7 @@ def chalice_local(project: Path) -> Iterator[str]:
         deadline = time.monotonic() + 60
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                with urllib.request.urlopen(f"{url}{ready_path}", timeout=2):
                     break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from functools import partial
 from pathlib import Path
@@ -254,6 +255,58 @@ def test_a_folder_and_a_url_list_through_the_api(endpoint, photos, samples, tmp_
     assert url_code == batch.EXIT_FAILED and "3 images: 2 classified, 1 failed" in url_err
 
 
+def test_an_asynchronous_stage_queues_each_image_and_the_rows_say_where(photos, tmp_path, capsys):
+    """A real `chalice local` as an async stage whose S3 and SageMaker runtime are a real moto_server: the
+    batch route is refused, so each image goes alone and is queued; its row says where the answer will be."""
+    import boto3
+    from moto_server import MotoServer
+    from test_api import chalice_local, write_stage_project
+
+    moto = MotoServer().wait_ready()
+    try:
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=moto.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        s3.create_bucket(Bucket="queued-photos")
+        project = tmp_path / "project"
+        shutil.copytree(
+            PROJECT / "chalicelib", project / "chalicelib", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        shutil.copy(PROJECT / "app.py", project / "app.py")
+        write_stage_project(
+            project,
+            ENDPOINT_NAME="dogbreeds-async",
+            ENDPOINT_KIND="async",
+            ASYNC_INPUT_S3="s3://queued-photos/in/",
+            AWS_ENDPOINT_URL=moto.url,
+            AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=moto.url,
+            UNSIGNED_ENDPOINT_REQUESTS="false",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+        )
+        results = tmp_path / "results.csv"
+        with chalice_local(project, ready_path="/openapi.json") as api_url:
+            proxy = RecordingProxy.to(api_url)
+            with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), proxy)) as url:
+                code, err = run_batch(capsys, str(photos), "-o", str(results), "--api", url)
+        queued_photos = s3.list_objects_v2(Bucket="queued-photos", Prefix="in/").get("KeyCount", 0)
+    finally:
+        moto.stop()
+    assert [path for path, _ in proxy.requests] == ["/predict/batch"] + ["/predict/image"] * 3
+    rows = csv_rows(results)
+    queued = rows[f"labs/{LABRADOR}"]
+    assert queued["error"] == "queued" and "its answer will be at s3://" in queued["message"]
+    assert rows[f"other/deeper/{SPANIEL}"]["error"] == "queued"
+    assert rows["other/notes.txt"]["error"] == "unsupported_media_type"
+    assert queued_photos == 2
+    assert code == batch.EXIT_FAILED and "2  queued" in err
+
+
 @pytest.mark.slow
 def test_batch_benchmark_runs_and_prints_its_figures():
     result = subprocess.run(
@@ -271,8 +324,9 @@ def test_batch_benchmark_runs_and_prints_its_figures():
 
 
 class RecordingProxy(http.server.BaseHTTPRequestHandler):
-    """Passes requests on to the real endpoint and records each one's content type; with `throttle` set it
-    first answers each distinct body 429 with Retry-After, as API Gateway throttles."""
+    """Passes requests on to the real endpoint or API, and their answers back as they are, recording each
+    request's path and content type; with `throttle` set it first answers each distinct body 429 with
+    Retry-After, as API Gateway throttles."""
 
     target = ""
     throttle = False
@@ -304,9 +358,12 @@ class RecordingProxy(http.server.BaseHTTPRequestHandler):
         forwarded = urllib.request.Request(
             self.target + self.path, data=body, headers=dict(self.headers), method="POST"
         )
-        with urllib.request.urlopen(forwarded, timeout=60) as answer:
-            data = answer.read()
-        self.send_response(200)
+        try:
+            with urllib.request.urlopen(forwarded, timeout=60) as answer:
+                status, data = answer.status, answer.read()
+        except urllib.error.HTTPError as refused:
+            status, data = refused.code, refused.read()
+        self.send_response(status)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
