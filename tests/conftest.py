@@ -105,10 +105,11 @@ def runtime_env(endpoint, monkeypatch):
 
 class ChaliceLocal:
     """`chalice local --stage local` serving a copy of app.py and chalicelib whose local stage calls the
-    endpoint at `endpoint_url`; its output goes to `log`."""
+    endpoint at `endpoint_url`, with `local_env` over the rest of that stage's environment; its output goes
+    to `log`."""
 
-    def __init__(self, project: Path, endpoint_url: str):
-        self.write_config(project, endpoint_url)
+    def __init__(self, project: Path, endpoint_url: str, **local_env: str):
+        self.write_config(project, endpoint_url, **local_env)
         shutil.copytree(
             PROJECT / "chalicelib", project / "chalicelib", ignore=shutil.ignore_patterns("__pycache__")
         )
@@ -128,12 +129,12 @@ class ChaliceLocal:
             )
 
     @staticmethod
-    def write_config(project: Path, endpoint_url: str) -> None:
+    def write_config(project: Path, endpoint_url: str, **local_env: str) -> None:
         """The real .chalice/config.json in `project`, its local stage calling the endpoint at `endpoint_url`
         (the stage's environment wins over the process's)."""
         config = json.loads((PROJECT / ".chalice" / "config.json").read_text())
-        local_env = config["stages"]["local"]["environment_variables"]
-        local_env["AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"] = endpoint_url
+        stage_env = config["stages"]["local"]["environment_variables"]
+        stage_env.update(AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=endpoint_url, **local_env)
         (project / ".chalice").mkdir(parents=True)
         (project / ".chalice" / "config.json").write_text(json.dumps(config, indent=2))
 

@@ -7,15 +7,11 @@ import base64
 import http.server
 import io
 import json
-import os
 import shutil
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -568,51 +564,13 @@ def test_a_stage_without_an_endpoint_name_is_a_clean_500(runtime_env, samples, t
 # --- scripts/smoke.sh against a real `chalice local` ---
 
 
-@contextmanager
-def chalice_local(project: Path, ready_path: str = "/health") -> Iterator[str]:
-    """`chalice local` on the project, once `ready_path` answers 200."""
-    port = free_port()
-    process = subprocess.Popen(
-        [CHALICE, "local", "--stage", "local", "--port", str(port), "--no-autoreload"],
-        cwd=project,
-        # As on a fresh machine running `make run`: no AWS region, credentials or endpoint in the environment.
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+def test_smoke_script_against_chalice_local(api_stack, files):
+    result = subprocess.run(
+        ["bash", str(PROJECT / "scripts" / "smoke.sh"), api_stack.url, files],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}{ready_path}", timeout=2):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"chalice local did not start: {process.stdout.read().decode()}"
-                    ) from None
-                time.sleep(0.3)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-def test_smoke_script_against_chalice_local(endpoint, files, tmp_path):
-    project = tmp_path / "project"
-    shutil.copytree(
-        PROJECT / "chalicelib", project / "chalicelib", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    shutil.copy(PROJECT / "app.py", project / "app.py")
-    write_stage_project(project, AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=endpoint.url)
-    with chalice_local(project) as api_url:
-        result = subprocess.run(
-            ["bash", str(PROJECT / "scripts" / "smoke.sh"), api_url, files],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Labrador_retriever" in result.stdout
 

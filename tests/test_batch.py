@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT
+from conftest import PROJECT, ChaliceLocal, QuietFiles
 from local_servers import serving_in_thread
 
 from serving import batch, batch_results
@@ -137,26 +137,19 @@ def test_the_summary_of_outputs_names_inputs_without_one():
     assert [(row.key, row.error) for row in rows] == [("a.jpg", "too_many_pixels"), ("b.jpg", "no_output")]
 
 
-class Files(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-def test_a_url_list_through_the_endpoint(endpoint, samples, tmp_path, capsys):
-    with serving_in_thread(
-        http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Files, directory=str(samples)))
-    ) as files:
-        listing = tmp_path / "urls.txt"
-        listing.write_text(f"# photos\n{files}/{LABRADOR}\n\n{files}/missing.jpg\n{files}/{LABRADOR}\n")
-        results = tmp_path / "results.jsonl"
-        code, err = run_batch(capsys, str(listing), "-o", str(results), "--endpoint", endpoint.url)
+def test_a_url_list_through_the_endpoint(endpoint, sample_files, tmp_path, capsys):
+    files = sample_files
+    listing = tmp_path / "urls.txt"
+    listing.write_text(f"# photos\n{files}/{LABRADOR}\n\n{files}/missing.jpg\n{files}/{LABRADOR}\n")
+    results = tmp_path / "results.jsonl"
+    code, err = run_batch(capsys, str(listing), "-o", str(results), "--endpoint", endpoint.url)
     rows = {row["key"]: row for row in map(json.loads, results.read_text().splitlines())}
     assert rows[f"{files}/{LABRADOR}"]["label"] == "Labrador_retriever"
     assert rows[f"{files}/missing.jpg"]["error"] == "url_fetch_failed"
     assert code == batch.EXIT_FAILED and "2 images: 1 classified, 1 failed" in err
 
 
-class SlowFiles(Files):
+class SlowFiles(QuietFiles):
     """Files that take a while to start answering; counts how many requests it serves at once."""
 
     lock = threading.Lock()
@@ -218,30 +211,17 @@ def test_a_file_that_is_not_a_results_file_is_refused(photos, tmp_path, capsys):
     assert other.read_text() == "name,size\na,1\n"
 
 
-def test_a_folder_and_a_url_list_through_the_api(endpoint, photos, samples, tmp_path, capsys):
+def test_a_folder_and_a_url_list_through_the_api(api_stack, photos, sample_files, tmp_path, capsys):
     """Through a real `chalice local` in front of the endpoint: the API's answers and errors."""
-    from test_api import chalice_local, write_stage_project
-
-    project = tmp_path / "project"
-    shutil.copytree(
-        PROJECT / "chalicelib", project / "chalicelib", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    shutil.copy(PROJECT / "app.py", project / "app.py")
-    write_stage_project(project, AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=endpoint.url)
+    files = sample_files
     results = tmp_path / "results.csv"
     listing = tmp_path / "urls.txt"
     url_results = tmp_path / "urls.jsonl"
-    with (
-        chalice_local(project) as api_url,
-        serving_in_thread(
-            http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Files, directory=str(samples)))
-        ) as files,
-    ):
-        proxy = RecordingProxy.to(api_url)
-        with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), proxy)) as url:
-            code, err = run_batch(capsys, str(photos), "-o", str(results), "--api", url)
-            listing.write_text(f"{files}/{LABRADOR}\n{files}/missing.jpg\n{files}/{SPANIEL}\n")
-            url_code, url_err = run_batch(capsys, str(listing), "-o", str(url_results), "--api", url)
+    proxy = RecordingProxy.to(api_stack.url)
+    with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), proxy)) as url:
+        code, err = run_batch(capsys, str(photos), "-o", str(results), "--api", url)
+        listing.write_text(f"{files}/{LABRADOR}\n{files}/missing.jpg\n{files}/{SPANIEL}\n")
+        url_code, url_err = run_batch(capsys, str(listing), "-o", str(url_results), "--api", url)
     # Each source went as one /predict/batch call, each item answered on its own.
     assert proxy.requests == [("/predict/batch", batch.JSON)] * 2
     rows = csv_rows(results)
@@ -258,44 +238,37 @@ def test_a_folder_and_a_url_list_through_the_api(endpoint, photos, samples, tmp_
 def test_an_asynchronous_stage_queues_each_image_and_the_rows_say_where(photos, tmp_path, capsys):
     """A real `chalice local` as an async stage whose S3 and SageMaker runtime are a real moto_server: the
     batch route is refused, so each image goes alone and is queued; its row says where the answer will be."""
-    import boto3
+    import boto3.session
     from moto_server import MotoServer
-    from test_api import chalice_local, write_stage_project
 
     moto = MotoServer().wait_ready()
+    api = None
     try:
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=moto.url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        # A session of its own: boto3's default one would carry this test's settings into later tests.
+        s3 = boto3.session.Session(
+            region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+        ).client("s3", endpoint_url=moto.url)
         s3.create_bucket(Bucket="queued-photos")
-        project = tmp_path / "project"
-        shutil.copytree(
-            PROJECT / "chalicelib", project / "chalicelib", ignore=shutil.ignore_patterns("__pycache__")
-        )
-        shutil.copy(PROJECT / "app.py", project / "app.py")
-        write_stage_project(
-            project,
+        api = ChaliceLocal(
+            tmp_path / "project",
+            moto.url,
             ENDPOINT_NAME="dogbreeds-async",
             ENDPOINT_KIND="async",
             ASYNC_INPUT_S3="s3://queued-photos/in/",
             AWS_ENDPOINT_URL=moto.url,
-            AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=moto.url,
             UNSIGNED_ENDPOINT_REQUESTS="false",
             AWS_DEFAULT_REGION="us-east-1",
             AWS_ACCESS_KEY_ID="testing",
             AWS_SECRET_ACCESS_KEY="testing",
-        )
+        ).wait_ready()
         results = tmp_path / "results.csv"
-        with chalice_local(project, ready_path="/openapi.json") as api_url:
-            proxy = RecordingProxy.to(api_url)
-            with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), proxy)) as url:
-                code, err = run_batch(capsys, str(photos), "-o", str(results), "--api", url)
+        proxy = RecordingProxy.to(api.url)
+        with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), proxy)) as url:
+            code, err = run_batch(capsys, str(photos), "-o", str(results), "--api", url)
         queued_photos = s3.list_objects_v2(Bucket="queued-photos", Prefix="in/").get("KeyCount", 0)
     finally:
+        if api is not None:
+            api.stop()
         moto.stop()
     assert [path for path, _ in proxy.requests] == ["/predict/batch"] + ["/predict/image"] * 3
     rows = csv_rows(results)
