@@ -53,22 +53,22 @@ test-all: lint browser
 	$(BIN)/pytest
 
 bench: setup
-	for model in $(BENCH_MODELS); do $(BIN)/python bench/endpoint.py --model-dir $$model || exit 1; done
+	for model in $(BENCH_MODELS); do $(BIN)/python -m bench.endpoint_speed --model-dir $$model || exit 1; done
 
 # Process start to the first /ping 200 of a fresh local endpoint, with and without the graph.
 bench-startup: setup
-	$(BIN)/python bench/startup.py $(BENCH_MODELS)
+	$(BIN)/python -m bench.startup $(BENCH_MODELS)
 
-# The 2,061 valid images through `python -m serving.batch` and the local endpoint, for each committed model.
+# The 2,061 valid images through `python -m clients.batch` and the local endpoint, for each committed model.
 bench-batch: setup
-	$(BIN)/python bench/batch.py --model-dir $(BENCH_MODELS)
+	$(BIN)/python -m bench.batch_speed --model-dir $(BENCH_MODELS)
 
 bench-train: setup
-	$(BIN)/python bench/train.py
+	$(BIN)/python -m bench.train
 
 # The stage's template plus gateway responses, throttling, API keys and alarms (scripts/merge_template.py).
 package: setup
-	$(BIN)/python scripts/merge_template.py --stage $(STAGE) --output build/merge-$(STAGE).json
+	$(BIN)/python -m scripts.merge_template --stage $(STAGE) --output build/merge-$(STAGE).json
 	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $(STAGE) \
 		--merge-template build/merge-$(STAGE).json build/package-$(STAGE)
 

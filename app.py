@@ -1,9 +1,8 @@
-"""dogbreeds API: the routes and the Lambda function; the work is in chalicelib (see classify.py)."""
+"""dogbreeds API: the routes and the Lambda function; the work is in chalicelib (see image_request.py)."""
 
 from chalice import Chalice, Response
 
-from chalicelib import batch, observability
-from chalicelib import classify as pipeline
+from chalicelib import batch_request, image_request, observability
 from chalicelib.errors import answers_errors, lambda_error, reshape_chalice_error
 from chalicelib.health import health_answer
 from chalicelib.openapi import describe_api, stage_base_path
@@ -43,8 +42,8 @@ def page():
 @answers_errors
 def predict():
     """{"url": "https://..."} or {"image": "<base64>"}, optional "top_k" and "min_confidence"."""
-    request = pipeline.parse_json_body(app.current_request.raw_body)
-    return pipeline.http_answer(pipeline.classify(request))
+    request = image_request.parse_json_body(app.current_request.raw_body)
+    return image_request.http_answer(image_request.classify(request))
 
 
 @app.route("/predict/image", methods=["POST"], content_types=IMAGE_CONTENT_TYPES, api_key_required=KEYED)
@@ -52,10 +51,10 @@ def predict():
 def predict_image():
     """The image's raw bytes as the body; optional ?top_k=N&min_confidence=P."""
     query = app.current_request.query_params or {}
-    top_k = pipeline.parse_top_k_text(query.get("top_k"))
-    min_confidence = pipeline.parse_min_confidence_text(query.get("min_confidence"))
-    request = pipeline.upload_request(app.current_request.raw_body, top_k, min_confidence)
-    return pipeline.http_answer(pipeline.classify(request))
+    top_k = image_request.parse_top_k_text(query.get("top_k"))
+    min_confidence = image_request.parse_min_confidence_text(query.get("min_confidence"))
+    request = image_request.upload_request(app.current_request.raw_body, top_k, min_confidence)
+    return image_request.http_answer(image_request.classify(request))
 
 
 @app.route("/openapi.json", methods=["GET"])
@@ -69,7 +68,7 @@ def openapi():
 @answers_errors
 def predict_batch():
     """{"images": ["<base64>", ...], "urls": ["https://...", ...]}, optional "top_k": one result per item."""
-    return batch.classify_batch(batch.parse_batch_body(app.current_request.raw_body))
+    return batch_request.classify_batch(batch_request.parse_batch_body(app.current_request.raw_body))
 
 
 @app.route("/health", methods=["GET"], api_key_required=KEYED)
@@ -85,8 +84,8 @@ def classify(event, context):
     """A direct invocation with {"url": ...} or {"image": "<base64>"}, or a batch with {"images": [...]}
     and/or {"urls": [...]}: the REST answer, or {"error": ...}."""
     try:
-        if batch.is_batch(event):
-            return batch.classify_batch(batch.parse_batch_fields(event))
-        return pipeline.classify(pipeline.parse_fields(event))
+        if batch_request.is_batch(event):
+            return batch_request.classify_batch(batch_request.parse_batch_fields(event))
+        return image_request.classify(image_request.parse_fields(event))
     except Exception as exception:  # noqa: BLE001 - a raise would hand the caller a stack trace
         return lambda_error(exception)

@@ -8,7 +8,7 @@ Prints the median of each step over the runs and its ratio to the baseline, twic
 from source, as on Lambda (a chalice zip holds no bytecode and /var/task is read-only, so none is cached),
 and with cached bytecode, as on a developer's machine.
 
-    .venv/bin/python bench/cold_import.py --runs 15
+    .venv/bin/python -m bench.cold_import --runs 15
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 STEPS = {
     "baseline": "import chalice, chalicelib.settings, chalicelib.errors, chalicelib.fetch, chalicelib.image, "
-    "chalicelib.endpoint",
+    "chalicelib.invoke",
     "observability": "import aws_lambda_powertools.logging, aws_lambda_powertools.metrics, "
     "chalicelib.observability, app",
     "xray_sdk": "import aws_xray_sdk.core",

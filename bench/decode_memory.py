@@ -1,6 +1,6 @@
 """Peak memory of preparing one photo in the Lambda, per accepted format, at the API's pixel cap.
 
-    .venv/bin/python bench/decode_memory.py [--before DIR] [--cases png-rgba,jpeg] [--pixels N]
+    .venv/bin/python -m bench.decode_memory [--before DIR] [--cases png-rgba,jpeg] [--pixels N]
 
 Every case is a picture of as many pixels as the API accepts for its format (a square under that cap), made
 once into a temporary directory. Each measurement runs in a fresh Python process that imports chalicelib,

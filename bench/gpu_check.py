@@ -1,10 +1,11 @@
 """The handlers on a CUDA device once, against the CPU: per-image latency of the whole handler chain.
 
-    python bench/gpu_check.py [--model-dir models/default] [--runs 20]
+    python -m bench.gpu_check [--model-dir models/default] [--runs 20]
 
 Needs a CUDA build of torch (the project's pin is the CPU build: on the GPU machine install the CUDA wheel
 of the same version) and, for ONNX Runtime on the GPU, onnxruntime-gpu instead of onnxruntime. It loads the
-model the way model_fn does on that machine (serving.runtime.choose_device picks ONNX Runtime's CUDA provider
+model the way model_fn does on that machine (classifier.runtime.choose_device picks ONNX Runtime's CUDA
+provider
 when onnxruntime-gpu is there, else PyTorch on CUDA), checks that its answers match the CPU's, then times
 input_fn -> predict_fn -> output_fn on the sample photos one image at a time, and a batch of 8 through the
 model alone.
@@ -15,17 +16,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT))
+from classifier import runtime
+from serving import inference
 
-from serving import inference, runtime  # noqa: E402
+PROJECT = Path(__file__).resolve().parents[1]
 
 SAMPLES = PROJECT.parent / "shared" / "data" / "samples"
 

@@ -1,13 +1,13 @@
 """Peak memory of preparing one image on the endpoint, for the shapes an outside probe sent, before and after.
 
-    .venv/bin/python bench/image_memory.py [--model-dir models/default] [--cap-gb 3]
+    .venv/bin/python -m bench.image_memory [--model-dir models/default] [--cap-gb 3]
 
 Each case runs in a fresh process, which reports how far its peak resident memory (ru_maxrss) rose above
 what it held once the image bytes were read. Modes:
 - before: decode (compositing transparency on white with alpha_composite), then scale the whole picture so its
   shorter side is the resize size, then take the centre square: the preprocessing as it was, with no check of
   the image's shape;
-- preprocessing: decode, then training.preprocessing as it is now (only the crop is resized), with no check;
+- preprocessing: decode, then classifier.preprocessing as it is now (only the crop is resized), with no check;
 - endpoint: the real handlers, input_fn then the model's preprocessing, as a request runs them.
 A case that would need more than --cap-gb of address space more is stopped there (RLIMIT_AS) and shown so.
 """
@@ -27,7 +27,6 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT))
 
 SAMPLE = PROJECT.parent / "shared" / "data" / "samples" / "Labrador_retriever_06455.jpg"
 DEFAULT_MODEL = PROJECT / "models" / "default"
@@ -57,7 +56,7 @@ def write_cases(folder: Path) -> dict[str, Path]:
 
 
 def open_image_before(data: bytes) -> Image.Image:
-    """training.preprocessing.open_image before this change, kept here as the baseline."""
+    """classifier.preprocessing.open_image before this change, kept here as the baseline."""
     image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
@@ -81,9 +80,9 @@ def resize_then_crop(image: Image.Image, image_size: int, resize_size: int) -> I
 
 def child(mode: str, path: Path, model_dir: Path, cap_bytes: int) -> dict:
     """Runs in its own process: one case in one mode; what happened and the peak memory it took."""
+    from classifier.model import read_config
+    from classifier.preprocessing import Preprocessing, open_image
     from serving import inference
-    from training.model import read_config
-    from training.preprocessing import Preprocessing, open_image
 
     config, _, _ = read_config(model_dir)
     preprocessing = Preprocessing.from_dict(config["preprocessing"])

@@ -1,12 +1,12 @@
 """Overload benchmark: what the local endpoint delivers in time when more clients call it than it can serve.
 
-    .venv/bin/python bench/overload.py [--model-dir models/default] [--clients 64] [--seconds 30]
+    .venv/bin/python -m bench.overload [--model-dir models/default] [--clients 64] [--seconds 30]
 
 It starts `python -m serving.server` on a free loopback port twice, with shedding off (`--max-wait 0`: the
 unbounded queue it had before) and with its default shedding, and puts the same load on each: `--clients`
 threads, each calling InvokeEndpoint one call after another for `--seconds` (after a 503, once its
 Retry-After has passed, as the API tells its callers), every thread with its own boto3 client configured as
-the API's (chalicelib/endpoint.py: 2 s connect, 7 s read timeout, botocore's standard retry mode, 2 attempts
+the API's (chalicelib/invoke.py: 2 s connect, 7 s read timeout, botocore's standard retry mode, 2 attempts
 in all), as concurrent Lambda containers would call it. The body is the sample photo as the Lambda sends it
 (shrunk and re-encoded by chalicelib).
 
@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import threading
 import time
 import urllib.error
@@ -39,23 +38,20 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionError, ReadTimeoutError
 
-PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from endpoint import SAMPLE, start_endpoint, stop_endpoint  # noqa: E402
-
-from chalicelib.image import prepare_image  # noqa: E402
-from chalicelib.settings import (  # noqa: E402
+from bench.endpoint_speed import SAMPLE, start_endpoint, stop_endpoint
+from chalicelib.image import prepare_image
+from chalicelib.settings import (
     ENDPOINT_CONNECT_TIMEOUT_S,
     ENDPOINT_MAX_ATTEMPTS,
     ENDPOINT_READ_TIMEOUT_S,
     JPEG_QUALITY,
     MAX_PIXELS,
 )
-from serving.server import DEFAULT_ENDPOINT_NAME  # noqa: E402
-from training.model import read_config  # noqa: E402
-from training.preprocessing import Preprocessing  # noqa: E402
+from classifier.model import read_config
+from classifier.preprocessing import Preprocessing
+from serving.server import DEFAULT_ENDPOINT_NAME
+
+PROJECT = Path(__file__).resolve().parents[1]
 
 DEFAULT_MODEL = PROJECT / "models" / "default"
 # After the run, calls still in flight may take two attempts of the read timeout plus botocore's backoff.
@@ -63,7 +59,7 @@ DRAIN_S = 2 * (ENDPOINT_CONNECT_TIMEOUT_S + ENDPOINT_READ_TIMEOUT_S) + 6
 
 
 def api_client(url: str):
-    """A sagemaker-runtime client with the API's settings (see chalicelib.endpoint.runtime_client)."""
+    """A sagemaker-runtime client with the API's settings (see chalicelib.invoke.runtime_client)."""
     return boto3.client(
         "sagemaker-runtime",
         endpoint_url=url,

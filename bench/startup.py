@@ -1,6 +1,6 @@
 """Start-up of a fresh local endpoint: process start to the first `/ping` 200, with and without the graph.
 
-    .venv/bin/python bench/startup.py [--runs 2] models/default models/fast
+    .venv/bin/python -m bench.startup [--runs 2] models/default models/fast
 
 "with graph" is the model directory as `make setup` leaves it (model.onnx stamped for its weights);
 "without graph" is a copy without model.onnx and an empty export cache, so the endpoint exports and checks
@@ -24,10 +24,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT))
+from classifier.model import ONNX_FILE
 
-from training.model import ONNX_FILE  # noqa: E402
+PROJECT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:

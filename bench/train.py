@@ -1,6 +1,6 @@
 """How training scales from 1 rank to 2 ranks (1 thread each), measured in the same run.
 
-    .venv/bin/python bench/train.py [--classes 20 --per-class 40 --backbone efficientnet-lite0]
+    .venv/bin/python -m bench.train [--classes 20 --per-class 40 --backbone efficientnet-lite0]
 
 Both runs train on the same subset of ../shared/data/dogs (symlinked, never copied) with an empty feature
 cache, so an epoch is what the first epoch of a real run costs: computing the backbone features of every
@@ -45,13 +45,15 @@ def train(data: Path, workdir: Path, name: str, ranks: int, backbone: str, onnx_
     if ranks > 1:
         launcher += ["-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-port", "29547"]
     command = [
-        *launcher, str(PROJECT / "training" / "train.py"), "--backbone", backbone, "--epochs", "1",
+        *launcher, "-m", "training.train", "--backbone", backbone, "--epochs", "1",
         "--train", str(data / "train"), "--valid", str(data / "valid"), "--model-dir", str(workdir / name),
         "--cache-dir", str(cache), "--threads", "1", "--workers", "0",
     ]  # fmt: skip
     env = {key: value for key, value in os.environ.items() if not key.startswith("SM_")}
     started = time.perf_counter()
-    subprocess.run(command, check=True, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    subprocess.run(
+        command, check=True, cwd=PROJECT, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True
+    )
     wall = time.perf_counter() - started
     metrics = json.loads((workdir / name / "metrics.json").read_text())
     epoch = metrics["history"][0]["seconds"]

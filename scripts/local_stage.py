@@ -1,6 +1,6 @@
 """The project folder `make run` serves the API from, so that the local stage resizes for the model it serves.
 
-    python scripts/local_stage.py MODEL_DIR [SCRATCH_DIR]
+    python -m scripts.local_stage MODEL_DIR [SCRATCH_DIR]
 
 The local stage in .chalice/config.json carries the committed default model's MODEL_RESIZE_SIZE (chalice
 lets a stage's environment win over the process's). For that model this prints the project folder itself;

@@ -12,22 +12,21 @@
 The stage's facts (endpoint name, API Gateway stage, X-Ray, API keys) come from .chalice/config.json; the
 numbers below are the only place the throttling and alarm figures live.
 
-    python scripts/merge_template.py --stage prod --output build/merge-prod.json
+    python -m scripts.merge_template --stage prod --output build/merge-prod.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT))
 # /openapi.json describes the same gateway responses, so they live beside the API's own errors.
-from chalicelib.gateway_responses import GATEWAY_RESPONSES  # noqa: E402
+from chalicelib.gateway_responses import GATEWAY_RESPONSES
+
+PROJECT = Path(__file__).resolve().parents[1]
 
 CONFIG = PROJECT / ".chalice" / "config.json"
 # Chalice's logical ids for the REST API and the two functions (app.app and app.classify).

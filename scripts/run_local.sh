@@ -42,7 +42,7 @@ pids+=($!)
 # The API shrinks photos to the served model's own resize size: a model other than the default gets a copy
 # of the local stage that says so (scripts/local_stage.py).
 scratch=$(mktemp -d)
-API_PROJECT=$($BIN/python scripts/local_stage.py "$MODEL_DIR" "$scratch")
+API_PROJECT=$($BIN/python -m scripts.local_stage "$MODEL_DIR" "$scratch")
 # Absolute: chalice moves into the project folder, then its reloader starts itself again by the same path.
 "$PWD/$BIN/chalice" --project-dir "$API_PROJECT" local --stage local --host 127.0.0.1 --port "$API_PORT" &
 pids+=($!)

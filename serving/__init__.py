@@ -1,2 +1,2 @@
-"""The endpoint side: SageMaker's inference handlers, the runtimes that run the model, the local endpoint,
-and the clients that send it many images (batch, batch_results)."""
+"""The endpoint container: SageMaker's inference handlers (inference), the local endpoint that speaks the same
+contract (server), and the wire contract itself (contract: media types and limits). Stands on classifier/."""

@@ -11,8 +11,8 @@ ANSWER_SCHEMA in chalicelib/schema.py, the one place of the response schema (the
 
 The probabilities are the model's calibrated ones; `confident` says whether the top breed's probability
 reaches the artifact's confidence threshold, and `is_dog` whether the dog probability reaches its dog
-threshold (see training.calibration). CustomAttributes `min_confidence=0.3` leaves out the predictions under
-that probability (the list may then be empty).
+threshold (see training.calibration_stats). CustomAttributes `min_confidence=0.3` leaves out the predictions
+under that probability (the list may then be empty).
 
 A JSON batch `{"instances": [{"b64": "..."}, ...]}` answers a list of those, in order. It never fetches URLs:
 endpoints may run network-isolated, and fetching is the API's job.
@@ -44,16 +44,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from serving.limits import (
+from classifier.model import CONFIDENCE_THRESHOLD, DOG_THRESHOLD, breed_name, read_config
+from classifier.preprocessing import Preprocessing, UnreadableImageError, open_image
+from classifier.runtime import RUNTIMES, Device, OnnxRunner, TorchRunner, load_runner, softmax
+from serving.contract import (
     MAX_ASPECT_RATIO,
     MAX_IMAGE_PIXELS,
     MAX_IMAGE_SIDE,
     MAX_INSTANCES,
     MAX_REQUEST_PIXELS,
 )
-from serving.runtime import RUNTIMES, Device, OnnxRunner, TorchRunner, load_runner, softmax
-from training.model import CONFIDENCE_THRESHOLD, DOG_THRESHOLD, breed_name, read_config
-from training.preprocessing import Preprocessing, UnreadableImageError, open_image
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ ACCEPT_TYPES = (JSON, RECORD_JSON)
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 DEFAULT_TOP_K = 5
 
-RUNTIME_ENV = "DOGBREEDS_RUNTIME"  # one of serving.runtime.RUNTIMES
+RUNTIME_ENV = "DOGBREEDS_RUNTIME"  # one of classifier.runtime.RUNTIMES
 THREADS_ENV = "DOGBREEDS_THREADS"
 
 _TOP_K_ATTRIBUTE = re.compile(r"(?:^|[\s,;])top_k\s*=\s*([^\s,;]*)", re.IGNORECASE)
@@ -186,7 +186,7 @@ def load_predictor(
 ) -> BreedPredictor:
     """Load an artifact for inference.
 
-    `runtime` is one of serving.runtime.RUNTIMES: "auto" (the int8 graph where it qualified, else ONNX
+    `runtime` is one of classifier.runtime.RUNTIMES: "auto" (the int8 graph where it qualified, else ONNX
     Runtime when it is installed and its graph agrees with PyTorch, else PyTorch), "onnx", "onnx-int8" (that
     runtime or an error) or "pytorch". `device` defaults to a CUDA device when there is one. Raises ValueError
     for an unknown runtime or a broken artifact.

@@ -48,9 +48,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.config import STARTUP_FAILURE
 
+from classifier.runtime import RUNTIMES
 from serving import inference
-from serving.limits import MAX_BODY_BYTES
-from serving.runtime import RUNTIMES
+from serving.contract import MAX_BODY_BYTES
 
 log = logging.getLogger("dogbreeds.serve")
 

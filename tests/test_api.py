@@ -24,9 +24,9 @@ from PIL import Image
 from test_image import zero_png
 
 import app as api
-from chalicelib import endpoint as endpoint_module
-from chalicelib.endpoint import runtime_client
+from chalicelib import invoke
 from chalicelib.errors import answers_errors
+from chalicelib.invoke import runtime_client
 from chalicelib.settings import (
     BATCH_WORST_CASE_S,
     MAX_BATCH_ITEMS,
@@ -537,12 +537,12 @@ def test_throttling_is_retried_then_503(runtime_env, samples, tmp_path):
         response = post_image(client, (samples / LABRADOR).read_bytes())
     assert_error(response, 503, "endpoint_unavailable")
     assert response.headers["Retry-After"] == str(RETRY_AFTER_S)
-    assert Throttling.requests == endpoint_module.ENDPOINT_MAX_ATTEMPTS
+    assert Throttling.requests == invoke.ENDPOINT_MAX_ATTEMPTS
 
 
 def test_an_endpoint_that_does_not_answer_is_504(runtime_env, samples, tmp_path, monkeypatch):
     # A real socket that accepts and never answers; a short read timeout keeps the test quick.
-    monkeypatch.setattr(endpoint_module, "ENDPOINT_READ_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(invoke, "ENDPOINT_READ_TIMEOUT_S", 0.5)
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)
@@ -658,7 +658,7 @@ def test_lambda_function_takes_a_batch(client, files):
 def test_batch_accept_is_the_handlers_errors_in_place_type():
     from serving.inference import RECORD_JSON
 
-    assert endpoint_module.BATCH_ACCEPT == RECORD_JSON
+    assert invoke.BATCH_ACCEPT == RECORD_JSON
 
 
 @pytest.mark.parametrize(

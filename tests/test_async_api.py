@@ -18,7 +18,7 @@ from PIL import Image
 from test_api import LABRADOR, assert_error, post_image, post_json, write_stage_project
 
 import app as api
-from chalicelib.endpoint import runtime_client, s3_client
+from chalicelib.invoke import runtime_client, s3_client
 from chalicelib.schema import validate_queued_answer
 from chalicelib.settings import get_settings
 

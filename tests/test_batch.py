@@ -1,4 +1,4 @@
-"""`python -m serving.batch` on a small folder of real photos, against the real endpoint process over HTTP."""
+"""`python -m clients.batch` on a small folder of real photos, against the real endpoint process over HTTP."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import pytest
 from conftest import PROJECT, ChaliceLocal, QuietFiles
 from local_servers import serving_in_thread
 
-from serving import batch, batch_results
+from clients import batch, batch_results
 
 LABRADOR = "Labrador_retriever_06455.jpg"
 SPANIEL = "American_water_spaniel_00648.jpg"
@@ -121,7 +121,7 @@ def test_the_command_does_not_import_torch():
         [
             sys.executable,
             "-c",
-            "import sys, serving.batch; print(sorted({'torch', 'numpy'} & set(sys.modules)))",
+            "import sys, clients.batch; print(sorted({'torch', 'numpy'} & set(sys.modules)))",
         ],
         cwd=PROJECT,
         capture_output=True,
@@ -191,7 +191,7 @@ def test_an_unreachable_endpoint_fails_every_image_without_a_traceback(photos, t
 
     results = tmp_path / "results.csv"
     done = subprocess.run(
-        [sys.executable, "-m", "serving.batch", str(photos), "-o", str(results)]
+        [sys.executable, "-m", "clients.batch", str(photos), "-o", str(results)]
         + ["--endpoint", f"http://127.0.0.1:{free_port()}"],
         cwd=PROJECT,
         capture_output=True,
@@ -283,7 +283,17 @@ def test_an_asynchronous_stage_queues_each_image_and_the_rows_say_where(photos, 
 @pytest.mark.slow
 def test_batch_benchmark_runs_and_prints_its_figures():
     result = subprocess.run(
-        [sys.executable, "bench/batch.py", "--model-dir", "models/fast", "--limit", "12", "--seconds", "1"],
+        [
+            sys.executable,
+            "-m",
+            "bench.batch_speed",
+            "--model-dir",
+            "models/fast",
+            "--limit",
+            "12",
+            "--seconds",
+            "1",
+        ],
         cwd=PROJECT,
         capture_output=True,
         text=True,
@@ -387,10 +397,10 @@ def test_a_group_refused_as_a_whole_is_sent_again_one_image_per_request(endpoint
     """Three pictures of 36 MP each pass the endpoint's per-image cap but not its per-request one."""
     from PIL import Image
 
-    from serving import limits
+    from serving import contract
 
     side = 6000
-    assert side * side <= limits.MAX_IMAGE_PIXELS and 3 * side * side > limits.MAX_REQUEST_PIXELS
+    assert side * side <= contract.MAX_IMAGE_PIXELS and 3 * side * side > contract.MAX_REQUEST_PIXELS
     folder = tmp_path / "big"
     folder.mkdir()
     shutil.copy(samples / LABRADOR, folder / LABRADOR)

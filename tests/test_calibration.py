@@ -10,12 +10,12 @@ import pytest
 import torch
 from conftest import PROJECT
 
-from training import calibration as cal
+from classifier.model import CONFIG_FILE, METRICS_FILE, load_model
+from classifier.preprocessing import open_image
+from training import calibration_stats as cal
 from training.crossval import fold_of_each
 from training.evaluate import non_dog_metrics
-from training.model import CONFIG_FILE, METRICS_FILE, load_model
 from training.nondogs import non_dog_images
-from training.preprocessing import open_image
 
 MODELS = [PROJECT / "models" / "default", PROJECT / "models" / "fast"]
 

@@ -22,10 +22,10 @@ from conftest import DEFAULT_MODEL, wait_for_ping
 from local_servers import free_port, stop_process
 from sagemaker_container import EMULATOR, container_python
 
+from classifier.checked_graph import checked_graph_for
+from classifier.model import CONFIG_FILE, LABELS_FILE, ONNX_FILE, WEIGHTS_FILE
 from serving import inference
-from training.export import checked_graph_for
 from training.jobs.source_bundle import repack_model
-from training.model import CONFIG_FILE, LABELS_FILE, ONNX_FILE, WEIGHTS_FILE
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from training.model import BreedClassifier, init_breed_head_from_imagenet, save_model
+from classifier.model import BreedClassifier, init_breed_head_from_imagenet, save_model
 
 PROJECT = Path(__file__).resolve().parents[1]
 # ImageNet-1k rows of the three breeds: a head that is exactly the backbone's own knowledge of them.

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from PIL import Image
 from test_image import RESIZE as DEFAULT_MODEL_RESIZE_SIZE
 
-from chalicelib import batch, classify
-from chalicelib.endpoint import parse_answer
+from chalicelib import batch_request, image_request
 from chalicelib.errors import ApiError, BadModelAnswer
 from chalicelib.fetch import address_refusal, fetch_image
 from chalicelib.image import prepare_image
+from chalicelib.invoke import parse_answer
 from chalicelib.schema import validate_answer
 from chalicelib.settings import JPEG_QUALITY, MAX_PIXELS
 
@@ -53,14 +53,14 @@ def answers_or_refuses(call, *args, **kwargs):
 @FUZZ
 @given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
 def test_json_body_bytes(raw):
-    answers_or_refuses(classify.parse_json_body, raw)
+    answers_or_refuses(image_request.parse_json_body, raw)
 
 
 @FUZZ
 @given(request_fields | json_values)
 def test_json_body_fields(fields):
-    answers_or_refuses(classify.parse_fields, fields)
-    answers_or_refuses(classify.parse_json_body, json.dumps(fields).encode())
+    answers_or_refuses(image_request.parse_fields, fields)
+    answers_or_refuses(image_request.parse_json_body, json.dumps(fields).encode())
 
 
 batch_fields = st.dictionaries(
@@ -74,12 +74,12 @@ batch_fields = st.dictionaries(
 @FUZZ
 @given(batch_fields | json_values)
 def test_batch_body_fields(fields):
-    answers_or_refuses(batch.parse_batch_fields, fields)
-    answers_or_refuses(batch.parse_batch_body, json.dumps(fields).encode())
+    answers_or_refuses(batch_request.parse_batch_fields, fields)
+    answers_or_refuses(batch_request.parse_batch_body, json.dumps(fields).encode())
 
 
 @pytest.mark.parametrize("depth", [1_000, 100_000])
-@pytest.mark.parametrize("parse", [classify.parse_json_body, batch.parse_batch_body])
+@pytest.mark.parametrize("parse", [image_request.parse_json_body, batch_request.parse_batch_body])
 def test_deeply_nested_json_is_a_bad_request(depth, parse):
     for raw in (b"[" * depth + b"]" * depth, b'{"a":' * depth + b"1" + b"}" * depth):
         error = answers_or_refuses(parse, raw)
@@ -89,20 +89,20 @@ def test_deeply_nested_json_is_a_bad_request(depth, parse):
 @FUZZ
 @given(st.text(max_size=12))
 def test_top_k_query_text(text):
-    result = answers_or_refuses(classify.parse_top_k_text, text)
-    assert isinstance(result, ApiError) or 1 <= result <= classify.MAX_TOP_K
+    result = answers_or_refuses(image_request.parse_top_k_text, text)
+    assert isinstance(result, ApiError) or 1 <= result <= image_request.MAX_TOP_K
 
 
 @pytest.mark.parametrize("text", ["²", "٣", "5\u0662", "1" * 5000, "-1", "0", "+3", "3.0", "0x5", " 7 "])
 def test_top_k_query_edge_cases(text):
-    result = answers_or_refuses(classify.parse_top_k_text, text)
+    result = answers_or_refuses(image_request.parse_top_k_text, text)
     assert result == 7 if text == " 7 " else isinstance(result, ApiError) and result.status == 400
 
 
 @FUZZ
 @given(st.text(max_size=40))
 def test_base64_field(text):
-    answers_or_refuses(classify.decode_base64, text)
+    answers_or_refuses(image_request.decode_base64, text)
 
 
 # Hosts that are refused before any connection, so that the fuzzing stays off the network.

@@ -35,7 +35,7 @@ from test_jobs import (  # noqa: F401 - fixtures
     uploaded_model,
 )
 
-from training.jobs import endpoint
+from training.jobs import deploy
 from training.jobs.autoscaling import ScalingSpec
 from training.jobs.calls import Aws
 from training.jobs.chalice_stage import policy_statements
@@ -254,7 +254,7 @@ def test_data_capture_and_the_rollback_alarms_are_created(aws, trained_model, ca
     plain = report(
         run_jobs(capsys, "deploy", "--model-data", trained_model, "--endpoint-name", f"{name}-plain")
     )
-    assert plain["endpoint_config"] == endpoint.versioned_name(
+    assert plain["endpoint_config"] == deploy.versioned_name(
         f"{name}-plain", plain["model"], "ml.m5.large", 1
     )
     for torn in (name, f"{name}-plain"):
@@ -262,8 +262,8 @@ def test_data_capture_and_the_rollback_alarms_are_created(aws, trained_model, ca
     assert alarms_of(aws, name) == {}
 
 
-def endpoint_spec(aws, trained_model, name: str) -> endpoint.EndpointSpec:
-    return endpoint.EndpointSpec(
+def endpoint_spec(aws, trained_model, name: str) -> deploy.EndpointSpec:
+    return deploy.EndpointSpec(
         region=REGION,
         role=ROLE,
         bucket=aws.bucket,
@@ -283,14 +283,14 @@ def recorded_operations(client) -> list[str]:
 def test_a_new_model_goes_blue_green_with_a_canary(aws, trained_model):
     name = f"dogs-{uuid.uuid4().hex[:8]}"
     spec = endpoint_spec(aws, trained_model, name)
-    first = endpoint.deploy(Aws(REGION), spec, print)
+    first = deploy.deploy(Aws(REGION), spec, print)
     again = Aws(REGION)
     operations = recorded_operations(again.client("sagemaker"))
     updates = EndpointUpdates(again.client("sagemaker"))
     canary = replace(
         spec, instance_type="ml.c5.xlarge", rollout=RolloutSpec(canary_percent=10, bake_minutes=5)
     )
-    second = endpoint.deploy(again, canary, print)
+    second = deploy.deploy(again, canary, print)
 
     (update,) = updates.requests
     assert update == {
@@ -314,21 +314,21 @@ def test_a_new_model_goes_blue_green_with_a_canary(aws, trained_model):
     # The endpoint is moved, never deleted and made again.
     assert "DescribeEndpoint" in operations
     assert "DeleteEndpoint" not in operations and "CreateEndpoint" not in operations
-    endpoint.teardown(Aws(REGION), name, print)
+    deploy.teardown(Aws(REGION), name, print)
 
 
 def test_an_update_rolled_back_leaves_the_old_model_serving_and_scaled(aws, trained_model):
     name = f"dogs-{uuid.uuid4().hex[:8]}"
     spec = endpoint_spec(aws, trained_model, name)
-    first = endpoint.deploy(Aws(REGION), spec, print)
+    first = deploy.deploy(Aws(REGION), spec, print)
     before = scaling_state(aws, name)
     again = Aws(REGION)
     EndpointUpdates(again.client("sagemaker"), roll_back=True)
 
     with pytest.raises(
-        endpoint.EndpointStateError, match=f"rolled back .*{first['endpoint_config']} still serves"
+        deploy.EndpointStateError, match=f"rolled back .*{first['endpoint_config']} still serves"
     ):
-        endpoint.deploy(again, replace(spec, instance_type="ml.c5.xlarge"), print)
+        deploy.deploy(again, replace(spec, instance_type="ml.c5.xlarge"), print)
 
     # The old config and model are kept (they serve); the scaling taken off for the update is back as it was.
     configs = {
@@ -347,7 +347,7 @@ def test_an_update_rolled_back_leaves_the_old_model_serving_and_scaled(aws, trai
         policy["TargetTrackingScalingPolicyConfiguration"]
         == old_policy["TargetTrackingScalingPolicyConfiguration"]
     )
-    endpoint.teardown(Aws(REGION), name, print)
+    deploy.teardown(Aws(REGION), name, print)
 
 
 def test_dry_run_requests_are_valid_api_requests(monkeypatch, tmp_path, capsys, connections):

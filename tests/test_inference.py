@@ -16,17 +16,17 @@ import torch
 from conftest import DEFAULT_MODEL, PROJECT
 from PIL import Image
 
-from serving import inference, limits
+from classifier import graph
+from classifier.model import ONNX_FILE, load_model, read_config
+from serving import contract, inference
 from serving.server import RequestContext
-from training import export
-from training.model import ONNX_FILE, load_model, read_config
 
 
 @pytest.fixture(scope="module")
 def onnx_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         cache = tmp_path_factory.mktemp("onnx-cache")
-        patch.setenv(export.CACHE_ENV, str(cache))
+        patch.setenv(graph.CACHE_ENV, str(cache))
         yield cache
 
 
@@ -306,7 +306,7 @@ def test_a_stale_shipped_graph_is_refused(tmp_path, labrador):
     model, _, _, preprocessing = load_model(model_dir)
     with torch.no_grad():
         model.breed_head.bias.add_(torch.linspace(-3, 3, model.breed_head.bias.numel()))  # other weights
-    export.export_onnx(model, model_dir / ONNX_FILE, preprocessing.image_size)
+    graph.export_onnx(model, model_dir / ONNX_FILE, preprocessing.image_size)
 
     with pytest.raises(ValueError, match="disagrees with the PyTorch model"):
         inference.load_predictor(model_dir, runtime="onnx", threads=1)
@@ -319,7 +319,7 @@ def test_a_shipped_graph_that_agrees_is_used(tmp_path, labrador, onnx_cache):
     model_dir = tmp_path / "model"
     shutil.copytree(DEFAULT_MODEL, model_dir)
     model, _, _, preprocessing = load_model(model_dir)
-    export.export_onnx(model, model_dir / ONNX_FILE, preprocessing.image_size)
+    graph.export_onnx(model, model_dir / ONNX_FILE, preprocessing.image_size)
 
     predictor = inference.load_predictor(model_dir, runtime="onnx", threads=1)
     assert predictor.runner.path == model_dir / ONNX_FILE
@@ -334,7 +334,7 @@ def test_unknown_runtime_is_refused():
 def test_auto_falls_back_to_pytorch_when_the_graph_cannot_be_cached(tmp_path, monkeypatch, labrador):
     not_a_directory = tmp_path / "cache"
     not_a_directory.write_text("a file where the cache directory should be")
-    monkeypatch.setenv(export.CACHE_ENV, str(not_a_directory))
+    monkeypatch.setenv(graph.CACHE_ENV, str(not_a_directory))
     model_dir = tmp_path / "model"
     shutil.copytree(DEFAULT_MODEL, model_dir, ignore=shutil.ignore_patterns("*.onnx"))
 
@@ -365,8 +365,8 @@ def test_an_image_with_too_many_pixels_is_refused_before_decoding():
         (8000, 2, "at most 20 times"),
         (2, 8000, "at most 20 times"),
         (65000, 1, "at most 16384 pixels a side"),
-        (limits.MAX_ASPECT_RATIO * 30 + 1, 30, "at most 20 times"),
-        (limits.MAX_IMAGE_SIDE + 1, 1000, "at most 16384 pixels a side"),
+        (contract.MAX_ASPECT_RATIO * 30 + 1, 30, "at most 20 times"),
+        (contract.MAX_IMAGE_SIDE + 1, 1000, "at most 16384 pixels a side"),
     ],
 )
 def test_extreme_dimensions_are_refused_before_decoding(width, height, message):
@@ -382,7 +382,7 @@ def test_extreme_dimensions_are_refused_before_decoding(width, height, message):
 
 def test_the_most_extreme_allowed_shape_is_answered(predictor):
     # Exactly 20:1 passes, and its answer costs no more than any photo's.
-    strip = Image.new("RGB", (limits.MAX_ASPECT_RATIO * 13, 13), (120, 90, 60))
+    strip = Image.new("RGB", (contract.MAX_ASPECT_RATIO * 13, 13), (120, 90, 60))
     png = io.BytesIO()
     strip.save(png, format="PNG")
     answer = classify(predictor, png.getvalue(), inference.PNG)

@@ -21,14 +21,14 @@ import boto3
 import pytest
 from moto_server import EndpointUpdates, MotoServer
 
-from serving import batch, batch_results
+from clients import batch, batch_results
 from serving.inference import RECORD_JSON, X_IMAGE
-from training.jobs import endpoint
+from training.jobs import deploy
 from training.jobs.autoscaling import ScalingSpec
 from training.jobs.calls import Aws
 from training.jobs.cli import main
 from training.jobs.training_job import BACKBONES, METRIC_DEFINITIONS
-from training.train import DEFAULT_BACKBONE
+from training.options import DEFAULT_BACKBONE
 
 PROJECT = Path(__file__).resolve().parents[1]
 REGION = "eu-west-1"
@@ -245,11 +245,16 @@ def test_train_on_one_cpu_instance(aws, capsys, connections):
 
     # The code SageMaker runs: the training package, its entry shim and the container's extra packages.
     code = tar_members(s3_object(aws, json.loads(hyperparameters["sagemaker_submit_directory"])))
-    assert {"sagemaker_train.py", "requirements.txt", "training/train.py", "training/model.py"} <= code.keys()
-    assert code["training/model.py"] == (PROJECT / "training" / "model.py").read_bytes()
+    assert {
+        "sagemaker_train.py",
+        "requirements.txt",
+        "training/train.py",
+        "classifier/model.py",
+    } <= code.keys()
+    assert code["classifier/model.py"] == (PROJECT / "training" / "model.py").read_bytes()
     assert not any(name.startswith("training/jobs") for name in code)
     # Only what training imports: not the handlers or their entry point, not the local server.
-    left_home = {"inference.py", "serving/server.py", "serving/inference.py", "serving/batch.py"}
+    left_home = {"inference.py", "serving/server.py", "serving/inference.py", "clients/batch.py"}
     assert not left_home & code.keys()
     assert b"efficientnet-lite-pytorch==" in code["requirements.txt"]
     assert connections
@@ -435,7 +440,7 @@ def test_deploy_twice_then_teardown(aws, trained_model, capsys, connections):
         "weights.pt",
         "code/inference.py",
         "code/serving/inference.py",
-        "code/training/model.py",
+        "code/classifier/model.py",
     } <= set(repacked)
     # Exactly what the handlers import: not the local server (uvicorn), training or evaluation (matplotlib).
     left_home = {"code/serving/server.py", "code/training/train.py", "code/training/evaluate.py"}
@@ -465,7 +470,7 @@ def test_deploy_twice_then_teardown(aws, trained_model, capsys, connections):
 def test_deploy_of_a_new_model_updates_the_endpoint(aws, trained_model, capsys):
     """moto has no UpdateEndpoint: botocore hooks answer it (moto_server.EndpointUpdates)."""
     name = f"dogs-{uuid.uuid4().hex[:8]}"
-    spec = endpoint.EndpointSpec(
+    spec = deploy.EndpointSpec(
         region=REGION,
         role=ROLE,
         bucket=aws.bucket,
@@ -474,11 +479,11 @@ def test_deploy_of_a_new_model_updates_the_endpoint(aws, trained_model, capsys):
         instance_type="ml.m5.large",
         scaling=ScalingSpec(endpoint_name=name, min_instances=1, max_instances=2, target_invocations=50),
     )
-    first = endpoint.deploy(Aws(REGION), spec, print)
+    first = deploy.deploy(Aws(REGION), spec, print)
     aws_again = Aws(REGION)
     updates = EndpointUpdates(aws_again.client("sagemaker"))
     bigger = replace(spec, instance_type="ml.c5.xlarge", scaling=replace(spec.scaling, max_instances=6))
-    second = endpoint.deploy(aws_again, bigger, print)
+    second = deploy.deploy(aws_again, bigger, print)
 
     (update,) = updates.requests
     assert (update["EndpointName"], update["EndpointConfigName"]) == (name, second["endpoint_config"])
@@ -498,7 +503,7 @@ def test_deploy_of_a_new_model_updates_the_endpoint(aws, trained_model, capsys):
     assert [m["ModelName"] for m in aws.sagemaker.list_models(NameContains=name)["Models"]] == [
         first["model"]
     ]
-    endpoint.teardown(Aws(REGION), name, print)
+    deploy.teardown(Aws(REGION), name, print)
 
 
 def test_repacked_model_serves_a_photo_with_the_packaged_code(aws, trained_model, samples, capsys, tmp_path):

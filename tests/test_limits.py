@@ -1,7 +1,7 @@
 """The API's limits never exceed the endpoint's: whatever the API accepts and sends, the endpoint takes.
 
-The endpoint's limits are read from serving/limits.py, their one place (a test-only import: the API side never
-imports serving), so that a change on either side that breaks the agreement fails here.
+The endpoint's limits are read from serving/contract.py, their one place (a test-only import: the API side
+never imports serving), so that a change on either side that breaks the agreement fails here.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from chalicelib.settings import (
     MAX_ENDPOINT_BODY_BYTES,
     MAX_PIXELS,
 )
-from serving import limits as endpoint_limits
+from serving import contract
 
 # What a stage serving the committed default model resizes to (its MODEL_RESIZE_SIZE, from that model).
 DEFAULT_MODEL_RESIZE_SIZE = test_image.RESIZE
@@ -48,11 +48,11 @@ def worst_case(size: tuple[int, int]) -> bytes:
 
 def test_the_api_never_sends_more_than_sagemaker_or_the_endpoint_takes():
     assert MAX_ENDPOINT_BODY_BYTES <= SAGEMAKER_MAX_BODY_BYTES
-    assert MAX_ENDPOINT_BODY_BYTES <= endpoint_limits.MAX_BODY_BYTES
+    assert MAX_ENDPOINT_BODY_BYTES <= contract.MAX_BODY_BYTES
 
 
 def test_the_api_refuses_every_aspect_ratio_the_endpoint_refuses():
-    assert MAX_ASPECT_RATIO <= endpoint_limits.MAX_ASPECT_RATIO
+    assert MAX_ASPECT_RATIO <= contract.MAX_ASPECT_RATIO
 
 
 @pytest.mark.parametrize(
@@ -72,11 +72,11 @@ def test_what_the_api_sends_fits_the_endpoint(size):
     sent = Image.open(io.BytesIO(prepared.jpeg))
     assert len(prepared.jpeg) <= MAX_ENDPOINT_BODY_BYTES
     assert max(sent.size) <= MAX_ASPECT_RATIO * min(sent.size)
-    assert max(sent.size) <= endpoint_limits.MAX_IMAGE_SIDE
+    assert max(sent.size) <= contract.MAX_IMAGE_SIDE
     # The endpoint scales the shorter side to the model's resize size, up or down: what it then holds.
     config = json.loads((PROJECT / "models" / "default" / "config.json").read_text())
     resized = _model_resized(sent.size, config["preprocessing"]["resize_size"])
-    for cap in (endpoint_limits.MAX_IMAGE_PIXELS, endpoint_limits.MAX_REQUEST_PIXELS):
+    for cap in (contract.MAX_IMAGE_PIXELS, contract.MAX_REQUEST_PIXELS):
         assert sent.width * sent.height <= cap and resized[0] * resized[1] <= cap
 
 

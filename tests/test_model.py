@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import DEFAULT_MODEL
 
-from training.model import (
+from classifier.model import (
     CONFIG_FILE,
     IMAGENET_DOG_CLASSES,
     WEIGHTS_FILE,
@@ -22,7 +22,7 @@ from training.model import (
     read_config,
     save_model,
 )
-from training.preprocessing import Preprocessing, open_image
+from classifier.preprocessing import Preprocessing, open_image
 
 LABRADOR = "Labrador_retriever_06455.jpg"
 IMAGENET_LABRADOR = 208  # ImageNet-1k class "Labrador retriever"

@@ -25,8 +25,8 @@ from referencing.jsonschema import DRAFT202012
 
 import app as api
 from chalicelib import health, openapi
-from chalicelib.endpoint import runtime_client
 from chalicelib.gateway_responses import GATEWAY_RESPONSES
+from chalicelib.invoke import runtime_client
 from chalicelib.settings import MAX_UPLOAD_BYTES, get_settings
 
 # Examples per operation and phase; the whole fuzz run stays within seconds.

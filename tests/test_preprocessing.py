@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.preprocessing import BACKBONE_IMAGE_SIZES, Preprocessing, UnreadableImageError, open_image
+from classifier.preprocessing import BACKBONE_IMAGE_SIZES, Preprocessing, UnreadableImageError, open_image
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:

@@ -12,10 +12,12 @@ import pytest
 import torch
 from conftest import DOGS, PROJECT
 
-from serving import inference, runtime
-from serving.runtime import CPU_PROVIDER, CUDA_PROVIDER, Device, choose_device
-from training import export, quantize
-from training.model import ONNX_FILE, ONNX_INT8_FILE, QUANTIZATION_FILE, WEIGHTS_FILE
+from classifier import graph, runtime
+from classifier.checked_graph import checked_graph_for
+from classifier.model import ONNX_FILE, ONNX_INT8_FILE, QUANTIZATION_FILE, WEIGHTS_FILE
+from classifier.runtime import CPU_PROVIDER, CUDA_PROVIDER, Device, choose_device
+from serving import inference
+from training import quantize
 
 FAST_MODEL = PROJECT / "models" / "fast"
 
@@ -42,7 +44,7 @@ def test_the_available_device_is_what_torch_sees():
 
 def qualified(model_dir: Path) -> None:
     """Figures saying its int8 graph met the bar, for this model version, as training.quantize writes."""
-    figures = {"default": True, "source_digest": export.source_digest(model_dir)}
+    figures = {"default": True, "source_digest": graph.source_digest(model_dir)}
     (model_dir / QUANTIZATION_FILE).write_text(json.dumps(figures))
 
 
@@ -51,7 +53,7 @@ def fast_model(tmp_path_factory) -> Path:
     """A copy of the committed fast model with its checked graph (built here when `make setup` has not)."""
     model_dir = tmp_path_factory.mktemp("fast") / "model"
     shutil.copytree(FAST_MODEL, model_dir, ignore=shutil.ignore_patterns("*.onnx", QUANTIZATION_FILE))
-    shutil.copy(export.checked_graph_for(FAST_MODEL), model_dir / ONNX_FILE)
+    shutil.copy(checked_graph_for(FAST_MODEL), model_dir / ONNX_FILE)
     return model_dir
 
 
@@ -68,13 +70,13 @@ def test_a_stamped_graph_starts_without_building_the_pytorch_model(fast_model, m
 
 
 def test_the_stamp_follows_the_weights(fast_model, tmp_path):
-    assert export.graph_is_current(fast_model / ONNX_FILE, fast_model)
+    assert graph.graph_is_current(fast_model / ONNX_FILE, fast_model)
     retrained = tmp_path / "model"
     shutil.copytree(fast_model, retrained)
     weights = torch.load(retrained / WEIGHTS_FILE, weights_only=True)
     weights["breed_head.bias"] += 1.0
     torch.save(weights, retrained / WEIGHTS_FILE)
-    assert not export.graph_is_current(retrained / ONNX_FILE, retrained)
+    assert not graph.graph_is_current(retrained / ONNX_FILE, retrained)
 
 
 def test_int8_without_its_graph_is_refused_and_auto_keeps_fp32(fast_model, tmp_path, caplog):
@@ -97,7 +99,7 @@ def test_int8_graph_serves_when_its_figures_qualify(fast_model, tmp_path, labrad
     calibration = quantize.SplitPixels(quantize.calibration_paths(DOGS / "train", count=16), preprocessing)
     variant = quantize.VARIANTS[quantize.DEFAULT_VARIANT]
     quantize.quantize(model_dir / ONNX_FILE, model_dir / ONNX_INT8_FILE, calibration, variant)
-    export.stamp_graph(model_dir / ONNX_INT8_FILE, export.DIGEST_KEY, export.source_digest(model_dir))
+    graph.stamp_graph(model_dir / ONNX_INT8_FILE, graph.DIGEST_KEY, graph.source_digest(model_dir))
 
     assert inference.load_predictor(model_dir, runtime="auto", threads=1).runtime == "onnxruntime"
     # Figures measured for another version of the model (say, before it was recalibrated) do not count.

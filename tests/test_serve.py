@@ -25,6 +25,7 @@ from conftest import DEFAULT_MODEL, PROJECT, EndpointProcess, free_port
 from local_servers import stop_process
 from PIL import Image
 
+from classifier import graph
 from serving import inference
 from serving.server import (
     DEFAULT_ENDPOINT_NAME,
@@ -33,7 +34,6 @@ from serving.server import (
     ContainerAnswer,
     model_error,
 )
-from training import export
 
 
 @pytest.fixture
@@ -214,7 +214,7 @@ def test_concurrent_requests_each_get_their_own_answer(runtime, labrador, spanie
 
 def test_ping_is_503_while_loading_then_200_and_sigterm_stops_cleanly(tmp_path, monkeypatch, labrador):
     # A fresh ONNX cache makes every worker wait for an export, so loading takes seconds, not milliseconds.
-    monkeypatch.setenv(export.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(graph.CACHE_ENV, str(tmp_path / "cache"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_file = tmp_path / "serve.log"
@@ -223,8 +223,7 @@ def test_ping_is_503_while_loading_then_200_and_sigterm_stops_cleanly(tmp_path, 
             [
                 sys.executable,
                 "-m",
-                # The local endpoint's first name, which users' scripts still call.
-                "training.serve",
+                "serving.server",
                 "--model-dir",
                 str(DEFAULT_MODEL),
                 "--port",
@@ -296,12 +295,9 @@ def test_a_failing_handler_is_relayed_as_model_error():
     assert "Received server error (500)" in parsed["Error"]["Message"]
 
 
-@pytest.mark.parametrize(
-    ("module", "workers"),
-    # The local endpoint's first name, which users' scripts still call, with uvicorn's worker supervisor.
-    [("serving.server", "1"), ("training.serve", "2")],
-)
-def test_a_model_that_cannot_load_stops_the_server_with_the_reason(tmp_path, module, workers):
+# One worker, and two under uvicorn's worker supervisor.
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_model_that_cannot_load_stops_the_server_with_the_reason(tmp_path, workers):
     model_dir = tmp_path / "broken"
     shutil.copytree(DEFAULT_MODEL, model_dir)
     labels = json.loads((model_dir / "labels.json").read_text())
@@ -311,7 +307,7 @@ def test_a_model_that_cannot_load_stops_the_server_with_the_reason(tmp_path, mod
         [
             sys.executable,
             "-m",
-            module,
+            "serving.server",
             "--model-dir",
             str(model_dir),
             "--port",
@@ -415,7 +411,7 @@ def test_a_burst_past_the_queue_limit_is_shed_with_retry_after_and_the_rest_answ
 @pytest.mark.slow
 def test_endpoint_benchmark_runs_and_prints_its_figures():
     result = subprocess.run(
-        [sys.executable, "bench/endpoint.py", "--seconds", "1", "--runs", "10", "--rounds", "1"],
+        [sys.executable, "-m", "bench.endpoint_speed", "--seconds", "1", "--runs", "10", "--rounds", "1"],
         cwd=PROJECT,
         capture_output=True,
         text=True,
@@ -431,7 +427,8 @@ def test_overload_benchmark_runs_and_prints_its_figures():
     result = subprocess.run(
         [
             sys.executable,
-            "bench/overload.py",
+            "-m",
+            "bench.overload",
             "--model-dir",
             str(FAST_MODEL),
             "--clients",

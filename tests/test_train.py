@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +17,12 @@ import pytest
 import torch
 from conftest import free_port
 
+from classifier.graph import graph_is_current
+from classifier.model import CONFIG_FILE, LABELS_FILE, METRICS_FILE, ONNX_FILE, WEIGHTS_FILE, load_model
+from classifier.preprocessing import Preprocessing
 from training.data import PreprocessedImages, load_image, read_image_folder
-from training.export import graph_is_current
-from training.model import CONFIG_FILE, LABELS_FILE, METRICS_FILE, ONNX_FILE, WEIGHTS_FILE, load_model
-from training.preprocessing import Preprocessing
-from training.train import parse_args
+from training.jobs.source_bundle import TRAIN_ENTRY, source_archive
+from training.options import parse_args
 
 PROJECT = Path(__file__).resolve().parents[1]
 # Deliberately not in alphabetical order of breed name: the label order must follow the folder names.
@@ -46,7 +49,9 @@ def run_training(
     entry: str = "module",
     graph: bool = False,
 ):
-    command = [sys.executable, "-m", "training.train"] if entry == "module" else [sys.executable, entry]
+    # "module": python -m training.train in the project; else `entry` is a folder holding the training job's
+    # unpacked source archive, started as SageMaker starts it: python sagemaker_train.py in that folder.
+    command = [sys.executable, "-m", "training.train"] if entry == "module" else [sys.executable, TRAIN_ENTRY]
     command += [
         "--backbone", "efficientnet-lite0", "--train", str(data / "train"), "--valid", str(data / "valid"),
         "--model-dir", str(model_dir), "--epochs", "3", "--batch-size", "8", "--lr", "3e-3",
@@ -60,7 +65,7 @@ def run_training(
     }
     return subprocess.Popen(
         command,
-        cwd=PROJECT if entry == "module" else data,
+        cwd=PROJECT if entry == "module" else entry,
         env={**base, "PYTHONUNBUFFERED": "1", **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -85,11 +90,13 @@ def data(dogs, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def single_rank(data, tmp_path_factory) -> tuple[Path, str]:
-    """One rank, PyTorch features (no cache), run as a script the way SageMaker starts it."""
+    """One rank, PyTorch features (no cache), run from the training job's source archive the way SageMaker
+    starts it: only what the archive holds is importable."""
     model_dir = tmp_path_factory.mktemp("single")
-    output = finish(
-        run_training(data, model_dir, "--no-cache", entry=str(PROJECT / "training" / "train.py"), graph=True)
-    )
+    source = tmp_path_factory.mktemp("sourcedir")
+    with tarfile.open(fileobj=io.BytesIO(source_archive())) as archive:
+        archive.extractall(source, filter="data")
+    output = finish(run_training(data, model_dir, "--no-cache", entry=str(source), graph=True))
     return model_dir, output
 
 

@@ -1,1 +1,2 @@
-"""Model, data, training, inference handlers, the local endpoint and SageMaker job launchers."""
+"""Making a model: data, training, calibration, evaluation, export and quantization, and the SageMaker job
+launchers (jobs/). Stands on classifier/; never imports serving/."""

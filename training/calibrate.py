@@ -21,19 +21,17 @@ import os
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import torch
 
-from training import calibration as cal
-from training.crossval import CONFIDENT_PRECISION, cross_validate
+from classifier.model import CONFIG_FILE, METRICS_FILE, calibrate_dog_probability, load_model
+from training import calibration_stats as cal
+from training.calibration_stats import CONFIDENT_PRECISION
+from training.crossval import cross_validate
 from training.data import ImageFolder, read_image_folder
 from training.evaluate import non_dog_probabilities
 from training.features import split_features
 from training.head import Recipe
-from training.model import CONFIG_FILE, METRICS_FILE, calibrate_dog_probability, load_model
 
 log = logging.getLogger("training.calibrate")
 # Share of the train dogs the dog threshold still calls dogs. The non-dog pictures are few and far from

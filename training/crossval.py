@@ -17,22 +17,19 @@ import logging
 import statistics
 import sys
 from dataclasses import dataclass
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from training import calibration as cal
+from classifier.model import BreedClassifier
+from training import calibration_stats as cal
+from training.calibration_stats import CONFIDENT_PRECISION
 from training.evaluate import breed_logits
 from training.features import SplitFeatures
 from training.head import Recipe, fit_head
-from training.model import BreedClassifier
+from training.options import parse_args
+from training.session import setup
 
 log = logging.getLogger("training.crossval")
-# "Confident" answers are meant to be right this often (out of fold); the threshold follows from it.
-CONFIDENT_PRECISION = 0.95
 
 
 def fold_of_each(targets: torch.Tensor, folds: int, seed: int = 0) -> torch.Tensor:
@@ -117,8 +114,6 @@ def cross_validate(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from training.train import parse_args, setup
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     folds = 5
@@ -126,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         position = argv.index("--folds")
         folds = int(argv[position + 1])
         del argv[position : position + 2]
-    args = parse_args(argv)
+    args = parse_args(argv, description=__doc__)
     run = setup(args)
     result = cross_validate(
         run.model, run.train_features, Recipe.from_mapping(args), folds, args.test_time_flip

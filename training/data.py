@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.model import label_from_folder
-from training.preprocessing import Preprocessing, open_image
+from classifier.model import label_from_folder
+from classifier.preprocessing import Preprocessing, open_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 

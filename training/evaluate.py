@@ -19,16 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import torch
 
-from training import calibration as cal
-from training.data import read_image_folder
-from training.features import SplitFeatures, split_features
-from training.model import (
+from classifier.model import (
     DOG_THRESHOLD,
     BreedClassifier,
     calibrate_dog_probability,
@@ -37,6 +31,9 @@ from training.model import (
     label_from_folder,
     load_model,
 )
+from training import calibration_stats as cal
+from training.data import read_image_folder
+from training.features import SplitFeatures, split_features
 
 log = logging.getLogger("training.evaluate")
 

@@ -22,11 +22,11 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from serving.runtime import cpu_session
+from classifier.graph import INPUT_NAME, export_onnx
+from classifier.model import BreedClassifier
+from classifier.preprocessing import Preprocessing
+from classifier.runtime import cpu_session
 from training.data import ImageFolder, PreprocessedImages
-from training.export import INPUT_NAME, export_onnx
-from training.model import BreedClassifier
-from training.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 FEATURES_OUTPUT = "features"

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from classifier.model import BreedClassifier, init_breed_head_from_imagenet
 from training.features import SplitFeatures
-from training.model import BreedClassifier, init_breed_head_from_imagenet
 
 
 @dataclass(frozen=True)

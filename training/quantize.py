@@ -7,8 +7,8 @@ figures come from. Every variant asked for is built and measured on the whole va
 graph (top-1, top-5, and dog photos whose dog probability falls below the model's own dog threshold); the
 first variant listed is written as DIR/model-int8.onnx and the figures of all of them as
 DIR/quantization-valid.json.
-The int8 graph becomes the model's default runtime only when it passes `qualifies` (see serving/runtime.py's
-choice of runtime): otherwise it stays an option (`--runtime onnx-int8`).
+The int8 graph becomes the model's default runtime only when it passes `qualifies` (see
+classifier/runtime.py's choice of runtime): otherwise it stays an option (`--runtime onnx-int8`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.data import load_image, read_image_folder
-from training.export import DIGEST_KEY, INPUT_NAME, OUTPUT_NAMES, source_digest, stamp_graph
-from training.model import (
+from classifier.graph import DIGEST_KEY, INPUT_NAME, OUTPUT_NAMES, source_digest, stamp_graph
+from classifier.model import (
     CONFIG_FILE,
     DOG_THRESHOLD,
     LABELS_FILE,
@@ -37,7 +36,8 @@ from training.model import (
     QUANTIZATION_FILE,
     label_from_folder,
 )
-from training.preprocessing import Preprocessing
+from classifier.preprocessing import Preprocessing
+from training.data import load_image, read_image_folder
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def valid_split(model_dir: Path, valid_root: Path) -> tuple[list[Path], np.ndarr
 
 
 def main(argv: list[str] | None = None) -> None:
-    from serving.runtime import cpu_session
+    from classifier.runtime import cpu_session
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", required=True, type=Path)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from training.jobs import chalice_stage, endpoint, launch, storage, transform
+from training.jobs import batch_transform, chalice_stage, deploy, launch, storage
 from training.jobs.autoscaling import ScalingSpec
 from training.jobs.calls import Aws, AwsCall
 from training.jobs.hosting import AsyncSpec, CaptureSpec, RolloutSpec, ServerlessSpec
@@ -183,7 +183,7 @@ def add_transform_parser(commands, common: argparse.ArgumentParser) -> None:
     batch.add_argument(
         "--max-payload-mb",
         type=positive_int,
-        default=transform.DEFAULT_MAX_PAYLOAD_MB,
+        default=batch_transform.DEFAULT_MAX_PAYLOAD_MB,
         help="largest image object, in MB (default: %(default)s, InvokeEndpoint's own limit)",
     )
     batch.add_argument("--job-name", help="name of the job; an existing job of that name is waited for")
@@ -299,7 +299,7 @@ def job_spec(args: argparse.Namespace, settings: AwsSettings) -> JobSpec:
     )
 
 
-def deploy_spec(args: argparse.Namespace, settings: AwsSettings) -> endpoint.EndpointSpec:
+def deploy_spec(args: argparse.Namespace, settings: AwsSettings) -> deploy.EndpointSpec:
     """The endpoint the deploy flags describe. Raises SettingsError/HostingError for flags that do not fit."""
     serverless = None
     if args.serverless_memory is not None or args.max_concurrency is not None:
@@ -335,7 +335,7 @@ def deploy_spec(args: argparse.Namespace, settings: AwsSettings) -> endpoint.End
     instance_type = args.instance_type
     if serverless is None:
         instance_type = instance_type or DEFAULT_ENDPOINT_INSTANCE
-    return endpoint.EndpointSpec(
+    return deploy.EndpointSpec(
         region=settings.region,
         role=settings.require_role(),
         bucket=settings.bucket or model_bucket,
@@ -358,7 +358,7 @@ def deploy_spec(args: argparse.Namespace, settings: AwsSettings) -> endpoint.End
     )
 
 
-def deploy(args: argparse.Namespace, settings: AwsSettings, aws: Aws, log) -> dict:
+def run_deploy(args: argparse.Namespace, settings: AwsSettings, aws: Aws, log) -> dict:
     spec = deploy_spec(args, settings)
     if args.async_input and not args.chalice_stage:
         raise SettingsError("--async-input is the stage's setting: it needs --chalice-stage")
@@ -367,7 +367,7 @@ def deploy(args: argparse.Namespace, settings: AwsSettings, aws: Aws, log) -> di
         chalice_stage.check_stage(
             args.chalice_dir, args.chalice_stage, spec.endpoint_name, spec.kind, args.async_input
         )
-    deployed = endpoint.deploy(aws, spec, log)
+    deployed = deploy.deploy(aws, spec, log)
     if args.chalice_stage:
         resize_size = None
         if not aws.dry_run:
@@ -387,16 +387,16 @@ def deploy(args: argparse.Namespace, settings: AwsSettings, aws: Aws, log) -> di
     return deployed
 
 
-def transform_spec(args: argparse.Namespace, settings: AwsSettings) -> transform.TransformSpec:
-    input_uri, output_uri = transform.folder_uri(args.input), transform.folder_uri(args.output)
+def transform_spec(args: argparse.Namespace, settings: AwsSettings) -> batch_transform.TransformSpec:
+    input_uri, output_uri = batch_transform.folder_uri(args.input), batch_transform.folder_uri(args.output)
     # The job reads every object under --input: answers written there would be read by the next job.
     if output_uri.startswith(input_uri) or input_uri.startswith(output_uri):
         raise SettingsError(f"--output {output_uri} must not overlap --input {input_uri}")
-    workers = args.workers or transform.instance_vcpus(args.instance_type)
+    workers = args.workers or batch_transform.instance_vcpus(args.instance_type)
     if workers is None:
         raise SettingsError(f"cannot tell the vCPUs of {args.instance_type}: pass --workers")
     model_bucket, _ = storage.parse_s3_uri(args.model_data)
-    return transform.TransformSpec(
+    return batch_transform.TransformSpec(
         region=settings.region,
         role=settings.require_role(),
         bucket=settings.bucket or model_bucket,
@@ -445,10 +445,12 @@ def run(args: argparse.Namespace, log) -> dict:
             aws, spec, space, args.max_jobs, args.max_parallel, static, args.tuning_job_name, wait_s=args.wait
         )
     if args.command == "deploy":
-        return deploy(args, settings, aws, log)
+        return run_deploy(args, settings, aws, log)
     if args.command == "transform":
-        return transform.run_transform(aws, transform_spec(args, settings), args.job_name, args.results, log)
-    existed = endpoint.teardown(aws, args.endpoint_name, log)
+        return batch_transform.run_transform(
+            aws, transform_spec(args, settings), args.job_name, args.results, log
+        )
+    existed = deploy.teardown(aws, args.endpoint_name, log)
     return {"endpoint": args.endpoint_name, "deleted": existed}
 
 
@@ -466,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     except tarfile.ReadError as error:
         print(f"error: --model-data is not a tar.gz archive ({error})", file=sys.stderr)
         return EXIT_USAGE
-    except endpoint.EndpointStateError as error:
+    except deploy.EndpointStateError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_AWS
     except ClientError as error:

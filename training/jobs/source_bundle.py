@@ -52,7 +52,7 @@ INFERENCE_ENTRY_SOURCE = '''"""SageMaker inference entry point: the handlers of 
 from serving.inference import input_fn, model_fn, output_fn, predict_fn  # noqa: F401
 '''
 # The project's own top-level packages; imports of anything else come from the image or requirements.txt.
-PROJECT_PACKAGES = ("training", "serving")
+PROJECT_PACKAGES = ("classifier", "serving", "training")
 TRAIN_MODULE = "training.train"
 INFERENCE_MODULE = "serving.inference"
 
@@ -82,7 +82,7 @@ def _imported_names(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             names.add(node.module)
-            # `from training import model` names a module, `from training.model import load_model` does not.
+            # `from training import model` names a module, `from classifier.model import load_model` does not.
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
@@ -170,8 +170,8 @@ def checked_graph(model_files: dict[str, bytes]) -> dict[str, bytes]:
     """{model.onnx: the model's graph}: its own when stamped for its weights, else one exported and checked
     here (once per model and torch version: the export is cached)."""
     # Only repacking needs torch; the rest of the jobs CLI runs without it.
-    from training.export import checked_graph_for
-    from training.model import CONFIG_FILE, LABELS_FILE, ONNX_FILE, WEIGHTS_FILE
+    from classifier.checked_graph import checked_graph_for
+    from classifier.model import CONFIG_FILE, LABELS_FILE, ONNX_FILE, WEIGHTS_FILE
 
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = Path(scratch)

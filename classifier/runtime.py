@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.export import INPUT_NAME, OUTPUT_NAMES, graph_is_current, onnx_graph_for, source_digest
-from training.model import ONNX_FILE, ONNX_INT8_FILE, QUANTIZATION_FILE, BreedClassifier, load_model
+from classifier.graph import INPUT_NAME, OUTPUT_NAMES, graph_is_current, onnx_graph_for, source_digest
+from classifier.model import ONNX_FILE, ONNX_INT8_FILE, QUANTIZATION_FILE, BreedClassifier, load_model
 
 log = logging.getLogger(__name__)
 

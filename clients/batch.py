@@ -1,4 +1,4 @@
-"""Classify many images: `python -m serving.batch SOURCE --output results.csv [--endpoint URL | --api URL]`.
+"""Classify many images: `python -m clients.batch SOURCE --output results.csv [--endpoint URL | --api URL]`.
 
 SOURCE is a folder (every file under it, recursively) or a text file of image URLs (one per line). The
 images go in groups of up to `--batch-size`, one request per group and N requests at a time, to the local
@@ -38,7 +38,7 @@ from typing import TextIO
 import urllib3
 
 from chalicelib.settings import MAX_BATCH_ITEMS, MAX_UPLOAD_BYTES
-from serving.batch_results import (
+from clients.batch_results import (
     FORMATS,
     OUT_SUFFIX,
     TRANSFORM_ACCEPT,
@@ -53,7 +53,7 @@ from serving.batch_results import (
     rows_from_outputs,
     write_rows,
 )
-from serving.limits import MAX_BODY_BYTES, MAX_INSTANCES
+from serving.contract import MAX_BODY_BYTES, MAX_INSTANCES
 
 JSON = "application/json"
 DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
@@ -523,7 +523,7 @@ def positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m serving.batch",
+        prog="python -m clients.batch",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,6 +1,6 @@
 """The results of classifying many images: one row per image, the results file, the summary.
 
-One format for the local batch command (`serving.batch`) and the Batch Transform job
+One format for the local batch command (`clients.batch`) and the Batch Transform job
 (`training.jobs transform`): a CSV or JSON-lines file of
 
     key, label, breed, probability, is_dog, dog_probability, error, message
@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TextIO
 
-# What a Batch Transform job of this project sets (training/jobs/transform.py sends these), spelled as the
-# handlers spell them so that this module does not import torch with them (a test keeps them equal): an
+# What a Batch Transform job of this project sets (training/jobs/batch_transform.py sends these), spelled as
+# the handlers spell them so that this module does not import torch with them (a test keeps them equal): an
 # image's bytes, and RECORD_JSON, which asks for errors in place.
 TRANSFORM_CONTENT_TYPE = "application/x-image"
 TRANSFORM_ACCEPT = "application/vnd.dogbreeds.record+json"

@@ -1,6 +1,6 @@
 """Endpoint benchmark: latency per image and throughput through the local endpoint, against eager PyTorch.
 
-    .venv/bin/python bench/endpoint.py [--url http://127.0.0.1:8080] [--model-dir DIR] [--seconds 4]
+    .venv/bin/python -m bench.endpoint_speed [--url http://127.0.0.1:8080] [--model-dir DIR] [--seconds 4]
 
 Without --url it starts `python -m serving.server` on a free port with the model dir and stops it at the end.
 The baseline is the same model run by plain eager PyTorch in this process (model only: no decoding, no HTTP),
@@ -31,16 +31,15 @@ from urllib.parse import urlsplit
 import numpy as np
 import torch
 
-PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT))
+from chalicelib.image import prepare_image
+from chalicelib.settings import JPEG_QUALITY, MAX_PIXELS
+from classifier.graph import graph_is_current
+from classifier.model import ONNX_INT8_FILE, read_config
+from classifier.preprocessing import open_image
+from serving.inference import JPEG, load_predictor
+from serving.server import DEFAULT_ENDPOINT_NAME
 
-from chalicelib.image import prepare_image  # noqa: E402
-from chalicelib.settings import JPEG_QUALITY, MAX_PIXELS  # noqa: E402
-from serving.inference import JPEG, load_predictor  # noqa: E402
-from serving.server import DEFAULT_ENDPOINT_NAME  # noqa: E402
-from training.export import graph_is_current  # noqa: E402
-from training.model import ONNX_INT8_FILE, read_config  # noqa: E402
-from training.preprocessing import open_image  # noqa: E402
+PROJECT = Path(__file__).resolve().parents[1]
 
 SAMPLE = PROJECT.parent / "shared" / "data" / "samples" / "Labrador_retriever_06455.jpg"
 CLIENTS = (1, 4, 16)

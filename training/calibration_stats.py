@@ -7,7 +7,7 @@ Fitted on held-out answers (out-of-fold logits for the breeds, see `training.cro
   - the confidence threshold: the lowest calibrated top-1 probability at which the answers above it are
     still right at the stated precision;
   - the dog threshold on the calibrated dog probability.
-They are stored in the artifact's config under `calibration` (see training.model).
+They are stored in the artifact's config under `calibration` (see classifier.model).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 ECE_BINS = 15
+# "Confident" answers are meant to be right this often (out of fold); the threshold follows from it.
+CONFIDENT_PRECISION = 0.95
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:

@@ -1,13 +1,14 @@
-"""Batch benchmark: a folder of photos through `python -m serving.batch` and the local endpoint.
+"""Batch benchmark: a folder of photos through `python -m clients.batch` and the local endpoint.
 
-    .venv/bin/python bench/batch.py [--model-dir DIR ...] [--data ../shared/data/dogs/valid] [--limit N]
+    .venv/bin/python -m bench.batch_speed [--model-dir DIR ...] [--data ../shared/data/dogs/valid] [--limit N]
 
 For each model it starts `python -m serving.server` on a free port and runs the batch command on the folder
 (2,061 valid images by default) twice: one image per request, one request at a time (the baseline), and with
 the command's defaults (groups of images per request, several requests in flight). Each figure is images per
 second over the classification itself, as the command reports it in its last progress line (its start-up is
 left out; the wall time is printed too).
-For scale, the endpoint's own throughput at 16 clients (bench/endpoint.py's load: the Lambda-sized sample
+For scale, the endpoint's own throughput at 16 clients (bench/endpoint_speed.py's load: the Lambda-sized
+sample
 photo over and over) is measured in the same run, just before and just after the defaults' run, and their
 mean is what the defaults are compared with (on a shared machine the speed drifts over minutes): the batch
 command should reach it, i.e. add no cost of its own. Both runs must classify every image alike.
@@ -28,16 +29,13 @@ from pathlib import Path
 
 import urllib3
 
+from bench.endpoint_speed import SAMPLE, start_endpoint
+from chalicelib.image import prepare_image
+from chalicelib.settings import JPEG_QUALITY, MAX_PIXELS
+from classifier.model import read_config
+from clients.batch import DEFAULT_CONCURRENCY, DEFAULT_ENDPOINT_BATCH
+
 PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from endpoint import SAMPLE, start_endpoint  # noqa: E402
-
-from chalicelib.image import prepare_image  # noqa: E402
-from chalicelib.settings import JPEG_QUALITY, MAX_PIXELS  # noqa: E402
-from serving.batch import DEFAULT_CONCURRENCY, DEFAULT_ENDPOINT_BATCH  # noqa: E402
-from training.model import read_config  # noqa: E402
 
 JPEG = "image/jpeg"
 
@@ -60,10 +58,9 @@ def sample_folder(data: Path, limit: int | None, into: Path) -> Path:
 
 
 def endpoint_throughput(url: str, body: bytes, clients: int, seconds: float) -> float:
-    """Images per second while `clients` threads each post the same photo to /invocations, one after another.
-
-    (bench/endpoint.py's load, through a pool that reconnects when the server drops an idle connection: on
-    a loaded machine, warming up 16 clients can outlast uvicorn's 5 s keep-alive.)
+    """Images per second while `clients` threads each post the same photo to /invocations, one after another
+    (bench/endpoint_speed.py's load, through a pool that reconnects when the server drops an idle connection:
+    on a loaded machine, warming up 16 clients can outlast uvicorn's 5 s keep-alive.)
     """
     http = urllib3.PoolManager(maxsize=clients, retries=urllib3.Retry(total=2, allowed_methods=None))
     counts = [0] * clients
@@ -96,7 +93,7 @@ def run_batch(folder: Path, url: str, output: Path, options: list[str]) -> tuple
     argv = [
         sys.executable,
         "-m",
-        "serving.batch",
+        "clients.batch",
         str(folder),
         "-o",
         str(output),

@@ -18,11 +18,11 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 from typing import Any
 
-from chalicelib.classify import decode_base64, parse_min_confidence, parse_top_k
-from chalicelib.endpoint import invoke_model_batch
 from chalicelib.errors import ApiError, BadRequest, InvalidJson, ModelFailed, PayloadTooLarge, lambda_error
 from chalicelib.fetch import fetch_image
 from chalicelib.image import PreparedImage, prepare_image
+from chalicelib.image_request import decode_base64, parse_min_confidence, parse_top_k
+from chalicelib.invoke import invoke_model_batch
 from chalicelib.settings import (
     BATCH_PREPARE_TIMEOUT_S,
     BATCH_RESIZE_CONCURRENCY,

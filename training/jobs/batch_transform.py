@@ -4,8 +4,8 @@ Each S3 object under the input prefix is one record (SplitType None, BatchStrate
 container gets the object's bytes with ContentType `application/x-image` and Accept RECORD_JSON, so an
 object the handlers cannot classify is answered in place with an error object rather than failing the job.
 The job writes `<output>/<key under the input prefix>.out`; once it has ended, this module reads those and
-writes one CSV or JSON-lines file with `serving.batch_results.rows_from_outputs`, the step the local command
-(`python -m serving.batch --transform-output`) runs on its folder.
+writes one CSV or JSON-lines file with `clients.batch_results.rows_from_outputs`, the step the local command
+(`python -m clients.batch --transform-output`) runs on its folder.
 
 The model is `deploy`'s: the same repacked archive and container environment (`endpoint.ensure_model`).
 """
@@ -22,7 +22,7 @@ from sagemaker.core import shapes
 from sagemaker.core.common_utils import name_from_base
 from sagemaker.core.utils.utils import serialize
 
-from serving.batch_results import (
+from clients.batch_results import (
     OUT_SUFFIX,
     TRANSFORM_ACCEPT,
     TRANSFORM_CONTENT_TYPE,
@@ -32,7 +32,7 @@ from serving.batch_results import (
     write_rows,
 )
 from training.jobs.calls import Aws, AwsCall
-from training.jobs.endpoint import ensure_model, inference_image_uri
+from training.jobs.deploy import ensure_model, inference_image_uri
 from training.jobs.storage import parse_s3_uri
 
 # InvokeEndpoint's payload limit and the local endpoint's: the same photos pass everywhere.

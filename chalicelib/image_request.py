@@ -12,10 +12,10 @@ from typing import Any
 from chalice import Response
 
 from chalicelib import observability
-from chalicelib.endpoint import invoke_model, queue_model_request
 from chalicelib.errors import BadRequest, InvalidJson, PayloadTooLarge
 from chalicelib.fetch import fetch_image
 from chalicelib.image import prepare_image
+from chalicelib.invoke import invoke_model, queue_model_request
 from chalicelib.settings import (
     DEFAULT_TOP_K,
     JPEG_QUALITY,
