@@ -74,6 +74,17 @@ DEFAULT_TOP_K = 5
 MAX_TOP_K = 20
 JPEG_QUALITY = 90
 
+# What the API accepts as an upload's body (POST /predict/image); API Gateway passes these to the Lambda
+# base64-encoded instead of mangling them as text.
+UPLOAD_CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "application/octet-stream")
+
+# The endpoint's wire contract as the Lambda speaks it: a copy of serving/contract.py's, since the Lambda
+# ships alone (tests/test_limits.py keeps the two equal, and DEFAULT_TOP_K and MAX_ENDPOINT_BODY_BYTES too).
+JSON = "application/json"
+JPEG = "image/jpeg"
+# Asking for it gets an error in the place of each image a batch could not take, instead of failing the batch.
+RECORD_JSON = "application/vnd.dogbreeds.record+json"
+
 # How a stage's endpoint is called: InvokeEndpoint (real-time instances, serverless), or the photo is put in
 # S3 and queued with InvokeEndpointAsync (async), answered 202 with where the result will be.
 ENDPOINT_KINDS = ("real-time", "serverless", "async")

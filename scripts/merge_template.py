@@ -25,6 +25,9 @@ from typing import Any
 
 # /openapi.json describes the same gateway responses, so they live beside the API's own errors.
 from chalicelib.gateway_responses import GATEWAY_RESPONSES
+from chalicelib.observability import NAMESPACE as METRICS_NAMESPACE
+from chalicelib.observability import SERVICE
+from training.jobs.alarms import ENDPOINT_ALARMS
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -32,11 +35,6 @@ CONFIG = PROJECT / ".chalice" / "config.json"
 # Chalice's logical ids for the REST API and the two functions (app.app and app.classify).
 REST_API = "RestAPI"
 FUNCTIONS = ("APIHandler", "Classify")
-# The variant `python -m training.jobs deploy` creates.
-ENDPOINT_VARIANT = "AllTraffic"
-# Our Embedded Metric Format metrics (chalicelib/observability.py).
-APP_NAMESPACE = "dogbreeds"
-APP_SERVICE = "dogbreeds"
 
 
 @dataclass(frozen=True)
@@ -145,7 +143,6 @@ def alarms(stage: str, facts: dict[str, Any], ops: StageOps) -> dict[str, Any]:
     topic = {"Ref": "AlarmTopic"}
     prefix = f"{facts['app']}-{stage}"
     api = dimensions(ApiName=f"{facts['app']}-{stage}", Stage=facts["api_gateway_stage"])
-    endpoint = dimensions(EndpointName=facts["endpoint_name"], VariantName=ENDPOINT_VARIANT)
     resources = {
         "AlarmApi5xxRate": alarm(
             f"{prefix}-api-5xx-rate",
@@ -171,43 +168,17 @@ def alarms(stage: str, facts: dict[str, Any], ops: StageOps) -> dict[str, Any]:
             ops.max_p99_latency_ms,
             topic,
         ),
-        "AlarmEndpoint5xx": alarm(
-            f"{prefix}-endpoint-5xx",
-            f"SageMaker endpoint {facts['endpoint_name']} answered 5xx",
-            {
-                "Namespace": "AWS/SageMaker",
-                "MetricName": "Invocation5XXErrors",
-                "Dimensions": endpoint,
-                "Statistic": "Sum",
-            },
-            0,
-            topic,
-        ),
-        "AlarmEndpointModelErrors": alarm(
-            f"{prefix}-endpoint-model-errors",
-            f"SageMaker endpoint {facts['endpoint_name']}: invocations the model did not answer 2xx",
-            {
-                "Namespace": "AWS/SageMaker",
-                "MetricName": "InvocationModelErrors",
-                "Dimensions": endpoint,
-                "Statistic": "Sum",
-            },
-            0,
-            topic,
-        ),
-        "AlarmEndpointModelLatencyP99": alarm(
-            f"{prefix}-endpoint-model-latency-p99",
-            f"p99 of SageMaker endpoint {facts['endpoint_name']}'s ModelLatency (reported in microseconds)",
-            {
-                "Namespace": "AWS/SageMaker",
-                "MetricName": "ModelLatency",
-                "Dimensions": endpoint,
-                "ExtendedStatistic": "p99",
-            },
-            ops.max_endpoint_p99_model_latency_ms * 1000,
-            topic,
-        ),
     }
+    latency_ms = ops.max_endpoint_p99_model_latency_ms
+    for endpoint_alarm in ENDPOINT_ALARMS:
+        properties = endpoint_alarm.metric_properties(facts["endpoint_name"], latency_ms)
+        resources[endpoint_alarm.logical_id()] = alarm(
+            endpoint_alarm.name(f"{prefix}-endpoint"),
+            f"SageMaker endpoint {endpoint_alarm.description(facts['endpoint_name'], latency_ms)}",
+            {key: properties[key] for key in properties if key not in ("Threshold", "ComparisonOperator")},
+            properties["Threshold"],
+            topic,
+        )
     # The API's own view (chalicelib/observability.py's Errors): the model failed, or the endpoint answered
     # something that is not an answer (a broken or mismatched model container; SageMaker counts it a success).
     for code, what in (
@@ -219,9 +190,9 @@ def alarms(stage: str, facts: dict[str, Any], ops: StageOps) -> dict[str, Any]:
             f"{prefix}-api-{code.replace('_', '-')}s",
             what,
             {
-                "Namespace": APP_NAMESPACE,
+                "Namespace": METRICS_NAMESPACE,
                 "MetricName": "Errors",
-                "Dimensions": dimensions(service=APP_SERVICE, stage=stage, code=code),
+                "Dimensions": dimensions(service=SERVICE, stage=stage, code=code),
                 "Statistic": "Sum",
             },
             0,

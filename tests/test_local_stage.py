@@ -20,7 +20,8 @@ CHALICE = str(Path(sys.executable).parent / "chalice")
 
 def local_project(model_dir: Path, scratch: Path) -> Path:
     printed = subprocess.run(
-        [sys.executable, str(PROJECT / "scripts" / "local_stage.py"), str(model_dir), str(scratch)],
+        [sys.executable, "-m", "scripts.local_stage", str(model_dir), str(scratch)],
+        cwd=PROJECT,
         capture_output=True,
         text=True,
         check=True,

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from classifier.logs import configure_cli_logging
 from classifier.model import CONFIG_FILE, METRICS_FILE, calibrate_dog_probability, load_model
 from training import calibration_stats as cal
 from training.calibration_stats import CONFIDENT_PRECISION
@@ -150,7 +151,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_cli_logging()
     try:
         run(parse_args(argv))
     except (ValueError, FileNotFoundError) as error:

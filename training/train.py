@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from classifier.checked_graph import build_checked_graph
+from classifier.logs import configure_cli_logging
 from classifier.model import METRICS_FILE, save_model
 from training import crossval
 from training.evaluate import evaluate
@@ -230,7 +231,7 @@ def write_metrics(metrics: dict, directories: list[Path | None]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_cli_logging()
     train(parse_args(argv))
 
 
