@@ -6,7 +6,8 @@ Limits follow from the platform:
 - A URL is fetched by the Lambda itself, so its cap is set by memory rather than by the event size.
 - The pixel cap is well under Pillow's own decompression-bomb limit (89.5 MP warns, 179 MP refuses) and above
   any phone camera (a 12 MP photo is 12,000,000 pixels). With the image converted in strips, preparing a
-  picture at its format's cap peaks at about a quarter of the dev stage's 1,024 MB (README, "Limits").
+  picture at its format's cap peaks at about a quarter of the dev stage's 1,024 MB (docs/benchmarks.md,
+  "In the Lambda").
 - What the Lambda sends is what SageMaker and the endpoint take: the shorter side at most the model's resize
   size, the longer at most MAX_ASPECT_RATIO times that, the body at most MAX_ENDPOINT_BODY_BYTES
   (tests/test_limits.py holds these against the endpoint's own constants).
