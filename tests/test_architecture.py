@@ -129,3 +129,39 @@ def test_the_layering_test_sees_real_imports():
     """The graph is read from the code: serving's handlers stand on the classifier's runtime."""
     assert "classifier.runtime" in GRAPH["serving.inference"]
     assert "classifier.model" in GRAPH["training.train"] or "classifier.model" in GRAPH["training.session"]
+
+
+# Exactly what each SageMaker container ships (training/jobs/source_bundle.py follows the imports from its
+# entry). A module that starts riding along, or one the entry needs that goes missing, fails here.
+ENDPOINT_ARCHIVE = {
+    "inference.py",
+    "requirements.txt",
+    "serving/__init__.py",
+    "serving/contract.py",
+    "serving/inference.py",
+    "classifier/__init__.py",
+    "classifier/graph.py",
+    "classifier/model.py",
+    "classifier/preprocessing.py",
+    "classifier/runtime.py",
+}
+TRAINING_ARCHIVE = {
+    "sagemaker_train.py",
+    "requirements.txt",
+    *(f"training/{name}.py" for name in ("__init__", "calibration_stats", "crossval", "data", "evaluate")),
+    *(f"training/{name}.py" for name in ("features", "head", "nondogs", "options", "session", "train")),
+    *(f"classifier/{name}.py" for name in ("__init__", "checked_graph", "graph", "logs", "model")),
+    *(f"classifier/{name}.py" for name in ("preprocessing", "runtime")),
+}
+
+
+def test_the_endpoint_archive_ships_the_handlers_and_the_model_package_only():
+    from training.jobs.source_bundle import inference_files
+
+    assert set(inference_files()) == ENDPOINT_ARCHIVE
+
+
+def test_the_training_archive_ships_training_and_the_model_package_only():
+    from training.jobs.source_bundle import training_files
+
+    assert set(training_files()) == TRAINING_ARCHIVE
