@@ -140,10 +140,20 @@ def dimensions(**values: Any) -> list[dict[str, Any]]:
 
 
 def alarms(stage: str, facts: dict[str, Any], ops: StageOps) -> dict[str, Any]:
+    """Every alarm of the stage, each notifying the stack's AlarmTopic."""
     topic = {"Ref": "AlarmTopic"}
     prefix = f"{facts['app']}-{stage}"
-    api = dimensions(ApiName=f"{facts['app']}-{stage}", Stage=facts["api_gateway_stage"])
-    resources = {
+    return {
+        **api_gateway_alarms(prefix, facts, ops, topic),
+        **endpoint_alarms(prefix, facts, ops, topic),
+        **api_error_alarms(prefix, stage, topic),
+        **function_alarms(prefix, topic),
+    }
+
+
+def api_gateway_alarms(prefix: str, facts: dict[str, Any], ops: StageOps, topic: dict) -> dict[str, Any]:
+    api = dimensions(ApiName=prefix, Stage=facts["api_gateway_stage"])
+    return {
         "AlarmApi5xxRate": alarm(
             f"{prefix}-api-5xx-rate",
             "Share of API requests answered 5xx",
@@ -169,6 +179,12 @@ def alarms(stage: str, facts: dict[str, Any], ops: StageOps) -> dict[str, Any]:
             topic,
         ),
     }
+
+
+def endpoint_alarms(prefix: str, facts: dict[str, Any], ops: StageOps, topic: dict) -> dict[str, Any]:
+    """The endpoint's alarms as `deploy` defines them for its rollbacks (training/jobs/alarms.py), over this
+    template's longer periods."""
+    resources = {}
     latency_ms = ops.max_endpoint_p99_model_latency_ms
     for endpoint_alarm in ENDPOINT_ALARMS:
         properties = endpoint_alarm.metric_properties(facts["endpoint_name"], latency_ms)
@@ -179,8 +195,14 @@ def alarms(stage: str, facts: dict[str, Any], ops: StageOps) -> dict[str, Any]:
             properties["Threshold"],
             topic,
         )
-    # The API's own view (chalicelib/observability.py's Errors): the model failed, or the endpoint answered
-    # something that is not an answer (a broken or mismatched model container; SageMaker counts it a success).
+    return resources
+
+
+def api_error_alarms(prefix: str, stage: str, topic: dict) -> dict[str, Any]:
+    """The API's own view (chalicelib/observability.py's Errors): the model failed, or the endpoint
+    answered something that is not an answer (a broken or mismatched model container; SageMaker counts it a
+    success)."""
+    resources = {}
     for code, what in (
         ("model_error", "The API answered 502 model_error: the endpoint's model failed"),
         ("bad_model_answer", "The API answered 502 bad_model_answer: the endpoint's answer broke the schema"),
@@ -198,6 +220,11 @@ def alarms(stage: str, facts: dict[str, Any], ops: StageOps) -> dict[str, Any]:
             0,
             topic,
         )
+    return resources
+
+
+def function_alarms(prefix: str, topic: dict) -> dict[str, Any]:
+    resources = {}
     for function in FUNCTIONS:
         for metric, what in (("Errors", "failed invocations"), ("Throttles", "throttled invocations")):
             resources[f"Alarm{function}{metric}"] = alarm(

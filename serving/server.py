@@ -551,7 +551,7 @@ def create_app(settings: ServeSettings | None = None) -> Starlette:
     return app
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Serve a model directory as a local SageMaker endpoint.")
     parser.add_argument("--model-dir", required=True, type=Path)
     parser.add_argument("--port", type=int, default=8080)
@@ -582,7 +582,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--max-wait must be 0 or more and --max-queue 1 or more")
     if not (args.model_dir / "config.json").is_file():
         parser.error(f"{args.model_dir} is not a model directory (no config.json)")
+    return args
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     configure_cli_logging()
     threads = args.threads or max(1, len(os.sched_getaffinity(0)) // args.workers)
     # uvicorn's workers are fresh processes that build the app from the import string: the settings travel in
