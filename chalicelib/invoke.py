@@ -77,7 +77,8 @@ def invoke_model(
     """The endpoint's answer for one JPEG, checked against ANSWER_SCHEMA (chalicelib/schema.py).
 
     Raises ModelFailed (the model container failed on it), BadModelAnswer (it answered, but not with an
-    answer), EndpointUnavailable (unreachable, unknown, throttled or shedding load, after botocore's retries),
+    answer), EndpointUnavailable (unreachable, unknown, throttled, shedding load or closing the connection
+    before answering, after botocore's retries),
     EndpointTimeout (no answer in time) and ModelPayloadTooLarge (the endpoint refused the body's size).
     """
     attributes = _custom_attributes(top_k, min_confidence)
@@ -137,7 +138,13 @@ def _invoke(endpoint_name: str, body: bytes, content_type: str, accept: str, att
         raise EndpointTimeout(f"the endpoint did not answer within {ENDPOINT_READ_TIMEOUT_S:g} s") from error
     except (EndpointConnectionError, ConnectTimeoutError) as error:
         raise EndpointUnavailable(f"the endpoint {endpoint_name!r} cannot be reached") from error
-    except (ConnectionClosedError, IncompleteReadError, ResponseStreamingError) as error:
+    except ConnectionClosedError as error:
+        # Closed or reset before any byte of an answer (botocore has retried it): nothing was answered, so
+        # asking again may well work. bad_model_answer and its alarm stay for answers off the schema.
+        raise EndpointUnavailable(
+            f"the endpoint {endpoint_name!r} closed the connection before answering; try again shortly"
+        ) from error
+    except (IncompleteReadError, ResponseStreamingError) as error:
         # The connection broke mid-answer: what came is not the whole answer.
         raise BadModelAnswer("the endpoint's answer was cut off") from error
     except ClientError as error:
