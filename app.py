@@ -27,7 +27,8 @@ app.register_middleware(observability.lambda_middleware, "pure_lambda")
 
 @app.middleware("http")
 def project_error_shape(event, get_response):
-    return reshape_chalice_error(get_response(event))
+    content_type = event.headers.get("content-type")
+    return reshape_chalice_error(get_response(event), content_type, IMAGE_CONTENT_TYPES)
 
 
 @app.route("/", methods=["GET"])

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import io
 import json
 import logging
@@ -104,6 +105,14 @@ class RequestError(ValueError, _ToolkitError):
         self.phrase = HTTPStatus(self.status_code).phrase
         if code:
             self.code = code
+
+    def at(self, index: int) -> RequestError:
+        """The same error failing a whole batch, saying which instance it came from (an error answered in
+        that instance's own place needs no position)."""
+        located = copy.copy(self)
+        located.message = f"{self.message} (instance {index} of the request)"
+        located.args = (located.message,)
+        return located
 
     def as_answer(self) -> dict:
         """The error as answered in place of a classification (RECORD_JSON)."""
@@ -241,9 +250,9 @@ def _instances(body: bytes | str, content_type: str | None, context, in_place: b
     if media_type == JSON:
         instances = _json_instances(body)
         if not in_place:
-            for item in instances:
+            for index, item in enumerate(instances):
                 if isinstance(item, RequestError):
-                    raise item
+                    raise item.at(index)
         total = sum(_pixels(data) for data in instances if isinstance(data, bytes))
         if total > MAX_REQUEST_PIXELS:
             raise RequestError(
@@ -261,10 +270,10 @@ def _decode_in_place(data: bytes | RequestError, index: int, in_place: bool) -> 
     if isinstance(data, RequestError):
         return data
     try:
-        return _decode(data, index)
+        return _decode(data)
     except RequestError as error:
         if not in_place:
-            raise
+            raise error.at(index) from error
         return error
 
 
@@ -421,51 +430,48 @@ def _json_instances(body: bytes | str) -> list[bytes | RequestError]:
     if len(instances) > MAX_INSTANCES:
         raise RequestError(f"at most {MAX_INSTANCES} instances per request, got {len(instances)}")
     images: list[bytes | RequestError] = []
-    for index, instance in enumerate(instances):
+    for instance in instances:
         encoded = instance.get("b64") if isinstance(instance, dict) else None
         if not isinstance(encoded, str):
-            images.append(RequestError(f'instance {index}: expected {{"b64": "<base64 image>"}}'))
+            images.append(RequestError('expected {"b64": "<base64 image>"}'))
             continue
         try:
             images.append(base64.b64decode(encoded, validate=True))
         except (binascii.Error, ValueError) as error:
-            images.append(RequestError(f"instance {index}: invalid base64: {error}", "invalid_base64"))
+            images.append(RequestError(f"invalid base64: {error}", "invalid_base64"))
     return images
 
 
-def _decode(data: bytes, index: int | None = None) -> Image.Image:
-    where = "" if index is None else f"instance {index}: "
+def _decode(data: bytes) -> Image.Image:
     if not data:
-        raise RequestError(f"{where}empty image", "empty_image")
+        raise RequestError("empty image", "empty_image")
     if (size := _header_size(data)) is not None:
-        _check_size(*size, where)
+        _check_size(*size)
     try:
         image = open_image(data)
     except UnreadableImageError as error:
         if isinstance(error.__cause__, Image.DecompressionBombError):
-            raise RequestError(f"{where}image too large: {error.__cause__}", "too_many_pixels") from error
+            raise RequestError(f"image too large: {error.__cause__}", "too_many_pixels") from error
         # Pillow's other reasons name an in-memory file object, which tells the client nothing.
         raise RequestError(
-            f"{where}cannot decode the image; send a JPEG, PNG, WebP or GIF", "unreadable_image"
+            "cannot decode the image; send a JPEG, PNG, WebP or GIF", "unreadable_image"
         ) from error
     # A few formats (ICO, ICNS, multi-resolution TIFF) may decode to another size than their header named.
-    _check_size(*image.size, where)
+    _check_size(*image.size)
     return image
 
 
-def _check_size(width: int, height: int, where: str) -> None:
+def _check_size(width: int, height: int) -> None:
     """Refuse an image whose sizes would cost more than any photo: pixels, longest side, aspect ratio."""
     if (pixels := width * height) > MAX_IMAGE_PIXELS:
-        raise RequestError(
-            f"{where}image of {pixels:,} pixels; at most {MAX_IMAGE_PIXELS:,}", "too_many_pixels"
-        )
+        raise RequestError(f"image of {pixels:,} pixels; at most {MAX_IMAGE_PIXELS:,}", "too_many_pixels")
     if max(width, height) > MAX_IMAGE_SIDE:
         raise RequestError(
-            f"{where}image of {width} x {height}; at most {MAX_IMAGE_SIDE} pixels a side", "too_many_pixels"
+            f"image of {width} x {height}; at most {MAX_IMAGE_SIDE} pixels a side", "too_many_pixels"
         )
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
         raise RequestError(
-            f"{where}image of {width} x {height}; its longer side may be at most {MAX_ASPECT_RATIO} times "
+            f"image of {width} x {height}; its longer side may be at most {MAX_ASPECT_RATIO} times "
             "its shorter side",
             "image_too_elongated",
         )

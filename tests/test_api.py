@@ -291,7 +291,8 @@ SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100"><circle
         (b'{"url": 5}', 400, "bad_request"),
         (b'{"url": ""}', 400, "bad_request"),
         (b'{"image": 5}', 400, "bad_request"),
-        (b'{"image": ""}', 400, "bad_request"),
+        (b'{"image": ""}', 400, "empty_image"),
+        (b'{"image": "data:image/jpeg;base64,"}', 400, "empty_image"),
         (b'{"image": "!!not base64!!"}', 400, "bad_request"),
         (b'{"url": "https://example.com/a.jpg", "image": "aGk="}', 400, "bad_request"),
         (b'{"url": "https://example.com/a.jpg", "size": 3}', 400, "bad_request"),
@@ -304,10 +305,10 @@ SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100"><circle
         (b'{"image": "aGk=", "min_confidence": true}', 400, "bad_request"),
         (
             json.dumps({"image": base64.b64encode(b"hello, not an image").decode()}).encode(),
-            415,
-            "unsupported_media_type",
+            400,
+            "unreadable_image",
         ),
-        (json.dumps({"image": base64.b64encode(SVG).decode()}).encode(), 415, "unsupported_media_type"),
+        (json.dumps({"image": base64.b64encode(SVG).decode()}).encode(), 400, "unreadable_image"),
         (json.dumps({"url": "notaurl"}).encode(), 400, "url_not_allowed"),
     ],
 )
@@ -329,9 +330,9 @@ def test_body_over_the_limit(client):
 @pytest.mark.parametrize(
     ("data", "content_type", "status", "code"),
     [
-        (b"", "image/jpeg", 400, "bad_request"),
-        (b"GIF89a but not really", "image/jpeg", 415, "unsupported_media_type"),
-        (SVG, "application/octet-stream", 415, "unsupported_media_type"),
+        (b"", "image/jpeg", 400, "empty_image"),
+        (b"GIF89a but not really", "image/jpeg", 400, "unreadable_image"),
+        (SVG, "application/octet-stream", 400, "unreadable_image"),
         (SVG, "image/svg+xml", 415, "unsupported_media_type"),
         (b"{}", "application/json", 415, "unsupported_media_type"),
         (
@@ -360,7 +361,8 @@ def test_bad_image_uploads(client, data, content_type, status, code):
 
 def test_truncated_jpeg(client, samples):
     data = (samples / LABRADOR).read_bytes()
-    assert_error(post_image(client, data[: len(data) // 3]), 415, "unsupported_media_type")
+    error = assert_error(post_image(client, data[: len(data) // 3]), 400, "unreadable_image")
+    assert "JPEG" in error["message"]
 
 
 def test_bad_top_k_query(client, samples):
@@ -421,6 +423,34 @@ def test_an_unexpected_error_is_a_plain_500_and_logged(caplog):
     assert response.status_code == 500
     assert response.body == {"error": {"code": "internal_error", "message": "an internal error occurred"}}
     assert "internal detail" in caplog.text and "Traceback" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "hint"),
+    [
+        ("/predict/image", "image/jpg", "image/jpeg)"),
+        ("/predict/image", "multipart/form-data; boundary=x", "--data-binary"),
+        ("/predict", "image/jpeg", "/predict/image"),
+        ("/predict/batch", "application/x-www-form-urlencoded", "/predict/image"),
+    ],
+    ids=["image/jpg", "curl -F", "jpeg to /predict", "curl --data-binary without a type"],
+)
+def test_a_415_names_the_accepted_types_and_the_route_for_raw_bytes(
+    client, samples, path, content_type, hint
+):
+    data = (samples / LABRADOR).read_bytes()
+    if content_type.startswith("multipart/"):
+        data = (
+            b"--x\r\nContent-Disposition: form-data; name=image; filename=a.jpg\r\n\r\n"
+            + data
+            + b"\r\n--x--\r\n"
+        )
+    response = client.http.post(path, headers={"Content-Type": content_type}, body=data)
+    error = assert_error(response, 415, "unsupported_media_type")
+    assert hint in error["message"] and content_type.split(";")[0] in error["message"]
+    assert "application/json" in error["message"]
+    for accepted in api.IMAGE_CONTENT_TYPES:
+        assert accepted in error["message"]
 
 
 def test_wrong_method_keeps_the_error_shape(client):
