@@ -3,6 +3,7 @@
 from chalice import Chalice, Response
 
 from chalicelib import batch_request, image_request, observability
+from chalicelib.breeds import breeds_answer
 from chalicelib.errors import answers_errors, lambda_error, reshape_chalice_error
 from chalicelib.health import health_answer
 from chalicelib.openapi import describe_api, stage_base_path
@@ -63,6 +64,14 @@ def predict_image():
 def openapi():
     """This API described in OpenAPI 3.1."""
     return describe_api(app.routes, stage_base_path(app.current_request.context))
+
+
+@app.route("/breeds", methods=["GET"])
+@answers_errors
+def breeds():
+    """The model's breeds (label and display name) and its name and version; public, like /openapi.json."""
+    body, headers = breeds_answer()
+    return Response(body=body, headers=headers)
 
 
 @app.route("/predict/batch", methods=["POST"], content_types=["application/json"], api_key_required=KEYED)

@@ -121,6 +121,14 @@ class EndpointUnavailable(ApiError):
         return {"Retry-After": str(self.retry_after_s)}
 
 
+class BreedsNotServed(ApiError):
+    """The stage's endpoint cannot list its breeds: it is asynchronous, or its serving code predates
+    GET /breeds (deploy the model again)."""
+
+    status = 501
+    code = "breeds_not_served"
+
+
 class EndpointTimeout(ApiError):
     status = 504
     code = "endpoint_timeout"

@@ -23,12 +23,13 @@ from botocore.exceptions import (
 
 from chalicelib.errors import (
     BadModelAnswer,
+    BreedsNotServed,
     EndpointTimeout,
     EndpointUnavailable,
     ModelFailed,
     ModelPayloadTooLarge,
 )
-from chalicelib.schema import SchemaMismatch, validate_answer
+from chalicelib.schema import SchemaMismatch, validate_answer, validate_breeds
 from chalicelib.settings import (
     ENDPOINT_CONNECT_TIMEOUT_S,
     ENDPOINT_MAX_ATTEMPTS,
@@ -45,6 +46,9 @@ BATCH_CONTENT_TYPE = "application/json"
 # The handlers' RECORD_JSON (serving/inference.py, which the API cannot import; a test keeps them equal):
 # an image of a batch the model cannot take answers an error in its place instead of failing the batch.
 BATCH_ACCEPT = "application/vnd.dogbreeds.record+json"
+# serving/contract.py's BREEDS_ACCEPT (a test keeps them equal): asks for the model's breeds, not a
+# classification; the body is not read.
+BREEDS_ACCEPT = "application/vnd.dogbreeds.breeds+json"
 # How much of the model container's own error message is passed on to the caller.
 _MAX_RELAYED_CHARS = 300
 # Error codes after which the endpoint may well answer if asked again later.
@@ -119,19 +123,39 @@ def invoke_model_batch(
         raise BadModelAnswer(f"the endpoint's answer does not match the response schema: {error}") from error
 
 
+def model_breeds(endpoint_name: str) -> dict[str, Any]:
+    """The endpoint's model breeds and the model (BREEDS_SCHEMA), without running the model.
+
+    Raises BreedsNotServed when the endpoint's serving code does not know the request (it takes `{}` for a
+    classification and fails on it), BadModelAnswer for an answer off the schema, and the rest as
+    `invoke_model` does.
+    """
+    try:
+        raw = _invoke(endpoint_name, b"{}", BATCH_CONTENT_TYPE, BREEDS_ACCEPT, "")
+    except ModelFailed as error:
+        raise BreedsNotServed(
+            f"the endpoint {endpoint_name!r} does not list its breeds; its serving code predates GET /breeds"
+        ) from error
+    try:
+        answer = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as error:
+        raise BadModelAnswer("the endpoint answered something that is not valid JSON") from error
+    try:
+        return validate_breeds(answer)
+    except SchemaMismatch as error:
+        raise BadModelAnswer(f"the endpoint's breeds do not match their schema: {error}") from error
+
+
 def _is_error(answer: Any) -> bool:
     return isinstance(answer, dict) and set(answer) == {"error"} and isinstance(answer["error"], dict)
 
 
 def _invoke(endpoint_name: str, body: bytes, content_type: str, accept: str, attributes: str) -> bytes:
     """The body of the endpoint's 200 answer; raises as `invoke_model` does."""
+    arguments = {"CustomAttributes": attributes} if attributes else {}
     try:
         response = runtime_client().invoke_endpoint(
-            EndpointName=endpoint_name,
-            ContentType=content_type,
-            Accept=accept,
-            CustomAttributes=attributes,
-            Body=body,
+            EndpointName=endpoint_name, ContentType=content_type, Accept=accept, Body=body, **arguments
         )
         return response["Body"].read()
     except ReadTimeoutError as error:

@@ -70,6 +70,10 @@ MAX_ENDPOINT_BODY_BYTES = 6_291_456
 HEALTH_CACHE_S = 10.0
 HEALTH_TIMEOUT_S = 2.0
 
+# GET /breeds asks the endpoint at most this often per container: the route is public, and a stage's model
+# changes only with a deployment.
+BREEDS_CACHE_S = 300.0
+
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 20
 JPEG_QUALITY = 90

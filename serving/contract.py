@@ -1,4 +1,5 @@
-"""The endpoint's limits on what one request may ask of it: the one place for them.
+"""The endpoint's contract with its callers: its limits on what one request may ask of it, the one place
+for them, and the request for its model's breeds.
 
 Whoever calls the endpoint (the API, or anyone with InvokeEndpoint rights) gets a 4xx past these, before any
 pixel is decoded. The API must never send what the endpoint refuses, and its tests check its own limits
@@ -20,3 +21,11 @@ MAX_ASPECT_RATIO = 20
 # The longest side of any image (WebP's own limit); with the ratio above it bounds the rows and columns any
 # decoder or resize works through.
 MAX_IMAGE_SIDE = 16_384
+
+# An InvokeEndpoint request whose Accept is this asks for the model's breeds instead of a classification; its
+# body is not read (send `{}` as application/json). The answer, which only ever gains fields:
+#     {"breeds": [{"label": "Labrador_retriever", "breed": "Labrador retriever"}, ...],
+#      "model": {"name": "dogbreeds", "version": "1"}}
+# the labels in the model's class order, each with its display name (classifier.model.breed_name). The API
+# (chalicelib/invoke.py, a copy a test keeps equal) answers GET /breeds with it.
+BREEDS_ACCEPT = "application/vnd.dogbreeds.breeds+json"

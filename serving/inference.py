@@ -17,6 +17,9 @@ under that probability (the list may then be empty).
 A JSON batch `{"instances": [{"b64": "..."}, ...]}` answers a list of those, in order. It never fetches URLs:
 endpoints may run network-isolated, and fetching is the API's job.
 
+A request that asks for `Accept: application/vnd.dogbreeds.breeds+json` (serving.contract.BREEDS_ACCEPT)
+gets the model's breeds and its name and version instead, without running the model.
+
 A request that asks for `Accept: application/vnd.dogbreeds.record+json` (RECORD_JSON: Batch Transform jobs
 and the API's multi-image route do) gets an image it cannot classify answered in place, with status 200:
 
@@ -49,6 +52,7 @@ from classifier.model import CONFIDENCE_THRESHOLD, DOG_THRESHOLD, breed_name, re
 from classifier.preprocessing import Preprocessing, UnreadableImageError, open_image
 from classifier.runtime import RUNTIMES, Device, OnnxRunner, TorchRunner, load_runner, softmax
 from serving.contract import (
+    BREEDS_ACCEPT,
     MAX_ASPECT_RATIO,
     MAX_IMAGE_PIXELS,
     MAX_IMAGE_SIDE,
@@ -69,7 +73,7 @@ RECORD_JSON = "application/vnd.dogbreeds.record+json"
 # One image per request, its bytes as the body; Pillow tells the format from the bytes, not from the header.
 IMAGE_CONTENT_TYPES = (JPEG, PNG, WEBP, X_IMAGE, OCTET_STREAM)
 CONTENT_TYPES = (*IMAGE_CONTENT_TYPES, JSON)
-ACCEPT_TYPES = (JSON, RECORD_JSON)
+ACCEPT_TYPES = (JSON, RECORD_JSON, BREEDS_ACCEPT)
 
 # SageMaker forwards InvokeEndpoint's CustomAttributes verbatim in this header.
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
@@ -141,6 +145,8 @@ class Instances:
     is_batch: bool  # a JSON batch answers a list, a single image one object
     top_k: int = DEFAULT_TOP_K
     min_confidence: float = 0.0
+    # Asked for the model's breeds (BREEDS_ACCEPT): no pictures, and predict_fn runs no model.
+    breeds: bool = False
 
 
 @dataclass(frozen=True)
@@ -232,7 +238,10 @@ def input_fn(body: bytes | str, content_type: str | None, context=None) -> Insta
     min_confidence);
     with errors in place, it raises nothing and returns the error in place of the picture(s) instead.
     """
-    in_place = _media_type(_header(context, "accept")) == RECORD_JSON
+    accept = _media_type(_header(context, "accept"))
+    if accept == BREEDS_ACCEPT:
+        return Instances([], is_batch=False, breeds=True)
+    in_place = accept == RECORD_JSON
     try:
         return _instances(body, content_type, context, in_place)
     except RequestError as error:
@@ -280,8 +289,11 @@ def _decode_in_place(data: bytes | RequestError, index: int, in_place: bool) -> 
 def predict_fn(data: Instances, model: BreedPredictor) -> dict | list[dict]:
     """Run the model and shape the answer: one response object, or a list of them for a JSON batch.
 
-    A RequestError among the pictures is answered in its place by its error object.
+    A RequestError among the pictures is answered in its place by its error object. Asked for the breeds,
+    the answer is `breeds_answer`'s.
     """
+    if data.breeds:
+        return breeds_answer(model)
     pictures = [image for image in data.images if not isinstance(image, RequestError)]
     described = iter([])
     if pictures:
@@ -306,6 +318,14 @@ def predict_fn(data: Instances, model: BreedPredictor) -> dict | list[dict]:
         image.as_answer() if isinstance(image, RequestError) else next(described) for image in data.images
     ]
     return answers if data.is_batch else answers[0]
+
+
+def breeds_answer(model: BreedPredictor) -> dict:
+    """The model's breeds in its class order, each its label and display name, and the model itself."""
+    return {
+        "breeds": [{"label": label, "breed": breed_name(label)} for label in model.labels],
+        "model": dict(model.model_info),
+    }
 
 
 def output_fn(prediction: dict | list[dict], accept: str | None) -> bytes:

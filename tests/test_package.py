@@ -202,8 +202,8 @@ def test_api_side_imports_neither_torch_nor_training():
 
 # --- authentication, throttling, gateway responses, tracing and alarms (scripts/merge_template.py) ---
 
-# The routes that stay public on every stage: the web page and the API's description.
-PUBLIC_ROUTES = {("/", "get"), ("/openapi.json", "get")}
+# The routes that stay public on every stage: the web page, the API's description and the model's breeds.
+PUBLIC_ROUTES = {("/", "get"), ("/openapi.json", "get"), ("/breeds", "get")}
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
 
 
