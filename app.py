@@ -1,18 +1,33 @@
 """dogbreeds API: the routes and the Lambda function; the work is in chalicelib (see image_request.py)."""
 
-from chalice import Chalice, Response
+from chalice import Chalice, CORSConfig, Response
 
 from chalicelib import batch_request, image_request, observability
 from chalicelib.breeds import breeds_answer
 from chalicelib.errors import answers_errors, lambda_error, reshape_chalice_error
 from chalicelib.health import health_answer
 from chalicelib.openapi import describe_api, stage_base_path
-from chalicelib.settings import api_key_required, get_settings
+from chalicelib.settings import (
+    CORS_EXPOSE_HEADERS,
+    CORS_MAX_AGE_S,
+    api_key_required,
+    cors_allow_origin,
+    get_settings,
+)
 from chalicelib.webpage import render_page
 
 app = Chalice(app_name="dogbreeds")
 # Routes that pass KEYED need an API key on stages that set API_KEY_REQUIRED (prod); a public route omits it.
 KEYED = api_key_required()
+
+# Every route answers browsers of the stage's one allowed origin (CORS_ALLOW_ORIGIN, none when unset), the
+# preflight (OPTIONS) included; CORSConfig always allows the x-api-key and Content-Type request headers, and
+# a page may read Retry-After. Set before the routes, which take it as their default.
+ALLOWED_ORIGIN = cors_allow_origin()
+if ALLOWED_ORIGIN:
+    app.api.cors = CORSConfig(
+        allow_origin=ALLOWED_ORIGIN, expose_headers=list(CORS_EXPOSE_HEADERS), max_age=CORS_MAX_AGE_S
+    )
 
 IMAGE_CONTENT_TYPES = ["image/jpeg", "image/png", "image/webp", "image/gif", "application/octet-stream"]
 # API Gateway passes these bodies to the Lambda base64-encoded instead of mangling them as text.

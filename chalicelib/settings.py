@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 MIB = 1024 * 1024
 
@@ -60,6 +61,11 @@ MAX_BATCH_ITEMS = 10
 BATCH_PREPARE_TIMEOUT_S = 8.0
 BATCH_RESIZE_CONCURRENCY = 2
 BATCH_WORST_CASE_S = WORST_CASE_S - FETCH_TOTAL_TIMEOUT_S + BATCH_PREPARE_TIMEOUT_S
+# How long a browser may keep a preflight's answer before asking again (Chromium keeps it at most 2 hours).
+CORS_MAX_AGE_S = 600
+# Answer headers a page of an allowed origin may read beyond the CORS-safelisted ones.
+CORS_EXPOSE_HEADERS = ("Retry-After",)
+
 # What a 503 tells the client to wait before trying again, unless the endpoint said (capped at the second).
 RETRY_AFTER_S = 2
 MAX_RETRY_AFTER_S = 60
@@ -164,6 +170,44 @@ def api_key_required() -> bool:
     environment variables set, so each stage's setting decides its template.
     """
     return _flag("API_KEY_REQUIRED")
+
+
+def cors_allow_origin() -> str | None:
+    """The web origin whose pages may call this stage's API from a browser (CORS_ALLOW_ORIGIN): "*" for
+    any, None for none (the variable unset or empty: browsers then block pages of other origins).
+
+    One origin, because API Gateway answers the preflight (OPTIONS) itself, without the Lambda, with the
+    same static headers for every caller: it cannot pick among several. Like API_KEY_REQUIRED it is read
+    when app.py is imported, so each stage's setting decides its template. Raises ConfigurationError for
+    anything that is not "*" or an origin such as https://app.example.com (scheme, host, optional port).
+    """
+    return parse_cors_origin(os.environ.get("CORS_ALLOW_ORIGIN", ""))
+
+
+def parse_cors_origin(value: str) -> str | None:
+    """A CORS_ALLOW_ORIGIN value checked (see `cors_allow_origin`); None for none."""
+    value = value.strip()
+    if not value:
+        return None
+    if value == "*":
+        return value
+    if not _is_origin(value):
+        raise ConfigurationError(
+            'CORS_ALLOW_ORIGIN must be "*" or one origin such as https://app.example.com (no path, no '
+            f"trailing slash, no list: API Gateway's preflight names a single origin), not {value!r}"
+        )
+    return value
+
+
+def _is_origin(value: str) -> bool:
+    """Whether `value` is a web origin: http(s), a host, an optional port, nothing else."""
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    netloc = f"{parts.scheme}://{parts.netloc}"
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and value == netloc
 
 
 def stage_name() -> str:
