@@ -7,6 +7,7 @@ import base64
 import http.server
 import io
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from conftest import DEFAULT_MODEL, EndpointProcess, free_port
 from local_servers import serving_in_thread
 from PIL import Image
 from test_image import zero_png
+from test_webpage import Gateway, GatewayHandler
 
 import app as api
 from chalicelib import invoke
@@ -595,14 +597,43 @@ def test_a_stage_without_an_endpoint_name_is_a_clean_500(runtime_env, samples, t
 
 
 def test_smoke_script_against_chalice_local(api_stack, files):
-    result = subprocess.run(
-        ["bash", str(PROJECT / "scripts" / "smoke.sh"), api_stack.url, files],
+    result = smoke(api_stack.url, files)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "POST /predict (url) -> HTTP 200" in result.stdout and "Labrador_retriever" in result.stdout
+    assert "no API key" not in result.stdout
+
+
+def smoke(api_url: str, *images_url: str, api_key: str | None = None) -> subprocess.CompletedProcess:
+    env = {name: value for name, value in os.environ.items() if name not in ("API_KEY", "IMAGES_URL")}
+    if api_key is not None:
+        env["API_KEY"] = api_key
+    return subprocess.run(
+        ["bash", str(PROJECT / "scripts" / "smoke.sh"), api_url, *images_url],
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Labrador_retriever" in result.stdout
+
+
+def test_smoke_script_checks_a_stage_that_needs_a_key(api_stack, files):
+    """As against a deployed prod: API Gateway (a loopback stand-in) refuses the routes without the key,
+    and the stage cannot fetch from this machine, so only an IMAGES_URL given would be fetched."""
+    gateway = Gateway(
+        api_url=api_stack.url, required_key="the-key", forbidden_body=b'{"message": "Forbidden"}'
+    )
+    handler = type("Handler", (GatewayHandler,), {"gateway": gateway})
+    with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)) as url:
+        keyed = smoke(url + "/", api_key="the-key")
+        wrong = smoke(url, api_key="not-the-key")
+        without = smoke(url)
+    assert keyed.returncode == 0, keyed.stdout + keyed.stderr
+    assert "GET /breeds -> HTTP 200" in keyed.stdout and "Labrador_retriever" in keyed.stdout
+    assert "POST /predict (url) skipped" in keyed.stdout
+    assert "POST /predict/image (no API key) -> HTTP 403" in keyed.stdout
+    assert "the-key" not in keyed.stdout + keyed.stderr
+    assert wrong.returncode != 0 and "expected HTTP 200" in wrong.stderr
+    assert without.returncode != 0 and "expected HTTP 200" in without.stderr
 
 
 def test_smoke_script_fails_when_the_api_is_down(files):
