@@ -57,12 +57,14 @@ def package(request, tmp_path_factory) -> tuple[str, dict, Path]:
     subprocess.run(
         [
             sys.executable,
-            str(PROJECT / "scripts" / "merge_template.py"),
+            "-m",
+            "scripts.merge_template",
             "--stage",
             stage,
             "--output",
             str(merge),
         ],
+        cwd=PROJECT,
         check=True,
         timeout=60,
     )
