@@ -680,7 +680,7 @@ def test_batch_answers_each_item_in_order_with_one_endpoint_call(client, files, 
     codes = [result.get("error", {}).get("code") for result in answer["images"] + answer["urls"]]
     assert codes == [
         None,
-        "unsupported_media_type",
+        "unreadable_image",
         "bad_request",
         None,
         None,
@@ -690,7 +690,7 @@ def test_batch_answers_each_item_in_order_with_one_endpoint_call(client, files, 
     assert [
         result["error"]["status"] for result in answer["images"] + answer["urls"] if "error" in result
     ] == [
-        415,
+        400,
         400,
         400,
         400,
