@@ -39,8 +39,8 @@ from test_jobs import (  # noqa: F401 - fixtures
     tar_members,
 )
 
-from classifier.identity import MODEL_PACKAGE_ENV, MODEL_VERSION_ENV
-from training.jobs import cli, pipeline
+from classifier.identity import MODEL_PACKAGE_ENV, MODEL_VERSION_ENV, model_identity
+from training.jobs import cli
 from training.jobs.calls import Aws
 from training.jobs.source_bundle import repack_model
 
@@ -194,3 +194,191 @@ def test_dry_runs_print_every_request_and_connect_nowhere(monkeypatch, tmp_path,
     assert {"CreateModel", "CreateEndpointConfig"} <= set(rollback)
     assert rollback[-2:] == ["UpdateModelPackage", "PutObject"]  # the replaced package rejected, the record
     assert connections == []
+
+
+@pytest.fixture
+def photos(dogs, tmp_path) -> tuple[Path, Path]:
+    """(the photos, the same photos with their training labels wrong)."""
+    return photo_tree(dogs, tmp_path / "photos"), photo_tree(dogs, tmp_path / "mislabeled", mislabeled=True)
+
+
+def play_run(capsys, player: PipelinePlayer, *start: str) -> dict:
+    """`pipeline start`, the run played, then `pipeline status`."""
+    started = report(run_jobs(capsys, "pipeline", "start", *start))
+    player.play(started["execution"])
+    # (moto lists a pipeline's runs oldest first whatever the sort asked: name the run.)
+    status = report(run_jobs(capsys, "pipeline", "status", "--execution", started["execution"]))
+    return {**started, "status": status}
+
+
+def package(aws, arn: str) -> dict:
+    return aws.sagemaker.describe_model_package(ModelPackageName=arn)
+
+
+def endpoint_environment(aws, name: str) -> dict:
+    config = aws.sagemaker.describe_endpoint(EndpointName=name)["EndpointConfigName"]
+    model = aws.sagemaker.describe_endpoint_config(EndpointConfigName=config)["ProductionVariants"][0]
+    return aws.sagemaker.describe_model(ModelName=model["ModelName"])["PrimaryContainer"]
+
+
+def test_a_worse_model_stops_at_the_gate_and_a_good_one_is_promoted_and_rolled_back(
+    aws, photos, capsys, monkeypatch, tmp_path, labrador
+):
+    good, mislabeled = photos
+    report(run_jobs(capsys, "upload-data", "--data", str(good)))
+    report(run_jobs(capsys, "upload-data", "--data", str(mislabeled), "--prefix", "dogbreeds/new-photos"))
+    player = PipelinePlayer(REGION, tmp_path / "played")
+    updates = hook_cli(monkeypatch, player)
+    chalice_dir = tmp_path / ".chalice"
+    shutil.copytree(PROJECT / ".chalice", chalice_dir)
+
+    # 1. No approved package yet: only the ECE limit holds; the model is registered, pending approval.
+    report(run_jobs(capsys, "pipeline", "upsert", "--hyperparameters", *HYPERPARAMETERS))
+    first = play_run(capsys, player)
+    assert first["gate"] == {"min_top1": 0.0, "max_ece": 0.03, "baseline": None}
+    assert first["status"]["status"] == "Succeeded"
+    steps = {step["step"]: step for step in first["status"]["steps"]}
+    assert [step["step"] for step in first["status"]["steps"]] == [
+        "Train",
+        "Evaluate",
+        "QualityGate",
+        "Register",
+    ]
+    assert steps["QualityGate"]["gate_passed"] is True
+    v1 = steps["Register"]["model_package"]
+    registered = package(aws, v1)
+    assert (registered["ModelApprovalStatus"], registered["ModelPackageVersion"]) == (
+        "PendingManualApproval",
+        1,
+    )
+    evaluation = json.loads(s3_object(aws, registered["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]))
+    figures = evaluation["metrics"]
+    assert figures["images"] == 9 and figures["top1"] >= 2 / 3  # three breeds the backbone knows well
+    assert set(figures) >= {"top5", "ece", "confident_share", "confident_precision", "false_dog_share"}
+    assert evaluation["evaluation"]["data"].endswith("test")
+    # The registered archive is the training job's model repacked exactly as `deploy` repacks it.
+    container = registered["InferenceSpecification"]["Containers"][0]
+    trained = s3_object(
+        aws, player.runs[first["execution"]].jobs["Evaluate"]["ProcessingInputs"][1]["S3Input"]["S3Uri"]
+    )
+    assert s3_object(aws, container["ModelDataUrl"]) == repack_model(trained)
+
+    # 2. Promoted: approved, deployed on each stage's endpoint, the stage's settings written and recorded.
+    for stage in ("dev", "prod"):
+        promoted = report(
+            run_jobs(capsys, "promote", "--package", v1, "--stage", stage, "--chalice-dir", str(chalice_dir))
+        )
+        assert promoted["endpoint"] == f"dogbreeds-{stage}" and promoted["version"] == 1
+    assert package(aws, v1)["ModelApprovalStatus"] == "Approved"
+    assert endpoint_environment(aws, "dogbreeds-prod")["Environment"][MODEL_PACKAGE_ENV] == v1
+    stages = json.loads((chalice_dir / "config.json").read_text())["stages"]
+    assert stages["prod"]["environment_variables"]["MODEL_RESIZE_SIZE"] == "224"  # efficientnet-lite0's
+    record = json.loads(s3_object(aws, f"s3://{aws.bucket}/dogbreeds/stages/prod.json"))
+    assert (record["package"], record["deployed"]) == (v1, [v1])
+
+    # 3. New photos with wrong labels: the model scores far below the approved one and the run stops.
+    report(
+        run_jobs(
+            capsys,
+            "pipeline",
+            "upsert",
+            "--data-prefix",
+            "dogbreeds/new-photos",
+            "--hyperparameters",
+            *HYPERPARAMETERS,
+        )
+    )
+    worse = play_run(capsys, player, "--margin", "0.02")
+    assert worse["gate"]["baseline"]["package"] == v1
+    assert worse["gate"]["min_top1"] == pytest.approx(figures["top1"] - 0.02)
+    assert worse["status"]["status"] == "Failed"
+    assert [step["step"] for step in worse["status"]["steps"]] == [
+        "Train",
+        "Evaluate",
+        "QualityGate",
+        "GateFailed",
+    ]
+    reason = worse["status"]["failure_reason"]
+    assert (
+        reason.startswith("quality gate failed: top-1 ")
+        and f"must be at least {figures['top1'] - 0.02}" in reason
+    )
+    assert worse["status"]["steps"][-1]["failure_reason"] == reason
+    listed = aws.sagemaker.list_model_packages(ModelPackageGroupName="dogbreeds")["ModelPackageSummaryList"]
+    assert [item["ModelPackageArn"] for item in listed] == [v1]
+
+    # 4. A good model again: registered as version 2, promoted to prod with a canary, serving its version.
+    report(run_jobs(capsys, "pipeline", "upsert", "--hyperparameters", *HYPERPARAMETERS, "epochs=4"))
+    second = play_run(capsys, player)
+    v2 = second["status"]["steps"][-1]["model_package"]
+    assert package(aws, v2)["ModelPackageVersion"] == 2
+    argv = (
+        "promote",
+        "--package",
+        v2,
+        "--stage",
+        "prod",
+        "--chalice-dir",
+        str(chalice_dir),
+        "--canary-percent",
+        "10",
+    )
+    promoted = report(run_jobs(capsys, *argv))
+    (update,) = [request for recorder in updates for request in recorder.requests]
+    assert update["EndpointConfigName"] == promoted["endpoint_config"]
+    routing = update["DeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]
+    assert routing["CanarySize"] == {"Type": "CAPACITY_PERCENT", "Value": 10}
+    assert update["DeploymentConfig"]["AutoRollbackConfiguration"]["Alarms"]
+    served = endpoint_environment(aws, "dogbreeds-prod")
+    assert (served["Environment"][MODEL_VERSION_ENV], served["Environment"][MODEL_PACKAGE_ENV]) == ("2", v2)
+    model_dir = tmp_path / "served"
+    with tarfile.open(fileobj=io.BytesIO(s3_object(aws, served["ModelDataUrl"])), mode="r:gz") as archive:
+        archive.extractall(model_dir, filter="data")
+    for name in (MODEL_PACKAGE_ENV, MODEL_VERSION_ENV):
+        monkeypatch.setenv(name, served["Environment"][name])
+    endpoint = EndpointProcess(model_dir, "--max-wait", "0").wait_ready()
+    try:
+        with urllib.request.urlopen(f"{endpoint.url}/ping", timeout=30) as response:
+            pinged = json.loads(response.read())
+        request = urllib.request.Request(
+            f"{endpoint.url}/invocations", data=labrador, headers={"Content-Type": "image/jpeg"}
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answer = json.loads(response.read())
+    finally:
+        endpoint.stop()
+    assert pinged["model"] == answer["model"] == {"name": "dogbreeds", "version": "2", "package": v2}
+    assert answer["predictions"][0]["label"] == "Labrador_retriever"
+
+    # 5. Rolled back: prod runs version 1 again, version 2 is rejected, the record says so.
+    rolled = report(run_jobs(capsys, "rollback", "--stage", "prod", "--chalice-dir", str(chalice_dir)))
+    assert (rolled["package"], rolled["replaced"]) == (v1, v2)
+    assert endpoint_environment(aws, "dogbreeds-prod")["Environment"][MODEL_PACKAGE_ENV] == v1
+    assert package(aws, v2)["ModelApprovalStatus"] == "Rejected"
+    record = json.loads(s3_object(aws, f"s3://{aws.bucket}/dogbreeds/stages/prod.json"))
+    assert (record["package"], record["deployed"]) == (v1, [v1])
+    assert [entry["action"] for entry in record["history"]] == ["promote", "promote", "rollback"]
+    # The dev stage still runs version 1; nothing older to roll back to there.
+    refused = run_jobs(capsys, "rollback", "--stage", "dev", "--chalice-dir", str(chalice_dir))
+    assert (
+        refused.code == 2 and refused.err == "error: stage dev has no earlier model package to roll back to\n"
+    )
+    # A rejected package is not promoted again.
+    refused = run_jobs(
+        capsys, "promote", "--package", v2, "--stage", "dev", "--chalice-dir", str(chalice_dir)
+    )
+    assert refused.code == 2 and "is Rejected (rolled back from prod)" in refused.err
+
+
+def test_an_answer_names_the_package_only_on_a_promoted_endpoint():
+    config = json.loads((PROJECT / "models" / "default" / "config.json").read_text())
+    assert model_identity(config, {}) == {"name": config["name"], "version": str(config["version"])}
+    promoted = {
+        MODEL_PACKAGE_ENV: "arn:aws:sagemaker:eu-west-1:1:model-package/dogbreeds/7",
+        MODEL_VERSION_ENV: "7",
+    }
+    assert model_identity(config, promoted) == {
+        "name": config["name"],
+        "version": "7",
+        "package": promoted[MODEL_PACKAGE_ENV],
+    }
