@@ -72,7 +72,7 @@ ANSWER_SCHEMA: dict[str, Any] = {
                 },
                 "package": {
                     "type": "string",
-                    "description": "The ARN of the model package the endpoint serves (promoted endpoints only).",
+                    "description": "The ARN of the model package the endpoint serves (promoted endpoints).",
                 },
             },
         },

@@ -17,7 +17,9 @@ import json
 import shutil
 import tarfile
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import botocore.session
 import pytest
@@ -221,20 +223,21 @@ def endpoint_environment(aws, name: str) -> dict:
     return aws.sagemaker.describe_model(ModelName=model["ModelName"])["PrimaryContainer"]
 
 
-def test_a_worse_model_stops_at_the_gate_and_a_good_one_is_promoted_and_rolled_back(
-    aws, photos, capsys, monkeypatch, tmp_path, labrador
-):
-    good, mislabeled = photos
-    report(run_jobs(capsys, "upload-data", "--data", str(good)))
-    report(run_jobs(capsys, "upload-data", "--data", str(mislabeled), "--prefix", "dogbreeds/new-photos"))
-    player = PipelinePlayer(REGION, tmp_path / "played")
-    updates = hook_cli(monkeypatch, player)
-    chalice_dir = tmp_path / ".chalice"
-    shutil.copytree(PROJECT / ".chalice", chalice_dir)
+@dataclass
+class Loop:
+    """The scenario's shared pieces: AWS, the played runs, the CLI's UpdateEndpoint recorders, the stages."""
 
-    # 1. No approved package yet: only the ECE limit holds; the model is registered, pending approval.
-    report(run_jobs(capsys, "pipeline", "upsert", "--hyperparameters", *HYPERPARAMETERS))
-    first = play_run(capsys, player)
+    aws: SimpleNamespace
+    capsys: pytest.CaptureFixture
+    player: PipelinePlayer
+    updates: list[EndpointUpdates]
+    chalice_dir: Path
+
+
+def registered_first(loop: Loop) -> tuple[str, dict]:
+    """No approved package yet: only the ECE limit holds; the model is registered, pending approval."""
+    report(run_jobs(loop.capsys, "pipeline", "upsert", "--hyperparameters", *HYPERPARAMETERS))
+    first = play_run(loop.capsys, loop.player)
     assert first["gate"] == {"min_top1": 0.0, "max_ece": 0.03, "baseline": None}
     assert first["status"]["status"] == "Succeeded"
     steps = {step["step"]: step for step in first["status"]["steps"]}
@@ -246,40 +249,55 @@ def test_a_worse_model_stops_at_the_gate_and_a_good_one_is_promoted_and_rolled_b
     ]
     assert steps["QualityGate"]["gate_passed"] is True
     v1 = steps["Register"]["model_package"]
-    registered = package(aws, v1)
+    registered = package(loop.aws, v1)
     assert (registered["ModelApprovalStatus"], registered["ModelPackageVersion"]) == (
         "PendingManualApproval",
         1,
     )
-    evaluation = json.loads(s3_object(aws, registered["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]))
+    evaluation = json.loads(
+        s3_object(loop.aws, registered["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"])
+    )
     figures = evaluation["metrics"]
     assert figures["images"] == 9 and figures["top1"] >= 2 / 3  # three breeds the backbone knows well
     assert set(figures) >= {"top5", "ece", "confident_share", "confident_precision", "false_dog_share"}
     assert evaluation["evaluation"]["data"].endswith("test")
     # The registered archive is the training job's model repacked exactly as `deploy` repacks it.
     container = registered["InferenceSpecification"]["Containers"][0]
-    trained = s3_object(
-        aws, player.runs[first["execution"]].jobs["Evaluate"]["ProcessingInputs"][1]["S3Input"]["S3Uri"]
-    )
-    assert s3_object(aws, container["ModelDataUrl"]) == repack_model(trained)
+    inputs = loop.player.runs[first["execution"]].jobs["Evaluate"]["ProcessingInputs"]
+    (trained,) = [s3_object(loop.aws, i["S3Input"]["S3Uri"]) for i in inputs if i["InputName"] == "model"]
+    assert s3_object(loop.aws, container["ModelDataUrl"]) == repack_model(trained)
+    return v1, figures
 
-    # 2. Promoted: approved, deployed on each stage's endpoint, the stage's settings written and recorded.
+
+def promoted_to_dev_and_prod(loop: Loop, v1: str) -> None:
+    """Promoted: approved, deployed on each stage's endpoint, the stage's settings written and recorded."""
     for stage in ("dev", "prod"):
         promoted = report(
-            run_jobs(capsys, "promote", "--package", v1, "--stage", stage, "--chalice-dir", str(chalice_dir))
+            run_jobs(
+                loop.capsys,
+                "promote",
+                "--package",
+                v1,
+                "--stage",
+                stage,
+                "--chalice-dir",
+                str(loop.chalice_dir),
+            )
         )
         assert promoted["endpoint"] == f"dogbreeds-{stage}" and promoted["version"] == 1
-    assert package(aws, v1)["ModelApprovalStatus"] == "Approved"
-    assert endpoint_environment(aws, "dogbreeds-prod")["Environment"][MODEL_PACKAGE_ENV] == v1
-    stages = json.loads((chalice_dir / "config.json").read_text())["stages"]
+    assert package(loop.aws, v1)["ModelApprovalStatus"] == "Approved"
+    assert endpoint_environment(loop.aws, "dogbreeds-prod")["Environment"][MODEL_PACKAGE_ENV] == v1
+    stages = json.loads((loop.chalice_dir / "config.json").read_text())["stages"]
     assert stages["prod"]["environment_variables"]["MODEL_RESIZE_SIZE"] == "224"  # efficientnet-lite0's
-    record = json.loads(s3_object(aws, f"s3://{aws.bucket}/dogbreeds/stages/prod.json"))
+    record = json.loads(s3_object(loop.aws, f"s3://{loop.aws.bucket}/dogbreeds/stages/prod.json"))
     assert (record["package"], record["deployed"]) == (v1, [v1])
 
-    # 3. New photos with wrong labels: the model scores far below the approved one and the run stops.
+
+def stopped_at_the_gate(loop: Loop, v1: str, figures: dict) -> None:
+    """New photos with wrong labels: the model scores far below the approved one and the run stops."""
     report(
         run_jobs(
-            capsys,
+            loop.capsys,
             "pipeline",
             "upsert",
             "--data-prefix",
@@ -288,7 +306,7 @@ def test_a_worse_model_stops_at_the_gate_and_a_good_one_is_promoted_and_rolled_b
             *HYPERPARAMETERS,
         )
     )
-    worse = play_run(capsys, player, "--margin", "0.02")
+    worse = play_run(loop.capsys, loop.player, "--margin", "0.02")
     assert worse["gate"]["baseline"]["package"] == v1
     assert worse["gate"]["min_top1"] == pytest.approx(figures["top1"] - 0.02)
     assert worse["status"]["status"] == "Failed"
@@ -304,14 +322,18 @@ def test_a_worse_model_stops_at_the_gate_and_a_good_one_is_promoted_and_rolled_b
         and f"must be at least {figures['top1'] - 0.02}" in reason
     )
     assert worse["status"]["steps"][-1]["failure_reason"] == reason
-    listed = aws.sagemaker.list_model_packages(ModelPackageGroupName="dogbreeds")["ModelPackageSummaryList"]
+    listed = loop.aws.sagemaker.list_model_packages(ModelPackageGroupName="dogbreeds")[
+        "ModelPackageSummaryList"
+    ]
     assert [item["ModelPackageArn"] for item in listed] == [v1]
 
-    # 4. A good model again: registered as version 2, promoted to prod with a canary, serving its version.
-    report(run_jobs(capsys, "pipeline", "upsert", "--hyperparameters", *HYPERPARAMETERS, "epochs=4"))
-    second = play_run(capsys, player)
+
+def promoted_and_served(loop: Loop, monkeypatch, labrador: bytes, workdir: Path) -> str:
+    """A good model again: registered as version 2, promoted to prod with a canary, serving its version."""
+    report(run_jobs(loop.capsys, "pipeline", "upsert", "--hyperparameters", *HYPERPARAMETERS, "epochs=4"))
+    second = play_run(loop.capsys, loop.player)
     v2 = second["status"]["steps"][-1]["model_package"]
-    assert package(aws, v2)["ModelPackageVersion"] == 2
+    assert package(loop.aws, v2)["ModelPackageVersion"] == 2
     argv = (
         "promote",
         "--package",
@@ -319,20 +341,33 @@ def test_a_worse_model_stops_at_the_gate_and_a_good_one_is_promoted_and_rolled_b
         "--stage",
         "prod",
         "--chalice-dir",
-        str(chalice_dir),
+        str(loop.chalice_dir),
         "--canary-percent",
         "10",
     )
-    promoted = report(run_jobs(capsys, *argv))
-    (update,) = [request for recorder in updates for request in recorder.requests]
+    promoted = report(run_jobs(loop.capsys, *argv))
+    (update,) = [request for recorder in loop.updates for request in recorder.requests]
     assert update["EndpointConfigName"] == promoted["endpoint_config"]
     routing = update["DeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]
     assert routing["CanarySize"] == {"Type": "CAPACITY_PERCENT", "Value": 10}
     assert update["DeploymentConfig"]["AutoRollbackConfiguration"]["Alarms"]
-    served = endpoint_environment(aws, "dogbreeds-prod")
+    served = endpoint_environment(loop.aws, "dogbreeds-prod")
     assert (served["Environment"][MODEL_VERSION_ENV], served["Environment"][MODEL_PACKAGE_ENV]) == ("2", v2)
-    model_dir = tmp_path / "served"
-    with tarfile.open(fileobj=io.BytesIO(s3_object(aws, served["ModelDataUrl"])), mode="r:gz") as archive:
+    pinged, answer = served_answers(loop, served, monkeypatch, labrador, workdir)
+    assert pinged["model"] == answer["model"] == {"name": "dogbreeds", "version": "2", "package": v2}
+    assert answer["predictions"][0]["label"] == "Labrador_retriever"
+    return v2
+
+
+def served_answers(
+    loop: Loop, served: dict, monkeypatch, labrador: bytes, workdir: Path
+) -> tuple[dict, dict]:
+    """(/ping, the answer for a photo) of the endpoint's model archive served as its container serves it,
+    with the Model's environment."""
+    model_dir = workdir / "served"
+    with tarfile.open(
+        fileobj=io.BytesIO(s3_object(loop.aws, served["ModelDataUrl"])), mode="r:gz"
+    ) as archive:
         archive.extractall(model_dir, filter="data")
     for name in (MODEL_PACKAGE_ENV, MODEL_VERSION_ENV):
         monkeypatch.setenv(name, served["Environment"][name])
@@ -347,27 +382,47 @@ def test_a_worse_model_stops_at_the_gate_and_a_good_one_is_promoted_and_rolled_b
             answer = json.loads(response.read())
     finally:
         endpoint.stop()
-    assert pinged["model"] == answer["model"] == {"name": "dogbreeds", "version": "2", "package": v2}
-    assert answer["predictions"][0]["label"] == "Labrador_retriever"
+    return pinged, answer
 
-    # 5. Rolled back: prod runs version 1 again, version 2 is rejected, the record says so.
-    rolled = report(run_jobs(capsys, "rollback", "--stage", "prod", "--chalice-dir", str(chalice_dir)))
+
+def rolled_back(loop: Loop, v1: str, v2: str) -> None:
+    """Rolled back: prod runs version 1 again, version 2 is rejected, the record says so."""
+    rolled = report(
+        run_jobs(loop.capsys, "rollback", "--stage", "prod", "--chalice-dir", str(loop.chalice_dir))
+    )
     assert (rolled["package"], rolled["replaced"]) == (v1, v2)
-    assert endpoint_environment(aws, "dogbreeds-prod")["Environment"][MODEL_PACKAGE_ENV] == v1
-    assert package(aws, v2)["ModelApprovalStatus"] == "Rejected"
-    record = json.loads(s3_object(aws, f"s3://{aws.bucket}/dogbreeds/stages/prod.json"))
+    assert endpoint_environment(loop.aws, "dogbreeds-prod")["Environment"][MODEL_PACKAGE_ENV] == v1
+    assert package(loop.aws, v2)["ModelApprovalStatus"] == "Rejected"
+    record = json.loads(s3_object(loop.aws, f"s3://{loop.aws.bucket}/dogbreeds/stages/prod.json"))
     assert (record["package"], record["deployed"]) == (v1, [v1])
     assert [entry["action"] for entry in record["history"]] == ["promote", "promote", "rollback"]
     # The dev stage still runs version 1; nothing older to roll back to there.
-    refused = run_jobs(capsys, "rollback", "--stage", "dev", "--chalice-dir", str(chalice_dir))
+    refused = run_jobs(loop.capsys, "rollback", "--stage", "dev", "--chalice-dir", str(loop.chalice_dir))
     assert (
         refused.code == 2 and refused.err == "error: stage dev has no earlier model package to roll back to\n"
     )
     # A rejected package is not promoted again.
     refused = run_jobs(
-        capsys, "promote", "--package", v2, "--stage", "dev", "--chalice-dir", str(chalice_dir)
+        loop.capsys, "promote", "--package", v2, "--stage", "dev", "--chalice-dir", str(loop.chalice_dir)
     )
     assert refused.code == 2 and "is Rejected (rolled back from prod)" in refused.err
+
+
+def test_a_worse_model_stops_at_the_gate_and_a_good_one_is_promoted_and_rolled_back(
+    aws, photos, capsys, monkeypatch, tmp_path, labrador
+):
+    good, mislabeled = photos
+    report(run_jobs(capsys, "upload-data", "--data", str(good)))
+    report(run_jobs(capsys, "upload-data", "--data", str(mislabeled), "--prefix", "dogbreeds/new-photos"))
+    player = PipelinePlayer(REGION, tmp_path / "played")
+    loop = Loop(aws, capsys, player, hook_cli(monkeypatch, player), tmp_path / ".chalice")
+    shutil.copytree(PROJECT / ".chalice", loop.chalice_dir)
+
+    v1, figures = registered_first(loop)
+    promoted_to_dev_and_prod(loop, v1)
+    stopped_at_the_gate(loop, v1, figures)
+    v2 = promoted_and_served(loop, monkeypatch, labrador, tmp_path)
+    rolled_back(loop, v1, v2)
 
 
 def test_an_answer_names_the_package_only_on_a_promoted_endpoint():

@@ -338,7 +338,6 @@ def add_registry_parsers(commands, common: argparse.ArgumentParser, job: argpars
             type=endpoint_name,
             help="default: dogbreeds-STAGE, as .chalice/config.json has",
         )
-        command.add_argument("--package-group", default=DEFAULT_PACKAGE_GROUP, help="default: %(default)s")
         add_hosting_options(command)
 
 

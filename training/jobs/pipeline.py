@@ -289,7 +289,14 @@ def approved_baseline(aws: Aws, package_group: str) -> dict | None:
         return None
     arn = summaries[0]["ModelPackageArn"]
     package = aws.send(AwsCall("sagemaker", "DescribeModelPackage", {"ModelPackageName": arn}))
-    bucket, key = parse_s3_uri(package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"])
+    statistics = package.get("ModelMetrics", {}).get("ModelQuality", {}).get("Statistics", {})
+    if "S3Uri" not in statistics:
+        # Registered by hand, not by this pipeline: there is nothing to compare a new model with.
+        raise ValueError(
+            f"the newest approved package {arn} has no model quality statistics to gate against: "
+            "register models with this pipeline, or reject that package"
+        )
+    bucket, key = parse_s3_uri(statistics["S3Uri"])
     body = aws.send(AwsCall("s3", "GetObject", {"Bucket": bucket, "Key": key}))["Body"].read()
     evaluation = json.loads(body)
     return {"package": arn, "version": package.get("ModelPackageVersion"), "metrics": evaluation["metrics"]}

@@ -11,9 +11,9 @@ The record: `s3://BUCKET/PREFIX/stages/<stage>.json`, one small JSON object per 
      "deployed": [ARN of v3, ARN of v7],          # what rollback goes back through, newest last
      "history": [{"action": "promote", "package": ARN, "version": 7, "at": "2026-..."}, ...]}
 
-S3 rather than tags: the order of promotions is the point of the record, tags have no order (and model
-packages take no tags in every tool), and one object per stage is read and written whole by one command.
-What an endpoint serves at this moment is also in its Model's environment; the record is its history.
+S3 rather than tags on the endpoint or the packages: the order of promotions is the point of the record and
+tags have none, and one object per stage is read and written whole by one command. What an endpoint serves
+at this moment is also in its Model's environment; the record is its history.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@
 
 Each container gets exactly the project modules its entry point imports, found by following the import
 statements from it (the local endpoint's uvicorn server stays home, as does `training.jobs`, which needs the
-SDK; the evaluation ships with training, which measures with it, and imports matplotlib only to draw).
+SDK, but for this module, which the evaluation job repacks with; the evaluation ships with training, which
+measures with it, and imports matplotlib only to draw).
 The training toolkit runs `python sagemaker_train.py --backbone ...` from the unpacked directory, so that
 directory is on sys.path and `training.train` imports its siblings as the package it is; the inference toolkit
 puts `code/` on sys.path and imports `inference`, which re-exports the handlers of `serving/inference.py`.
