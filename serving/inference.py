@@ -48,7 +48,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from classifier.identity import model_identity
 from classifier.model import CONFIDENCE_THRESHOLD, DOG_THRESHOLD, breed_name, read_config
 from classifier.preprocessing import Preprocessing, UnreadableImageError, open_image
 from classifier.runtime import RUNTIMES, Device, OnnxRunner, TorchRunner, load_runner, softmax
@@ -64,6 +63,7 @@ from serving.contract import (
     MAX_REQUEST_PIXELS,
     RECORD_JSON,
 )
+from serving.identity import model_identity
 
 log = logging.getLogger(__name__)
 

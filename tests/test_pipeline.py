@@ -41,7 +41,8 @@ from test_jobs import (  # noqa: F401 - fixtures
     tar_members,
 )
 
-from classifier.identity import MODEL_PACKAGE_ENV, MODEL_VERSION_ENV, model_identity
+from serving.contract import MODEL_PACKAGE_ENV, MODEL_VERSION_ENV
+from serving.identity import model_identity
 from training.jobs import cli
 from training.jobs.calls import Aws
 from training.jobs.source_bundle import repack_model

@@ -18,8 +18,7 @@ from dataclasses import asdict, dataclass
 from sagemaker.core import image_uris, shapes
 from sagemaker.core.utils.utils import serialize
 
-from classifier.identity import MODEL_PACKAGE_ENV, MODEL_VERSION_ENV
-from serving.contract import PRODUCTION_VARIANT
+from serving.contract import MODEL_PACKAGE_ENV, MODEL_VERSION_ENV, PRODUCTION_VARIANT
 from training.jobs.alarms import delete_alarms, put_rollback_alarms
 from training.jobs.autoscaling import ScalingSpec, apply_scaling, remove_scaling, restore_scaling
 from training.jobs.calls import Aws, AwsCall, as_api_params
