@@ -6,6 +6,7 @@ import base64
 import functools
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -129,14 +130,7 @@ def model_breeds(endpoint_name: str) -> dict[str, Any]:
         raise BreedsNotServed(
             f"the endpoint {endpoint_name!r} does not list its breeds; its serving code predates GET /breeds"
         ) from error
-    try:
-        answer = json.loads(raw, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as error:
-        raise BadModelAnswer("the endpoint answered something that is not valid JSON") from error
-    try:
-        return validate_breeds(answer)
-    except SchemaMismatch as error:
-        raise BadModelAnswer(f"the endpoint's breeds do not match their schema: {error}") from error
+    return _validated(raw, validate_breeds, "breeds")
 
 
 def _is_error(answer: Any) -> bool:
@@ -170,15 +164,19 @@ def _invoke(endpoint_name: str, body: bytes, content_type: str, accept: str, att
 
 def parse_answer(body: bytes) -> dict[str, Any]:
     """The endpoint's 200 body as an answer; raises BadModelAnswer for anything that is not one."""
+    return _validated(body, validate_answer, "answer")
+
+
+def _validated(body: bytes, validate: Callable[[Any], dict[str, Any]], what: str) -> dict[str, Any]:
     try:
         answer = json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as error:
         # RecursionError: JSON nested thousands deep; ValueError covers bad UTF-8, truncation and NaN.
         raise BadModelAnswer("the endpoint answered something that is not valid JSON") from error
     try:
-        return validate_answer(answer)
+        return validate(answer)
     except SchemaMismatch as error:
-        raise BadModelAnswer(f"the endpoint's answer does not match the response schema: {error}") from error
+        raise BadModelAnswer(f"the endpoint's {what} does not match its schema: {error}") from error
 
 
 def _refuse_constant(name: str) -> Any:
