@@ -210,6 +210,38 @@ def test_async_endpoint_queues_to_s3_and_scales_to_zero(aws, trained_model, caps
     assert scaling_state(aws, name) == ([], []) and alarms_of(aws, name) == {}
 
 
+def capture_rules(aws) -> list[dict]:
+    return aws.s3.get_bucket_lifecycle_configuration(Bucket=aws.bucket)["Rules"]
+
+
+def test_captured_data_expires_and_the_buckets_other_rules_are_kept(aws, trained_model, capsys):
+    name = f"dogs-{uuid.uuid4().hex[:8]}"
+    destination = f"s3://{aws.bucket}/dogbreeds/capture/{name}"
+    theirs = {"ID": "keep-logs-a-year", "Filter": {"Prefix": "logs/"}, "Status": "Enabled"}
+    theirs["Expiration"] = {"Days": 365}
+    aws.s3.put_bucket_lifecycle_configuration(Bucket=aws.bucket, LifecycleConfiguration={"Rules": [theirs]})
+    deploy_argv = ("deploy", "--model-data", trained_model, "--endpoint-name", name)
+    capture_argv = ("--capture-percent", "20", "--capture-s3", destination)
+
+    first = report(run_jobs(capsys, *deploy_argv, *capture_argv))
+    rules = {rule["ID"]: rule for rule in capture_rules(aws)}
+    assert rules["keep-logs-a-year"]["Expiration"] == {"Days": 365}
+    (ours,) = [rule for rule in rules.values() if rule["ID"] != "keep-logs-a-year"]
+    assert ours["Filter"] == {"Prefix": f"dogbreeds/capture/{name}/"} and ours["Status"] == "Enabled"
+    assert ours["Expiration"] == {"Days": 30}  # the default
+
+    # Another retention replaces the rule (one per prefix) and leaves the endpoint's config as it was.
+    second = report(run_jobs(capsys, *deploy_argv, *capture_argv, "--capture-retention-days", "7"))
+    rules = {rule["ID"]: rule for rule in capture_rules(aws)}
+    assert len(rules) == 2 and rules[ours["ID"]]["Expiration"] == {"Days": 7}
+    assert rules["keep-logs-a-year"]["Expiration"] == {"Days": 365}
+    assert second["endpoint_config"] == first["endpoint_config"]
+
+    with pytest.raises(SystemExit) as refused:
+        run_jobs(capsys, *deploy_argv, *capture_argv, "--capture-retention-days", "0")
+    assert refused.value.code == 2 and "--capture-retention-days" in capsys.readouterr().err
+
+
 def test_data_capture_and_the_rollback_alarms_are_created(aws, trained_model, capsys):
     name = f"dogs-{uuid.uuid4().hex[:8]}"
     destination = f"s3://{aws.bucket}/dogbreeds/capture/{name}"

@@ -34,7 +34,13 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from training.jobs import batch_transform, chalice_stage, deploy, launch, storage
 from training.jobs.autoscaling import ScalingSpec
 from training.jobs.calls import Aws, AwsCall
-from training.jobs.hosting import AsyncSpec, CaptureSpec, RolloutSpec, ServerlessSpec
+from training.jobs.hosting import (
+    DEFAULT_CAPTURE_RETENTION_DAYS,
+    AsyncSpec,
+    CaptureSpec,
+    RolloutSpec,
+    ServerlessSpec,
+)
 from training.jobs.settings import AwsSettings, SettingsError, resolve_settings
 from training.jobs.source_bundle import PROJECT_DIR
 from training.jobs.training_job import BACKBONES, DISTRIBUTIONS, DistributionError, JobSpec, SearchSpace
@@ -248,6 +254,13 @@ def add_deploy_parser(commands, common: argparse.ArgumentParser) -> None:
     capture = deploy.add_argument_group("Data capture (a share of requests and answers, to S3)")
     capture.add_argument("--capture-percent", type=int, metavar="P", help="1..100")
     capture.add_argument("--capture-s3", metavar="S3_URI", help="where the captured data goes")
+    capture.add_argument(
+        "--capture-retention-days",
+        type=positive_int,
+        default=DEFAULT_CAPTURE_RETENTION_DAYS,
+        metavar="DAYS",
+        help="S3 deletes each captured object this long after it is written (default: %(default)s)",
+    )
 
     rollout = deploy.add_argument_group("Updates of an existing endpoint: blue/green with automatic rollback")
     rollout.add_argument(
@@ -322,7 +335,7 @@ def deploy_spec(args: argparse.Namespace, settings: AwsSettings) -> deploy.Endpo
     if (args.capture_percent is None) != (args.capture_s3 is None):
         raise SettingsError("data capture needs both --capture-percent and --capture-s3")
     if args.capture_percent is not None:
-        capture = CaptureSpec(args.capture_percent, args.capture_s3)
+        capture = CaptureSpec(args.capture_percent, args.capture_s3, args.capture_retention_days)
 
     default_min = 0 if async_inference is not None else 1
     min_instances = default_min if args.min_instances is None else args.min_instances

@@ -31,7 +31,7 @@ from training.jobs.hosting import (
     refuse_instances_for_serverless,
 )
 from training.jobs.source_bundle import INFERENCE_ENTRY, digest, repack_model
-from training.jobs.storage import parse_s3_uri
+from training.jobs.storage import expire_prefix, parse_s3_uri
 from training.jobs.training_job import FRAMEWORK_VERSION, PY_VERSION
 
 MAX_NAME = 63
@@ -160,7 +160,8 @@ def config_facts(spec: EndpointSpec, model_name: str) -> tuple:
     facts: tuple = (model_name, spec.instance_type, spec.initial_instances)
     for option in (spec.serverless, spec.async_inference, spec.capture):
         if option is not None:
-            facts += (type(option).__name__, asdict(option))
+            held = option.config_facts() if isinstance(option, CaptureSpec) else asdict(option)
+            facts += (type(option).__name__, held)
     return facts
 
 
@@ -231,6 +232,8 @@ def deploy(aws: Aws, spec: EndpointSpec, log) -> dict[str, str]:
     if aws.describe(describe("DescribeEndpointConfig", EndpointConfigName=config_name)) is None:
         aws.send(endpoint_config_request(spec, config_name, model_name))
         log(f"created endpoint config {config_name} ({spec.kind})")
+    if spec.capture is not None:
+        expire_prefix(aws, spec.capture.destination, spec.capture.retention_days, log)
     # Made on every deploy, so the next update finds them, and the endpoint's health can be watched meanwhile.
     alarm_names = put_rollback_alarms(aws, spec.endpoint_name, spec.rollout.latency_ms, log)
 
