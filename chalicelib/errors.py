@@ -53,6 +53,11 @@ class UrlFetchFailed(BadRequest):
     code = "url_fetch_failed"
 
 
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
 class PayloadTooLarge(ApiError):
     status = 413
     code = "payload_too_large"

@@ -393,7 +393,10 @@ def run_deploy(args: argparse.Namespace, settings: AwsSettings, aws: Aws, log) -
             endpoint_name=spec.endpoint_name,
             kind=spec.kind,
             resize_size=resize_size,
-            async_input=args.async_input,
+            places=spec.async_inference
+            and chalice_stage.AsyncLocations(
+                args.async_input, spec.async_inference.output, spec.async_inference.failure_output
+            ),
             dry_run=aws.dry_run,
             log=log,
         )
