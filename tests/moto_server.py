@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -98,7 +99,7 @@ class AsyncOutputs:
     an id of its own. This stands in front of moto_server for the SageMaker runtime (point
     AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME at `url`, from this process or another): it passes every request on,
     records each InvokeEndpointAsync (its headers say what was queued and how), and answers SageMaker's
-    locations in place of moto's. The endpoint's own part, writing there, is the test's."""
+    locations in place of moto's. The endpoint's own part, writing there, is the test's (`answer`)."""
 
     def __init__(self, moto_url: str, output: str, failure: str) -> None:
         self.moto_url = moto_url
@@ -118,6 +119,27 @@ class AsyncOutputs:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    @staticmethod
+    def answer(queued: dict[str, str], endpoint_url: str, s3) -> None:
+        """The endpoint's part for one queued request: its photo answered by a real endpoint process at
+        `endpoint_url`, with the request's content type, accept and CustomAttributes, and written (with the
+        S3 client `s3`) where SageMaker writes an answer, or a refusal where it writes failures."""
+        headers = {
+            "Content-Type": queued["X-Amzn-SageMaker-Content-Type"],
+            "Accept": queued["X-Amzn-SageMaker-Accept"],
+            "X-Amzn-SageMaker-Custom-Attributes": queued["X-Amzn-SageMaker-Custom-Attributes"],
+        }
+        bucket, _, key = queued["X-Amzn-SageMaker-InputLocation"].removeprefix("s3://").partition("/")
+        photo = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        request = urllib.request.Request(f"{endpoint_url}/invocations", data=photo, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                place, body = queued["X-Amzn-SageMaker-OutputLocation"], response.read()
+        except urllib.error.HTTPError as error:
+            place, body = queued["X-Amzn-SageMaker-FailureLocation"], error.read()
+        bucket, _, key = place.removeprefix("s3://").partition("/")
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
 
     def relocate(self, request_headers: dict[str, str]) -> dict[str, str]:
         name = str(uuid.uuid4())

@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import urllib.error
-import urllib.request
 import uuid
 
 import boto3
@@ -98,20 +96,7 @@ def write_s3(uri: str, body: bytes) -> None:
 
 
 def answer_queued(queued: dict[str, str], endpoint_url: str) -> None:
-    """The endpoint's part: the queued photo answered by the real local endpoint, with the request's content
-    type, accept and CustomAttributes, written where SageMaker writes an answer (a refusal: a failure)."""
-    headers = {
-        "Content-Type": queued["X-Amzn-SageMaker-Content-Type"],
-        "Accept": queued["X-Amzn-SageMaker-Accept"],
-        "X-Amzn-SageMaker-Custom-Attributes": queued["X-Amzn-SageMaker-Custom-Attributes"],
-    }
-    photo = read_s3(queued["X-Amzn-SageMaker-InputLocation"])
-    request = urllib.request.Request(f"{endpoint_url}/invocations", data=photo, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            write_s3(queued["X-Amzn-SageMaker-OutputLocation"], response.read())
-    except urllib.error.HTTPError as error:
-        write_s3(queued["X-Amzn-SageMaker-FailureLocation"], error.read())
+    AsyncOutputs.answer(queued, endpoint_url, boto3.client("s3", region_name=REGION))
 
 
 def get_result(client: Client, result_url: str):
