@@ -43,7 +43,7 @@ from chalicelib.settings import (
 )
 
 # How much of the model container's own error message is passed on to the caller.
-_MAX_RELAYED_CHARS = 300
+MAX_RELAYED_CHARS = 300
 # Error codes after which the endpoint may well answer if asked again later.
 _RETRY_LATER_CODES = {
     "ThrottlingException",
@@ -171,7 +171,7 @@ def mapped_error(error: ClientError, endpoint_name: str, sent_bytes: int) -> Exc
         # SageMaker's inference toolkit puts the container's Python traceback below the message: only the
         # message is for the caller.
         reason = original.splitlines()[0] if original else "no reason given"
-        return ModelFailed(f"the model failed on this image: {reason[:_MAX_RELAYED_CHARS]}")
+        return ModelFailed(f"the model failed on this image: {reason[:MAX_RELAYED_CHARS]}")
     if status == 413 or code == "413":
         # prepare_image keeps bodies under MAX_ENDPOINT_BODY_BYTES: this endpoint takes less than SageMaker.
         return ModelPayloadTooLarge(

@@ -36,7 +36,13 @@ from chalicelib.errors import (
     ModelFailed,
     NotFound,
 )
-from chalicelib.invoke import custom_attributes, mapped_error, parse_answer, runtime_client
+from chalicelib.invoke import (
+    MAX_RELAYED_CHARS,
+    custom_attributes,
+    mapped_error,
+    parse_answer,
+    runtime_client,
+)
 from chalicelib.settings import (
     ASYNC_TICKETS_FOLDER,
     ENDPOINT_CONNECT_TIMEOUT_S,
@@ -50,8 +56,6 @@ from chalicelib.settings import (
 )
 
 INFERENCE_ID = re.compile(r"[0-9a-f]{32}")
-# How much of the model's failure message is passed on to the caller.
-_MAX_RELAYED_CHARS = 300
 
 
 @functools.cache
@@ -194,7 +198,7 @@ def _failure_reason(failed: bytes) -> str:
         message = json.loads(text)["error"]["message"]
     except (ValueError, KeyError, TypeError):
         message = text.splitlines()[0] if text else "no reason given"
-    return str(message)[:_MAX_RELAYED_CHARS]
+    return str(message)[:MAX_RELAYED_CHARS]
 
 
 def _reason(error: Exception) -> str:

@@ -40,7 +40,9 @@ def moto():
 
 @pytest.fixture(autouse=True)
 def new_container(monkeypatch):
-    """A fresh Lambda container per test, with fake credentials only."""
+    """A fresh Lambda container per test, with fake credentials only, and a boto3 default session of its own:
+    one made while chalice.test patches the environment would keep this test's settings for later tests."""
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     for cached in (get_settings, runtime_client, s3_client):

@@ -251,6 +251,24 @@ def add_deploy_parser(commands, common: argparse.ArgumentParser) -> None:
         help="queued requests per instance that auto scaling aims for (default: %(default)s)",
     )
 
+    add_capture_and_rollout_arguments(deploy)
+
+    stage = deploy.add_argument_group("The API stage that calls the endpoint")
+    stage.add_argument(
+        "--chalice-stage",
+        metavar="STAGE",
+        help="write the model's resize size and the endpoint's kind into this stage of .chalice/config.json "
+        "(and the grants its kind needs into the stage's policy file)",
+    )
+    stage.add_argument(
+        "--async-input", metavar="S3_URI", help="async: where the stage's Lambda puts the photos it queues"
+    )
+    stage.add_argument(
+        "--chalice-dir", type=Path, default=CHALICE_DIR, help="the .chalice folder (default: this project's)"
+    )
+
+
+def add_capture_and_rollout_arguments(deploy: argparse.ArgumentParser) -> None:
     capture = deploy.add_argument_group("Data capture (a share of requests and answers, to S3)")
     capture.add_argument("--capture-percent", type=int, metavar="P", help="1..100")
     capture.add_argument("--capture-s3", metavar="S3_URI", help="where the captured data goes")
@@ -280,20 +298,6 @@ def add_deploy_parser(commands, common: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=2000.0,
         help="p99 model latency that rolls an update back (default: %(default)s)",
-    )
-
-    stage = deploy.add_argument_group("The API stage that calls the endpoint")
-    stage.add_argument(
-        "--chalice-stage",
-        metavar="STAGE",
-        help="write the model's resize size and the endpoint's kind into this stage of .chalice/config.json "
-        "(and the grants its kind needs into the stage's policy file)",
-    )
-    stage.add_argument(
-        "--async-input", metavar="S3_URI", help="async: where the stage's Lambda puts the photos it queues"
-    )
-    stage.add_argument(
-        "--chalice-dir", type=Path, default=CHALICE_DIR, help="the .chalice folder (default: this project's)"
     )
 
 
