@@ -50,7 +50,8 @@ def apply_api(apigateway, api_id: str, wanted: Protection, changed: list[str]) -
         patch = [{"op": "replace", "path": "/name", "value": wanted.api_name}]
         apigateway.update_rest_api(restApiId=api_id, patchOperations=patch)
         changed.append(f"API name {wanted.api_name}")
-    items = apigateway.get_gateway_responses(restApiId=api_id)["items"]
+    # All of them in one page: API Gateway has a few dozen types, and pages 25 by default.
+    items = apigateway.get_gateway_responses(restApiId=api_id, limit=500)["items"]
     present = {item["responseType"]: item for item in items}
     put = []
     for response_type, response in wanted.gateway_responses.items():

@@ -193,7 +193,8 @@
       }
       if (response.ok && answer && Array.isArray(answer.predictions) && answer.predictions.length) {
         // The result is the model's answer; what was sent is in the 202 that queued it.
-        return showAnswer({ image: queued.image, ...answer }, `${note}, answered from the queue`, performance.now() - started);
+        const roundTripMs = performance.now() - started;
+        return showAnswer({ image: queued.image, ...answer }, `${note}, answered from the queue`, roundTripMs);
       }
       return showError(...describeError(response, answer));
     }
