@@ -177,12 +177,18 @@ def _error_response(status: int, codes: list[str], gateway_codes: list[str]) -> 
     return response
 
 
-def _errors(*, classifies: bool, api_key_required: bool) -> dict[str, Any]:
-    """The error answers of a route: a classifying route can give any of the API's; the others only fail
-    inside. Then what API Gateway answers itself."""
+def _errors(
+    *, classifies: bool, api_key_required: bool, own: dict[int, list[str]] | None = None
+) -> dict[str, Any]:
+    """The error answers of a route: a classifying route can give any of the API's but a 404 (no route of
+    theirs names a thing that may be missing); the others only fail inside, but for their `own` codes. Then
+    what API Gateway answers itself."""
     by_status = error_codes_by_status()
-    if not classifies:
+    if classifies:
+        by_status.pop(errors.NotFound.status, None)
+    else:
         by_status = {status: codes for status, codes in by_status.items() if status >= 500}
+        by_status.update(own or {})
     gateway = gateway_codes_by_status(api_key_required=api_key_required, has_body=classifies)
     return {
         str(status): _error_response(status, by_status.get(status, []), gateway.get(status, []))
@@ -196,6 +202,38 @@ def _answer() -> dict[str, Any]:
     return {
         "200": {"description": description, "content": _json("Answer")},
         "202": {"description": queued, "content": _json("QueuedAnswer")},
+    }
+
+
+# What GET /predict/results answers of its own: a malformed inference id, and one that is not this stage's.
+_RESULT_ERRORS = {
+    errors.BadRequest.status: [errors.BadRequest.code],
+    errors.NotFound.status: [errors.NotFound.code],
+}
+
+
+def _result(errors_of_result: dict[str, Any]) -> dict[str, Any]:
+    retry_after = {"description": "Seconds to wait before asking again.", "schema": {"type": "integer"}}
+    return {
+        "summary": "The answer to a photo an async stage queued: POST /predict's 202 gives this route as "
+        "result_url. Stages whose endpoint answers at once queue nothing, and answer 404.",
+        "parameters": [
+            {
+                "name": "inference_id",
+                "in": "path",
+                "required": True,
+                "schema": schema.RESULT_SCHEMA["properties"]["inference_id"],
+            }
+        ],
+        "responses": {
+            "200": {"description": "The model's answer, as it wrote it.", "content": _json("QueuedResult")},
+            "202": {
+                "description": "Not answered yet.",
+                "headers": {"Retry-After": retry_after},
+                "content": _json("ResultPending"),
+            },
+            **errors_of_result,
+        },
     }
 
 
@@ -218,8 +256,8 @@ def _batch_answer_schema() -> dict[str, Any]:
 
 
 def _operations(image_types: list[str], api_key_required: bool) -> dict[tuple[str, str], dict[str, Any]]:
-    def errors_of(classifies: bool) -> dict[str, Any]:
-        return _errors(classifies=classifies, api_key_required=api_key_required)
+    def errors_of(classifies: bool, own: dict[int, list[str]] | None = None) -> dict[str, Any]:
+        return _errors(classifies=classifies, api_key_required=api_key_required, own=own)
 
     return {
         ("/", "GET"): {
@@ -269,6 +307,7 @@ def _operations(image_types: list[str], api_key_required: bool) -> dict[tuple[st
                 **errors_of(True),
             },
         },
+        ("/predict/results/{inference_id}", "GET"): _result(errors_of(False, _RESULT_ERRORS)),
         ("/predict/image", "POST"): {
             "summary": "The breed of the dog in the image sent as the body (JPEG, PNG, WebP or GIF).",
             "parameters": [_TOP_K_PARAMETER, _MIN_CONFIDENCE_PARAMETER],
@@ -311,6 +350,8 @@ def _document(routes_key: tuple[tuple[str, str, str, tuple[str, ...], bool], ...
                 "Answer": _schema_component(schema.API_ANSWER_SCHEMA),
                 "QueuedAnswer": _schema_component(schema.QUEUED_ANSWER_SCHEMA),
                 "Breeds": _schema_component(schema.BREEDS_SCHEMA),
+                "QueuedResult": _schema_component(schema.RESULT_SCHEMA),
+                "ResultPending": _schema_component(schema.PENDING_SCHEMA),
                 "Error": _schema_component(schema.ERROR_SCHEMA),
                 "PredictRequest": REQUEST_SCHEMA,
                 "BatchRequest": BATCH_REQUEST_SCHEMA,

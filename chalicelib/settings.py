@@ -98,6 +98,14 @@ RECORD_JSON = "application/vnd.dogbreeds.record+json"
 # Asks for the model's breeds (GET /breeds), not a classification; the endpoint reads no body.
 BREEDS_ACCEPT = "application/vnd.dogbreeds.breeds+json"
 
+# The most an async endpoint's answer or failure in S3 may hold for the API to read it: an answer of
+# MAX_TOP_K predictions is a few KB.
+MAX_RESULT_BYTES = 64 * 1024
+
+# An async stage's tickets of queued requests, under its output prefix (chalicelib/queued.py); the stage's
+# policy grants writing there (training/jobs/chalice_stage.py's TICKETS_FOLDER, held equal by a test).
+ASYNC_TICKETS_FOLDER = "requests"
+
 # How a stage's endpoint is called: InvokeEndpoint (real-time instances, serverless), or the photo is put in
 # S3 and queued with InvokeEndpointAsync (async), answered 202 with where the result will be.
 ENDPOINT_KINDS = ("real-time", "serverless", "async")
@@ -122,16 +130,19 @@ class Settings:
     # credentials at all can run the demo.
     unsigned_endpoint_requests: bool
     endpoint_kind: str = "real-time"
-    # For an async endpoint: the bucket and key prefix the Lambda puts queued photos under.
+    # For an async endpoint, each a bucket and a key prefix: where the Lambda puts the photos it queues, and
+    # where SageMaker writes answers and failures (the endpoint config's S3OutputPath and S3FailurePath).
     async_input: tuple[str, str] | None = None
+    async_output: tuple[str, str] | None = None
+    async_failure: tuple[str, str] | None = None
 
 
 @functools.cache
 def get_settings() -> Settings:
     """The stage's settings, read from the environment on first use (once per Lambda container).
 
-    Raises ConfigurationError when ENDPOINT_NAME or MODEL_RESIZE_SIZE is unset, an async stage has no
-    ASYNC_INPUT_S3, or a value is malformed.
+    Raises ConfigurationError when ENDPOINT_NAME or MODEL_RESIZE_SIZE is unset, an async stage lacks one of
+    ASYNC_INPUT_S3, ASYNC_OUTPUT_S3 and ASYNC_FAILURE_S3, or a value is malformed.
     """
     endpoint_name = os.environ.get("ENDPOINT_NAME", "").strip()
     if not endpoint_name:
@@ -150,8 +161,16 @@ def get_settings() -> Settings:
         model_resize_size=_positive_int("MODEL_RESIZE_SIZE"),
         unsigned_endpoint_requests=_flag("UNSIGNED_ENDPOINT_REQUESTS"),
         endpoint_kind=kind,
-        async_input=_s3_prefix("ASYNC_INPUT_S3") if kind == "async" else None,
+        **(_async_locations() if kind == "async" else {}),
     )
+
+
+def _async_locations() -> dict[str, tuple[str, str]]:
+    return {
+        "async_input": _s3_prefix("ASYNC_INPUT_S3"),
+        "async_output": _s3_prefix("ASYNC_OUTPUT_S3"),
+        "async_failure": _s3_prefix("ASYNC_FAILURE_S3"),
+    }
 
 
 def _flag(name: str) -> bool:

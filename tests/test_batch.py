@@ -306,9 +306,10 @@ def test_an_asynchronous_stage_queues_each_image_and_the_rows_say_where(photos, 
     """A real `chalice local` as an async stage whose S3 and SageMaker runtime are a real moto_server: the
     batch route is refused, so each image goes alone and is queued; its row says where the answer will be."""
     import boto3.session
-    from moto_server import MotoServer
+    from moto_server import AsyncOutputs, MotoServer
 
     moto = MotoServer().wait_ready()
+    outputs = AsyncOutputs(moto.url, "s3://queued-photos/out", "s3://queued-photos/out-failures")
     api = None
     try:
         # A session of its own: boto3's default one would carry this test's settings into later tests.
@@ -318,10 +319,12 @@ def test_an_asynchronous_stage_queues_each_image_and_the_rows_say_where(photos, 
         s3.create_bucket(Bucket="queued-photos")
         api = ChaliceLocal(
             tmp_path / "project",
-            moto.url,
+            outputs.url,
             ENDPOINT_NAME="dogbreeds-async",
             ENDPOINT_KIND="async",
             ASYNC_INPUT_S3="s3://queued-photos/in/",
+            ASYNC_OUTPUT_S3=outputs.output,
+            ASYNC_FAILURE_S3=outputs.failure,
             AWS_ENDPOINT_URL=moto.url,
             UNSIGNED_ENDPOINT_REQUESTS="false",
             AWS_DEFAULT_REGION="us-east-1",
@@ -336,6 +339,7 @@ def test_an_asynchronous_stage_queues_each_image_and_the_rows_say_where(photos, 
     finally:
         if api is not None:
             api.stop()
+        outputs.stop()
         moto.stop()
     assert [path for path, _ in proxy.requests] == ["/predict/batch"] + ["/predict/image"] * 3
     rows = csv_rows(results)
