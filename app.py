@@ -5,6 +5,7 @@ from chalice import Chalice, Response
 from chalicelib import batch_request, image_request, observability
 from chalicelib.errors import answers_errors, lambda_error, reshape_chalice_error
 from chalicelib.health import health_answer
+from chalicelib.image import MEDIA_TYPES
 from chalicelib.openapi import describe_api, stage_base_path
 from chalicelib.settings import api_key_required, get_settings
 from chalicelib.webpage import render_page
@@ -13,7 +14,7 @@ app = Chalice(app_name="dogbreeds")
 # Routes that pass KEYED need an API key on stages that set API_KEY_REQUIRED (prod); a public route omits it.
 KEYED = api_key_required()
 
-IMAGE_CONTENT_TYPES = ["image/jpeg", "image/png", "image/webp", "image/gif", "application/octet-stream"]
+IMAGE_CONTENT_TYPES = [*MEDIA_TYPES, "application/octet-stream"]
 # API Gateway passes these bodies to the Lambda base64-encoded instead of mangling them as text.
 for content_type in IMAGE_CONTENT_TYPES:
     if content_type not in app.api.binary_types:

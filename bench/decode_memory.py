@@ -81,6 +81,18 @@ def _png_16bit(size: tuple[int, int], channels: int) -> bytes:
     )
 
 
+def _heic(size: tuple[int, int]) -> bytes:
+    """A HEIC as a phone writes it, through libheif's x265 encoder (pillow-heif; the Lambda's pi-heif only
+    decodes), at its fastest preset: the file is the case, not how well it is compressed."""
+    import pillow_heif
+
+    buffer = io.BytesIO()
+    pillow_heif.from_pillow(_gradient("RGB", size)).save(
+        buffer, format="HEIF", quality=80, enc_params={"preset": "ultrafast"}
+    )
+    return buffer.getvalue()
+
+
 def _palette_with_transparency(size):
     image = _gradient("P", size)
     return _saved(image, "PNG", transparency=0)
@@ -106,6 +118,9 @@ CASES: dict[str, tuple[str, Callable[[tuple[int, int]], bytes]]] = {
     "webp": ("WEBP", lambda size: _saved(_gradient("RGB", size), "WEBP", quality=80, method=0)),
     "webp-alpha": ("WEBP", lambda size: _saved(_gradient("RGBA", size), "WEBP", quality=80, method=0)),
     "gif": ("GIF", lambda size: _saved(_gradient("P", size), "GIF")),
+    "heic": ("HEIF", _heic),
+    "avif": ("AVIF", lambda size: _saved(_gradient("RGB", size), "AVIF", quality=70, speed=10)),
+    "avif-alpha": ("AVIF", lambda size: _saved(_gradient("RGBA", size), "AVIF", quality=70, speed=10)),
 }
 
 

@@ -6,14 +6,32 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import pi_heif
 from PIL import Image, UnidentifiedImageError
 
+from chalicelib.coded_size import UnreadableHeader, coded_sizes
 from chalicelib.errors import ImageTooElongated, ModelPayloadTooLarge, TooManyPixels, UnsupportedImage
 from chalicelib.settings import MAX_ASPECT_RATIO, MAX_ENDPOINT_BODY_BYTES, MAX_PIXELS_BY_FORMAT
 
+# HEIC/HEIF (the iPhone camera's format) is read by libheif through pi-heif; Pillow reads AVIF itself. Only
+# the main picture: its thumbnails, depth maps and auxiliary images would be parsed for nothing. libheif
+# turns a HEIF picture by the file's own rotation and mirroring (irot, imir) and pi-heif then sets the EXIF
+# orientation to 1, so the picture is never turned twice; Pillow reports AVIF's irot/imir as that orientation.
+pi_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+
 # Pillow tries only these decoders; MPO is what Pillow calls the JPEGs that some cameras write with a preview.
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "HEIF", "AVIF")
+# Their media types, as the upload route takes them and a refusal names them; the format is always told from
+# the bytes, never from the Content-Type.
+MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/heic", "image/heif", "image/avif")
 _OPENED_FORMATS = (*ALLOWED_FORMATS, "MPO")
+# HEIF and AVIF files (ISO base media files) begin with this box, after its length.
+_ISO_MEDIA_BOX = b"ftyp"
+# Formats whose header size is a claim the decoder does not keep to (chalicelib/coded_size.py).
+_CODED_FORMATS = ("HEIF", "AVIF")
+# HEVC codes a picture in whole blocks of up to 64 pixels a side, so its coded size may pass the shown one by
+# less than this.
+_CODING_BLOCK = 64
 # EXIF orientations that turn the picture a quarter, so width and height swap.
 _QUARTER_TURNS = (5, 6, 7, 8)
 _ORIENTATION_TAG = 0x0112
@@ -120,12 +138,21 @@ def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as error:
         raise TooManyPixels(f"the image has too many pixels; the limit is {max_pixels:,}") from error
     except UnidentifiedImageError as error:
-        allowed = ", ".join(ALLOWED_FORMATS)
-        raise UnsupportedImage(f"not an image in an accepted format ({allowed})") from error
+        if data[4:8] == _ISO_MEDIA_BOX:
+            # libheif and libavif refuse a damaged file while reading its boxes, so Pillow cannot tell it
+            # apart from another format; its first box tells it is one of these.
+            raise UnsupportedImage(
+                "the HEIC/AVIF image cannot be read: it is damaged, truncated or holds no picture"
+            ) from error
+        raise UnsupportedImage(
+            f"not an image in an accepted format: send one of {', '.join(MEDIA_TYPES)}"
+        ) from error
     except (OSError, SyntaxError, ValueError) as error:
         raise UnsupportedImage(f"the image cannot be read: {error}") from error
     if image.format not in _OPENED_FORMATS:
-        raise UnsupportedImage(f"{image.format} images are not accepted")
+        raise UnsupportedImage(
+            f"{image.format} images are not accepted: send one of {', '.join(MEDIA_TYPES)}"
+        )
     width, height = image.size
     limit = min(max_pixels, MAX_PIXELS_BY_FORMAT.get(image.format, max_pixels))
     if width * height > limit:
@@ -138,7 +165,26 @@ def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
             f"the image is {width}x{height} pixels; its longer side may be at most {MAX_ASPECT_RATIO} times"
             " its shorter side"
         )
+    if image.format in _CODED_FORMATS:
+        _check_coded_sizes(data, width, height)
     return image
+
+
+def _check_coded_sizes(data: bytes, width: int, height: int) -> None:
+    """Refuse a HEIF/AVIF file any of whose coded pictures is larger than the size its header shows (either
+    way round: HEIF's is shown turned, AVIF's as stored). Raises UnsupportedImage or TooManyPixels."""
+    try:
+        sizes = coded_sizes(data)
+    except UnreadableHeader as error:
+        raise UnsupportedImage(f"the HEIC/AVIF image cannot be read: {error}") from error
+    for coded in sizes:
+        if not any(
+            coded[0] < shown[0] + _CODING_BLOCK and coded[1] < shown[1] + _CODING_BLOCK
+            for shown in ((width, height), (height, width))
+        ):
+            raise TooManyPixels(
+                f"the image codes a {coded[0]}x{coded[1]} picture behind the {width}x{height} pixels it shows"
+            )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

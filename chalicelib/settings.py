@@ -34,8 +34,9 @@ MIB = 1024 * 1024
 MAX_UPLOAD_BYTES = 4 * MIB
 MAX_FETCH_BYTES = 16 * MIB
 MAX_PIXELS = 40_000_000
-# Lower caps for formats whose decoding costs more memory per pixel than the rest (bench/decode_memory.py).
-MAX_PIXELS_BY_FORMAT = {"WEBP": 16_000_000}
+# Lower caps for formats whose decoding costs more memory per pixel than the rest (bench/decode_memory.py), so
+# that every format peaks alike. HEIF's still takes a 24 MP photo, the size recent iPhones shoot by default.
+MAX_PIXELS_BY_FORMAT = {"WEBP": 16_000_000, "HEIF": 32_000_000, "AVIF": 20_000_000}
 # The longer side may be at most this many times the shorter. The model scales the shorter side to its resize
 # size, so without this a 65000x1 picture would grow to 17 GB there. The endpoint refuses the same ratio.
 MAX_ASPECT_RATIO = 20

@@ -70,6 +70,11 @@ IMAGE_CONTENT_TYPES = (JPEG, PNG, WEBP, X_IMAGE, OCTET_STREAM)
 CONTENT_TYPES = (*IMAGE_CONTENT_TYPES, JSON)
 ACCEPT_TYPES = (JSON, RECORD_JSON)
 
+# HEIF (HEIC) and AVIF files, ISO base media files, begin with this box after its length. Their headers do not
+# bound the decoding (a coded picture may be far larger than the size they show), so the endpoint takes none:
+# the API converts them, checking what they code first (chalicelib/coded_size.py).
+_ISO_MEDIA_BOX = b"ftyp"
+
 # SageMaker forwards InvokeEndpoint's CustomAttributes verbatim in this header.
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 DEFAULT_TOP_K = 5
@@ -113,6 +118,11 @@ class RequestError(ValueError, _ToolkitError):
 class UnsupportedContentTypeError(RequestError):
     status_code = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
     code = "unsupported_content_type"
+
+
+class UnsupportedImageError(RequestError):
+    status_code = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    code = "unsupported_image"
 
 
 class UnsupportedAcceptError(RequestError):
@@ -437,6 +447,11 @@ def _decode(data: bytes, index: int | None = None) -> Image.Image:
     where = "" if index is None else f"instance {index}: "
     if not data:
         raise RequestError(f"{where}empty image", "empty_image")
+    if data[4:8] == _ISO_MEDIA_BOX:
+        raise UnsupportedImageError(
+            f"{where}HEIC and AVIF images are not decoded here; send a JPEG, PNG, WebP or GIF, or send them "
+            "through the API, which converts them"
+        )
     if (size := _header_size(data)) is not None:
         _check_size(*size, where)
     try:

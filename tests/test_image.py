@@ -10,9 +10,11 @@ import struct
 import zlib
 from pathlib import Path
 
+import pillow_heif
 import pytest
-from PIL import Image, ImageChops
+from PIL import Image, ImageChops, ImageStat
 
+from chalicelib.coded_size import coded_sizes
 from chalicelib.errors import ImageTooElongated, ModelPayloadTooLarge, TooManyPixels, UnsupportedImage
 from chalicelib.image import model_size, prepare_image, reduced_rgb, resize_for_model, to_rgb
 from chalicelib.settings import (
@@ -45,6 +47,44 @@ def sent(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(prepare(data).jpeg))
     assert image.format == "JPEG" and image.mode == "RGB"
     return image
+
+
+def heic(image: Image.Image, **options) -> bytes:
+    """`image` as a HEIC, written by libheif (pillow-heif: the API's pi-heif only reads)."""
+    buffer = io.BytesIO()
+    pillow_heif.from_pillow(image).save(buffer, format="HEIF", **options)
+    return buffer.getvalue()
+
+
+def in_format(image: Image.Image, format: str, **options) -> bytes:
+    return heic(image, **options) if format == "HEIF" else encoded(image, format, **options)
+
+
+def as_a_phone_stores_it(upright: Image.Image, format: str) -> bytes:
+    """`upright` as a phone camera held upright writes it: the sensor's pixels, a quarter turn off, with EXIF
+    orientation 6 and the file's own rotation (HEIF's irot box, which AVIF has too) that turn them back."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = in_format(upright.transpose(Image.Transpose.ROTATE_90), format, exif=exif.tobytes())
+    assert b"irot" in data
+    return data
+
+
+def claiming_size(data: bytes, width: int, height: int) -> bytes:
+    """A HEIF or AVIF file whose header (every `ispe` box: the size of the picture) claims width x height;
+    what it holds is unchanged."""
+    patched = bytearray(data)
+    found = 0
+    while (at := patched.find(b"ispe", found)) >= 0:
+        # After the box type: version and flags (4 bytes), then width and height (4 bytes each).
+        struct.pack_into(">II", patched, at + 8, width, height)
+        found = at + 4
+    assert found, "no ispe box"
+    return bytes(patched)
+
+
+def mean_difference(one: Image.Image, other: Image.Image) -> float:
+    return sum(ImageStat.Stat(ImageChops.difference(one, other)).mean) / 3
 
 
 def png(width: int, height: int, bit_depth: int, colour_type: int, pixel_data: bytes) -> bytes:
@@ -98,10 +138,10 @@ def test_resize_keeps_the_aspect_and_the_shorter_side():
     assert resize_for_model(Image.new("RGB", (300, 200)), 256).size == (300, 200)
 
 
-@pytest.mark.parametrize("format", ["JPEG", "PNG", "WEBP", "GIF"])
+@pytest.mark.parametrize("format", ["JPEG", "PNG", "WEBP", "GIF", "HEIF", "AVIF"])
 def test_accepted_formats(format):
     image = Image.new("RGB", (640, 480), (200, 30, 40))
-    picture = sent(encoded(image, format))
+    picture = sent(in_format(image, format))
     assert picture.size == (round(RESIZE * 4 / 3), RESIZE)
     red, green, blue = picture.getpixel((RESIZE // 2, RESIZE // 2))
     assert red > 150 and green < 80 and blue < 90
@@ -128,6 +168,19 @@ def test_exif_orientation_is_applied(stored_width):
         upright.getpixel((side // 2, side // 2))[0] > 200
         and upright.getpixel((side // 2, 3 * side // 2))[0] < 50
     )
+
+
+@pytest.mark.parametrize("format", ["HEIF", "AVIF"])
+def test_a_phone_photo_is_sent_upright_as_its_rotation_says(samples, format):
+    photo = Image.open(samples / "Labrador_retriever_06455.jpg").convert("RGB").resize((640, 448))
+    prepared = prepare(as_a_phone_stores_it(photo, format))
+    assert (prepared.width, prepared.height) == photo.size
+    upright = Image.open(io.BytesIO(prepared.jpeg))
+    assert upright.size == model_size(photo.size, RESIZE)
+    expected = sent(encoded(photo, "JPEG", quality=95))
+    turned_twice = expected.transpose(Image.Transpose.ROTATE_180)
+    # Lossy encodings differ by a few levels; a picture turned once too often or not at all, by far more.
+    assert mean_difference(upright, expected) < 6 < mean_difference(upright, turned_twice)
 
 
 def test_alpha_is_composited_on_white():
@@ -192,6 +245,53 @@ def test_refuses_a_truncated_jpeg(samples):
     data = (samples / "Labrador_retriever_06455.jpg").read_bytes()
     with pytest.raises(UnsupportedImage, match="cannot be decoded"):
         prepare(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("format", ["HEIF", "AVIF"])
+def test_refuses_a_truncated_or_damaged_heic_or_avif(samples, format):
+    data = in_format(Image.open(samples / "Labrador_retriever_06455.jpg"), format)
+    for damaged in (data[: len(data) // 2], data[:100], data[:8] + b"\xff" * (len(data) - 8)):
+        with pytest.raises(UnsupportedImage, match="HEIC/AVIF image cannot be read"):
+            prepare(damaged)
+
+
+@pytest.mark.parametrize("format", ["HEIF", "AVIF"])
+@pytest.mark.parametrize(
+    ("width", "height", "error", "message"),
+    [
+        (9000, 9000, TooManyPixels, "9000x9000"),
+        (6400, 100, ImageTooElongated, "6400x100"),
+    ],
+)
+def test_refuses_a_heic_or_avif_by_its_header_before_decoding(format, width, height, error, message):
+    # The file holds 64 x 64 pixels; only its header claims more. Decoding would fail or give 64 x 64, so
+    # the refusal can only have come from the header.
+    data = claiming_size(in_format(Image.new("RGB", (64, 64), (90, 60, 30)), format), width, height)
+    with pytest.raises(error, match=message):
+        prepare(data)
+
+
+@pytest.mark.parametrize("format", ["HEIF", "AVIF"])
+def test_refuses_a_heic_or_avif_that_codes_more_than_its_header_shows(format):
+    # libheif and libavif would decode the whole coded picture, then crop or scale it to the header's size:
+    # a few KB could hold a 16384 x 16384 picture behind a thumbnail's header.
+    data = claiming_size(in_format(Image.new("RGB", (640, 448), (90, 60, 30)), format), 64, 64)
+    with pytest.raises(TooManyPixels, match="codes a 640x448 picture behind the 64x64 pixels it shows"):
+        prepare(data)
+
+
+@pytest.mark.parametrize("format", ["HEIF", "AVIF"])
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+@pytest.mark.parametrize("size", [(640, 448), (701, 487), (3, 5)])
+def test_the_coded_sizes_are_read_from_the_boxes(format, mode, size):
+    data = in_format(Image.new(mode, size, (90, 60, 30, 128)[: len(mode)]), format)
+    sizes = coded_sizes(data)
+    # The main picture, and its alpha as a picture of its own; HEVC codes in whole blocks.
+    assert len(sizes) == (2 if mode == "RGBA" else 1)
+    for width, height in sizes:
+        assert size[0] <= width < size[0] + 64 and size[1] <= height < size[1] + 64
+        assert (width, height) == size or format == "HEIF"
+    assert prepare(data).width == size[0]
 
 
 def test_refuses_too_many_pixels_before_decoding():
@@ -287,3 +387,19 @@ def test_webp_has_a_lower_pixel_cap_than_the_rest():
         prepare(encoded(Image.new("RGB", (side - 2, side - 2)), "WEBP", quality=10, method=0)).width
         == side - 2
     )
+
+
+@pytest.mark.parametrize(
+    ("format", "photo_pixels"),
+    # The photos of recent iPhones (24 MP HEIC by default) and of 12 MP phone cameras.
+    [("HEIF", 5712 * 4284), ("AVIF", 4000 * 3000)],
+)
+def test_heic_and_avif_have_their_own_pixel_caps(format, photo_pixels):
+    # libheif and libavif decode into buffers of their own that Pillow then copies (bench/decode_memory.py).
+    cap = MAX_PIXELS_BY_FORMAT[format]
+    assert cap < MAX_PIXELS
+    side = math.isqrt(cap) + 1
+    small = in_format(Image.new("RGB", (64, 64), (10, 200, 30)), format)
+    with pytest.raises(TooManyPixels, match=f"{side}x{side} pixels; the limit for {format} images"):
+        prepare(claiming_size(small, side, side))
+    assert photo_pixels <= cap

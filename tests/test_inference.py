@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import DEFAULT_MODEL, PROJECT
 from PIL import Image
+from test_image import claiming_size, in_format
 
 from classifier import graph
 from classifier.model import ONNX_FILE, load_model, read_config
@@ -148,6 +149,22 @@ def test_every_image_content_type_is_accepted(predictor, labrador, content_type)
     assert classify(predictor, labrador, f"{content_type}; charset=binary")["predictions"][0]["label"] == (
         "Labrador_retriever"
     )
+
+
+@pytest.mark.parametrize("format", ["HEIF", "AVIF"])
+def test_heic_and_avif_are_refused_before_decoding_with_where_they_are_taken(format, labrador):
+    # Their headers do not bound the decoding: this one shows 64 x 64 and codes 640 x 448. The API checks what
+    # they code and converts them; the endpoint takes none.
+    data = claiming_size(in_format(Image.new("RGB", (640, 448), (90, 60, 30)), format), 64, 64)
+    with pytest.raises(inference.RequestError, match="HEIC and AVIF .* through the API") as raised:
+        inference.input_fn(data, inference.OCTET_STREAM)
+    assert (raised.value.status_code, raised.value.code) == (415, "unsupported_image")
+    # In a batch that asks for errors in place, the others keep their answers.
+    instances = [{"b64": base64.b64encode(image).decode()} for image in (data, labrador)]
+    body = json.dumps({"instances": instances})
+    images = inference.input_fn(body, inference.JSON, asking_for_errors_in_place()).images
+    assert images[0].as_answer()["error"]["code"] == "unsupported_image"
+    assert isinstance(images[1], Image.Image)
 
 
 def test_json_batch_answers_a_list_in_order(predictor, labrador, spaniel):
