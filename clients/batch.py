@@ -10,7 +10,8 @@ request. Results are rows of CSV or JSON lines:
 
     key, label, breed, probability, is_dog, dog_probability, error, message
 
-(`key` is the path under the folder or the URL; `error` is a code such as `unreadable_image`). A re-run
+(`key` is the path under the folder or the URL; `error` is a code such as `unreadable_image`). HEIC and
+AVIF photos go through the API, which converts them; the endpoint answers them `unsupported_image`. A re-run
 with the same output skips what it already classified and tries the failures again. At the end it prints
 a summary (images, per-breed counts, not-a-dog count, failures by reason) and exits 1 if any image failed.
 
