@@ -11,7 +11,12 @@ from PIL import Image, UnidentifiedImageError
 
 from chalicelib.coded_size import UnreadableHeader, coded_sizes
 from chalicelib.errors import ImageTooElongated, ModelPayloadTooLarge, TooManyPixels, UnsupportedImage
-from chalicelib.settings import MAX_ASPECT_RATIO, MAX_ENDPOINT_BODY_BYTES, MAX_PIXELS_BY_FORMAT
+from chalicelib.settings import (
+    IMAGE_MEDIA_TYPES,
+    MAX_ASPECT_RATIO,
+    MAX_ENDPOINT_BODY_BYTES,
+    MAX_PIXELS_BY_FORMAT,
+)
 
 # HEIC/HEIF (the iPhone camera's format) is read by libheif through pi-heif; Pillow reads AVIF itself. Only
 # the main picture: its thumbnails, depth maps and auxiliary images would be parsed for nothing. libheif
@@ -21,9 +26,6 @@ pi_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=Fa
 
 # Pillow tries only these decoders; MPO is what Pillow calls the JPEGs that some cameras write with a preview.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "HEIF", "AVIF")
-# Their media types, as the upload route takes them and a refusal names them; the format is always told from
-# the bytes, never from the Content-Type.
-MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/heic", "image/heif", "image/avif")
 _OPENED_FORMATS = (*ALLOWED_FORMATS, "MPO")
 # HEIF and AVIF files (ISO base media files) begin with this box, after its length.
 _ISO_MEDIA_BOX = b"ftyp"
@@ -145,13 +147,13 @@ def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
                 "the HEIC/AVIF image cannot be read: it is damaged, truncated or holds no picture"
             ) from error
         raise UnsupportedImage(
-            f"not an image in an accepted format: send one of {', '.join(MEDIA_TYPES)}"
+            f"not an image in an accepted format: send one of {', '.join(IMAGE_MEDIA_TYPES)}"
         ) from error
     except (OSError, SyntaxError, ValueError) as error:
         raise UnsupportedImage(f"the image cannot be read: {error}") from error
     if image.format not in _OPENED_FORMATS:
         raise UnsupportedImage(
-            f"{image.format} images are not accepted: send one of {', '.join(MEDIA_TYPES)}"
+            f"{image.format} images are not accepted: send one of {', '.join(IMAGE_MEDIA_TYPES)}"
         )
     width, height = image.size
     limit = min(max_pixels, MAX_PIXELS_BY_FORMAT.get(image.format, max_pixels))

@@ -10,9 +10,9 @@ from typing import Any
 
 from chalicelib import errors, schema
 from chalicelib.gateway_responses import BODY_RESPONSE_TYPES, GATEWAY_RESPONSES, KEY_RESPONSE_TYPES
-from chalicelib.image import MEDIA_TYPES
 from chalicelib.settings import (
     DEFAULT_TOP_K,
+    IMAGE_MEDIA_TYPES,
     MAX_ASPECT_RATIO,
     MAX_BATCH_ITEMS,
     MAX_PIXELS,
@@ -25,7 +25,7 @@ OPENAPI_VERSION = "3.1.0"
 API_KEY_HEADER = "x-api-key"
 # What every image must be, however it comes.
 IMAGE_RULES = (
-    f"Accepted formats: {', '.join(MEDIA_TYPES)}, told from the bytes (415 otherwise). "
+    f"Accepted formats: {', '.join(IMAGE_MEDIA_TYPES)}, told from the bytes (415 otherwise). "
     f"At most {MAX_PIXELS:,} pixels ("
     + ", ".join(f"{format} {pixels:,}" for format, pixels in MAX_PIXELS_BY_FORMAT.items())
     + f"), the longer side at most {MAX_ASPECT_RATIO} times the shorter (422 otherwise). EXIF orientation "
