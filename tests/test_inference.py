@@ -157,12 +157,12 @@ def test_heic_and_avif_are_refused_before_decoding_with_where_they_are_taken(for
     # they code and converts them; the endpoint takes none.
     data = claiming_size(in_format(Image.new("RGB", (640, 448), (90, 60, 30)), format), 64, 64)
     with pytest.raises(inference.RequestError, match="HEIC and AVIF .* through the API") as raised:
-        inference.input_fn(data, inference.OCTET_STREAM)
+        inference.input_fn(data, contract.OCTET_STREAM)
     assert (raised.value.status_code, raised.value.code) == (415, "unsupported_image")
     # In a batch that asks for errors in place, the others keep their answers.
     instances = [{"b64": base64.b64encode(image).decode()} for image in (data, labrador)]
     body = json.dumps({"instances": instances})
-    images = inference.input_fn(body, inference.JSON, asking_for_errors_in_place()).images
+    images = inference.input_fn(body, contract.JSON, asking_for_errors_in_place()).images
     assert images[0].as_answer()["error"]["code"] == "unsupported_image"
     assert isinstance(images[1], Image.Image)
 
