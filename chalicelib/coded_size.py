@@ -5,6 +5,10 @@ A HEIF/AVIF header's size (the `ispe` box) is only a claim: libheif and libavif 
 thus hold a 16384 x 16384 frame behind a 400 x 400 header, and decoding it costs gigabytes. The stream's
 size sits in its sequence parameters: an HEVC picture's in the SPS of its `hvcC` box, an AV1 picture's in the
 sequence header OBU that starts its item's data (found through `iinf` and `iloc`).
+
+Reading the items also refuses an item description that is not text: pi-heif turns the item types and
+content types it reads into Python strings without checking them, and crashes the process on one that is
+not UTF-8. So this runs before the file is opened at all.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ def coded_sizes(data: bytes) -> list[tuple[int, int]]:
                 raise UnreadableHeader(f"pictures coded as {kind.decode('latin-1')} are not taken")
             if kind == b"hvcC":
                 sizes.append(_hevc_size(data[start:end]))
-        sizes.extend(_av1_sizes(data, meta_start, meta_end))
+        item_types = _item_types(data, meta_start, meta_end)
+        sizes.extend(_av1_sizes(data, meta_start, meta_end, item_types))
     except (struct.error, IndexError) as error:
         raise UnreadableHeader("the boxes end early") from error
     if not sizes:
@@ -152,24 +157,50 @@ def _sps_size(nal: bytes) -> tuple[int, int]:
     return bits.exp_golomb(), bits.exp_golomb()
 
 
-# --- AV1 ---
+# --- items ---
 
 
-def _av1_sizes(data: bytes, meta_start: int, meta_end: int) -> list[tuple[int, int]]:
-    """The max_frame_width/height of the sequence header that starts each `av01` item's data."""
+def _item_types(data: bytes, meta_start: int, meta_end: int) -> dict[int, bytes]:
+    """Item id -> item type, from `iinf`; raises UnreadableHeader for a type, name or content type that is
+    not text."""
     iinf = _child(data, meta_start, meta_end, b"iinf")
     if iinf is None:
-        return []
-    av1_items = set()
+        raise UnreadableHeader("no item information")
+    types = {}
     version = data[iinf[0]]
     first = iinf[0] + 4 + (2 if version == 0 else 4)  # version, flags, entry count
-    for kind, start, _ in _boxes(data, first, iinf[1]):
+    for kind, start, end in _boxes(data, first, iinf[1]):
         if kind != b"infe" or data[start] < 2:
             continue
         id_size = 2 if data[start] == 2 else 4
         item_id = int.from_bytes(data[start + 4 : start + 4 + id_size], "big")
-        if data[start + 4 + id_size + 2 : start + 4 + id_size + 6] == b"av01":
-            av1_items.add(item_id)
+        type_at = start + 4 + id_size + 2  # after the protection index
+        item_type = data[type_at : type_at + 4]
+        # The name, then (for "mime" and "uri " items) content type, encoding or URI: nul-ended strings.
+        texts = data[type_at + 4 : end].split(b"\0")
+        if not all(32 <= byte < 127 for byte in item_type) or not _all_utf8(texts):
+            raise UnreadableHeader("an item described by bytes that are not text")
+        types[item_id] = item_type
+    return types
+
+
+def _all_utf8(texts: list[bytes]) -> bool:
+    try:
+        for text in texts:
+            text.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+# --- AV1 ---
+
+
+def _av1_sizes(
+    data: bytes, meta_start: int, meta_end: int, item_types: dict[int, bytes]
+) -> list[tuple[int, int]]:
+    """The max_frame_width/height of the sequence header that starts each `av01` item's data."""
+    av1_items = {item_id for item_id, item_type in item_types.items() if item_type == b"av01"}
     if not av1_items:
         return []
     locations = _item_locations(data, meta_start, meta_end)
@@ -187,7 +218,7 @@ def _item_locations(data: bytes, meta_start: int, meta_end: int) -> dict[int, by
     idat = _child(data, meta_start, meta_end, b"idat")
     if iloc is None:
         raise UnreadableHeader("no item locations")
-    position = iloc[0]
+    position, end = iloc
     version = data[position]
     position += 4
     offset_size, length_size = data[position] >> 4, data[position] & 15
@@ -199,6 +230,9 @@ def _item_locations(data: bytes, meta_start: int, meta_end: int) -> dict[int, by
 
     def number(size: int) -> int:
         nonlocal position
+        # Past the box's end is a malformed count, which would otherwise loop on zeros.
+        if position + size > end:
+            raise UnreadableHeader("the item locations end early")
         value = int.from_bytes(data[position : position + size], "big")
         position += size
         return value

@@ -27,10 +27,11 @@ pi_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=Fa
 # Pillow tries only these decoders; MPO is what Pillow calls the JPEGs that some cameras write with a preview.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "HEIF", "AVIF")
 _OPENED_FORMATS = (*ALLOWED_FORMATS, "MPO")
+# What decoding a malformed file raises: Pillow's own decoders the first three, the bindings of libheif
+# (pi-heif) and libavif (Pillow's AVIF plugin) also EOFError and RuntimeError.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, RuntimeError)
 # HEIF and AVIF files (ISO base media files) begin with this box, after its length.
 _ISO_MEDIA_BOX = b"ftyp"
-# Formats whose header size is a claim the decoder does not keep to (chalicelib/coded_size.py).
-_CODED_FORMATS = ("HEIF", "AVIF")
 # HEVC codes a picture in whole blocks of up to 64 pixels a side, so its coded size may pass the shown one by
 # less than this.
 _CODING_BLOCK = 64
@@ -100,7 +101,7 @@ def prepare_image(
             image.draft("RGB", (resize_size, resize_size))
         image.load()
         image = reduced_rgb(image, resize_size)
-    except (OSError, SyntaxError, ValueError) as error:
+    except _DECODE_ERRORS as error:
         raise UnsupportedImage(f"the image cannot be decoded: {error}") from error
     if orientation in _TRANSPOSES:
         image = image.transpose(_TRANSPOSES[orientation])
@@ -132,6 +133,13 @@ def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
     """
     if not data:
         raise UnsupportedImage("the image is empty")
+    coded = None
+    if data[4:8] == _ISO_MEDIA_BOX:
+        # Before opening it: pi-heif crashes the process on some malformed item descriptions.
+        try:
+            coded = coded_sizes(data)
+        except UnreadableHeader as error:
+            raise UnsupportedImage(f"the HEIC/AVIF image cannot be read: {error}") from error
     try:
         with warnings.catch_warnings():
             # Between Pillow's two bomb limits it only warns; our own cap below is lower and answers instead.
@@ -149,7 +157,7 @@ def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
         raise UnsupportedImage(
             f"not an image in an accepted format: send one of {', '.join(IMAGE_MEDIA_TYPES)}"
         ) from error
-    except (OSError, SyntaxError, ValueError) as error:
+    except _DECODE_ERRORS as error:
         raise UnsupportedImage(f"the image cannot be read: {error}") from error
     if image.format not in _OPENED_FORMATS:
         raise UnsupportedImage(
@@ -167,18 +175,14 @@ def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
             f"the image is {width}x{height} pixels; its longer side may be at most {MAX_ASPECT_RATIO} times"
             " its shorter side"
         )
-    if image.format in _CODED_FORMATS:
-        _check_coded_sizes(data, width, height)
+    if coded is not None:
+        _check_coded_sizes(coded, width, height)
     return image
 
 
-def _check_coded_sizes(data: bytes, width: int, height: int) -> None:
+def _check_coded_sizes(sizes: list[tuple[int, int]], width: int, height: int) -> None:
     """Refuse a HEIF/AVIF file any of whose coded pictures is larger than the size its header shows (either
-    way round: HEIF's is shown turned, AVIF's as stored). Raises UnsupportedImage or TooManyPixels."""
-    try:
-        sizes = coded_sizes(data)
-    except UnreadableHeader as error:
-        raise UnsupportedImage(f"the HEIC/AVIF image cannot be read: {error}") from error
+    way round: HEIF's is shown turned, AVIF's as stored). Raises TooManyPixels."""
     for coded in sizes:
         if not any(
             coded[0] < shown[0] + _CODING_BLOCK and coded[1] < shown[1] + _CODING_BLOCK
@@ -248,5 +252,5 @@ def reduced_rgb(image: Image.Image, resize_size: int) -> Image.Image:
 def _orientation(image: Image.Image) -> int:
     try:
         return int(image.getexif().get(_ORIENTATION_TAG, 1))
-    except (OSError, SyntaxError, ValueError, TypeError):
+    except (*_DECODE_ERRORS, TypeError):
         return 1

@@ -481,6 +481,8 @@ def _check_size(width: int, height: int, where: str) -> None:
 
 def _header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the image header, without decoding; None when unreadable (decoding says why)."""
+    if data[4:8] == _ISO_MEDIA_BOX:
+        return None  # not even opened: decoding refuses it (and Pillow's AVIF reader raises RuntimeError)
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.size

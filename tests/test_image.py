@@ -403,3 +403,33 @@ def test_heic_and_avif_have_their_own_pixel_caps(format, photo_pixels):
     with pytest.raises(TooManyPixels, match=f"{side}x{side} pixels; the limit for {format} images"):
         prepare(claiming_size(small, side, side))
     assert photo_pixels <= cap
+
+
+def test_a_heic_whose_item_type_is_not_text_is_refused_before_pi_heif_reads_it():
+    # pi-heif 1.0.0 turns item types into Python strings unchecked: this one, opened, crashed the process.
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    data = heic(Image.new("RGB", (64, 64), (90, 60, 30)), exif=exif.tobytes())
+    assert data.index(b"Exif") < data.index(b"mdat")  # the first is the item's type, in the header
+    with pytest.raises(UnsupportedImage, match="not text"):
+        prepare(data.replace(b"Exif", b"\xc2xif", 1))
+
+
+@pytest.mark.parametrize("format", ["HEIF", "AVIF"])
+def test_damaged_heic_and_avif_headers_get_a_clear_refusal(samples, format):
+    # Bytes of the header (the boxes before the coded pictures) changed at random: whatever they then say,
+    # the answer is one of the API's errors, never another exception.
+    data = in_format(Image.open(samples / "Labrador_retriever_06455.jpg"), format)
+    header = data.find(b"mdat") if b"mdat" in data else 600
+    generator = random.Random(20)
+    outcomes = set()
+    for _ in range(150):
+        damaged = bytearray(data)
+        for _ in range(generator.randint(1, 4)):
+            damaged[generator.randrange(8, header)] = generator.randrange(256)
+        try:
+            prepare(bytes(damaged))
+            outcomes.add("accepted")
+        except (UnsupportedImage, TooManyPixels, ImageTooElongated) as error:
+            outcomes.add(type(error).__name__)
+    assert "UnsupportedImage" in outcomes

@@ -167,6 +167,18 @@ def test_heic_and_avif_are_refused_before_decoding_with_where_they_are_taken(for
     assert isinstance(images[1], Image.Image)
 
 
+def test_a_damaged_avif_is_refused_not_a_500():
+    # Its primary item is one it does not have: Pillow's own AVIF reader raises RuntimeError on opening it.
+    damaged = bytearray(in_format(Image.new("RGB", (64, 64)), "AVIF"))
+    at = damaged.index(b"pitm")
+    damaged[at + 8 : at + 10] = (99).to_bytes(2, "big")  # after the box's version and flags
+    with pytest.raises(inference.UnsupportedImageError):
+        inference.input_fn(bytes(damaged), contract.OCTET_STREAM)
+    body = json.dumps({"instances": [{"b64": base64.b64encode(damaged).decode()}]})
+    with pytest.raises(inference.UnsupportedImageError, match="instance 0: "):
+        inference.input_fn(body, contract.JSON)
+
+
 def test_json_batch_answers_a_list_in_order(predictor, labrador, spaniel):
     body = json.dumps(
         {"instances": [{"b64": base64.b64encode(image).decode()} for image in (spaniel, labrador, spaniel)]}
