@@ -26,10 +26,16 @@ class UnreadableHeader(ValueError):
     """The file's boxes cannot be read, or hold a picture whose coded size cannot be told."""
 
 
+class UnsupportedCoding(UnreadableHeader):
+    """A picture coded otherwise than as HEVC or AV1 (AVC, VVC, JPEG, uncompressed...), whose size this module
+    cannot tell and which the API does not take."""
+
+
 def coded_sizes(data: bytes) -> list[tuple[int, int]]:
     """(width, height) of every HEVC and AV1 picture the file codes: the main picture, its tiles, its alpha.
 
-    Raises UnreadableHeader when the boxes are malformed, name no such picture, or use another coding.
+    Raises UnsupportedCoding for a picture of another coding, UnreadableHeader when the boxes are malformed
+    or name no HEVC or AV1 picture.
     """
     try:
         meta = _child(data, 0, len(data), b"meta")
@@ -43,7 +49,7 @@ def coded_sizes(data: bytes) -> list[tuple[int, int]]:
         sizes = []
         for kind, start, end in _boxes(data, *ipco):
             if kind in _OTHER_CODINGS:
-                raise UnreadableHeader(f"pictures coded as {kind.decode('latin-1')} are not taken")
+                raise UnsupportedCoding(f"HEIF pictures coded as {kind.decode('latin-1')} are not accepted")
             if kind == b"hvcC":
                 sizes.append(_hevc_size(data[start:end]))
         item_types = _item_types(data, meta_start, meta_end)

@@ -9,10 +9,16 @@ from dataclasses import dataclass
 import pi_heif
 from PIL import Image, UnidentifiedImageError
 
-from chalicelib.coded_size import UnreadableHeader, coded_sizes
-from chalicelib.errors import ImageTooElongated, ModelPayloadTooLarge, TooManyPixels, UnsupportedImage
+from chalicelib.coded_size import UnreadableHeader, UnsupportedCoding, coded_sizes
+from chalicelib.errors import (
+    EmptyImage,
+    ImageTooElongated,
+    ModelPayloadTooLarge,
+    TooManyPixels,
+    UnreadableImage,
+    UnsupportedImage,
+)
 from chalicelib.settings import (
-    IMAGE_MEDIA_TYPES,
     MAX_ASPECT_RATIO,
     MAX_ENDPOINT_BODY_BYTES,
     MAX_PIXELS_BY_FORMAT,
@@ -26,6 +32,7 @@ pi_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=Fa
 
 # Pillow tries only these decoders; MPO is what Pillow calls the JPEGs that some cameras write with a preview.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "HEIF", "AVIF")
+_SEND_ALLOWED = f"send one of {', '.join(ALLOWED_FORMATS)}"
 _OPENED_FORMATS = (*ALLOWED_FORMATS, "MPO")
 # What decoding a malformed file raises: Pillow's own decoders the first three, the bindings of libheif
 # (pi-heif) and libavif (Pillow's AVIF plugin) also EOFError and RuntimeError.
@@ -78,9 +85,9 @@ def prepare_image(
 
     What is sent is bounded whatever comes in: its shorter side is at most `resize_size`, its longer side at
     most MAX_ASPECT_RATIO times that, and its size at most `max_bytes` (a lower JPEG quality first, then a
-    refusal). `width`/`height` are the photo's own, upright. Raises UnsupportedImage (empty, not an image, a
-    format outside ALLOWED_FORMATS, or undecodable such as a truncated file), TooManyPixels (over
-    `max_pixels` or its format's cap), ImageTooElongated and ModelPayloadTooLarge.
+    refusal). `width`/`height` are the photo's own, upright. Raises EmptyImage, UnreadableImage (not an
+    image, or undecodable such as a truncated file), UnsupportedImage (a format outside ALLOWED_FORMATS),
+    TooManyPixels (over `max_pixels` or its format's cap), ImageTooElongated and ModelPayloadTooLarge.
     """
     image = open_checked(data, max_pixels=max_pixels)
     width, height = image.size
@@ -102,7 +109,7 @@ def prepare_image(
         image.load()
         image = reduced_rgb(image, resize_size)
     except _DECODE_ERRORS as error:
-        raise UnsupportedImage(f"the image cannot be decoded: {error}") from error
+        raise UnreadableImage(f"the image cannot be decoded ({error}); {_SEND_ALLOWED}") from error
     if orientation in _TRANSPOSES:
         image = image.transpose(_TRANSPOSES[orientation])
     image = resize_for_model(image, resize_size)
@@ -129,17 +136,20 @@ def _encoded(image: Image.Image, quality: int, max_bytes: int) -> bytes:
 def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
     """The image's first frame, opened (headers read, pixels not yet decoded) and within `max_pixels`.
 
-    Raises UnsupportedImage or TooManyPixels.
+    Raises EmptyImage, UnreadableImage (not an image), UnsupportedImage (an image in another format),
+    TooManyPixels or ImageTooElongated.
     """
     if not data:
-        raise UnsupportedImage("the image is empty")
+        raise EmptyImage("the image is empty (0 bytes)")
     coded = None
     if data[4:8] == _ISO_MEDIA_BOX:
         # Before opening it: pi-heif crashes the process on some malformed item descriptions.
         try:
             coded = coded_sizes(data)
+        except UnsupportedCoding as error:
+            raise UnsupportedImage(f"{error}; {_SEND_ALLOWED}") from error
         except UnreadableHeader as error:
-            raise UnsupportedImage(f"the HEIC/AVIF image cannot be read: {error}") from error
+            raise UnreadableImage(f"the HEIC/AVIF image cannot be read ({error}); {_SEND_ALLOWED}") from error
     try:
         with warnings.catch_warnings():
             # Between Pillow's two bomb limits it only warns; our own cap below is lower and answers instead.
@@ -151,25 +161,25 @@ def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
         if data[4:8] == _ISO_MEDIA_BOX:
             # libheif and libavif refuse a damaged file while reading its boxes, so Pillow cannot tell it
             # apart from another format; its first box tells it is one of these.
-            raise UnsupportedImage(
-                "the HEIC/AVIF image cannot be read: it is damaged, truncated or holds no picture"
+            raise UnreadableImage(
+                "the HEIC/AVIF image cannot be read: it is damaged, truncated or holds no picture; "
+                f"{_SEND_ALLOWED}"
             ) from error
-        raise UnsupportedImage(
-            f"not an image in an accepted format: send one of {', '.join(IMAGE_MEDIA_TYPES)}"
-        ) from error
+        other_format = _other_format(data)
+        if other_format:
+            raise UnsupportedImage(f"{other_format} images are not accepted; {_SEND_ALLOWED}") from error
+        raise UnreadableImage(f"cannot decode the image; {_SEND_ALLOWED}") from error
     except _DECODE_ERRORS as error:
-        raise UnsupportedImage(f"the image cannot be read: {error}") from error
+        raise UnreadableImage(f"the image cannot be read ({error}); {_SEND_ALLOWED}") from error
     if image.format not in _OPENED_FORMATS:
-        raise UnsupportedImage(
-            f"{image.format} images are not accepted: send one of {', '.join(IMAGE_MEDIA_TYPES)}"
-        )
+        raise UnsupportedImage(f"{image.format} images are not accepted; {_SEND_ALLOWED}")
     width, height = image.size
     limit = min(max_pixels, MAX_PIXELS_BY_FORMAT.get(image.format, max_pixels))
     if width * height > limit:
         kind = "" if limit == max_pixels else f"{image.format} "
         raise TooManyPixels(f"the image is {width}x{height} pixels; the limit for {kind}images is {limit:,}")
     if width == 0 or height == 0:
-        raise UnsupportedImage("the image has no pixels")
+        raise UnreadableImage("the image has no pixels")
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
         raise ImageTooElongated(
             f"the image is {width}x{height} pixels; its longer side may be at most {MAX_ASPECT_RATIO} times"
@@ -191,6 +201,18 @@ def _check_coded_sizes(sizes: list[tuple[int, int]], width: int, height: int) ->
             raise TooManyPixels(
                 f"the image codes a {coded[0]}x{coded[1]} picture behind the {width}x{height} pixels it shows"
             )
+
+
+def _other_format(data: bytes) -> str | None:
+    """The name of the image format Pillow sees in `data` beyond ALLOWED_FORMATS (headers only), or None:
+    a picture in a format we refuse is a 415, bytes that are no picture at all a 400, as on the endpoint."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                return image.format
+    except Exception:  # noqa: BLE001 - any plugin's failure to read a header means: not an image it knows
+        return None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

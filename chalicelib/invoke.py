@@ -23,13 +23,15 @@ from botocore.exceptions import (
 
 from chalicelib.errors import (
     BadModelAnswer,
+    BreedsNotServed,
     EndpointTimeout,
     EndpointUnavailable,
     ModelFailed,
     ModelPayloadTooLarge,
 )
-from chalicelib.schema import SchemaMismatch, validate_answer
+from chalicelib.schema import SchemaMismatch, validate_answer, validate_breeds
 from chalicelib.settings import (
+    BREEDS_ACCEPT,
     ENDPOINT_CONNECT_TIMEOUT_S,
     ENDPOINT_MAX_ATTEMPTS,
     ENDPOINT_READ_TIMEOUT_S,
@@ -74,7 +76,8 @@ def invoke_model(
     """The endpoint's answer for one JPEG, checked against ANSWER_SCHEMA (chalicelib/schema.py).
 
     Raises ModelFailed (the model container failed on it), BadModelAnswer (it answered, but not with an
-    answer), EndpointUnavailable (unreachable, unknown, throttled or shedding load, after botocore's retries),
+    answer), EndpointUnavailable (unreachable, unknown, throttled, shedding load or closing the connection
+    before answering, after botocore's retries),
     EndpointTimeout (no answer in time) and ModelPayloadTooLarge (the endpoint refused the body's size).
     """
     attributes = _custom_attributes(top_k, min_confidence)
@@ -113,26 +116,52 @@ def invoke_model_batch(
         raise BadModelAnswer(f"the endpoint's answer does not match the response schema: {error}") from error
 
 
+def model_breeds(endpoint_name: str) -> dict[str, Any]:
+    """The endpoint's model breeds and the model (BREEDS_SCHEMA), without running the model.
+
+    Raises BreedsNotServed when the endpoint's serving code does not know the request (it takes `{}` for a
+    classification and fails on it), BadModelAnswer for an answer off the schema, and the rest as
+    `invoke_model` does.
+    """
+    try:
+        raw = _invoke(endpoint_name, b"{}", JSON, BREEDS_ACCEPT, "")
+    except ModelFailed as error:
+        raise BreedsNotServed(
+            f"the endpoint {endpoint_name!r} does not list its breeds; its serving code predates GET /breeds"
+        ) from error
+    try:
+        answer = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as error:
+        raise BadModelAnswer("the endpoint answered something that is not valid JSON") from error
+    try:
+        return validate_breeds(answer)
+    except SchemaMismatch as error:
+        raise BadModelAnswer(f"the endpoint's breeds do not match their schema: {error}") from error
+
+
 def _is_error(answer: Any) -> bool:
     return isinstance(answer, dict) and set(answer) == {"error"} and isinstance(answer["error"], dict)
 
 
 def _invoke(endpoint_name: str, body: bytes, content_type: str, accept: str, attributes: str) -> bytes:
     """The body of the endpoint's 200 answer; raises as `invoke_model` does."""
+    arguments = {"CustomAttributes": attributes} if attributes else {}
     try:
         response = runtime_client().invoke_endpoint(
-            EndpointName=endpoint_name,
-            ContentType=content_type,
-            Accept=accept,
-            CustomAttributes=attributes,
-            Body=body,
+            EndpointName=endpoint_name, ContentType=content_type, Accept=accept, Body=body, **arguments
         )
         return response["Body"].read()
     except ReadTimeoutError as error:
         raise EndpointTimeout(f"the endpoint did not answer within {ENDPOINT_READ_TIMEOUT_S:g} s") from error
     except (EndpointConnectionError, ConnectTimeoutError) as error:
         raise EndpointUnavailable(f"the endpoint {endpoint_name!r} cannot be reached") from error
-    except (ConnectionClosedError, IncompleteReadError, ResponseStreamingError) as error:
+    except ConnectionClosedError as error:
+        # Closed or reset before any byte of an answer (botocore has retried it): nothing was answered, so
+        # asking again may well work. bad_model_answer and its alarm stay for answers off the schema.
+        raise EndpointUnavailable(
+            f"the endpoint {endpoint_name!r} closed the connection before answering; try again shortly"
+        ) from error
+    except (IncompleteReadError, ResponseStreamingError) as error:
         # The connection broke mid-answer: what came is not the whole answer.
         raise BadModelAnswer("the endpoint's answer was cut off") from error
     except ClientError as error:

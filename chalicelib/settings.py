@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 MIB = 1024 * 1024
 
@@ -62,6 +63,11 @@ MAX_BATCH_ITEMS = 10
 BATCH_PREPARE_TIMEOUT_S = 8.0
 BATCH_RESIZE_CONCURRENCY = 2
 BATCH_WORST_CASE_S = WORST_CASE_S - FETCH_TOTAL_TIMEOUT_S + BATCH_PREPARE_TIMEOUT_S
+# How long a browser may keep a preflight's answer before asking again (Chromium keeps it at most 2 hours).
+CORS_MAX_AGE_S = 600
+# Answer headers a page of an allowed origin may read beyond the CORS-safelisted ones.
+CORS_EXPOSE_HEADERS = ("Retry-After",)
+
 # What a 503 tells the client to wait before trying again, unless the endpoint said (capped at the second).
 RETRY_AFTER_S = 2
 MAX_RETRY_AFTER_S = 60
@@ -71,6 +77,10 @@ MAX_ENDPOINT_BODY_BYTES = 6_291_456
 # /health checks the endpoint (DescribeEndpoint or /ping, no model call) at most this often per container.
 HEALTH_CACHE_S = 10.0
 HEALTH_TIMEOUT_S = 2.0
+
+# GET /breeds asks the endpoint at most this often per container: the route is public, and a stage's model
+# changes only with a deployment.
+BREEDS_CACHE_S = 300.0
 
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 20
@@ -97,6 +107,8 @@ JSON = "application/json"
 JPEG = "image/jpeg"
 # Asking for it gets an error in the place of each image a batch could not take, instead of failing the batch.
 RECORD_JSON = "application/vnd.dogbreeds.record+json"
+# Asks for the model's breeds (GET /breeds), not a classification; the endpoint reads no body.
+BREEDS_ACCEPT = "application/vnd.dogbreeds.breeds+json"
 
 # How a stage's endpoint is called: InvokeEndpoint (real-time instances, serverless), or the photo is put in
 # S3 and queued with InvokeEndpointAsync (async), answered 202 with where the result will be.
@@ -184,6 +196,44 @@ def api_key_required() -> bool:
     environment variables set, so each stage's setting decides its template.
     """
     return _flag("API_KEY_REQUIRED")
+
+
+def cors_allow_origin() -> str | None:
+    """The web origin whose pages may call this stage's API from a browser (CORS_ALLOW_ORIGIN): "*" for
+    any, None for none (the variable unset or empty: browsers then block pages of other origins).
+
+    One origin, because API Gateway answers the preflight (OPTIONS) itself, without the Lambda, with the
+    same static headers for every caller: it cannot pick among several. Like API_KEY_REQUIRED it is read
+    when app.py is imported, so each stage's setting decides its template. Raises ConfigurationError for
+    anything that is not "*" or an origin such as https://app.example.com (scheme, host, optional port).
+    """
+    return parse_cors_origin(os.environ.get("CORS_ALLOW_ORIGIN", ""))
+
+
+def parse_cors_origin(value: str) -> str | None:
+    """A CORS_ALLOW_ORIGIN value checked (see `cors_allow_origin`); None for none."""
+    value = value.strip()
+    if not value:
+        return None
+    if value == "*":
+        return value
+    if not _is_origin(value):
+        raise ConfigurationError(
+            'CORS_ALLOW_ORIGIN must be "*" or one origin such as https://app.example.com (no path, no '
+            f"trailing slash, no list: API Gateway's preflight names a single origin), not {value!r}"
+        )
+    return value
+
+
+def _is_origin(value: str) -> bool:
+    """Whether `value` is a web origin: http(s), a host, an optional port, nothing else."""
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    netloc = f"{parts.scheme}://{parts.netloc}"
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and value == netloc
 
 
 def stage_name() -> str:

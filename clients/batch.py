@@ -8,11 +8,13 @@ fetches them). Both answer each image of a group on its own, so a bad image fail
 refused as a whole (too many pixels together, a stage that takes no batches) is sent again one image per
 request. Results are rows of CSV or JSON lines:
 
-    key, label, breed, probability, is_dog, dog_probability, error, message
+    key, label, breed, probability, confident, is_dog, dog_probability, error, message
 
-(`key` is the path under the folder or the URL; `error` is a code such as `unreadable_image`). HEIC and
-AVIF photos go through the API, which converts them; the endpoint answers them `unsupported_image`. A re-run
-with the same output skips what it already classified and tries the failures again. At the end it prints
+(`key` is the path under the folder or the URL; `confident` whether the model stands by its top breed;
+`error` is a code such as `unreadable_image`, the same whether the images went to the endpoint or the API).
+HEIC and AVIF photos go through the API, which converts them; the endpoint answers them
+`unsupported_media_type`. A re-run with the same output skips what it already classified and tries the
+failures again, their new rows replacing the old ones once the run is over. At the end it prints
 a summary (images, per-breed counts, not-a-dog count, failures by reason) and exits 1 if any image failed.
 
 With `--transform-output DIR` it plays SageMaker Batch Transform on the folder: each file `key` is sent as
@@ -45,6 +47,7 @@ from clients.batch_results import (
     ResultsWriter,
     Row,
     Summary,
+    compact,
     format_of,
     read_rows,
     row_from_answer,
@@ -444,7 +447,8 @@ def transformed_row(client: Client, item: Item, out_dir: Path) -> Row:
 def run(args: argparse.Namespace, err: TextIO) -> int:
     fmt = format_of(args.output, args.format)
     try:
-        previous = read_rows(args.output, fmt)
+        # One row per image in today's columns before anything is appended (an earlier or interrupted run).
+        previous = compact(args.output, fmt)
     except ValueError as error:
         print(f"error: {error}", file=err)
         return EXIT_USAGE
@@ -463,7 +467,7 @@ def run(args: argparse.Namespace, err: TextIO) -> int:
     client = Client(args.api or args.endpoint, connections, api=bool(args.api), api_key=api_key)
     out_dir = args.transform_output
 
-    # Resuming: what was classified is skipped; what failed is tried again (its new row comes later).
+    # Resuming: what was classified is skipped; what failed is tried again (its new row replaces the old).
     if out_dir:
         done = {item.key for item in items if (out_dir / (item.key + OUT_SUFFIX)).is_file()}
     else:
@@ -495,6 +499,8 @@ def run(args: argparse.Namespace, err: TextIO) -> int:
                 )
             finally:
                 writer.close()
+                # Also when interrupted: the file keeps one row per image, the latest.
+                compact(args.output, fmt)
     finally:
         progress.close()
 

@@ -2,7 +2,9 @@
 
 - Gateway responses: whatever API Gateway answers itself (unknown route, missing or invalid API key,
   throttled, body too large, Lambda failure) comes in the API's own error shape
-  {"error": {"code", "message"}}. They are part of the OpenAPI body, so they ship with the API's deployment.
+  {"error": {"code", "message"}}, with the stage's CORS header (CORS_ALLOW_ORIGIN) so that a page of the
+  allowed origin can read it as it reads the routes' own errors. They are part of the OpenAPI body, so they
+  ship with the API's deployment.
 - Throttling: every stage's API has a stage-wide rate and burst; a stage whose routes need an API key
   (API_KEY_REQUIRED in .chalice/config.json) gets an API key and a usage plan with a per-key rate, burst and
   daily quota.
@@ -27,6 +29,7 @@ from typing import Any
 from chalicelib.gateway_responses import GATEWAY_RESPONSES
 from chalicelib.observability import NAMESPACE as METRICS_NAMESPACE
 from chalicelib.observability import SERVICE
+from chalicelib.settings import CORS_EXPOSE_HEADERS, parse_cors_origin
 from training.jobs.alarms import ENDPOINT_ALARMS
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -94,10 +97,13 @@ def stage_facts(stage: str) -> dict[str, Any]:
         "api_gateway_stage": settings.get("api_gateway_stage", config.get("api_gateway_stage", "api")),
         "xray": bool(settings.get("xray", config.get("xray", False))),
         "api_key_required": environment.get("API_KEY_REQUIRED", "false") == "true",
+        "cors_allow_origin": parse_cors_origin(environment.get("CORS_ALLOW_ORIGIN", "")),
     }
 
 
-def gateway_responses() -> dict[str, Any]:
+def gateway_responses(allow_origin: str | None = None) -> dict[str, Any]:
+    """API Gateway's own answers in our error shape; with the CORS headers of `allow_origin` (app.py's, one
+    origin or "*") when the stage allows one, as the routes answer."""
     responses = {}
     for response_type, status, code, message in GATEWAY_RESPONSES:
         # messageString is API Gateway's own message, already a quoted JSON string.
@@ -108,6 +114,11 @@ def gateway_responses() -> dict[str, Any]:
         headers = {"gatewayresponse.header.Content-Type": "'application/json'"}
         if response_type == "THROTTLED":
             headers["gatewayresponse.header.Retry-After"] = f"'{THROTTLED_RETRY_AFTER_S}'"
+        if allow_origin:
+            headers["gatewayresponse.header.Access-Control-Allow-Origin"] = f"'{allow_origin}'"
+            headers["gatewayresponse.header.Access-Control-Expose-Headers"] = (
+                f"'{','.join(CORS_EXPOSE_HEADERS)}'"
+            )
         response = {"responseParameters": headers, "responseTemplates": {"application/json": template}}
         if status is not None:
             response["statusCode"] = str(status)
@@ -285,7 +296,7 @@ def merge_template(stage: str) -> dict[str, Any]:
         "Name": api_name,
         "DefinitionBody": {
             "info": {"title": api_name},
-            "x-amazon-apigateway-gateway-responses": gateway_responses(),
+            "x-amazon-apigateway-gateway-responses": gateway_responses(facts["cors_allow_origin"]),
         },
         "MethodSettings": [
             {

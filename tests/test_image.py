@@ -15,7 +15,14 @@ import pytest
 from PIL import Image, ImageChops, ImageStat
 
 from chalicelib.coded_size import coded_sizes
-from chalicelib.errors import ImageTooElongated, ModelPayloadTooLarge, TooManyPixels, UnsupportedImage
+from chalicelib.errors import (
+    EmptyImage,
+    ImageTooElongated,
+    ModelPayloadTooLarge,
+    TooManyPixels,
+    UnreadableImage,
+    UnsupportedImage,
+)
 from chalicelib.image import model_size, prepare_image, reduced_rgb, resize_for_model, to_rgb
 from chalicelib.settings import (
     JPEG_QUALITY,
@@ -225,25 +232,32 @@ def test_palette_png_with_transparency():
 
 
 @pytest.mark.parametrize(
-    ("data", "message"),
+    ("data", "error", "message"),
     [
-        (b"", "empty"),
-        (b"hello, I am not a picture", "accepted format"),
-        (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect/></svg>', "accepted format"),
-        (encoded(Image.new("RGB", (50, 50)), "BMP"), "accepted format"),
-        (encoded(Image.new("RGB", (50, 50)), "TIFF"), "accepted format"),
-        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", "cannot"),
+        (b"", EmptyImage, "empty"),
+        (b"hello, I am not a picture", UnreadableImage, "cannot decode the image; send one of JPEG"),
+        (
+            b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect/></svg>',
+            UnreadableImage,
+            "cannot decode",
+        ),
+        (encoded(Image.new("RGB", (50, 50)), "BMP"), UnsupportedImage, "BMP images are not accepted"),
+        (encoded(Image.new("RGB", (50, 50)), "TIFF"), UnsupportedImage, "TIFF images are not accepted"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", UnreadableImage, "cannot"),
     ],
     ids=["empty", "text", "svg", "bmp", "tiff", "jpeg-magic-only"],
 )
-def test_refuses_what_is_not_an_accepted_image(data, message):
-    with pytest.raises(UnsupportedImage, match=message):
+def test_refuses_what_is_not_an_accepted_image(data, error, message):
+    # Not a picture at all is the endpoint's 400 (empty_image, unreadable_image); a picture in a format
+    # outside the allowlist is a 415.
+    with pytest.raises(error, match=message) as raised:
         prepare(data)
+    assert type(raised.value) is error
 
 
 def test_refuses_a_truncated_jpeg(samples):
     data = (samples / "Labrador_retriever_06455.jpg").read_bytes()
-    with pytest.raises(UnsupportedImage, match="cannot be decoded"):
+    with pytest.raises(UnreadableImage, match="cannot be decoded"):
         prepare(data[: len(data) // 2])
 
 
@@ -251,7 +265,7 @@ def test_refuses_a_truncated_jpeg(samples):
 def test_refuses_a_truncated_or_damaged_heic_or_avif(samples, format):
     data = in_format(Image.open(samples / "Labrador_retriever_06455.jpg"), format)
     for damaged in (data[: len(data) // 2], data[:100], data[:8] + b"\xff" * (len(data) - 8)):
-        with pytest.raises(UnsupportedImage, match="HEIC/AVIF image cannot be read"):
+        with pytest.raises(UnreadableImage, match="HEIC/AVIF image cannot be read"):
             prepare(damaged)
 
 
@@ -411,7 +425,7 @@ def test_a_heic_whose_item_type_is_not_text_is_refused_before_pi_heif_reads_it()
     exif[0x0112] = 1
     data = heic(Image.new("RGB", (64, 64), (90, 60, 30)), exif=exif.tobytes())
     assert data.index(b"Exif") < data.index(b"mdat")  # the first is the item's type, in the header
-    with pytest.raises(UnsupportedImage, match="not text"):
+    with pytest.raises(UnreadableImage, match="not text"):
         prepare(data.replace(b"Exif", b"\xc2xif", 1))
 
 
@@ -430,6 +444,6 @@ def test_damaged_heic_and_avif_headers_get_a_clear_refusal(samples, format):
         try:
             prepare(bytes(damaged))
             outcomes.add("accepted")
-        except (UnsupportedImage, TooManyPixels, ImageTooElongated) as error:
+        except (UnreadableImage, UnsupportedImage, TooManyPixels, ImageTooElongated) as error:
             outcomes.add(type(error).__name__)
-    assert "UnsupportedImage" in outcomes
+    assert "UnreadableImage" in outcomes

@@ -166,7 +166,7 @@ def test_routes_that_need_a_key_say_so_and_the_page_never_does():
         for response_type, status, code, _ in GATEWAY_RESPONSES:
             if status is not None and status != 404:
                 assert code in documented_codes(operation["responses"][str(status)]), response_type
-    for path in ("/", "/openapi.json"):
+    for path in ("/", "/openapi.json", "/breeds"):
         assert "security" not in document["paths"][path]["get"]
         assert "403" not in document["paths"][path]["get"]["responses"]
     assert document["servers"] == [{"url": "/api"}]
@@ -188,6 +188,7 @@ def test_every_route_answers_as_described(document, api_stack, sample_files, lab
     cases = [
         ("/", "GET", None, None, 200),
         ("/openapi.json", "GET", None, None, 200),
+        ("/breeds", "GET", None, None, 200),
         ("/health", "GET", None, None, 200),
         ("/predict", "POST", by_url, "json", 200),
         ("/predict", "POST", by_base64, "json", 200),
@@ -199,7 +200,9 @@ def test_every_route_answers_as_described(document, api_stack, sample_files, lab
         ("/predict", "GET", None, None, 405),
         (image, "POST", labrador, "image/jpeg", 200),
         (image + "?top_k=99", "POST", labrador, "image/jpeg", 400),
-        (image, "POST", b"not an image", "image/png", 415),
+        (image, "POST", b"not an image", "image/png", 400),
+        (image, "POST", b"", "image/png", 400),
+        (image, "POST", labrador, "image/jpg", 415),
         (image, "POST", b"\0" * (MAX_UPLOAD_BYTES + 1), "application/octet-stream", 413),
         (image, "POST", png((9000, 9000)), "image/png", 422),
         (image, "POST", jpeg((4000, 20)), "image/jpeg", 422),
