@@ -18,11 +18,7 @@ from chalicelib.errors import (
     UnreadableImage,
     UnsupportedImage,
 )
-from chalicelib.settings import (
-    MAX_ASPECT_RATIO,
-    MAX_ENDPOINT_BODY_BYTES,
-    MAX_PIXELS_BY_FORMAT,
-)
+from chalicelib.settings import MAX_ASPECT_RATIO, MAX_ENDPOINT_BODY_BYTES, MAX_PIXELS_BY_FORMAT
 
 # HEIC/HEIF (the iPhone camera's format) is read by libheif through pi-heif; Pillow reads AVIF itself. Only
 # the main picture: its thumbnails, depth maps and auxiliary images would be parsed for nothing. libheif

@@ -25,7 +25,8 @@ OPENAPI_VERSION = "3.1.0"
 API_KEY_HEADER = "x-api-key"
 # What every image must be, however it comes.
 IMAGE_RULES = (
-    f"Accepted formats: {', '.join(IMAGE_MEDIA_TYPES)}, told from the bytes (415 otherwise). "
+    f"Accepted formats: {', '.join(IMAGE_MEDIA_TYPES)}, told from the bytes: a picture in another format is "
+    "a 415, bytes that are no picture a 400. "
     f"At most {MAX_PIXELS:,} pixels ("
     + ", ".join(f"{format} {pixels:,}" for format, pixels in MAX_PIXELS_BY_FORMAT.items())
     + f"), the longer side at most {MAX_ASPECT_RATIO} times the shorter (422 otherwise). EXIF orientation "

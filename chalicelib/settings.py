@@ -86,8 +86,8 @@ DEFAULT_TOP_K = 5
 MAX_TOP_K = 20
 JPEG_QUALITY = 90
 
-# The media types of the image formats the API accepts (chalicelib/image.py), as a refusal names them. The
-# format is always told from the bytes, never from the Content-Type.
+# The media types of the image formats the API accepts (chalicelib/image.py's ALLOWED_FORMATS), as
+# /openapi.json lists them. The format is always told from the bytes, never from the Content-Type.
 IMAGE_MEDIA_TYPES = (
     "image/jpeg",
     "image/png",

@@ -419,6 +419,13 @@ def test_heic_and_avif_have_their_own_pixel_caps(format, photo_pixels):
     assert photo_pixels <= cap
 
 
+def test_a_heif_picture_in_another_coding_is_a_format_refused():
+    # AVC, VVC, JPEG or uncompressed pictures in a HEIF file: their coded size cannot be told here.
+    data = heic(Image.new("RGB", (64, 64), (90, 60, 30)))
+    with pytest.raises(UnsupportedImage, match="HEIF pictures coded as avcC are not accepted"):
+        prepare(data.replace(b"hvcC", b"avcC", 1))
+
+
 def test_a_heic_whose_item_type_is_not_text_is_refused_before_pi_heif_reads_it():
     # pi-heif 1.0.0 turns item types into Python strings unchecked: this one, opened, crashed the process.
     exif = Image.Exif()
