@@ -10,10 +10,28 @@ from typing import Any
 
 from chalicelib import errors, schema
 from chalicelib.gateway_responses import BODY_RESPONSE_TYPES, GATEWAY_RESPONSES, KEY_RESPONSE_TYPES
-from chalicelib.settings import DEFAULT_TOP_K, MAX_BATCH_ITEMS, MAX_TOP_K, MAX_UPLOAD_BYTES
+from chalicelib.settings import (
+    DEFAULT_TOP_K,
+    IMAGE_MEDIA_TYPES,
+    MAX_ASPECT_RATIO,
+    MAX_BATCH_ITEMS,
+    MAX_PIXELS,
+    MAX_PIXELS_BY_FORMAT,
+    MAX_TOP_K,
+    MAX_UPLOAD_BYTES,
+)
 
 OPENAPI_VERSION = "3.1.0"
 API_KEY_HEADER = "x-api-key"
+# What every image must be, however it comes.
+IMAGE_RULES = (
+    f"Accepted formats: {', '.join(IMAGE_MEDIA_TYPES)}, told from the bytes: a picture in another format is "
+    "a 415, bytes that are no picture a 400. "
+    f"At most {MAX_PIXELS:,} pixels ("
+    + ", ".join(f"{format} {pixels:,}" for format, pixels in MAX_PIXELS_BY_FORMAT.items())
+    + f"), the longer side at most {MAX_ASPECT_RATIO} times the shorter (422 otherwise). EXIF orientation "
+    "and HEIF/AVIF rotation are applied."
+)
 
 REQUEST_SCHEMA: dict[str, Any] = {
     "title": "PredictRequest",
@@ -30,7 +48,7 @@ REQUEST_SCHEMA: dict[str, Any] = {
             "minLength": 1,
             "contentEncoding": "base64",
             "description": "The image's bytes in base64; a data: URL as browsers make it is also accepted. "
-            f"At most {MAX_UPLOAD_BYTES} bytes decoded.",
+            f"At most {MAX_UPLOAD_BYTES} bytes decoded. {IMAGE_RULES}",
         },
         "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": DEFAULT_TOP_K},
         "min_confidence": {
@@ -56,7 +74,7 @@ BATCH_REQUEST_SCHEMA: dict[str, Any] = {
         # error in its place, and more items than allowed is a 413, so the schema leaves both to the API.
         "images": {
             "type": "array",
-            "items": {"type": "string", "description": "An image's bytes in base64."},
+            "items": {"type": "string", "description": f"An image's bytes in base64. {IMAGE_RULES}"},
         },
         "urls": {
             "type": "array",
@@ -309,7 +327,8 @@ def _operations(image_types: list[str], api_key_required: bool) -> dict[tuple[st
         },
         ("/predict/results/{inference_id}", "GET"): _result(errors_of(False, _RESULT_ERRORS)),
         ("/predict/image", "POST"): {
-            "summary": "The breed of the dog in the image sent as the body (JPEG, PNG, WebP or GIF).",
+            "summary": "The breed of the dog in the image sent as the body.",
+            "description": f"At most {MAX_UPLOAD_BYTES} bytes. {IMAGE_RULES}",
             "parameters": [_TOP_K_PARAMETER, _MIN_CONFIDENCE_PARAMETER],
             "requestBody": {
                 "required": True,

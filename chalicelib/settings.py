@@ -36,8 +36,9 @@ MIB = 1024 * 1024
 MAX_UPLOAD_BYTES = 4 * MIB
 MAX_FETCH_BYTES = 16 * MIB
 MAX_PIXELS = 40_000_000
-# Lower caps for formats whose decoding costs more memory per pixel than the rest (bench/decode_memory.py).
-MAX_PIXELS_BY_FORMAT = {"WEBP": 16_000_000}
+# Lower caps for formats whose decoding costs more memory per pixel than the rest (bench/decode_memory.py), so
+# that every format peaks alike. HEIF's still takes a 24 MP photo, the size recent iPhones shoot by default.
+MAX_PIXELS_BY_FORMAT = {"WEBP": 16_000_000, "HEIF": 32_000_000, "AVIF": 20_000_000}
 # The longer side may be at most this many times the shorter. The model scales the shorter side to its resize
 # size, so without this a 65000x1 picture would grow to 17 GB there. The endpoint refuses the same ratio.
 MAX_ASPECT_RATIO = 20
@@ -85,9 +86,20 @@ DEFAULT_TOP_K = 5
 MAX_TOP_K = 20
 JPEG_QUALITY = 90
 
+# The media types of the image formats the API accepts (chalicelib/image.py's ALLOWED_FORMATS), as
+# /openapi.json lists them. The format is always told from the bytes, never from the Content-Type.
+IMAGE_MEDIA_TYPES = (
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "image/gif",
+    "image/heic",
+    "image/heif",
+    "image/avif",
+)
 # What the API accepts as an upload's body (POST /predict/image); API Gateway passes these to the Lambda
 # base64-encoded instead of mangling them as text.
-UPLOAD_CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "application/octet-stream")
+UPLOAD_CONTENT_TYPES = (*IMAGE_MEDIA_TYPES, "application/octet-stream")
 
 # The endpoint's wire contract as the Lambda speaks it: a copy of serving/contract.py's, since the Lambda
 # ships alone (tests/test_limits.py keeps the two equal, and DEFAULT_TOP_K and MAX_ENDPOINT_BODY_BYTES too).

@@ -12,8 +12,9 @@ request. Results are rows of CSV or JSON lines:
 
 (`key` is the path under the folder or the URL; `confident` whether the model stands by its top breed;
 `error` is a code such as `unreadable_image`, the same whether the images went to the endpoint or the API).
-A re-run with the same output skips what it already classified and tries the failures again, their new rows
-replacing the old ones once the run is over. At the end it prints
+HEIC and AVIF photos go through the API, which converts them; the endpoint answers them
+`unsupported_media_type`. A re-run with the same output skips what it already classified and tries the
+failures again, their new rows replacing the old ones once the run is over. At the end it prints
 a summary (images, per-breed counts, not-a-dog count, failures by reason) and exits 1 if any image failed.
 
 With `--transform-output DIR` it plays SageMaker Batch Transform on the folder: each file `key` is sent as

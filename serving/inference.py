@@ -70,6 +70,11 @@ log = logging.getLogger(__name__)
 CONTENT_TYPES = (*IMAGE_CONTENT_TYPES, JSON)
 ACCEPT_TYPES = (JSON, RECORD_JSON, BREEDS_ACCEPT)
 
+# HEIF (HEIC) and AVIF files, ISO base media files, begin with this box after its length. Their headers do not
+# bound the decoding (a coded picture may be far larger than the size they show), so the endpoint takes none:
+# the API converts them, checking what they code first (chalicelib/coded_size.py).
+_ISO_MEDIA_BOX = b"ftyp"
+
 # SageMaker forwards InvokeEndpoint's CustomAttributes verbatim in this header.
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 
@@ -120,6 +125,13 @@ class RequestError(ValueError, _ToolkitError):
 class UnsupportedContentTypeError(RequestError):
     status_code = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
     code = "unsupported_content_type"
+
+
+class UnsupportedImageError(RequestError):
+    """An image in a format the endpoint does not decode (the API's code for such a picture, too)."""
+
+    status_code = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    code = "unsupported_media_type"
 
 
 class UnsupportedAcceptError(RequestError):
@@ -459,6 +471,11 @@ def _json_instances(body: bytes | str) -> list[bytes | RequestError]:
 def _decode(data: bytes) -> Image.Image:
     if not data:
         raise RequestError("empty image", "empty_image")
+    if data[4:8] == _ISO_MEDIA_BOX:
+        raise UnsupportedImageError(
+            "HEIC and AVIF images are not decoded here; send a JPEG, PNG, WebP or GIF, or send them through "
+            "the API, which converts them"
+        )
     if (size := _header_size(data)) is not None:
         _check_size(*size)
     try:
@@ -493,6 +510,8 @@ def _check_size(width: int, height: int) -> None:
 
 def _header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the image header, without decoding; None when unreadable (decoding says why)."""
+    if data[4:8] == _ISO_MEDIA_BOX:
+        return None  # not even opened: decoding refuses it (and Pillow's AVIF reader raises RuntimeError)
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.size

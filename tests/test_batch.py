@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT, ChaliceLocal, QuietFiles
 from local_servers import serving_in_thread
+from PIL import Image
+from test_image import as_a_phone_stores_it
 
 from clients import batch, batch_results
 from serving import contract
@@ -231,6 +233,29 @@ def test_a_folder_and_a_url_list_through_the_api(api_stack, photos, sample_files
     assert url_rows[f"{files}/{SPANIEL}"]["label"] == rows[f"other/deeper/{SPANIEL}"]["label"]
     assert url_rows[f"{files}/missing.jpg"]["error"] == "url_fetch_failed"
     assert url_code == batch.EXIT_FAILED and "3 images: 2 classified, 1 failed" in url_err
+
+
+def test_phone_photos_in_heic_and_avif_through_the_api_and_what_the_endpoint_says(
+    api_stack, endpoint, samples, tmp_path, capsys
+):
+    root = tmp_path / "phone"
+    root.mkdir()
+    upright = Image.open(samples / LABRADOR).convert("RGB")
+    (root / "IMG_0001.HEIC").write_bytes(as_a_phone_stores_it(upright, "HEIF"))
+    (root / "IMG_0002.avif").write_bytes(as_a_phone_stores_it(upright, "AVIF"))
+    code, err = run_batch(capsys, str(root), "-o", str(tmp_path / "api.csv"), "--api", api_stack.url)
+    rows = csv_rows(tmp_path / "api.csv")
+    assert {key: row["label"] for key, row in rows.items()} == {
+        "IMG_0001.HEIC": "Labrador_retriever",
+        "IMG_0002.avif": "Labrador_retriever",
+    }
+    assert code == 0, err
+    # The endpoint decodes neither (their headers do not bound the decoding): each row says where they go.
+    code, err = run_batch(capsys, str(root), "-o", str(tmp_path / "endpoint.csv"), "--endpoint", endpoint.url)
+    rows = csv_rows(tmp_path / "endpoint.csv")
+    assert {row["error"] for row in rows.values()} == {"unsupported_media_type"}
+    assert all("through the API" in row["message"] for row in rows.values())
+    assert code == batch.EXIT_FAILED and "2 images: 0 classified, 2 failed" in err
 
 
 def test_bad_files_fail_with_the_same_codes_through_the_endpoint_and_the_api(

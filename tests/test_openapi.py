@@ -27,7 +27,7 @@ import app as api
 from chalicelib import errors, health, openapi
 from chalicelib.gateway_responses import GATEWAY_RESPONSES
 from chalicelib.invoke import runtime_client
-from chalicelib.settings import MAX_UPLOAD_BYTES, UPLOAD_CONTENT_TYPES, get_settings
+from chalicelib.settings import MAX_PIXELS_BY_FORMAT, MAX_UPLOAD_BYTES, UPLOAD_CONTENT_TYPES, get_settings
 
 # Examples per operation and phase; the whole fuzz run stays within seconds.
 FUZZ_EXAMPLES = 10
@@ -109,6 +109,21 @@ def test_the_document_is_valid_openapi_3_1_and_describes_every_route(document):
     upload = document["paths"]["/predict/image"]["post"]
     assert set(upload["requestBody"]["content"]) == set(UPLOAD_CONTENT_TYPES)
     assert [parameter["name"] for parameter in upload["parameters"]] == ["top_k", "min_confidence"]
+
+
+def test_the_accepted_formats_and_their_limits_are_described(document):
+    upload = document["paths"]["/predict/image"]["post"]
+    schemas = document["components"]["schemas"]
+    descriptions = [
+        upload["description"],
+        schemas["PredictRequest"]["properties"]["image"]["description"],
+        schemas["BatchRequest"]["properties"]["images"]["items"]["description"],
+    ]
+    for media_type in ("image/jpeg", "image/png", "image/webp", "image/gif", "image/heic", "image/avif"):
+        assert media_type in upload["requestBody"]["content"]
+        assert all(media_type in description for description in descriptions), media_type
+    for format, pixels in MAX_PIXELS_BY_FORMAT.items():
+        assert all(f"{format} {pixels:,}" in description for description in descriptions), format
 
 
 def test_every_error_class_is_described_with_its_status(document):

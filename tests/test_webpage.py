@@ -19,6 +19,7 @@ import pytest
 from conftest import DEFAULT_MODEL, ChaliceLocal
 from local_servers import free_port, serving_in_thread
 from PIL import Image
+from test_image import as_a_phone_stores_it
 
 from chalicelib.settings import MAX_UPLOAD_BYTES, RETRY_AFTER_S
 
@@ -276,6 +277,28 @@ def test_a_12_megapixel_photo_leaves_the_browser_small_and_upright(page, gateway
     # What the API received was already upright: wider than high, the model's 260 px on its shorter side.
     assert "374 × 260" in text(page, "facts")
     assert console_errors(page) == []
+
+
+def test_an_iphone_heic_the_browser_cannot_draw_goes_as_it_is_and_the_api_converts_it(
+    page, gateway, labrador, tmp_path
+):
+    """Chrome cannot draw HEIC on a canvas, so it cannot shrink one: the file goes as it is, within the upload
+    limit, and the API turns it upright by its rotation and converts it."""
+    upright = Image.open(io.BytesIO(labrador)).convert("RGB").resize((2016, 1402))
+    photo = tmp_path / "IMG_0001.HEIC"
+    photo.write_bytes(as_a_phone_stores_it(upright, "HEIF"))
+    assert "image/heic" in page.find_element("id", "file").get_attribute("accept")
+    choose_file(page, photo)
+    assert wait_for_outcome(page) == "answered", text(page, "error")
+    page.save_screenshot(str(tmp_path / "heic.png"))
+    [(_, path, content_type, size)] = gateway.uploads()
+    assert path.startswith("/predict/image") and size == photo.stat().st_size
+    assert content_type in ("image/heic", "application/octet-stream")  # as the browser types the file
+    assert bars(page)[0][0] == "Labrador_retriever"
+    # The photo's own size, upright, and that it went as it was.
+    facts = text(page, "facts")
+    assert "2016 × 1402" in facts and "sent as it is" in facts
+    assert console_errors(page, allow_network=True) == []
 
 
 def test_a_pasted_small_photo_goes_as_it_is_and_a_dropped_one_too(page, gateway, samples, tmp_path):

@@ -70,6 +70,8 @@
   }
 
   // --- the ways in: choose, drop, paste, address ---
+  // Some file pickers count HEIC and AVIF photos as "image/*" only when their types are named as well.
+  $("file").accept = ["image/*", ...config.upload_types.filter((type) => type.startsWith("image/"))].join(",");
   $("file").addEventListener("change", (event) => {
     const file = event.target.files[0];
     if (file) classifyFile(file);
@@ -284,7 +286,9 @@
     try {
       bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
     } catch {
-      return asIs; // not an image this browser decodes: the API says what it makes of it
+      // Not an image this browser decodes (Chrome and Firefox draw no HEIC): the API converts what it
+      // accepts and says what it makes of the rest.
+      return asIs;
     }
     const size = config.resize_size;
     const short = Math.min(bitmap.width, bitmap.height);
