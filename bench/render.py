@@ -28,7 +28,9 @@ def cell(text: str) -> str:
 def markdown_table(table: dict) -> list[str]:
     lines = [f"**{table['title']}**", ""]
     lines.append("| " + " | ".join(cell(name) for name in table["columns"]) + " |")
-    lines.append("|" + "|".join(":---" if index == 0 else "---:" for index in range(len(table["columns"]))) + "|")
+    lines.append(
+        "|" + "|".join(":---" if index == 0 else "---:" for index in range(len(table["columns"]))) + "|"
+    )
     lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in table["rows"]]
     return lines
 
@@ -87,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {args.doc}: {error.args[0]}")
     if args.check:
         if after != before:
-            sys.exit(f"{args.doc} differs from what {args.results_dir} renders to: run python -m bench.render")
+            sys.exit(
+                f"{args.doc} differs from what {args.results_dir} renders to: run python -m bench.render"
+            )
         return
     if after != before:
         args.doc.write_text(after)

@@ -163,9 +163,22 @@ def start(module: str, name: str, results_dir: Path, models: Iterable[Path] = ()
     return Run(
         name=name,
         models=[model_record(model_dir) for model_dir in models],
-        command=shlex.join(["python", "-m", module, *sys.argv[1:]]),
+        command=shlex.join(["python", "-m", module, *measuring_arguments(sys.argv[1:])]),
         results_dir=Path(results_dir),
     )
+
+
+def measuring_arguments(argv: list[str]) -> list[str]:
+    """`argv` less --results-dir: where a result was written is not what it measured."""
+    kept, skip = [], False
+    for argument in argv:
+        if skip:
+            skip = False
+        elif argument == "--results-dir":
+            skip = True
+        elif not argument.startswith("--results-dir="):
+            kept.append(argument)
+    return kept
 
 
 def table(title: str, columns: list[str], rows: Iterable[Iterable]) -> dict:
