@@ -279,11 +279,11 @@ def measure_round(subjects: Subjects, url: str, args: argparse.Namespace, timing
 def summarise(subjects: Subjects, timings: Timings, endpoint_runtime: str) -> dict:
     """The figures: p50/p99 ms per latency row, median-round images/s per throughput row."""
 
-    def latency(timings: list[float]) -> dict:
+    def latency(seconds: list[float]) -> dict:
         return {
-            "p50_ms": percentile_ms(timings, 50),
-            "p99_ms": percentile_ms(timings, 99),
-            "calls": len(timings),
+            "p50_ms": percentile_ms(seconds, 50),
+            "p99_ms": percentile_ms(seconds, 99),
+            "calls": len(seconds),
         }
 
     def medians(runs: dict[int, list[float]]) -> dict[str, float]:
