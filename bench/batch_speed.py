@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> None:
                     model.pop("rows"),
                 )
             )
-    runtimes = sorted({model["endpoint_runtime"] for model in figures.values()})
-    run.finish(figures, tables, runtime=", ".join(runtimes), device="cpu")
+    pings = [model["endpoint_runtime"] for model in figures.values()]
+    run.finish(figures, tables, **results.runtime_and_device(pings))
 
 
 if __name__ == "__main__":

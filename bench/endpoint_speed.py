@@ -396,8 +396,7 @@ def main(argv: list[str] | None = None) -> None:
     figures["rounds"] = args.rounds
     tables = report(figures, args.rounds)
     print(f"\nload average at the end: {' '.join(f'{load:.2f}' for load in os.getloadavg())}")
-    runtime, _, device = endpoint_runtime.partition(" on ")
-    run.finish(figures, tables, runtime=runtime, device=device)
+    run.finish(figures, tables, **results.runtime_and_device([endpoint_runtime]))
 
 
 if __name__ == "__main__":

@@ -260,8 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     table = results.table(
         f"{args.clients} clients, {args.seconds:g} s a run; shedding / no shedding: {summary}", columns, rows
     )
-    runtimes = sorted({result["endpoint_runtime"] for result in results_by_mode.values()})
-    run.finish(json_safe(figures), [table], runtime=", ".join(runtimes))
+    pings = [result["endpoint_runtime"] for result in results_by_mode.values()]
+    run.finish(json_safe(figures), [table], **results.runtime_and_device(pings))
 
 
 def json_safe(value):

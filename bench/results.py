@@ -181,6 +181,15 @@ def measuring_arguments(argv: list[str]) -> list[str]:
     return kept
 
 
+def runtime_and_device(described: Iterable[str]) -> dict[str, str]:
+    """`finish`'s runtime and device from endpoints' "RUNTIME on DEVICE" (bench.endpoint_speed.ping_body)."""
+    pairs = [text.partition(" on ")[::2] for text in described]
+    return {
+        "runtime": ", ".join(sorted({runtime for runtime, _ in pairs})),
+        "device": ", ".join(sorted({device for _, device in pairs})),
+    }
+
+
 def table(title: str, columns: list[str], rows: Iterable[Iterable]) -> dict:
     """A printed table as the result keeps it: every cell a string, as the bench formatted it."""
     rows = [[str(cell) for cell in row] for row in rows]
