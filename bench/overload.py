@@ -210,35 +210,47 @@ def main(argv: list[str] | None = None) -> None:
         "no shedding": measure(args.model_dir, ["--max-wait", "0"], body, args.clients, args.seconds),
         "shedding": measure(args.model_dir, shedding, body, args.clients, args.seconds),
     }
+    table, ratios = report(results_by_mode, args.clients, args.seconds)
+    figures = {
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "modes": results_by_mode,
+        "shedding_over_none": ratios,
+    }
+    pings = [result["endpoint_runtime"] for result in results_by_mode.values()]
+    run.finish(json_safe(figures), [table], **results.runtime_and_device(pings))
+
+
+def report(results_by_mode: dict[str, dict], clients: int, seconds: float) -> tuple[dict, dict]:
+    """Prints the figures of each mode and the ratios; returns the table and the ratios."""
     columns = ["mode", "queue limit", "goodput/s", "p50 s", "p99 s", "answered", "failed", "shed", "timeouts"]
     columns.append("wasted")
-    rows = [
-        [
-            mode,
-            result["limit"] or "none",
-            f"{result['goodput']:.2f}",
-            f"{result['p50']:.2f}",
-            f"{result['p99']:.2f}",
-            result["answered"],
-            result["failed"],
-            result["shed"],
-            result["timeouts"],
-            f"{result['wasted']:.0%}",
-        ]
-        for mode, result in results_by_mode.items()
-    ]
     widths = (12, 11, 9, 6, 6, 8, 6, 5, 8, 7)
-    print(
-        " ".join(
-            f"{name:<{widths[0]}}" if i == 0 else f"{name:>{widths[i]}}" for i, name in enumerate(columns)
+
+    def line(cells: list) -> str:
+        return " ".join(
+            f"{cell!s:<{width}}" if index == 0 else f"{cell!s:>{width}}"
+            for index, (cell, width) in enumerate(zip(cells, widths, strict=True))
         )
-    )
-    for row, result in zip(rows, results_by_mode.values(), strict=True):
-        print(
-            " ".join(
-                f"{cell!s:<{widths[0]}}" if i == 0 else f"{cell!s:>{widths[i]}}" for i, cell in enumerate(row)
-            )
+
+    print(line(columns))
+    rows = []
+    for mode, result in results_by_mode.items():
+        rows.append(
+            [
+                mode,
+                result["limit"] or "none",
+                f"{result['goodput']:.2f}",
+                f"{result['p50']:.2f}",
+                f"{result['p99']:.2f}",
+                result["answered"],
+                result["failed"],
+                result["shed"],
+                result["timeouts"],
+                f"{result['wasted']:.0%}",
+            ]
         )
+        print(line(rows[-1]))
         if result["other"]:
             print(f"  ({result['other']} attempts failed otherwise)")
     before, after = results_by_mode["no shedding"], results_by_mode["shedding"]
@@ -251,17 +263,8 @@ def main(argv: list[str] | None = None) -> None:
         f"wasted model work {before['wasted']:.0%} -> {after['wasted']:.0%}"
     )
     print(f"shedding / no shedding: {summary}")
-    figures = {
-        "clients": args.clients,
-        "seconds": args.seconds,
-        "modes": results_by_mode,
-        "shedding_over_none": ratios,
-    }
-    table = results.table(
-        f"{args.clients} clients, {args.seconds:g} s a run; shedding / no shedding: {summary}", columns, rows
-    )
-    pings = [result["endpoint_runtime"] for result in results_by_mode.values()]
-    run.finish(json_safe(figures), [table], **results.runtime_and_device(pings))
+    title = f"{clients} clients, {seconds:g} s a run; shedding / no shedding: {summary}"
+    return results.table(title, columns, rows), ratios
 
 
 def json_safe(value):
