@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.endpoint_speed [--url http://127.0.0.1:8080] [--model-dir DIR] [--seconds 4]
 
-Without --url it starts `python -m serving.server` on a free port with the model dir and stops it at the end.
+Without --url it starts `python -m serving.server` on a free port with the model dir and stops it at the end,
+with shedding off (`--serve-args` sets its flags): this bench measures what the endpoint answers at capacity.
 The baseline is the same model run by plain eager PyTorch in this process (model only: no decoding, no HTTP),
 at the batch sizes that match the numbers of clients. The endpoint gets the sample photo as the Lambda sends
 it: shrunk to the model's resize size and re-encoded by chalicelib, the code the Lambda runs. Baseline and
@@ -124,21 +125,29 @@ def endpoint_throughput(url: str, endpoint_name: str, body: bytes, clients: int,
     stop_at = [0.0]
 
     def run(index: int) -> None:
-        client = Client(url, endpoint_name, body)
-        client.invoke()  # connect and warm up outside the measured window
-        start.wait()
         try:
+            client = Client(url, endpoint_name, body)
+            client.invoke()  # connect and warm up outside the measured window
+            start.wait()
             while time.perf_counter() < stop_at[0]:
                 client.invoke()
                 counts[index] += 1
+        except threading.BrokenBarrierError:
+            pass  # another client failed its warm-up
         except Exception as error:  # noqa: BLE001 - reported after the run
             errors.append(error)
+            start.abort()  # rather than leave the others waiting for this one
 
     threads = [threading.Thread(target=run, args=(index,)) for index in range(clients)]
     for thread in threads:
         thread.start()
     stop_at[0] = time.perf_counter() + 1e9
-    start.wait()
+    try:
+        start.wait()
+    except threading.BrokenBarrierError:
+        for thread in threads:
+            thread.join()
+        raise RuntimeError(f"{len(errors)} client(s) failed to warm up: {errors[0]}") from None
     began = time.perf_counter()
     stop_at[0] = began + seconds
     for thread in threads:
@@ -190,7 +199,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=4.0, help="per throughput measurement and round")
     parser.add_argument("--runs", type=int, default=60, help="sequential requests per round for latency")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--serve-args", default="", help="extra flags for serving.server, e.g. '--workers 2'")
+    # Shedding off: this bench measures what the endpoint can answer, and at 16 clients its default shedding
+    # refuses the excess (bench.overload measures that).
+    parser.add_argument(
+        "--serve-args",
+        default="--max-wait 0",
+        help="flags for serving.server, e.g. '--workers 2' (default: %(default)s, shedding off)",
+    )
     results.add_argument(parser)
     return parser.parse_args(argv)
 
@@ -394,6 +409,7 @@ def main(argv: list[str] | None = None) -> None:
             stop_endpoint(process)
     figures = summarise(subjects, timings, endpoint_runtime)
     figures["rounds"] = args.rounds
+    figures["serve_args"] = args.serve_args if args.url is None else None
     tables = report(figures, args.rounds)
     print(f"\nload average at the end: {' '.join(f'{load:.2f}' for load in os.getloadavg())}")
     run.finish(figures, tables, **results.runtime_and_device([endpoint_runtime]))
