@@ -89,13 +89,13 @@ bench-gpu: setup
 bench-docs:
 	$(BIN)/python -m bench.render
 
-# Every CPU bench at its full settings, one after another (about an hour on 2 cores), then the docs' tables.
+# Every CPU bench at its full settings, one after another, then the docs' tables: on an idle machine.
 bench-all:
 	$(MAKE) bench bench-startup bench-batch bench-train bench-overload bench-memory bench-cold-import
 	$(MAKE) bench-docs
 
-# The committed models on the valid split, written where results go; EVALUATE_FLAGS=--write-model-dir also
-# updates the model folders' evaluation-valid.json and charts (what tests/test_calibration.py reads).
+# The committed models on the valid split, into runs/evaluation/<model>/; EVALUATE_FLAGS=--write-model-dir
+# also rewrites the model folders' evaluation-valid.json and charts (what tests/test_calibration.py reads).
 EVALUATE_FLAGS ?=
 evaluate: setup
 	for model in $(BENCH_MODELS); do $(BIN)/python -m training.evaluate --model-dir $$model \
