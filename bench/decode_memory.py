@@ -205,6 +205,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--make", nargs=3, metavar=("CASE", "SIDE", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, default=PROJECT, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--results-dir", type=Path, help="where the JSON result goes (default: bench/results/)"
+    )
     args = parser.parse_args(argv)
     if args.measure:
         print(json.dumps(_measure(args.root, args.measure)))
@@ -213,6 +216,10 @@ def main(argv: list[str] | None = None) -> None:
         name, side, path = args.make
         Path(path).write_bytes(CASES[name][1]((int(side), int(side))))
         return
+    # Imported here: the children run this file as a script, where the bench package is not importable.
+    from bench import results
+
+    run = results.start("bench.decode_memory", "decode_memory", args.results_dir or results.RESULTS_DIR)
 
     roots = {"after": PROJECT}
     if args.before:
@@ -231,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(roots) == 2:
         header += f" | {'after/before':>12}"
     print(header)
+    figures, rows = {"lambda_memory_mb": LAMBDA_MEMORY_MB, "cases": {}}, []
     with tempfile.TemporaryDirectory(prefix="decode-memory-") as directory:
         for name in names:
             format = CASES[name][0]
@@ -242,17 +250,31 @@ def main(argv: list[str] | None = None) -> None:
             subprocess.run([sys.executable, __file__, "--make", name, str(side), str(path)], check=True)
             line = f"{name:<24} {side * side:>11,} {path.stat().st_size / MIB:>8.2f}"
             adds = {}
+            case = figures["cases"][name] = {"pixels": side * side, "file_bytes": path.stat().st_size}
+            row = [name, f"{side * side:,}", f"{path.stat().st_size / MIB:.2f}"]
             for label, root in roots.items():
                 result = measure_in_child(root, path)
                 peak_mb = result["peak_kb"] / 1024
                 adds[label] = (result["peak_kb"] - result["baseline_kb"]) / 1024
+                case[label] = {"peak_mb": peak_mb, "adds_mb": adds[label], **result}
                 line += f" | {peak_mb:>15.0f} {adds[label]:>8.0f} {result['seconds']:>5.1f}"
+                row += [f"{peak_mb:.0f}", f"{adds[label]:.0f}", f"{result['seconds']:.1f}"]
                 if result["error"]:
                     line += f" ({result['error'][:60]})"
+                    row[-3] += f" ({result['error'][:60]})"
             if len(roots) == 2:
                 line += f" | {max(adds['after'], 1) / max(adds['before'], 1):>12.2f}"
+                row.append(f"{max(adds['after'], 1) / max(adds['before'], 1):.2f}")
             print(line, flush=True)
+            rows.append(row)
             path.unlink()
+    columns = ["case", "pixels", "file MB"]
+    for label in roots:
+        columns += [f"{label} peak MB", "adds MB", "s"]
+    if len(roots) == 2:
+        columns.append("after/before")
+    title = f"peak RSS of prepare_image, fresh process per case; Lambda memory {LAMBDA_MEMORY_MB} MB"
+    run.finish(figures, [results.table(title, columns, rows)])
 
 
 if __name__ == "__main__":
