@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from classifier.model import dog_head_probability
-from training.crossval import fold_of_each
+from training.crossval import fold_of_each, subset
 from training.features import SplitFeatures
 
 # The L2 penalty on the standardised weights: the negatives are a few hundred photos against thousands of
@@ -98,14 +98,6 @@ def balanced_weights(positive: torch.Tensor, source: torch.Tensor) -> torch.Tens
     return weights
 
 
-def select(features: SplitFeatures, keep: torch.Tensor) -> SplitFeatures:
-    return SplitFeatures(
-        features.features[keep],
-        None if features.flipped is None else features.flipped[keep],
-        features.targets[keep],
-    )
-
-
 def out_of_fold(
     features: SplitFeatures,
     imagenet: SplitFeatures,
@@ -121,9 +113,9 @@ def out_of_fold(
     answers = torch.empty(len(positive))
     for number in range(folds):
         held = fold == number
-        train = select(features, ~held)
+        train = subset(features, ~held)
         weight, bias = fit_logistic(*training_samples(train, positive[~held], weights[~held]), l2=l2)
         answers[held] = probability(
-            weight, bias, select(features, held), select(imagenet, held), floor, test_time_flip
+            weight, bias, subset(features, held), subset(imagenet, held), floor, test_time_flip
         )
     return answers

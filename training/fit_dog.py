@@ -49,6 +49,7 @@ from classifier.model import (
 )
 from training import dog_head, pets
 from training.calibrate import sample
+from training.crossval import subset
 from training.data import read_image_folder
 from training.evaluate import breed_logits, dog_probabilities
 from training.features import SplitFeatures, split_features
@@ -178,7 +179,7 @@ def run(args: argparse.Namespace) -> dict:
     fit = pets.part_mask(photos, pets.FIT)
     heldout = pets.part_mask(photos, pets.HELDOUT)
     heldout_names = [name for name, kept in zip(names, heldout.tolist(), strict=True) if kept]
-    heldout_features = dog_head.select(photo_features, heldout)
+    heldout_features = subset(photo_features, heldout)
     before_thresholds = Thresholds.of(model.calibration)
     if model.dog_head is None:
         # Until now `confident` looked at the breed alone.
@@ -191,7 +192,7 @@ def run(args: argparse.Namespace) -> dict:
     train = sample(read_image_folder(args.train), args.train_sample)
     train_features = features_of(train, "train dogs")
     picture_names, pictures = picture_features(model, preprocessing)
-    fit_pets = dog_head.select(photo_features, fit)
+    fit_pets = subset(photo_features, fit)
     dogs = torch.ones(len(train), dtype=torch.long)
     data = concatenate(
         SplitFeatures(train_features.features, train_features.flipped, dogs), fit_pets, pictures
