@@ -201,7 +201,7 @@ def _answer() -> dict[str, Any]:
 
 def _batch_answer_schema() -> dict[str, Any]:
     result = {
-        "anyOf": [_ref("Answer"), _ref("Error")],
+        "anyOf": [_ref("BatchItemAnswer"), _ref("Error")],
         "description": "The item's answer, or its error (with its HTTP status as `error.status`).",
     }
     return {
@@ -302,6 +302,7 @@ def _document(routes_key: tuple[tuple[str, str, str, tuple[str, ...], bool], ...
         "components": {
             "schemas": {
                 "Answer": _schema_component(schema.API_ANSWER_SCHEMA),
+                "BatchItemAnswer": _schema_component(schema.BATCH_ITEM_ANSWER_SCHEMA),
                 "QueuedAnswer": _schema_component(schema.QUEUED_ANSWER_SCHEMA),
                 "Error": _schema_component(schema.ERROR_SCHEMA),
                 "PredictRequest": REQUEST_SCHEMA,
