@@ -8,7 +8,8 @@ reads the file and reports its peak resident set (getrusage ru_maxrss) before an
 first is the baseline (interpreter, Pillow, the file's bytes; the pictures are made in other processes, since
 Linux carries a process's peak across exec), the difference is what preparing the picture
 costs. `--before DIR` measures a second checkout (say, `git worktree add /tmp/before HEAD~3`) in the same run,
-case by case in alternation, and prints the ratio. The figures are compared with the Lambda's memory size.
+case by case in alternation, and prints the ratio. The figures are compared with the Lambda's memory size and
+with PEAK_BOUND_MB, which tests/test_decode_memory.py holds every case to.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
 LAMBDA_MEMORY_MB = 1024  # the dev stage's api_handler (.chalice/config.json); prod has more
+# The most preparing one accepted picture may peak at: a third of the Lambda's memory leaves the rest for the
+# runtime, its clients and the answer, whatever the format.
+PEAK_BOUND_MB = LAMBDA_MEMORY_MB // 3
 MIB = 1024 * 1024
 
 
@@ -137,6 +141,12 @@ def _measure(root: Path, path: Path) -> dict:
     return {"baseline_kb": baseline, "peak_kb": peak, "seconds": seconds, "sent": sent, "error": error}
 
 
+def make_case(name: str, side: int, path: Path) -> None:
+    """Write case `name` as a `side` x `side` picture to `path`, in a child process: Linux carries a peak RSS
+    across exec, so the measuring processes' parent must stay small."""
+    subprocess.run([sys.executable, __file__, "--make", name, str(side), str(path)], check=True)
+
+
 def measure_in_child(root: Path, path: Path) -> dict:
     output = subprocess.run(
         [sys.executable, __file__, "--measure", str(path), "--root", str(root)],
@@ -186,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown case(s): {', '.join(sorted(unknown))}")
 
     print(
-        f"peak RSS of prepare_image per format, fresh process per case; Lambda memory {LAMBDA_MEMORY_MB} MB"
+        f"peak RSS of prepare_image per format, fresh process per case; Lambda memory {LAMBDA_MEMORY_MB} MB, "
+        f"bound {PEAK_BOUND_MB} MB"
     )
     header = f"{'case':<24} {'pixels':>11} {'file MB':>8}"
     for label in roots:
@@ -201,8 +212,7 @@ def main(argv: list[str] | None = None) -> None:
             cap = args.pixels or min(pixel_cap(root, format) for root in roots.values())
             side = math.isqrt(cap)
             path = Path(directory) / name
-            # Made in a child: Linux carries a peak RSS across exec, so this process must stay small.
-            subprocess.run([sys.executable, __file__, "--make", name, str(side), str(path)], check=True)
+            make_case(name, side, path)
             line = f"{name:<24} {side * side:>11,} {path.stat().st_size / MIB:>8.2f}"
             adds = {}
             for label, root in roots.items():
@@ -212,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
                 line += f" | {peak_mb:>15.0f} {adds[label]:>8.0f} {result['seconds']:>5.1f}"
                 if result["error"]:
                     line += f" ({result['error'][:60]})"
+                if peak_mb > PEAK_BOUND_MB:
+                    line += " (over the bound)"
             if len(roots) == 2:
                 line += f" | {max(adds['after'], 1) / max(adds['before'], 1):>12.2f}"
             print(line, flush=True)
