@@ -48,8 +48,7 @@ class EndpointProcess:
     def __init__(self, model_dir: Path, *extra_args: str, log: Path | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        with contextlib.ExitStack() as files:
-            output = files.enter_context(log.open("wb")) if log is not None else None
+        with log.open("wb") if log is not None else contextlib.nullcontext() as output:
             self.process = subprocess.Popen(
                 [
                     sys.executable,
