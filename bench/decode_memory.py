@@ -4,12 +4,13 @@
 
 Every case is a picture of as many pixels as the API accepts for its format (a square under that cap), made
 once into a temporary directory. Each measurement runs in a fresh Python process that imports chalicelib,
-reads the file and reports its peak resident set (getrusage ru_maxrss) before and after `prepare_image`: the
-first is the baseline (interpreter, Pillow, the file's bytes; the pictures are made in other processes, since
-Linux carries a process's peak across exec), the difference is what preparing the picture
-costs. `--before DIR` measures a second checkout (say, `git worktree add /tmp/before HEAD~3`) in the same run,
-case by case in alternation, and prints the ratio. The figures are compared with the Lambda's memory size and
-with PEAK_BOUND_MB, which tests/test_decode_memory.py holds every case to.
+reads the file and reports its peak resident set (VmHWM in /proc/self/status) before and after
+`prepare_image`: the first is the baseline (interpreter, Pillow, the file's bytes), the difference is what
+preparing the picture costs. VmHWM is the process's own since its exec, unlike getrusage's ru_maxrss, which
+Linux carries over from the parent: a measurement started from a large process (a test run) reads as one
+started from a small one. `--before DIR` measures a second checkout (say, `git worktree add /tmp/before
+HEAD~3`) in the same run, case by case in alternation, and prints the ratio. The figures are compared with the
+Lambda's memory size and with PEAK_BOUND_MB, which tests/test_decode_memory.py holds every case to.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import argparse
 import io
 import json
 import math
-import resource
 import struct
 import subprocess
 import sys
@@ -113,6 +113,14 @@ CASES: dict[str, tuple[str, Callable[[tuple[int, int]], bytes]]] = {
 }
 
 
+def peak_rss_kb() -> int:
+    """This process's peak resident set since its exec, in KiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def _measure(root: Path, path: Path) -> dict:
     """Run in the child: the peak RSS before and after preparing the file with `root`'s chalicelib."""
     sys.path.insert(0, str(root))
@@ -120,7 +128,7 @@ def _measure(root: Path, path: Path) -> dict:
     from chalicelib.image import prepare_image
 
     data = path.read_bytes()
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline = peak_rss_kb()
     started = time.perf_counter()
     error = None
     try:
@@ -137,13 +145,13 @@ def _measure(root: Path, path: Path) -> dict:
     except Exception as exception:  # noqa: BLE001 - a refusal is a result here
         error, sent = f"{type(exception).__name__}: {exception}", 0
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_kb()
     return {"baseline_kb": baseline, "peak_kb": peak, "seconds": seconds, "sent": sent, "error": error}
 
 
 def make_case(name: str, side: int, path: Path) -> None:
-    """Write case `name` as a `side` x `side` picture to `path`, in a child process: Linux carries a peak RSS
-    across exec, so the measuring processes' parent must stay small."""
+    """Write case `name` as a `side` x `side` picture to `path`, in a child process, which gives back the
+    memory making it took."""
     subprocess.run([sys.executable, __file__, "--make", name, str(side), str(path)], check=True)
 
 

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import boto3
 import jsonschema
 import pytest
 import referencing
@@ -275,6 +276,9 @@ def stopped_endpoint_client(tmp_path, monkeypatch):
 
     project = tmp_path / "project"
     ChaliceLocal.write_config(project, f"http://127.0.0.1:{free_port()}")
+    # A fresh container has a fresh boto3 session too: one made by an earlier test, with that test's
+    # environment, would not see the region the stage's environment sets.
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     fresh_container()
     yield Client(api.app, stage_name="local", project_dir=str(project))
     fresh_container()
