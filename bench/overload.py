@@ -260,13 +260,13 @@ def main() -> None:
     per_model_run = ratio(before["cpu"], before["model_runs"])
     for mode, result in results.items():
         print(
-            f"{mode}: endpoint CPU {result['cpu']:.1f} s, "
-            f"{1000 * ratio(result['cpu'], result['model_runs']):.1f} ms per model run"
+            f"{mode}: endpoint CPU {result['cpu']:.1f} s for {result['model_runs']} model runs "
+            f"and {result['shed']} refusals"
         )
     refusal_cpu = after["cpu"] - after["model_runs"] * per_model_run
     print(
-        f"endpoint CPU per refused attempt (estimated): {1000 * ratio(refusal_cpu, after['shed']):.2f} ms "
-        f"({after['shed']} refused)"
+        f"endpoint CPU per model run {1000 * per_model_run:.1f} ms (no shedding); "
+        f"per refused attempt {1000 * ratio(refusal_cpu, after['shed']):.2f} ms (estimated)"
     )
     print(
         f"shedding / no shedding: goodput {ratio(after['goodput'], before['goodput']):.2f}x, "
