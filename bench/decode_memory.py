@@ -215,6 +215,29 @@ def pixel_cap(root: Path, format: str) -> int:
     return json.loads(output.stdout)
 
 
+def measure_case(name: str, path: Path, side: int, roots: dict[str, Path], case: dict) -> tuple[str, list]:
+    """Measure one case's file in each checkout; fills `case` and returns the printed line and table row."""
+    line = f"{name:<24} {side * side:>11,} {path.stat().st_size / MIB:>8.2f}"
+    row = [name, f"{side * side:,}", f"{path.stat().st_size / MIB:.2f}"]
+    adds = {}
+    for label, root in roots.items():
+        result = measure_in_child(root, path)
+        peak_mb = result["peak_kb"] / 1024
+        adds[label] = (result["peak_kb"] - result["baseline_kb"]) / 1024
+        case[label] = {"peak_mb": peak_mb, "adds_mb": adds[label], **result}
+        line += f" | {peak_mb:>15.0f} {adds[label]:>8.0f} {result['seconds']:>5.1f}"
+        row += [f"{peak_mb:.0f}", f"{adds[label]:.0f}", f"{result['seconds']:.1f}"]
+        if result["error"]:
+            line += f" ({result['error'][:60]})"
+            row[-3] += f" ({result['error'][:60]})"
+        if peak_mb > PEAK_BOUND_MB:
+            line += " (over the bound)"
+    if len(roots) == 2:
+        line += f" | {max(adds['after'], 1) / max(adds['before'], 1):>12.2f}"
+        row.append(f"{max(adds['after'], 1) / max(adds['before'], 1):.2f}")
+    return line, row
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", type=Path, help="another checkout to measure alongside this one")
@@ -266,25 +289,8 @@ def main(argv: list[str] | None = None) -> None:
             side = math.isqrt(cap)
             path = Path(directory) / name
             make_case(name, side, path)
-            line = f"{name:<24} {side * side:>11,} {path.stat().st_size / MIB:>8.2f}"
-            adds = {}
             case = figures["cases"][name] = {"pixels": side * side, "file_bytes": path.stat().st_size}
-            row = [name, f"{side * side:,}", f"{path.stat().st_size / MIB:.2f}"]
-            for label, root in roots.items():
-                result = measure_in_child(root, path)
-                peak_mb = result["peak_kb"] / 1024
-                adds[label] = (result["peak_kb"] - result["baseline_kb"]) / 1024
-                case[label] = {"peak_mb": peak_mb, "adds_mb": adds[label], **result}
-                line += f" | {peak_mb:>15.0f} {adds[label]:>8.0f} {result['seconds']:>5.1f}"
-                row += [f"{peak_mb:.0f}", f"{adds[label]:.0f}", f"{result['seconds']:.1f}"]
-                if result["error"]:
-                    line += f" ({result['error'][:60]})"
-                    row[-3] += f" ({result['error'][:60]})"
-                if peak_mb > PEAK_BOUND_MB:
-                    line += " (over the bound)"
-            if len(roots) == 2:
-                line += f" | {max(adds['after'], 1) / max(adds['before'], 1):>12.2f}"
-                row.append(f"{max(adds['after'], 1) / max(adds['before'], 1):.2f}")
+            line, row = measure_case(name, path, side, roots, case)
             print(line, flush=True)
             rows.append(row)
             path.unlink()
