@@ -6,16 +6,15 @@ from chalicelib import batch_request, image_request, observability
 from chalicelib.errors import answers_errors, lambda_error, reshape_chalice_error
 from chalicelib.health import health_answer
 from chalicelib.openapi import describe_api, stage_base_path
-from chalicelib.settings import api_key_required, get_settings
+from chalicelib.settings import UPLOAD_CONTENT_TYPES, api_key_required, get_settings
 from chalicelib.webpage import render_page
 
 app = Chalice(app_name="dogbreeds")
 # Routes that pass KEYED need an API key on stages that set API_KEY_REQUIRED (prod); a public route omits it.
 KEYED = api_key_required()
 
-IMAGE_CONTENT_TYPES = ["image/jpeg", "image/png", "image/webp", "image/gif", "application/octet-stream"]
 # API Gateway passes these bodies to the Lambda base64-encoded instead of mangling them as text.
-for content_type in IMAGE_CONTENT_TYPES:
+for content_type in UPLOAD_CONTENT_TYPES:
     if content_type not in app.api.binary_types:
         app.api.binary_types.append(content_type)
 
@@ -34,7 +33,7 @@ def project_error_shape(event, get_response):
 @answers_errors
 def page():
     """The web page to try the API in a browser; public on every stage, like /openapi.json."""
-    html, headers = render_page(get_settings().model_resize_size, tuple(IMAGE_CONTENT_TYPES))
+    html, headers = render_page(get_settings().model_resize_size, UPLOAD_CONTENT_TYPES)
     return Response(body=html, headers=headers)
 
 
@@ -46,7 +45,9 @@ def predict():
     return image_request.http_answer(image_request.classify(request))
 
 
-@app.route("/predict/image", methods=["POST"], content_types=IMAGE_CONTENT_TYPES, api_key_required=KEYED)
+@app.route(
+    "/predict/image", methods=["POST"], content_types=list(UPLOAD_CONTENT_TYPES), api_key_required=KEYED
+)
 @answers_errors
 def predict_image():
     """The image's raw bytes as the body; optional ?top_k=N&min_confidence=P."""

@@ -33,18 +33,15 @@ from chalicelib.settings import (
     ENDPOINT_CONNECT_TIMEOUT_S,
     ENDPOINT_MAX_ATTEMPTS,
     ENDPOINT_READ_TIMEOUT_S,
+    JPEG,
+    JSON,
     MAX_ENDPOINT_BODY_BYTES,
     MAX_RETRY_AFTER_S,
+    RECORD_JSON,
     RETRY_AFTER_S,
     get_settings,
 )
 
-CONTENT_TYPE = "image/jpeg"
-ACCEPT = "application/json"
-BATCH_CONTENT_TYPE = "application/json"
-# The handlers' RECORD_JSON (serving/inference.py, which the API cannot import; a test keeps them equal):
-# an image of a batch the model cannot take answers an error in its place instead of failing the batch.
-BATCH_ACCEPT = "application/vnd.dogbreeds.record+json"
 # How much of the model container's own error message is passed on to the caller.
 _MAX_RELAYED_CHARS = 300
 # Error codes after which the endpoint may well answer if asked again later.
@@ -81,7 +78,7 @@ def invoke_model(
     EndpointTimeout (no answer in time) and ModelPayloadTooLarge (the endpoint refused the body's size).
     """
     attributes = _custom_attributes(top_k, min_confidence)
-    return parse_answer(_invoke(endpoint_name, jpeg, CONTENT_TYPE, ACCEPT, attributes))
+    return parse_answer(_invoke(endpoint_name, jpeg, JPEG, JSON, attributes))
 
 
 def _custom_attributes(top_k: int, min_confidence: float | None) -> str:
@@ -101,9 +98,7 @@ def invoke_model_batch(
     Raises as `invoke_model` does; BadModelAnswer also when the answer is not one result per image.
     """
     body = json.dumps({"instances": [{"b64": base64.b64encode(jpeg).decode()} for jpeg in jpegs]}).encode()
-    raw = _invoke(
-        endpoint_name, body, BATCH_CONTENT_TYPE, BATCH_ACCEPT, _custom_attributes(top_k, min_confidence)
-    )
+    raw = _invoke(endpoint_name, body, JSON, RECORD_JSON, _custom_attributes(top_k, min_confidence))
     try:
         answers = json.loads(raw, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as error:
@@ -230,7 +225,7 @@ def queue_model_request(
     inference_id = uuid.uuid4().hex
     key = f"{prefix}/{inference_id}.jpg"
     try:
-        s3_client().put_object(Bucket=bucket, Key=key, Body=jpeg, ContentType=CONTENT_TYPE)
+        s3_client().put_object(Bucket=bucket, Key=key, Body=jpeg, ContentType=JPEG)
     except (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError, ReadTimeoutError) as error:
         raise EndpointUnavailable(
             f"the photo could not be queued for {endpoint_name!r}: S3 cannot be reached"
@@ -241,8 +236,8 @@ def queue_model_request(
     try:
         response = runtime_client().invoke_endpoint_async(
             EndpointName=endpoint_name,
-            ContentType=CONTENT_TYPE,
-            Accept=ACCEPT,
+            ContentType=JPEG,
+            Accept=JSON,
             CustomAttributes=f"top_k={top_k}",
             InferenceId=inference_id,
             InputLocation=f"s3://{bucket}/{key}",

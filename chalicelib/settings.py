@@ -6,7 +6,8 @@ Limits follow from the platform:
 - A URL is fetched by the Lambda itself, so its cap is set by memory rather than by the event size.
 - The pixel cap is well under Pillow's own decompression-bomb limit (89.5 MP warns, 179 MP refuses) and above
   any phone camera (a 12 MP photo is 12,000,000 pixels). With the image converted in strips, preparing a
-  picture at its format's cap peaks at about a quarter of the dev stage's 1,024 MB (README, "Limits").
+  picture at its format's cap peaks at about a quarter of the dev stage's 1,024 MB (docs/benchmarks.md,
+  "In the Lambda").
 - What the Lambda sends is what SageMaker and the endpoint take: the shorter side at most the model's resize
   size, the longer at most MAX_ASPECT_RATIO times that, the body at most MAX_ENDPOINT_BODY_BYTES
   (tests/test_limits.py holds these against the endpoint's own constants).
@@ -73,6 +74,17 @@ HEALTH_TIMEOUT_S = 2.0
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 20
 JPEG_QUALITY = 90
+
+# What the API accepts as an upload's body (POST /predict/image); API Gateway passes these to the Lambda
+# base64-encoded instead of mangling them as text.
+UPLOAD_CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "application/octet-stream")
+
+# The endpoint's wire contract as the Lambda speaks it: a copy of serving/contract.py's, since the Lambda
+# ships alone (tests/test_limits.py keeps the two equal, and DEFAULT_TOP_K and MAX_ENDPOINT_BODY_BYTES too).
+JSON = "application/json"
+JPEG = "image/jpeg"
+# Asking for it gets an error in the place of each image a batch could not take, instead of failing the batch.
+RECORD_JSON = "application/vnd.dogbreeds.record+json"
 
 # How a stage's endpoint is called: InvokeEndpoint (real-time instances, serverless), or the photo is put in
 # S3 and queued with InvokeEndpointAsync (async), answered 202 with where the result will be.

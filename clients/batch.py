@@ -41,8 +41,6 @@ from chalicelib.settings import MAX_BATCH_ITEMS, MAX_UPLOAD_BYTES
 from clients.batch_results import (
     FORMATS,
     OUT_SUFFIX,
-    TRANSFORM_ACCEPT,
-    TRANSFORM_CONTENT_TYPE,
     ResultsWriter,
     Row,
     Summary,
@@ -53,13 +51,12 @@ from clients.batch_results import (
     rows_from_outputs,
     write_rows,
 )
-from serving.contract import MAX_BODY_BYTES, MAX_INSTANCES
+from serving.contract import JSON, MAX_BODY_BYTES, MAX_INSTANCES, MODEL_BATCH, RECORD_JSON, X_IMAGE
 
-JSON = "application/json"
 DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
-# Images per request to the endpoint: its model thread's batch (serving.server.DEFAULT_MAX_BATCH), so each
+# Images per request to the endpoint: its model thread's batch (serving.contract.MODEL_BATCH), so each
 # request is one model call, and the HTTP and JSON work per image is a quarter of one image per request.
-DEFAULT_ENDPOINT_BATCH = 4
+DEFAULT_ENDPOINT_BATCH = MODEL_BATCH
 # Through the API, the most /predict/batch takes: prod allows each key a few requests per second, not images.
 DEFAULT_API_BATCH = MAX_BATCH_ITEMS
 # Requests in flight: enough that the endpoint's model thread always has the next group decoded and waiting.
@@ -170,7 +167,7 @@ class Client:
                 return self._post("/predict", json.dumps({"url": loaded.item.url}).encode(), JSON, JSON)
             return self._post("/predict/image", loaded.data, "application/octet-stream", JSON)
         # As a transform job sends an object: its bytes, and errors asked for in place.
-        return self._post("/invocations", loaded.data, TRANSFORM_CONTENT_TYPE, TRANSFORM_ACCEPT)
+        return self._post("/invocations", loaded.data, X_IMAGE, RECORD_JSON)
 
     # --- a group per request ---
 
@@ -195,7 +192,7 @@ class Client:
             return self._api_batch(group)
         instances = [{"b64": base64.b64encode(loaded.data).decode("ascii")} for loaded in group]
         body = json.dumps({"instances": instances}).encode()
-        answer = _json(self._post("/invocations", body, JSON, TRANSFORM_ACCEPT))
+        answer = _json(self._post("/invocations", body, JSON, RECORD_JSON))
         if isinstance(answer, list) and len(answer) == len(group):
             return answer
         # With errors asked for in place, a batch refused as a whole is one error object.

@@ -19,11 +19,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TextIO
 
-# What a Batch Transform job of this project sets (training/jobs/batch_transform.py sends these), spelled as
-# the handlers spell them so that this module does not import torch with them (a test keeps them equal): an
-# image's bytes, and RECORD_JSON, which asks for errors in place.
-TRANSFORM_CONTENT_TYPE = "application/x-image"
-TRANSFORM_ACCEPT = "application/vnd.dogbreeds.record+json"
 OUT_SUFFIX = ".out"  # Batch Transform names each object's answer `<key>.out`
 FORMATS = ("csv", "jsonl")
 

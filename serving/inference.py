@@ -48,31 +48,24 @@ from classifier.model import CONFIDENCE_THRESHOLD, DOG_THRESHOLD, breed_name, re
 from classifier.preprocessing import Preprocessing, UnreadableImageError, open_image
 from classifier.runtime import RUNTIMES, Device, OnnxRunner, TorchRunner, load_runner, softmax
 from serving.contract import (
+    DEFAULT_TOP_K,
+    IMAGE_CONTENT_TYPES,
+    JSON,
     MAX_ASPECT_RATIO,
     MAX_IMAGE_PIXELS,
     MAX_IMAGE_SIDE,
     MAX_INSTANCES,
     MAX_REQUEST_PIXELS,
+    RECORD_JSON,
 )
 
 log = logging.getLogger(__name__)
 
-JPEG = "image/jpeg"
-PNG = "image/png"
-WEBP = "image/webp"
-X_IMAGE = "application/x-image"
-OCTET_STREAM = "application/octet-stream"
-JSON = "application/json"
-# The answer is JSON either way; asking for this type is asking for errors in place (see the docstring).
-RECORD_JSON = "application/vnd.dogbreeds.record+json"
-# One image per request, its bytes as the body; Pillow tells the format from the bytes, not from the header.
-IMAGE_CONTENT_TYPES = (JPEG, PNG, WEBP, X_IMAGE, OCTET_STREAM)
 CONTENT_TYPES = (*IMAGE_CONTENT_TYPES, JSON)
 ACCEPT_TYPES = (JSON, RECORD_JSON)
 
 # SageMaker forwards InvokeEndpoint's CustomAttributes verbatim in this header.
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
-DEFAULT_TOP_K = 5
 
 RUNTIME_ENV = "DOGBREEDS_RUNTIME"  # one of classifier.runtime.RUNTIMES
 THREADS_ENV = "DOGBREEDS_THREADS"

@@ -655,12 +655,6 @@ def test_lambda_function_takes_a_batch(client, files):
     assert results[1]["error"]["code"] == "url_not_allowed" and payload.payload["images"] == []
 
 
-def test_batch_accept_is_the_handlers_errors_in_place_type():
-    from serving.inference import RECORD_JSON
-
-    assert invoke.BATCH_ACCEPT == RECORD_JSON
-
-
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [

@@ -22,6 +22,7 @@ from conftest import PROJECT, ChaliceLocal, QuietFiles
 from local_servers import serving_in_thread
 
 from clients import batch, batch_results
+from serving import contract
 
 LABRADOR = "Labrador_retriever_06455.jpg"
 SPANIEL = "American_water_spaniel_00648.jpg"
@@ -106,14 +107,6 @@ def test_transform_output_is_laid_out_as_the_job_writes_it(endpoint, photos, tmp
     code, err = run_batch(capsys, *argv)
     assert "3 images, 2 already done, 1 to classify" in err
     assert json.loads((out / "labs" / f"{LABRADOR}.out").read_bytes()) == answer
-
-
-def test_the_content_types_are_the_handlers():
-    from serving import inference
-
-    assert batch_results.TRANSFORM_CONTENT_TYPE in inference.IMAGE_CONTENT_TYPES
-    assert batch_results.TRANSFORM_ACCEPT == inference.RECORD_JSON
-    assert batch.JSON == inference.JSON
 
 
 def test_the_command_does_not_import_torch():
@@ -223,7 +216,7 @@ def test_a_folder_and_a_url_list_through_the_api(api_stack, photos, sample_files
         listing.write_text(f"{files}/{LABRADOR}\n{files}/missing.jpg\n{files}/{SPANIEL}\n")
         url_code, url_err = run_batch(capsys, str(listing), "-o", str(url_results), "--api", url)
     # Each source went as one /predict/batch call, each item answered on its own.
-    assert proxy.requests == [("/predict/batch", batch.JSON)] * 2
+    assert proxy.requests == [("/predict/batch", contract.JSON)] * 2
     rows = csv_rows(results)
     assert rows[f"labs/{LABRADOR}"]["label"] == "Labrador_retriever"
     assert rows["other/notes.txt"]["error"] == "unsupported_media_type"
@@ -361,7 +354,7 @@ def test_throttled_requests_are_retried_as_retry_after_asks(endpoint, photos, tm
     with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), proxy)) as url:
         code, err = run_batch(capsys, str(photos), "-o", str(results), "--endpoint", url)
     # The three files went as one JSON batch: throttled once, then answered.
-    assert proxy.throttled == 1 and proxy.content_types() == [batch.JSON]
+    assert proxy.throttled == 1 and proxy.content_types() == [contract.JSON]
     assert csv_rows(results)[f"labs/{LABRADOR}"]["label"] == "Labrador_retriever"
     assert "3 images: 2 classified, 1 failed" in err and "unreadable_image" in err
 
@@ -378,7 +371,7 @@ def test_groups_of_images_answer_as_one_image_per_request_does(endpoint, photos,
             code, err = run_batch(capsys, str(photos), "-o", str(results), "--endpoint", url, "-b", size)
         assert code == batch.EXIT_FAILED and f"{files} images: {files - 1} classified, 1 failed" in err
         rows[size] = csv_rows(results)
-        expected = [batch.TRANSFORM_CONTENT_TYPE] * files if size == "1" else [batch.JSON] * -(-files // 3)
+        expected = [contract.X_IMAGE] * files if size == "1" else [contract.JSON] * -(-files // 3)
         assert proxy.content_types() == expected
     assert rows["1"].keys() == rows["3"].keys()
     for key, single in rows["1"].items():
@@ -397,8 +390,6 @@ def test_a_group_refused_as_a_whole_is_sent_again_one_image_per_request(endpoint
     """Three pictures of 36 MP each pass the endpoint's per-image cap but not its per-request one."""
     from PIL import Image
 
-    from serving import contract
-
     side = 6000
     assert side * side <= contract.MAX_IMAGE_PIXELS and 3 * side * side > contract.MAX_REQUEST_PIXELS
     folder = tmp_path / "big"
@@ -411,7 +402,7 @@ def test_a_group_refused_as_a_whole_is_sent_again_one_image_per_request(endpoint
     with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), proxy)) as url:
         code, err = run_batch(capsys, str(folder), "-o", str(results), "--endpoint", url)
     assert code == 0 and "4 images: 4 classified, 0 failed" in err
-    assert proxy.content_types() == [batch.JSON] + [batch.TRANSFORM_CONTENT_TYPE] * 4
+    assert proxy.content_types() == [contract.JSON] + [contract.X_IMAGE] * 4
     assert csv_rows(results)[LABRADOR]["label"] == "Labrador_retriever"
 
 

@@ -38,7 +38,7 @@ from classifier.model import (
     WEIGHTS_FILE,
     read_config,
 )
-from serving import inference
+from serving import contract, inference
 from training import quantize
 from training.jobs.source_bundle import repack_model
 
@@ -123,11 +123,11 @@ def test_the_container_answers_what_the_local_endpoint_answers(
     url, log_path, root, _ = container
     photos = sorted(samples.glob("*.jpg"))
     assert len(photos) >= 3
-    requests = [(photo.read_bytes(), {"Content-Type": inference.JPEG}) for photo in photos]
+    requests = [(photo.read_bytes(), {"Content-Type": contract.JPEG}) for photo in photos]
     batch = {"instances": [{"b64": base64.b64encode(image).decode()} for image in (spaniel, labrador)]}
     requests += [
-        (json.dumps(batch).encode(), {"Content-Type": inference.JSON}),
-        (labrador, {"Content-Type": inference.JPEG, inference.CUSTOM_ATTRIBUTES_HEADER: "top_k=2"}),
+        (json.dumps(batch).encode(), {"Content-Type": contract.JSON}),
+        (labrador, {"Content-Type": contract.JPEG, inference.CUSTOM_ATTRIBUTES_HEADER: "top_k=2"}),
     ]
     for body, headers in requests:
         expected_status, expected = post(endpoint.url, body, headers)
@@ -137,8 +137,8 @@ def test_the_container_answers_what_the_local_endpoint_answers(
 
     # A request error answers with the same status and message; the image's toolkit (sagemaker-inference's
     # Transformer.handle_error) appends the Python traceback below it, which the local endpoint does not.
-    status, answer = post(url, b"garbage", {"Content-Type": inference.JPEG})
-    expected_status, expected = post(endpoint.url, b"garbage", {"Content-Type": inference.JPEG})
+    status, answer = post(url, b"garbage", {"Content-Type": contract.JPEG})
+    expected_status, expected = post(endpoint.url, b"garbage", {"Content-Type": contract.JPEG})
     message, _, trace = answer.partition(b"\n")
     assert (status, message) == (expected_status, expected) == (400, message)
     assert b"Traceback" in trace
@@ -209,7 +209,7 @@ def test_the_container_serves_int8_only_where_its_record_qualifies_and_holds(
     with emulated_container(trained_archive(model_dir), tmp_path) as (url, log_path, unpacked, _, said):
         assert (unpacked / ONNX_INT8_FILE).is_file() == ships, said
         assert said[0].startswith(f"int8 graph {'shipped' if ships else 'not shipped'}: "), said
-        status, answer = post(url, labrador, {"Content-Type": inference.JPEG})
+        status, answer = post(url, labrador, {"Content-Type": contract.JPEG})
         log = log_path.read_text()
     assert status == 200 and json.loads(answer)["predictions"][0]["label"] == "Labrador_retriever"
     assert f"({serves} on cpu" in log, log

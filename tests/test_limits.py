@@ -22,6 +22,7 @@ from test_api import (  # noqa: F401 - fixtures: client, local_project, new_cont
     post_image,
 )
 
+from chalicelib import settings
 from chalicelib.image import prepare_image
 from chalicelib.schema import validate_error
 from chalicelib.settings import (
@@ -49,6 +50,13 @@ def worst_case(size: tuple[int, int]) -> bytes:
 def test_the_api_never_sends_more_than_sagemaker_or_the_endpoint_takes():
     assert MAX_ENDPOINT_BODY_BYTES <= SAGEMAKER_MAX_BODY_BYTES
     assert MAX_ENDPOINT_BODY_BYTES <= contract.MAX_BODY_BYTES
+
+
+def test_the_lambdas_copy_of_the_wire_contract_is_the_endpoints():
+    assert settings.RECORD_JSON == contract.RECORD_JSON
+    assert settings.JSON == contract.JSON and settings.JPEG in contract.IMAGE_CONTENT_TYPES
+    assert settings.DEFAULT_TOP_K == contract.DEFAULT_TOP_K
+    assert settings.MAX_ENDPOINT_BODY_BYTES == contract.MAX_BODY_BYTES
 
 
 def test_the_api_refuses_every_aspect_ratio_the_endpoint_refuses():

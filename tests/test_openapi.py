@@ -27,7 +27,7 @@ import app as api
 from chalicelib import health, openapi
 from chalicelib.gateway_responses import GATEWAY_RESPONSES
 from chalicelib.invoke import runtime_client
-from chalicelib.settings import MAX_UPLOAD_BYTES, get_settings
+from chalicelib.settings import MAX_UPLOAD_BYTES, UPLOAD_CONTENT_TYPES, get_settings
 
 # Examples per operation and phase; the whole fuzz run stays within seconds.
 FUZZ_EXAMPLES = 10
@@ -107,7 +107,7 @@ def test_the_document_is_valid_openapi_3_1_and_describes_every_route(document):
     described = {(path, method.upper()) for path, methods in document["paths"].items() for method in methods}
     assert described == {(path, method) for path, methods in api.app.routes.items() for method in methods}
     upload = document["paths"]["/predict/image"]["post"]
-    assert set(upload["requestBody"]["content"]) == set(api.IMAGE_CONTENT_TYPES)
+    assert set(upload["requestBody"]["content"]) == set(UPLOAD_CONTENT_TYPES)
     assert [parameter["name"] for parameter in upload["parameters"]] == ["top_k", "min_confidence"]
 
 

@@ -57,12 +57,14 @@ def package(request, tmp_path_factory) -> tuple[str, dict, Path]:
     subprocess.run(
         [
             sys.executable,
-            str(PROJECT / "scripts" / "merge_template.py"),
+            "-m",
+            "scripts.merge_template",
             "--stage",
             stage,
             "--output",
             str(merge),
         ],
+        cwd=PROJECT,
         check=True,
         timeout=60,
     )
@@ -368,3 +370,23 @@ def test_alarms_watch_the_api_the_functions_and_the_stage_endpoint(package):
     for alarm in resources(template, "AWS::CloudWatch::Alarm").values():
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": topic}]
         assert alarm["Properties"]["AlarmName"].startswith(f"dogbreeds-{stage}-")
+
+
+def test_the_templates_endpoint_alarms_are_the_ones_deploy_rolls_back_on(package):
+    """One definition (training/jobs/alarms.py) for both: the same metrics, statistics, dimensions and
+    comparisons; only the periods and actions differ."""
+    from training.jobs.alarms import rollback_alarm_requests
+
+    stage, template, _ = package
+    shared = ("Namespace", "MetricName", "Dimensions", "Statistic", "ExtendedStatistic", "ComparisonOperator")
+
+    def key(properties: dict) -> tuple:
+        return tuple(json.dumps(properties.get(name), sort_keys=True) for name in shared)
+
+    in_template = {
+        key(alarm["Properties"])
+        for alarm in resources(template, "AWS::CloudWatch::Alarm").values()
+        if alarm["Properties"]["Namespace"] == "AWS/SageMaker"
+    }
+    in_deploy = {key(call.params) for call in rollback_alarm_requests(f"dogbreeds-{stage}", latency_ms=1000)}
+    assert in_template == in_deploy and len(in_deploy) == 3

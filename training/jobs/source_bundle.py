@@ -4,7 +4,7 @@
       sagemaker_train.py                     config.json, labels.json, weights.pt, ...  (the trained model)
       requirements.txt                       model.onnx (the graph the endpoint runs, checked and stamped)
       training/train.py and what it          model-int8.onnx (only where its quantization record qualifies)
-        imports (training/, serving/)        code/inference.py
+        imports (training/, classifier/)     code/inference.py
                                              code/requirements.txt
                                              code/serving/inference.py and what it imports
 
