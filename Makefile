@@ -1,4 +1,4 @@
-# Entry points: `make run` (the service on localhost), `make test`, `make bench`, `make package`.
+# Entry points: `make run` (the service on localhost), `make test`, `make bench`, `make package`, `make deploy`.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +11,8 @@ BENCH_MODELS ?= models/default models/fast
 # against PyTorch, so the local endpoint starts without exporting.
 GRAPHS := $(addsuffix /model.onnx,$(BENCH_MODELS))
 
-.PHONY: setup browser run test test-container test-all lint bench bench-batch bench-startup bench-train int8 package clean
+.PHONY: setup browser run test test-container test-all lint bench bench-batch bench-startup bench-train int8 package deploy \
+	clean
 
 setup: $(INSTALLED) $(GRAPHS)
 
@@ -77,6 +78,12 @@ package: setup
 	$(BIN)/python -m scripts.merge_template --stage $(STAGE) --output build/merge-$(STAGE).json
 	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $(STAGE) \
 		--merge-template build/merge-$(STAGE).json build/package-$(STAGE)
+
+# `chalice deploy`, then what the packaged template would add: throttling, gateway responses, prod's usage plan
+# and key, the alarms (scripts/protect_stage.py; idempotent).
+deploy: setup
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice deploy --stage $(STAGE)
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/python -m scripts.protect_stage --stage $(STAGE)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -1,17 +1,34 @@
 """dogbreeds API: the routes and the Lambda function; the work is in chalicelib (see image_request.py)."""
 
-from chalice import Chalice, Response
+from chalice import Chalice, CORSConfig, Response
 
 from chalicelib import batch_request, image_request, observability
+from chalicelib.breeds import breeds_answer
 from chalicelib.errors import answers_errors, lambda_error, reshape_chalice_error
 from chalicelib.health import health_answer
 from chalicelib.openapi import describe_api, stage_base_path
-from chalicelib.settings import UPLOAD_CONTENT_TYPES, api_key_required, get_settings
+from chalicelib.settings import (
+    CORS_EXPOSE_HEADERS,
+    CORS_MAX_AGE_S,
+    UPLOAD_CONTENT_TYPES,
+    api_key_required,
+    cors_allow_origin,
+    get_settings,
+)
 from chalicelib.webpage import render_page
 
 app = Chalice(app_name="dogbreeds")
 # Routes that pass KEYED need an API key on stages that set API_KEY_REQUIRED (prod); a public route omits it.
 KEYED = api_key_required()
+
+# Every route answers browsers of the stage's one allowed origin (CORS_ALLOW_ORIGIN, none when unset), the
+# preflight (OPTIONS) included; CORSConfig always allows the x-api-key and Content-Type request headers, and
+# a page may read Retry-After. Set before the routes, which take it as their default.
+ALLOWED_ORIGIN = cors_allow_origin()
+if ALLOWED_ORIGIN:
+    app.api.cors = CORSConfig(
+        allow_origin=ALLOWED_ORIGIN, expose_headers=list(CORS_EXPOSE_HEADERS), max_age=CORS_MAX_AGE_S
+    )
 
 # API Gateway passes these bodies to the Lambda base64-encoded instead of mangling them as text.
 for content_type in UPLOAD_CONTENT_TYPES:
@@ -26,7 +43,8 @@ app.register_middleware(observability.lambda_middleware, "pure_lambda")
 
 @app.middleware("http")
 def project_error_shape(event, get_response):
-    return reshape_chalice_error(get_response(event))
+    content_type = event.headers.get("content-type")
+    return reshape_chalice_error(get_response(event), content_type, UPLOAD_CONTENT_TYPES)
 
 
 @app.route("/", methods=["GET"])
@@ -42,7 +60,7 @@ def page():
 def predict():
     """{"url": "https://..."} or {"image": "<base64>"}, optional "top_k" and "min_confidence"."""
     request = image_request.parse_json_body(app.current_request.raw_body)
-    return image_request.http_answer(image_request.classify(request))
+    return image_request.http_answer(image_request.classify(request), _base_path())
 
 
 @app.route(
@@ -55,7 +73,18 @@ def predict_image():
     top_k = image_request.parse_top_k_text(query.get("top_k"))
     min_confidence = image_request.parse_min_confidence_text(query.get("min_confidence"))
     request = image_request.upload_request(app.current_request.raw_body, top_k, min_confidence)
-    return image_request.http_answer(image_request.classify(request))
+    return image_request.http_answer(image_request.classify(request), _base_path())
+
+
+@app.route("/predict/results/{inference_id}", methods=["GET"], api_key_required=KEYED)
+@answers_errors
+def predict_result(inference_id):
+    """An async stage's answer to a queued photo (POST /predict's 202 gives this route as result_url)."""
+    return image_request.result_http_answer(inference_id)
+
+
+def _base_path() -> str:
+    return stage_base_path(app.current_request.context)
 
 
 @app.route("/openapi.json", methods=["GET"])
@@ -63,6 +92,14 @@ def predict_image():
 def openapi():
     """This API described in OpenAPI 3.1."""
     return describe_api(app.routes, stage_base_path(app.current_request.context))
+
+
+@app.route("/breeds", methods=["GET"])
+@answers_errors
+def breeds():
+    """The model's breeds (label and display name) and its name and version; public, like /openapi.json."""
+    body, headers = breeds_answer()
+    return Response(body=body, headers=headers)
 
 
 @app.route("/predict/batch", methods=["POST"], content_types=["application/json"], api_key_required=KEYED)

@@ -6,14 +6,38 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import pi_heif
 from PIL import Image, UnidentifiedImageError
 
-from chalicelib.errors import ImageTooElongated, ModelPayloadTooLarge, TooManyPixels, UnsupportedImage
+from chalicelib.coded_size import UnreadableHeader, UnsupportedCoding, coded_sizes
+from chalicelib.errors import (
+    EmptyImage,
+    ImageTooElongated,
+    ModelPayloadTooLarge,
+    TooManyPixels,
+    UnreadableImage,
+    UnsupportedImage,
+)
 from chalicelib.settings import MAX_ASPECT_RATIO, MAX_ENDPOINT_BODY_BYTES, MAX_PIXELS_BY_FORMAT
 
+# HEIC/HEIF (the iPhone camera's format) is read by libheif through pi-heif; Pillow reads AVIF itself. Only
+# the main picture: its thumbnails, depth maps and auxiliary images would be parsed for nothing. libheif
+# turns a HEIF picture by the file's own rotation and mirroring (irot, imir) and pi-heif then sets the EXIF
+# orientation to 1, so the picture is never turned twice; Pillow reports AVIF's irot/imir as that orientation.
+pi_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+
 # Pillow tries only these decoders; MPO is what Pillow calls the JPEGs that some cameras write with a preview.
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "HEIF", "AVIF")
+_SEND_ALLOWED = f"send one of {', '.join(ALLOWED_FORMATS)}"
 _OPENED_FORMATS = (*ALLOWED_FORMATS, "MPO")
+# What decoding a malformed file raises: Pillow's own decoders the first three, the bindings of libheif
+# (pi-heif) and libavif (Pillow's AVIF plugin) also EOFError and RuntimeError.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, RuntimeError)
+# HEIF and AVIF files (ISO base media files) begin with this box, after its length.
+_ISO_MEDIA_BOX = b"ftyp"
+# HEVC codes a picture in whole blocks of up to 64 pixels a side, so its coded size may pass the shown one by
+# less than this.
+_CODING_BLOCK = 64
 # EXIF orientations that turn the picture a quarter, so width and height swap.
 _QUARTER_TURNS = (5, 6, 7, 8)
 _ORIENTATION_TAG = 0x0112
@@ -57,9 +81,9 @@ def prepare_image(
 
     What is sent is bounded whatever comes in: its shorter side is at most `resize_size`, its longer side at
     most MAX_ASPECT_RATIO times that, and its size at most `max_bytes` (a lower JPEG quality first, then a
-    refusal). `width`/`height` are the photo's own, upright. Raises UnsupportedImage (empty, not an image, a
-    format outside ALLOWED_FORMATS, or undecodable such as a truncated file), TooManyPixels (over
-    `max_pixels` or its format's cap), ImageTooElongated and ModelPayloadTooLarge.
+    refusal). `width`/`height` are the photo's own, upright. Raises EmptyImage, UnreadableImage (not an
+    image, or undecodable such as a truncated file), UnsupportedImage (a format outside ALLOWED_FORMATS),
+    TooManyPixels (over `max_pixels` or its format's cap), ImageTooElongated and ModelPayloadTooLarge.
     """
     image = open_checked(data, max_pixels=max_pixels)
     width, height = image.size
@@ -80,8 +104,8 @@ def prepare_image(
             image.draft("RGB", (resize_size, resize_size))
         image.load()
         image = reduced_rgb(image, resize_size)
-    except (OSError, SyntaxError, ValueError) as error:
-        raise UnsupportedImage(f"the image cannot be decoded: {error}") from error
+    except _DECODE_ERRORS as error:
+        raise UnreadableImage(f"the image cannot be decoded ({error}); {_SEND_ALLOWED}") from error
     if orientation in _TRANSPOSES:
         image = image.transpose(_TRANSPOSES[orientation])
     image = resize_for_model(image, resize_size)
@@ -108,10 +132,20 @@ def _encoded(image: Image.Image, quality: int, max_bytes: int) -> bytes:
 def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
     """The image's first frame, opened (headers read, pixels not yet decoded) and within `max_pixels`.
 
-    Raises UnsupportedImage or TooManyPixels.
+    Raises EmptyImage, UnreadableImage (not an image), UnsupportedImage (an image in another format),
+    TooManyPixels or ImageTooElongated.
     """
     if not data:
-        raise UnsupportedImage("the image is empty")
+        raise EmptyImage("the image is empty (0 bytes)")
+    coded = None
+    if data[4:8] == _ISO_MEDIA_BOX:
+        # Before opening it: pi-heif crashes the process on some malformed item descriptions.
+        try:
+            coded = coded_sizes(data)
+        except UnsupportedCoding as error:
+            raise UnsupportedImage(f"{error}; {_SEND_ALLOWED}") from error
+        except UnreadableHeader as error:
+            raise UnreadableImage(f"the HEIC/AVIF image cannot be read ({error}); {_SEND_ALLOWED}") from error
     try:
         with warnings.catch_warnings():
             # Between Pillow's two bomb limits it only warns; our own cap below is lower and answers instead.
@@ -120,25 +154,61 @@ def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as error:
         raise TooManyPixels(f"the image has too many pixels; the limit is {max_pixels:,}") from error
     except UnidentifiedImageError as error:
-        allowed = ", ".join(ALLOWED_FORMATS)
-        raise UnsupportedImage(f"not an image in an accepted format ({allowed})") from error
-    except (OSError, SyntaxError, ValueError) as error:
-        raise UnsupportedImage(f"the image cannot be read: {error}") from error
+        if data[4:8] == _ISO_MEDIA_BOX:
+            # libheif and libavif refuse a damaged file while reading its boxes, so Pillow cannot tell it
+            # apart from another format; its first box tells it is one of these.
+            raise UnreadableImage(
+                "the HEIC/AVIF image cannot be read: it is damaged, truncated or holds no picture; "
+                f"{_SEND_ALLOWED}"
+            ) from error
+        other_format = _other_format(data)
+        if other_format:
+            raise UnsupportedImage(f"{other_format} images are not accepted; {_SEND_ALLOWED}") from error
+        raise UnreadableImage(f"cannot decode the image; {_SEND_ALLOWED}") from error
+    except _DECODE_ERRORS as error:
+        raise UnreadableImage(f"the image cannot be read ({error}); {_SEND_ALLOWED}") from error
     if image.format not in _OPENED_FORMATS:
-        raise UnsupportedImage(f"{image.format} images are not accepted")
+        raise UnsupportedImage(f"{image.format} images are not accepted; {_SEND_ALLOWED}")
     width, height = image.size
     limit = min(max_pixels, MAX_PIXELS_BY_FORMAT.get(image.format, max_pixels))
     if width * height > limit:
         kind = "" if limit == max_pixels else f"{image.format} "
         raise TooManyPixels(f"the image is {width}x{height} pixels; the limit for {kind}images is {limit:,}")
     if width == 0 or height == 0:
-        raise UnsupportedImage("the image has no pixels")
+        raise UnreadableImage("the image has no pixels")
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
         raise ImageTooElongated(
             f"the image is {width}x{height} pixels; its longer side may be at most {MAX_ASPECT_RATIO} times"
             " its shorter side"
         )
+    if coded is not None:
+        _check_coded_sizes(coded, width, height)
     return image
+
+
+def _check_coded_sizes(sizes: list[tuple[int, int]], width: int, height: int) -> None:
+    """Refuse a HEIF/AVIF file any of whose coded pictures is larger than the size its header shows (either
+    way round: HEIF's is shown turned, AVIF's as stored). Raises TooManyPixels."""
+    for coded in sizes:
+        if not any(
+            coded[0] < shown[0] + _CODING_BLOCK and coded[1] < shown[1] + _CODING_BLOCK
+            for shown in ((width, height), (height, width))
+        ):
+            raise TooManyPixels(
+                f"the image codes a {coded[0]}x{coded[1]} picture behind the {width}x{height} pixels it shows"
+            )
+
+
+def _other_format(data: bytes) -> str | None:
+    """The name of the image format Pillow sees in `data` beyond ALLOWED_FORMATS (headers only), or None:
+    a picture in a format we refuse is a 415, bytes that are no picture at all a 400, as on the endpoint."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                return image.format
+    except Exception:  # noqa: BLE001 - any plugin's failure to read a header means: not an image it knows
+        return None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -200,5 +270,5 @@ def reduced_rgb(image: Image.Image, resize_size: int) -> Image.Image:
 def _orientation(image: Image.Image) -> int:
     try:
         return int(image.getexif().get(_ORIENTATION_TAG, 1))
-    except (OSError, SyntaxError, ValueError, TypeError):
+    except (*_DECODE_ERRORS, TypeError):
         return 1

@@ -12,10 +12,11 @@ from typing import Any
 from chalice import Response
 
 from chalicelib import observability
-from chalicelib.errors import BadRequest, InvalidJson, PayloadTooLarge
+from chalicelib.errors import BadRequest, EmptyImage, InvalidJson, PayloadTooLarge
 from chalicelib.fetch import fetch_image
 from chalicelib.image import prepare_image
-from chalicelib.invoke import invoke_model, queue_model_request
+from chalicelib.invoke import invoke_model
+from chalicelib.queued import queue_model_request, read_result
 from chalicelib.settings import (
     DEFAULT_TOP_K,
     JPEG_QUALITY,
@@ -23,6 +24,7 @@ from chalicelib.settings import (
     MAX_PIXELS,
     MAX_TOP_K,
     MAX_UPLOAD_BYTES,
+    RETRY_AFTER_S,
     get_settings,
 )
 
@@ -121,8 +123,10 @@ def parse_min_confidence_text(value: str | None) -> float | None:
 
 
 def decode_base64(value: Any) -> bytes:
-    if not isinstance(value, str) or not value:
-        raise BadRequest('"image" must be a non-empty base64 string')
+    """The bytes of a base64 image (a data: URL too); raises BadRequest for what is not base64, EmptyImage
+    for no bytes, as the endpoint says of an empty file, and PayloadTooLarge over MAX_UPLOAD_BYTES."""
+    if not isinstance(value, str):
+        raise BadRequest('"image" must be a string: the image\'s bytes in base64')
     # Accept data URLs as browsers produce them (data:image/jpeg;base64,...) and line-wrapped base64.
     if value.startswith("data:") and "," in value:
         value = value.split(",", 1)[1]
@@ -133,6 +137,8 @@ def decode_base64(value: Any) -> bytes:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as error:
         raise BadRequest(f'"image" is not valid base64: {error}') from error
+    if not data:
+        raise EmptyImage("the image is empty (0 bytes)")
     if len(data) > MAX_UPLOAD_BYTES:
         raise PayloadTooLarge(f"the image is {len(data)} bytes; the limit is {MAX_UPLOAD_BYTES} bytes")
     return data
@@ -141,9 +147,9 @@ def decode_base64(value: Any) -> bytes:
 def upload_request(
     body: bytes | None, top_k: int = DEFAULT_TOP_K, min_confidence: float | None = None
 ) -> ClassifyRequest:
-    """A request for raw image bytes; raises BadRequest when empty, PayloadTooLarge over MAX_UPLOAD_BYTES."""
+    """A request for raw image bytes; raises EmptyImage when empty, PayloadTooLarge over MAX_UPLOAD_BYTES."""
     if not body:
-        raise BadRequest("the request body is empty; send the image's bytes")
+        raise EmptyImage("the request body is empty (0 bytes); send the image's bytes")
     if len(body) > MAX_UPLOAD_BYTES:
         raise PayloadTooLarge(f"the image is {len(body)} bytes; the limit is {MAX_UPLOAD_BYTES} bytes")
     return ClassifyRequest(image=body, top_k=top_k, min_confidence=min_confidence)
@@ -169,9 +175,7 @@ def classify(request: ClassifyRequest) -> dict[str, Any]:
     )
     resized = time.perf_counter()
     if settings.endpoint_kind == "async":
-        answer = queue_model_request(
-            settings.endpoint_name, prepared.jpeg, request.top_k, *settings.async_input
-        )
+        answer = queue_model_request(settings, prepared.jpeg, request.top_k, request.min_confidence)
     else:
         answer = invoke_model(settings.endpoint_name, prepared.jpeg, request.top_k, request.min_confidence)
     invoked = time.perf_counter()
@@ -190,11 +194,26 @@ def classify(request: ClassifyRequest) -> dict[str, Any]:
     return answer
 
 
-def http_answer(answer: dict[str, Any]) -> Response | dict[str, Any]:
-    """A route's answer: the classification (200), or 202 Accepted when the photo was queued."""
+def http_answer(answer: dict[str, Any], base_path: str = "") -> Response | dict[str, Any]:
+    """A route's answer: the classification (200), or 202 Accepted when the photo was queued, with where to
+    ask for its answer (`base_path`: the stage's, "/api" on API Gateway)."""
     if answer.get("status") == "queued":
-        return Response(body=answer, status_code=202)
+        answer["result_url"] = f"{base_path}/predict/results/{answer['inference_id']}"
+        return Response(body=answer, status_code=202, headers={"Location": answer["result_url"]})
     return answer
+
+
+def result_http_answer(inference_id: str) -> Response | dict[str, Any]:
+    """GET /predict/results/{inference_id}: the model's answer (200) once written, 202 while pending; raises
+    what `queued.read_result` raises."""
+    answer = read_result(get_settings(), inference_id)
+    if answer is None:
+        return Response(
+            body={"status": "pending", "inference_id": inference_id},
+            status_code=202,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    return {**answer, "inference_id": inference_id}
 
 
 def _max_base64_chars() -> int:

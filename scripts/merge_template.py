@@ -2,7 +2,9 @@
 
 - Gateway responses: whatever API Gateway answers itself (unknown route, missing or invalid API key,
   throttled, body too large, Lambda failure) comes in the API's own error shape
-  {"error": {"code", "message"}}. They are part of the OpenAPI body, so they ship with the API's deployment.
+  {"error": {"code", "message"}}, with the stage's CORS header (CORS_ALLOW_ORIGIN) so that a page of the
+  allowed origin can read it as it reads the routes' own errors. They are part of the OpenAPI body, so they
+  ship with the API's deployment.
 - Throttling: every stage's API has a stage-wide rate and burst; a stage whose routes need an API key
   (API_KEY_REQUIRED in .chalice/config.json) gets an API key and a usage plan with a per-key rate, burst and
   daily quota.
@@ -10,7 +12,9 @@
   all notifying one SNS topic.
 
 The stage's facts (endpoint name, API Gateway stage, X-Ray, API keys) come from .chalice/config.json; the
-numbers below are the only place the throttling and alarm figures live.
+numbers below are the only place the throttling and alarm figures live. `protection` holds all of it in
+CloudFormation's shapes: this module merges it into the packaged template, and scripts/protect_stage.py
+applies the same to a stage that `chalice deploy` made.
 
     python -m scripts.merge_template --stage prod --output build/merge-prod.json
 """
@@ -27,14 +31,16 @@ from typing import Any
 from chalicelib.gateway_responses import GATEWAY_RESPONSES
 from chalicelib.observability import NAMESPACE as METRICS_NAMESPACE
 from chalicelib.observability import SERVICE
+from chalicelib.settings import CORS_EXPOSE_HEADERS, parse_cors_origin
 from training.jobs.alarms import ENDPOINT_ALARMS
 
 PROJECT = Path(__file__).resolve().parents[1]
 
 CONFIG = PROJECT / ".chalice" / "config.json"
-# Chalice's logical ids for the REST API and the two functions (app.app and app.classify).
+# Chalice's logical ids for the REST API and the two functions (app.app and app.classify), each with the name
+# `chalice deploy` gives the function's resource in .chalice/deployed/STAGE.json.
 REST_API = "RestAPI"
-FUNCTIONS = ("APIHandler", "Classify")
+FUNCTIONS = {"APIHandler": "api_handler", "Classify": "classify"}
 
 
 @dataclass(frozen=True)
@@ -94,10 +100,13 @@ def stage_facts(stage: str) -> dict[str, Any]:
         "api_gateway_stage": settings.get("api_gateway_stage", config.get("api_gateway_stage", "api")),
         "xray": bool(settings.get("xray", config.get("xray", False))),
         "api_key_required": environment.get("API_KEY_REQUIRED", "false") == "true",
+        "cors_allow_origin": parse_cors_origin(environment.get("CORS_ALLOW_ORIGIN", "")),
     }
 
 
-def gateway_responses() -> dict[str, Any]:
+def gateway_responses(allow_origin: str | None = None) -> dict[str, Any]:
+    """API Gateway's own answers in our error shape; with the CORS headers of `allow_origin` (app.py's, one
+    origin or "*") when the stage allows one, as the routes answer."""
     responses = {}
     for response_type, status, code, message in GATEWAY_RESPONSES:
         # messageString is API Gateway's own message, already a quoted JSON string.
@@ -108,6 +117,11 @@ def gateway_responses() -> dict[str, Any]:
         headers = {"gatewayresponse.header.Content-Type": "'application/json'"}
         if response_type == "THROTTLED":
             headers["gatewayresponse.header.Retry-After"] = f"'{THROTTLED_RETRY_AFTER_S}'"
+        if allow_origin:
+            headers["gatewayresponse.header.Access-Control-Allow-Origin"] = f"'{allow_origin}'"
+            headers["gatewayresponse.header.Access-Control-Expose-Headers"] = (
+                f"'{','.join(CORS_EXPOSE_HEADERS)}'"
+            )
         response = {"responseParameters": headers, "responseTemplates": {"application/json": template}}
         if status is not None:
             response["statusCode"] = str(status)
@@ -275,36 +289,64 @@ def api_keys(stage: str, facts: dict[str, Any], ops: StageOps) -> dict[str, Any]
     }
 
 
-def merge_template(stage: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Protection:
+    """What a stage gets beyond chalice's own deployment, in CloudFormation's shapes."""
+
+    api_name: str  # one per stage, so that API Gateway's metrics (dimension ApiName) tell the stages apart
+    api_stage: str
+    method_settings: list[dict[str, Any]]  # the stage-wide throttling
+    tracing: bool
+    gateway_responses: dict[str, Any]
+    topic_name: str
+    # Logical id -> AWS::CloudWatch::Alarm; Refs name AlarmTopic and the FUNCTIONS.
+    alarms: dict[str, Any]
+    # ApiKey, UsagePlan and UsagePlanKey, for a stage whose routes need a key; else None.
+    api_keys: dict[str, Any] | None
+
+
+def protection(stage: str) -> Protection:
     if stage not in STAGE_OPS:
         raise SystemExit(f"no throttling and alarm figures for stage {stage!r}: add it to STAGE_OPS")
     facts, ops = stage_facts(stage), STAGE_OPS[stage]
     api_name = f"{facts['app']}-{stage}"
+    throttling = {
+        "ResourcePath": "/*",
+        "HttpMethod": "*",
+        "ThrottlingRateLimit": ops.rate_per_s,
+        "ThrottlingBurstLimit": ops.burst,
+    }
+    return Protection(
+        api_name=api_name,
+        api_stage=facts["api_gateway_stage"],
+        method_settings=[throttling],
+        tracing=facts["xray"],
+        gateway_responses=gateway_responses(facts["cors_allow_origin"]),
+        topic_name=f"{api_name}-alarms",
+        alarms=alarms(stage, facts, ops),
+        api_keys=api_keys(stage, facts, ops) if facts["api_key_required"] else None,
+    )
+
+
+def merge_template(stage: str) -> dict[str, Any]:
+    wanted = protection(stage)
     api_properties: dict[str, Any] = {
-        # One name per stage, so that API Gateway's metrics (dimension ApiName) tell the stages apart.
-        "Name": api_name,
+        "Name": wanted.api_name,
         "DefinitionBody": {
-            "info": {"title": api_name},
-            "x-amazon-apigateway-gateway-responses": gateway_responses(),
+            "info": {"title": wanted.api_name},
+            "x-amazon-apigateway-gateway-responses": wanted.gateway_responses,
         },
-        "MethodSettings": [
-            {
-                "ResourcePath": "/*",
-                "HttpMethod": "*",
-                "ThrottlingRateLimit": ops.rate_per_s,
-                "ThrottlingBurstLimit": ops.burst,
-            }
-        ],
-        "TracingEnabled": facts["xray"],
+        "MethodSettings": wanted.method_settings,
+        "TracingEnabled": wanted.tracing,
     }
     resources: dict[str, Any] = {
         REST_API: {"Properties": api_properties},
-        "AlarmTopic": {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": f"{api_name}-alarms"}},
-        **alarms(stage, facts, ops),
+        "AlarmTopic": {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": wanted.topic_name}},
+        **wanted.alarms,
     }
     outputs: dict[str, Any] = {"AlarmTopicArn": {"Value": {"Ref": "AlarmTopic"}}}
-    if facts["api_key_required"]:
-        resources.update(api_keys(stage, facts, ops))
+    if wanted.api_keys is not None:
+        resources.update(wanted.api_keys)
         outputs["ApiKeyId"] = {"Value": {"Ref": "ApiKey"}}
         outputs["UsagePlanId"] = {"Value": {"Ref": "UsagePlan"}}
     return {"Resources": resources, "Outputs": outputs}

@@ -1,5 +1,6 @@
-"""The endpoint's wire contract: the media types it speaks, its defaults, and its limits on what one request
-may ask of it. The one place for them on the endpoint's side.
+"""The endpoint's wire contract: the media types it speaks (the request for its model's breeds among
+them), its defaults, and its limits on what one request may ask of it. The one place for them on the
+endpoint's side.
 
 Whoever calls the endpoint (the API, or anyone with InvokeEndpoint rights) gets a 4xx past these limits,
 before any pixel is decoded. The Lambda ships alone and keeps its own copy in chalicelib/settings.py; the
@@ -20,6 +21,10 @@ RECORD_JSON = "application/vnd.dogbreeds.record+json"
 IMAGE_CONTENT_TYPES = (JPEG, PNG, WEBP, X_IMAGE, OCTET_STREAM)
 
 DEFAULT_TOP_K = 5
+# The container's environment: `python -m training.jobs promote` names the Model Registry package it deploys,
+# and answers name its version (serving/identity.py).
+MODEL_PACKAGE_ENV = "DOGBREEDS_MODEL_PACKAGE_ARN"
+MODEL_VERSION_ENV = "DOGBREEDS_MODEL_PACKAGE_VERSION"
 # The production variant every endpoint of ours has (SageMaker names it in answers and metrics).
 PRODUCTION_VARIANT = "AllTraffic"
 # Images per model call. On 2 shared cores ONNX Runtime's cost per image is flat up to batches of 4 and
@@ -41,3 +46,11 @@ MAX_ASPECT_RATIO = 20
 # The longest side of any image (WebP's own limit); with the ratio above it bounds the rows and columns any
 # decoder or resize works through.
 MAX_IMAGE_SIDE = 16_384
+
+# An InvokeEndpoint request whose Accept is this asks for the model's breeds instead of a classification; its
+# body is not read (send `{}` as application/json). The answer, which only ever gains fields:
+#     {"breeds": [{"label": "Labrador_retriever", "breed": "Labrador retriever"}, ...],
+#      "model": {"name": "dogbreeds", "version": "1"}}
+# the labels in the model's class order, each with its display name (classifier.model.breed_name). The API
+# (chalicelib/settings.py, a copy a test keeps equal) answers GET /breeds with it.
+BREEDS_ACCEPT = "application/vnd.dogbreeds.breeds+json"

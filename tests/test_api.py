@@ -7,6 +7,7 @@ import base64
 import http.server
 import io
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -21,7 +22,8 @@ from chalice.test import Client
 from conftest import DEFAULT_MODEL, EndpointProcess, free_port
 from local_servers import serving_in_thread
 from PIL import Image
-from test_image import zero_png
+from test_image import as_a_phone_stores_it, claiming_size, in_format, zero_png
+from test_webpage import Gateway, GatewayHandler
 
 import app as api
 from chalicelib import invoke
@@ -32,6 +34,7 @@ from chalicelib.settings import (
     MAX_BATCH_ITEMS,
     MAX_UPLOAD_BYTES,
     RETRY_AFTER_S,
+    UPLOAD_CONTENT_TYPES,
     get_settings,
 )
 
@@ -274,6 +277,58 @@ def test_unusual_but_valid_images_are_classified(client, samples, name, image, f
         assert top_label(response.json_body) == "Labrador_retriever", name
 
 
+@pytest.mark.parametrize(("format", "content_type"), [("HEIF", "image/heic"), ("AVIF", "image/avif")])
+def test_a_phone_photo_in_heic_or_avif_gets_the_upright_jpegs_answer_on_every_route(
+    client, samples, tmp_path, format, content_type
+):
+    # As an iPhone writes it: the sensor's pixels a quarter turn off, EXIF orientation and HEIF's irot.
+    upright = Image.open(samples / LABRADOR).convert("RGB")
+    data = as_a_phone_stores_it(upright, format)
+    jpeg = post_image(client, encoded(upright, "JPEG", quality=95)).json_body
+    (tmp_path / "photo").write_bytes(data)
+    with file_server(tmp_path) as url:
+        answers = {
+            "upload": post_image(client, data, content_type),
+            "octet-stream": post_image(client, data, "application/octet-stream"),
+            "base64": post_json(client, {"image": b64(data)}),
+            "url": post_json(client, {"url": f"{url}/photo"}),
+        }
+        answers = {route: response.json_body for route, response in answers.items()}
+        answers["batch"] = post_json(client, {"images": [b64(data)]}, "/predict/batch").json_body["images"][0]
+        answers["lambda"] = client.lambda_.invoke("classify", {"url": f"{url}/photo"}).payload
+    for route, answer in answers.items():
+        assert top_label(answer) == top_label(jpeg) == "Labrador_retriever", (route, answer)
+        assert answer["is_dog"] is True, route
+        assert (answer["image"]["width"], answer["image"]["height"]) == upright.size, route
+        assert answer["image"]["bytes_received"] == len(data), route
+
+
+@pytest.mark.parametrize("format", ["HEIF", "AVIF"])
+def test_a_heic_or_avif_over_the_bounds_or_damaged_is_a_clear_4xx(client, samples, format):
+    small = in_format(Image.new("RGB", (64, 64), (90, 60, 30)), format)
+    for data, status, code, words in [
+        (claiming_size(small, 9000, 9000), 422, "too_many_pixels", "9000x9000"),
+        (claiming_size(small, 6400, 100), 422, "image_too_elongated", "6400x100"),
+        (small[: len(small) // 2], 400, "unreadable_image", "cannot be read"),
+    ]:
+        error = assert_error(post_image(client, data, "application/octet-stream"), status, code)
+        assert words in error["message"]
+        # The same answer whichever way the photo comes.
+        result = post_json(client, {"images": [b64(data)]}, "/predict/batch").json_body["images"][0]
+        assert (result["error"]["status"], result["error"]["code"]) == (status, code)
+
+
+def test_what_is_still_refused_names_what_is_accepted_heic_and_avif_included(client):
+    bmp = encoded(Image.new("RGB", (64, 64)), "BMP")
+    error = assert_error(post_image(client, bmp, "application/octet-stream"), 415, "unsupported_media_type")
+    for format in ("JPEG", "PNG", "WEBP", "GIF", "HEIF", "AVIF"):
+        assert format in error["message"]
+    # A Content-Type the upload route does not take: the ones it does.
+    error = assert_error(post_image(client, bmp, "image/bmp"), 415, "unsupported_media_type")
+    for media_type in ("image/jpeg", "image/heic", "image/heif", "image/avif"):
+        assert media_type in error["message"]
+
+
 # --- bad input ---
 
 SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100"><circle r="40"/></svg>'
@@ -291,7 +346,8 @@ SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100"><circle
         (b'{"url": 5}', 400, "bad_request"),
         (b'{"url": ""}', 400, "bad_request"),
         (b'{"image": 5}', 400, "bad_request"),
-        (b'{"image": ""}', 400, "bad_request"),
+        (b'{"image": ""}', 400, "empty_image"),
+        (b'{"image": "data:image/jpeg;base64,"}', 400, "empty_image"),
         (b'{"image": "!!not base64!!"}', 400, "bad_request"),
         (b'{"url": "https://example.com/a.jpg", "image": "aGk="}', 400, "bad_request"),
         (b'{"url": "https://example.com/a.jpg", "size": 3}', 400, "bad_request"),
@@ -304,10 +360,10 @@ SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100"><circle
         (b'{"image": "aGk=", "min_confidence": true}', 400, "bad_request"),
         (
             json.dumps({"image": base64.b64encode(b"hello, not an image").decode()}).encode(),
-            415,
-            "unsupported_media_type",
+            400,
+            "unreadable_image",
         ),
-        (json.dumps({"image": base64.b64encode(SVG).decode()}).encode(), 415, "unsupported_media_type"),
+        (json.dumps({"image": base64.b64encode(SVG).decode()}).encode(), 400, "unreadable_image"),
         (json.dumps({"url": "notaurl"}).encode(), 400, "url_not_allowed"),
     ],
 )
@@ -329,9 +385,9 @@ def test_body_over_the_limit(client):
 @pytest.mark.parametrize(
     ("data", "content_type", "status", "code"),
     [
-        (b"", "image/jpeg", 400, "bad_request"),
-        (b"GIF89a but not really", "image/jpeg", 415, "unsupported_media_type"),
-        (SVG, "application/octet-stream", 415, "unsupported_media_type"),
+        (b"", "image/jpeg", 400, "empty_image"),
+        (b"GIF89a but not really", "image/jpeg", 400, "unreadable_image"),
+        (SVG, "application/octet-stream", 400, "unreadable_image"),
         (SVG, "image/svg+xml", 415, "unsupported_media_type"),
         (b"{}", "application/json", 415, "unsupported_media_type"),
         (
@@ -360,7 +416,8 @@ def test_bad_image_uploads(client, data, content_type, status, code):
 
 def test_truncated_jpeg(client, samples):
     data = (samples / LABRADOR).read_bytes()
-    assert_error(post_image(client, data[: len(data) // 3]), 415, "unsupported_media_type")
+    error = assert_error(post_image(client, data[: len(data) // 3]), 400, "unreadable_image")
+    assert "JPEG" in error["message"]
 
 
 def test_bad_top_k_query(client, samples):
@@ -421,6 +478,34 @@ def test_an_unexpected_error_is_a_plain_500_and_logged(caplog):
     assert response.status_code == 500
     assert response.body == {"error": {"code": "internal_error", "message": "an internal error occurred"}}
     assert "internal detail" in caplog.text and "Traceback" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "hint"),
+    [
+        ("/predict/image", "image/jpg", "image/jpeg)"),
+        ("/predict/image", "multipart/form-data; boundary=x", "--data-binary"),
+        ("/predict", "image/jpeg", "/predict/image"),
+        ("/predict/batch", "application/x-www-form-urlencoded", "/predict/image"),
+    ],
+    ids=["image/jpg", "curl -F", "jpeg to /predict", "curl --data-binary without a type"],
+)
+def test_a_415_names_the_accepted_types_and_the_route_for_raw_bytes(
+    client, samples, path, content_type, hint
+):
+    data = (samples / LABRADOR).read_bytes()
+    if content_type.startswith("multipart/"):
+        data = (
+            b"--x\r\nContent-Disposition: form-data; name=image; filename=a.jpg\r\n\r\n"
+            + data
+            + b"\r\n--x--\r\n"
+        )
+    response = client.http.post(path, headers={"Content-Type": content_type}, body=data)
+    error = assert_error(response, 415, "unsupported_media_type")
+    assert hint in error["message"] and content_type.split(";")[0] in error["message"]
+    assert "application/json" in error["message"]
+    for accepted in UPLOAD_CONTENT_TYPES:
+        assert accepted in error["message"]
 
 
 def test_wrong_method_keeps_the_error_shape(client):
@@ -565,14 +650,43 @@ def test_a_stage_without_an_endpoint_name_is_a_clean_500(runtime_env, samples, t
 
 
 def test_smoke_script_against_chalice_local(api_stack, files):
-    result = subprocess.run(
-        ["bash", str(PROJECT / "scripts" / "smoke.sh"), api_stack.url, files],
+    result = smoke(api_stack.url, files)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "POST /predict (url) -> HTTP 200" in result.stdout and "Labrador_retriever" in result.stdout
+    assert "no API key" not in result.stdout
+
+
+def smoke(api_url: str, *images_url: str, api_key: str | None = None) -> subprocess.CompletedProcess:
+    env = {name: value for name, value in os.environ.items() if name not in ("API_KEY", "IMAGES_URL")}
+    if api_key is not None:
+        env["API_KEY"] = api_key
+    return subprocess.run(
+        ["bash", str(PROJECT / "scripts" / "smoke.sh"), api_url, *images_url],
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Labrador_retriever" in result.stdout
+
+
+def test_smoke_script_checks_a_stage_that_needs_a_key(api_stack, files):
+    """As against a deployed prod: API Gateway (a loopback stand-in) refuses the routes without the key,
+    and the stage cannot fetch from this machine, so only an IMAGES_URL given would be fetched."""
+    gateway = Gateway(
+        api_url=api_stack.url, required_key="the-key", forbidden_body=b'{"message": "Forbidden"}'
+    )
+    handler = type("Handler", (GatewayHandler,), {"gateway": gateway})
+    with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)) as url:
+        keyed = smoke(url + "/", api_key="the-key")
+        wrong = smoke(url, api_key="not-the-key")
+        without = smoke(url)
+    assert keyed.returncode == 0, keyed.stdout + keyed.stderr
+    assert "GET /breeds -> HTTP 200" in keyed.stdout and "Labrador_retriever" in keyed.stdout
+    assert "POST /predict (url) skipped" in keyed.stdout
+    assert "POST /predict/image (no API key) -> HTTP 403" in keyed.stdout
+    assert "the-key" not in keyed.stdout + keyed.stderr
+    assert wrong.returncode != 0 and "expected HTTP 200" in wrong.stderr
+    assert without.returncode != 0 and "expected HTTP 200" in without.stderr
 
 
 def test_smoke_script_fails_when_the_api_is_down(files):
@@ -619,7 +733,7 @@ def test_batch_answers_each_item_in_order_with_one_endpoint_call(client, files, 
     codes = [result.get("error", {}).get("code") for result in answer["images"] + answer["urls"]]
     assert codes == [
         None,
-        "unsupported_media_type",
+        "unreadable_image",
         "bad_request",
         None,
         None,
@@ -629,7 +743,7 @@ def test_batch_answers_each_item_in_order_with_one_endpoint_call(client, files, 
     assert [
         result["error"]["status"] for result in answer["images"] + answer["urls"] if "error" in result
     ] == [
-        415,
+        400,
         400,
         400,
         400,

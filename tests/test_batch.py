@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT, ChaliceLocal, QuietFiles
 from local_servers import serving_in_thread
+from PIL import Image
+from test_image import as_a_phone_stores_it
 
 from clients import batch, batch_results
 from serving import contract
@@ -65,6 +67,7 @@ def test_a_folder_becomes_a_csv_with_a_summary_and_a_rerun_resumes(endpoint, pho
         "",
     )
     assert 0.5 < float(lab["probability"]) <= 1
+    assert lab["confident"] in ("True", "False")
     assert rows["other/notes.txt"]["error"] == "unreadable_image"
     assert "cannot decode" in rows["other/notes.txt"]["message"]
     # A bad file is reported, never the end of the run; the exit status says something failed.
@@ -73,15 +76,19 @@ def test_a_folder_becomes_a_csv_with_a_summary_and_a_rerun_resumes(endpoint, pho
     assert "not a dog: 0" in err
     assert "1  Labrador retriever" in err and "1  unreadable_image" in err
 
-    # The re-run sends only what failed; its new row joins the file.
+    # The re-run sends only what failed; its new row replaces the failure's, where it was.
+    with results.open(newline="") as stream:
+        keys_before = [row["key"] for row in csv.DictReader(stream)]
     (photos / "other" / "notes.txt").unlink()
     shutil.copy(photos / "labs" / LABRADOR, photos / "other" / "notes.txt")
     code, err = run_batch(capsys, str(photos), "-o", str(results), "--endpoint", endpoint.url)
     assert "3 images, 2 already done, 1 to classify" in err
     assert code == 0 and "3 images: 3 classified, 0 failed" in err
     with results.open(newline="") as stream:
-        keys = [row["key"] for row in csv.DictReader(stream)]
-    assert len(keys) == 4 and keys[-1] == "other/notes.txt"
+        rerun = list(csv.DictReader(stream))
+    assert [row["key"] for row in rerun] == keys_before
+    retried = next(row for row in rerun if row["key"] == "other/notes.txt")
+    assert (retried["label"], retried["error"]) == ("Labrador_retriever", "")
 
 
 def test_transform_output_is_laid_out_as_the_job_writes_it(endpoint, photos, tmp_path, capsys):
@@ -219,7 +226,7 @@ def test_a_folder_and_a_url_list_through_the_api(api_stack, photos, sample_files
     assert proxy.requests == [("/predict/batch", contract.JSON)] * 2
     rows = csv_rows(results)
     assert rows[f"labs/{LABRADOR}"]["label"] == "Labrador_retriever"
-    assert rows["other/notes.txt"]["error"] == "unsupported_media_type"
+    assert rows["other/notes.txt"]["error"] == "unreadable_image"
     assert code == batch.EXIT_FAILED and "3 images: 2 classified, 1 failed" in err
     url_rows = {row["key"]: row for row in map(json.loads, url_results.read_text().splitlines())}
     assert url_rows[f"{files}/{LABRADOR}"]["label"] == "Labrador_retriever"
@@ -228,13 +235,106 @@ def test_a_folder_and_a_url_list_through_the_api(api_stack, photos, sample_files
     assert url_code == batch.EXIT_FAILED and "3 images: 2 classified, 1 failed" in url_err
 
 
+def test_phone_photos_in_heic_and_avif_through_the_api_and_what_the_endpoint_says(
+    api_stack, endpoint, samples, tmp_path, capsys
+):
+    root = tmp_path / "phone"
+    root.mkdir()
+    upright = Image.open(samples / LABRADOR).convert("RGB")
+    (root / "IMG_0001.HEIC").write_bytes(as_a_phone_stores_it(upright, "HEIF"))
+    (root / "IMG_0002.avif").write_bytes(as_a_phone_stores_it(upright, "AVIF"))
+    code, err = run_batch(capsys, str(root), "-o", str(tmp_path / "api.csv"), "--api", api_stack.url)
+    rows = csv_rows(tmp_path / "api.csv")
+    assert {key: row["label"] for key, row in rows.items()} == {
+        "IMG_0001.HEIC": "Labrador_retriever",
+        "IMG_0002.avif": "Labrador_retriever",
+    }
+    assert code == 0, err
+    # The endpoint decodes neither (their headers do not bound the decoding): each row says where they go.
+    code, err = run_batch(capsys, str(root), "-o", str(tmp_path / "endpoint.csv"), "--endpoint", endpoint.url)
+    rows = csv_rows(tmp_path / "endpoint.csv")
+    assert {row["error"] for row in rows.values()} == {"unsupported_media_type"}
+    assert all("through the API" in row["message"] for row in rows.values())
+    assert code == batch.EXIT_FAILED and "2 images: 0 classified, 2 failed" in err
+
+
+def test_bad_files_fail_with_the_same_codes_through_the_endpoint_and_the_api(
+    api_stack, endpoint, samples, tmp_path, capsys
+):
+    """An empty file, a text file and a cut-off JPEG: the endpoint's codes, whichever way they went, one
+    request or a group, and messages that read the same for a file alone as in a group."""
+    root = tmp_path / "bad"
+    root.mkdir()
+    shutil.copy(samples / LABRADOR, root / LABRADOR)
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "notes.txt").write_text("not a photo")
+    (root / "cut.jpg").write_bytes((samples / LABRADOR).read_bytes()[:2000])
+    expected = {"empty.jpg": "empty_image", "notes.txt": "unreadable_image", "cut.jpg": "unreadable_image"}
+    found = {}
+    for target, url, size in (
+        ("endpoint", endpoint.url, "4"),
+        ("endpoint", endpoint.url, "1"),
+        ("api", api_stack.url, "10"),
+        ("api", api_stack.url, "1"),
+    ):
+        results = tmp_path / f"{target}-{size}.csv"
+        code, _ = run_batch(capsys, str(root), "-o", str(results), f"--{target}", url, "-b", size)
+        rows = csv_rows(results)
+        assert code == batch.EXIT_FAILED
+        assert rows[LABRADOR]["label"] == "Labrador_retriever" and rows[LABRADOR]["confident"] in (
+            "True",
+            "False",
+        )
+        found[(target, size)] = {key: rows[key]["error"] for key in expected}
+        for key in expected:
+            assert rows[key]["message"] and not rows[key]["message"].startswith("instance"), rows[key]
+    assert all(codes == expected for codes in found.values()), found
+
+
+def test_a_results_file_without_the_confident_column_is_resumed_and_rewritten(
+    endpoint, photos, tmp_path, capsys
+):
+    results = tmp_path / "earlier.csv"
+    earlier = [column for column in batch_results.COLUMNS if column != "confident"]
+    lab = {
+        "key": f"labs/{LABRADOR}",
+        "label": "Labrador_retriever",
+        "breed": "Labrador retriever",
+        "probability": "0.9",
+        "is_dog": "True",
+        "dog_probability": "0.99",
+        "error": "",
+        "message": "",
+    }
+    failed = {
+        **{column: "" for column in earlier},
+        "key": "other/notes.txt",
+        "error": "http_503",
+        "message": "busy",
+    }
+    with results.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=earlier)
+        writer.writeheader()
+        writer.writerows([lab, failed])
+    code, err = run_batch(capsys, str(photos), "-o", str(results), "--endpoint", endpoint.url)
+    assert "3 images, 1 already done, 2 to classify" in err
+    with results.open(newline="") as stream:
+        reader = csv.DictReader(stream)
+        rows = list(reader)
+    assert reader.fieldnames == batch_results.COLUMNS
+    assert [row["key"] for row in rows] == [f"labs/{LABRADOR}", "other/notes.txt", f"other/deeper/{SPANIEL}"]
+    assert rows[0]["confident"] == "" and rows[1]["error"] == "unreadable_image"
+    assert rows[2]["confident"] in ("True", "False")
+
+
 def test_an_asynchronous_stage_queues_each_image_and_the_rows_say_where(photos, tmp_path, capsys):
     """A real `chalice local` as an async stage whose S3 and SageMaker runtime are a real moto_server: the
     batch route is refused, so each image goes alone and is queued; its row says where the answer will be."""
     import boto3.session
-    from moto_server import MotoServer
+    from moto_server import AsyncOutputs, MotoServer
 
     moto = MotoServer().wait_ready()
+    outputs = AsyncOutputs(moto.url, "s3://queued-photos/out", "s3://queued-photos/out-failures")
     api = None
     try:
         # A session of its own: boto3's default one would carry this test's settings into later tests.
@@ -244,10 +344,12 @@ def test_an_asynchronous_stage_queues_each_image_and_the_rows_say_where(photos, 
         s3.create_bucket(Bucket="queued-photos")
         api = ChaliceLocal(
             tmp_path / "project",
-            moto.url,
+            outputs.url,
             ENDPOINT_NAME="dogbreeds-async",
             ENDPOINT_KIND="async",
             ASYNC_INPUT_S3="s3://queued-photos/in/",
+            ASYNC_OUTPUT_S3=outputs.output,
+            ASYNC_FAILURE_S3=outputs.failure,
             AWS_ENDPOINT_URL=moto.url,
             UNSIGNED_ENDPOINT_REQUESTS="false",
             AWS_DEFAULT_REGION="us-east-1",
@@ -262,13 +364,14 @@ def test_an_asynchronous_stage_queues_each_image_and_the_rows_say_where(photos, 
     finally:
         if api is not None:
             api.stop()
+        outputs.stop()
         moto.stop()
     assert [path for path, _ in proxy.requests] == ["/predict/batch"] + ["/predict/image"] * 3
     rows = csv_rows(results)
     queued = rows[f"labs/{LABRADOR}"]
     assert queued["error"] == "queued" and "its answer will be at s3://" in queued["message"]
     assert rows[f"other/deeper/{SPANIEL}"]["error"] == "queued"
-    assert rows["other/notes.txt"]["error"] == "unsupported_media_type"
+    assert rows["other/notes.txt"]["error"] == "unreadable_image"
     assert queued_photos == 2
     assert code == batch.EXIT_FAILED and "2  queued" in err
 

@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import http.server
 import json
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from botocore.retries.standard import ExponentialBackoff
@@ -134,6 +139,54 @@ def test_anything_but_an_answer_is_a_clear_502(runtime_env, tmp_path, samples, b
 def test_an_answer_cut_off_on_the_wire_is_a_clear_502(runtime_env, tmp_path, samples):
     _, response = ask(tmp_path, samples, scripted(body=json.dumps(VALID).encode()[:60], cut_off=True))
     assert_error(response, 502, "bad_model_answer")
+
+
+@contextmanager
+def resetting_server() -> Iterator[tuple[str, list[int]]]:
+    """A socket server that reads each request whole and then resets the connection (SO_LINGER 0: an RST,
+    not a FIN) before any byte of an answer; yields its URL and the count of requests it reset."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    resets = [0]
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return  # closed: the test is over
+            with connection:
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    received += connection.recv(65536)
+                head, _, body = received.partition(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                while len(body) < length:
+                    body += connection.recv(65536)
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                resets[0] += 1
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", resets
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() above
+        listener.close()
+        thread.join()
+
+
+def test_a_connection_reset_before_any_answer_is_a_retryable_503(runtime_env, tmp_path, samples):
+    with resetting_server() as (url, resets):
+        response = post_image(client_for(tmp_path, url), (samples / LABRADOR).read_bytes())
+    error = assert_error(response, 503, "endpoint_unavailable")
+    assert "closed the connection" in error["message"]
+    assert response.headers["Retry-After"] == str(RETRY_AFTER_S)
+    # botocore retried it as a transient failure before the API answered.
+    assert resets[0] == ENDPOINT_MAX_ATTEMPTS
 
 
 def test_an_endpoint_413_is_not_a_model_error(runtime_env, tmp_path, samples):

@@ -10,10 +10,19 @@ import struct
 import zlib
 from pathlib import Path
 
+import pillow_heif
 import pytest
-from PIL import Image, ImageChops
+from PIL import Image, ImageChops, ImageStat
 
-from chalicelib.errors import ImageTooElongated, ModelPayloadTooLarge, TooManyPixels, UnsupportedImage
+from chalicelib.coded_size import coded_sizes
+from chalicelib.errors import (
+    EmptyImage,
+    ImageTooElongated,
+    ModelPayloadTooLarge,
+    TooManyPixels,
+    UnreadableImage,
+    UnsupportedImage,
+)
 from chalicelib.image import model_size, prepare_image, reduced_rgb, resize_for_model, to_rgb
 from chalicelib.settings import (
     JPEG_QUALITY,
@@ -45,6 +54,134 @@ def sent(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(prepare(data).jpeg))
     assert image.format == "JPEG" and image.mode == "RGB"
     return image
+
+
+def heic(image: Image.Image, **options) -> bytes:
+    """`image` as a HEIC, written by libheif (pillow-heif: the API's pi-heif only reads)."""
+    buffer = io.BytesIO()
+    pillow_heif.from_pillow(image).save(buffer, format="HEIF", **options)
+    return buffer.getvalue()
+
+
+def in_format(image: Image.Image, format: str, **options) -> bytes:
+    return heic(image, **options) if format == "HEIF" else encoded(image, format, **options)
+
+
+def as_a_phone_stores_it(upright: Image.Image, format: str) -> bytes:
+    """`upright` as a phone camera held upright writes it: the sensor's pixels, a quarter turn off, with EXIF
+    orientation 6 and the file's own rotation (HEIF's irot box, which AVIF has too) that turn them back. A
+    HEIC is a grid of tiles, as an iPhone writes it."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    if format == "HEIF":
+        data = grid_heic(stored, tile=256, quarter_turns=3, exif=exif.tobytes())
+    else:
+        data = encoded(stored, format, exif=exif.tobytes())
+    assert b"irot" in data
+    return data
+
+
+def _box(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", 8 + len(payload)) + kind + payload
+
+
+def _full_box(kind: bytes, flags: int, payload: bytes, version: int = 0) -> bytes:
+    return _box(kind, struct.pack(">I", version << 24 | flags) + payload)
+
+
+def _box_in(data: bytes, kind: bytes) -> bytes:
+    """The first `kind` box of `data`, header included."""
+    at = data.index(kind) - 4
+    return data[at : at + struct.unpack_from(">I", data, at)[0]]
+
+
+def grid_heic(
+    stored: Image.Image,
+    tile: int,
+    quarter_turns: int = 0,
+    exif: bytes | None = None,
+    shown: tuple[int, int] | None = None,
+) -> bytes:
+    """A HEIC laid out as an iPhone's: the picture (`stored`, as the sensor saw it) cut into `tile`-square
+    HEVC tiles that a `grid` item puts together and turns `quarter_turns` x 90 degrees anticlockwise (irot),
+    with an Exif item. `shown` makes the header show another size than `stored`'s (the tiles stay)."""
+    width, height = shown or stored.size
+    columns, rows = -(-stored.width // tile), -(-stored.height // tile)
+    configs, tiles = [], []
+    for row in range(rows):
+        for column in range(columns):
+            part = stored.crop((column * tile, row * tile, (column + 1) * tile, (row + 1) * tile))
+            # Without Pillow's info (its EXIF), so that the file's only item is the tile's picture.
+            single = heic(Image.frombytes("RGB", part.size, part.tobytes()))
+            configs.append(_box_in(single, b"hvcC"))
+            tiles.append(_box_in(single, b"mdat")[8:])
+    grid = struct.pack(">BBBBHH", 0, 0, rows - 1, columns - 1, width, height)
+    # Item 1 is the grid, 2.. the tiles, then the Exif (its data: the offset of the TIFF header, then it).
+    items = [(b"grid", grid), *((b"hvc1", data) for data in tiles)]
+    if exif is not None:
+        tiff_header = max(exif.find(b"II*\0"), exif.find(b"MM\0*"))
+        items.append((b"Exif", struct.pack(">I", tiff_header) + exif))
+    infe = b"".join(
+        _full_box(b"infe", int(kind == b"hvc1"), struct.pack(">HH4s", number, 0, kind) + b"\0", version=2)
+        for number, (kind, _) in enumerate(items, 1)
+    )
+    # Properties, numbered from 1: the tiles' size, the grid's size, its rotation, then each tile's hvcC.
+    ispe = [_full_box(b"ispe", 0, struct.pack(">II", *size)) for size in ((tile, tile), (width, height))]
+    properties = b"".join([*ispe, _box(b"irot", bytes([quarter_turns])), *configs])
+    associations = struct.pack(">HBBB", 1, 2, 0x02, 0x83) + b"".join(
+        struct.pack(">HBBB", number, 2, 0x80 | (3 + number - 1), 0x01) for number in range(2, len(tiles) + 2)
+    )
+    references = _box(
+        b"dimg",
+        struct.pack(">HH", 1, len(tiles))
+        + b"".join(struct.pack(">H", number) for number in range(2, len(tiles) + 2)),
+    )
+    if exif is not None:
+        references += _box(b"cdsc", struct.pack(">HHH", len(items), 1, 1))
+    iprp = _box(
+        b"iprp",
+        _box(b"ipco", properties) + _full_box(b"ipma", 0, struct.pack(">I", len(tiles) + 1) + associations),
+    )
+
+    def meta(offsets: list[int]) -> bytes:
+        locations = b"".join(
+            struct.pack(">HHHII", number, 0, 1, offset, len(data))
+            for number, offset, (_, data) in zip(range(1, len(items) + 1), offsets, items, strict=True)
+        )
+        return _full_box(
+            b"meta",
+            0,
+            _full_box(b"hdlr", 0, b"\0" * 4 + b"pict" + b"\0" * 13)
+            + _full_box(b"pitm", 0, struct.pack(">H", 1))
+            + _full_box(b"iloc", 0, bytes([0x44, 0x00]) + struct.pack(">H", len(items)) + locations)
+            + _full_box(b"iinf", 0, struct.pack(">H", len(items)) + infe)
+            + _full_box(b"iref", 0, references)
+            + iprp,
+        )
+
+    head = _box(b"ftyp", b"heic" + b"\0" * 4 + b"mif1heic")
+    offsets = [len(head) + len(meta([0] * len(items))) + 8]
+    for _, data in items[:-1]:
+        offsets.append(offsets[-1] + len(data))
+    return head + meta(offsets) + _box(b"mdat", b"".join(data for _, data in items))
+
+
+def claiming_size(data: bytes, width: int, height: int) -> bytes:
+    """A HEIF or AVIF file whose header (every `ispe` box: the size of the picture) claims width x height;
+    what it holds is unchanged."""
+    patched = bytearray(data)
+    found = 0
+    while (at := patched.find(b"ispe", found)) >= 0:
+        # After the box type: version and flags (4 bytes), then width and height (4 bytes each).
+        struct.pack_into(">II", patched, at + 8, width, height)
+        found = at + 4
+    assert found, "no ispe box"
+    return bytes(patched)
+
+
+def mean_difference(one: Image.Image, other: Image.Image) -> float:
+    return sum(ImageStat.Stat(ImageChops.difference(one, other)).mean) / 3
 
 
 def png(width: int, height: int, bit_depth: int, colour_type: int, pixel_data: bytes) -> bytes:
@@ -98,10 +235,10 @@ def test_resize_keeps_the_aspect_and_the_shorter_side():
     assert resize_for_model(Image.new("RGB", (300, 200)), 256).size == (300, 200)
 
 
-@pytest.mark.parametrize("format", ["JPEG", "PNG", "WEBP", "GIF"])
+@pytest.mark.parametrize("format", ["JPEG", "PNG", "WEBP", "GIF", "HEIF", "AVIF"])
 def test_accepted_formats(format):
     image = Image.new("RGB", (640, 480), (200, 30, 40))
-    picture = sent(encoded(image, format))
+    picture = sent(in_format(image, format))
     assert picture.size == (round(RESIZE * 4 / 3), RESIZE)
     red, green, blue = picture.getpixel((RESIZE // 2, RESIZE // 2))
     assert red > 150 and green < 80 and blue < 90
@@ -128,6 +265,19 @@ def test_exif_orientation_is_applied(stored_width):
         upright.getpixel((side // 2, side // 2))[0] > 200
         and upright.getpixel((side // 2, 3 * side // 2))[0] < 50
     )
+
+
+@pytest.mark.parametrize("format", ["HEIF", "AVIF"])
+def test_a_phone_photo_is_sent_upright_as_its_rotation_says(samples, format):
+    photo = Image.open(samples / "Labrador_retriever_06455.jpg").convert("RGB").resize((640, 448))
+    prepared = prepare(as_a_phone_stores_it(photo, format))
+    assert (prepared.width, prepared.height) == photo.size
+    upright = Image.open(io.BytesIO(prepared.jpeg))
+    assert upright.size == model_size(photo.size, RESIZE)
+    expected = sent(encoded(photo, "JPEG", quality=95))
+    turned_twice = expected.transpose(Image.Transpose.ROTATE_180)
+    # Lossy encodings differ by a few levels; a picture turned once too often or not at all, by far more.
+    assert mean_difference(upright, expected) < 6 < mean_difference(upright, turned_twice)
 
 
 def test_alpha_is_composited_on_white():
@@ -172,26 +322,88 @@ def test_palette_png_with_transparency():
 
 
 @pytest.mark.parametrize(
-    ("data", "message"),
+    ("data", "error", "message"),
     [
-        (b"", "empty"),
-        (b"hello, I am not a picture", "accepted format"),
-        (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect/></svg>', "accepted format"),
-        (encoded(Image.new("RGB", (50, 50)), "BMP"), "accepted format"),
-        (encoded(Image.new("RGB", (50, 50)), "TIFF"), "accepted format"),
-        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", "cannot"),
+        (b"", EmptyImage, "empty"),
+        (b"hello, I am not a picture", UnreadableImage, "cannot decode the image; send one of JPEG"),
+        (
+            b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect/></svg>',
+            UnreadableImage,
+            "cannot decode",
+        ),
+        (encoded(Image.new("RGB", (50, 50)), "BMP"), UnsupportedImage, "BMP images are not accepted"),
+        (encoded(Image.new("RGB", (50, 50)), "TIFF"), UnsupportedImage, "TIFF images are not accepted"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", UnreadableImage, "cannot"),
     ],
     ids=["empty", "text", "svg", "bmp", "tiff", "jpeg-magic-only"],
 )
-def test_refuses_what_is_not_an_accepted_image(data, message):
-    with pytest.raises(UnsupportedImage, match=message):
+def test_refuses_what_is_not_an_accepted_image(data, error, message):
+    # Not a picture at all is the endpoint's 400 (empty_image, unreadable_image); a picture in a format
+    # outside the allowlist is a 415.
+    with pytest.raises(error, match=message) as raised:
         prepare(data)
+    assert type(raised.value) is error
 
 
 def test_refuses_a_truncated_jpeg(samples):
     data = (samples / "Labrador_retriever_06455.jpg").read_bytes()
-    with pytest.raises(UnsupportedImage, match="cannot be decoded"):
+    with pytest.raises(UnreadableImage, match="cannot be decoded"):
         prepare(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("format", ["HEIF", "AVIF"])
+def test_refuses_a_truncated_or_damaged_heic_or_avif(samples, format):
+    data = in_format(Image.open(samples / "Labrador_retriever_06455.jpg"), format)
+    for damaged in (data[: len(data) // 2], data[:100], data[:8] + b"\xff" * (len(data) - 8)):
+        with pytest.raises(UnreadableImage, match="HEIC/AVIF image cannot be read"):
+            prepare(damaged)
+
+
+@pytest.mark.parametrize("format", ["HEIF", "AVIF"])
+@pytest.mark.parametrize(
+    ("width", "height", "error", "message"),
+    [
+        (9000, 9000, TooManyPixels, "9000x9000"),
+        (6400, 100, ImageTooElongated, "6400x100"),
+    ],
+)
+def test_refuses_a_heic_or_avif_by_its_header_before_decoding(format, width, height, error, message):
+    # The file holds 64 x 64 pixels; only its header claims more. Decoding would fail or give 64 x 64, so
+    # the refusal can only have come from the header.
+    data = claiming_size(in_format(Image.new("RGB", (64, 64), (90, 60, 30)), format), width, height)
+    with pytest.raises(error, match=message):
+        prepare(data)
+
+
+@pytest.mark.parametrize("format", ["HEIF", "AVIF"])
+def test_refuses_a_heic_or_avif_that_codes_more_than_its_header_shows(format):
+    # libheif and libavif would decode the whole coded picture, then crop or scale it to the header's size:
+    # a few KB could hold a 16384 x 16384 picture behind a thumbnail's header.
+    data = claiming_size(in_format(Image.new("RGB", (640, 448), (90, 60, 30)), format), 64, 64)
+    with pytest.raises(TooManyPixels, match="codes a 640x448 picture behind the 64x64 pixels it shows"):
+        prepare(data)
+
+
+def test_refuses_a_grid_heic_whose_tiles_are_larger_than_the_picture_it_shows():
+    # An iPhone's tiles (512 x 512) are smaller than its photo; here 256 x 256 tiles make a 64 x 64 picture.
+    data = grid_heic(Image.new("RGB", (256, 256), (90, 60, 30)), tile=256, shown=(64, 64))
+    assert Image.open(io.BytesIO(data)).size == (64, 64)
+    with pytest.raises(TooManyPixels, match="codes a 256x256 picture behind the 64x64 pixels it shows"):
+        prepare(data)
+
+
+@pytest.mark.parametrize("format", ["HEIF", "AVIF"])
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+@pytest.mark.parametrize("size", [(640, 448), (701, 487), (3, 5)])
+def test_the_coded_sizes_are_read_from_the_boxes(format, mode, size):
+    data = in_format(Image.new(mode, size, (90, 60, 30, 128)[: len(mode)]), format)
+    sizes = coded_sizes(data)
+    # The main picture, and its alpha as a picture of its own; HEVC codes in whole blocks.
+    assert len(sizes) == (2 if mode == "RGBA" else 1)
+    for width, height in sizes:
+        assert size[0] <= width < size[0] + 64 and size[1] <= height < size[1] + 64
+        assert (width, height) == size or format == "HEIF"
+    assert prepare(data).width == size[0]
 
 
 def test_refuses_too_many_pixels_before_decoding():
@@ -287,3 +499,56 @@ def test_webp_has_a_lower_pixel_cap_than_the_rest():
         prepare(encoded(Image.new("RGB", (side - 2, side - 2)), "WEBP", quality=10, method=0)).width
         == side - 2
     )
+
+
+@pytest.mark.parametrize(
+    ("format", "photo_pixels"),
+    # The photos of recent iPhones (24 MP HEIC by default) and of 12 MP phone cameras.
+    [("HEIF", 5712 * 4284), ("AVIF", 4000 * 3000)],
+)
+def test_heic_and_avif_have_their_own_pixel_caps(format, photo_pixels):
+    # libheif and libavif decode into buffers of their own that Pillow then copies (bench/decode_memory.py).
+    cap = MAX_PIXELS_BY_FORMAT[format]
+    assert cap < MAX_PIXELS
+    side = math.isqrt(cap) + 1
+    small = in_format(Image.new("RGB", (64, 64), (10, 200, 30)), format)
+    with pytest.raises(TooManyPixels, match=f"{side}x{side} pixels; the limit for {format} images"):
+        prepare(claiming_size(small, side, side))
+    assert photo_pixels <= cap
+
+
+def test_a_heif_picture_in_another_coding_is_a_format_refused():
+    # AVC, VVC, JPEG or uncompressed pictures in a HEIF file: their coded size cannot be told here.
+    data = heic(Image.new("RGB", (64, 64), (90, 60, 30)))
+    with pytest.raises(UnsupportedImage, match="HEIF pictures coded as avcC are not accepted"):
+        prepare(data.replace(b"hvcC", b"avcC", 1))
+
+
+def test_a_heic_whose_item_type_is_not_text_is_refused_before_pi_heif_reads_it():
+    # pi-heif 1.0.0 turns item types into Python strings unchecked: this one, opened, crashed the process.
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    data = heic(Image.new("RGB", (64, 64), (90, 60, 30)), exif=exif.tobytes())
+    assert data.index(b"Exif") < data.index(b"mdat")  # the first is the item's type, in the header
+    with pytest.raises(UnreadableImage, match="not text"):
+        prepare(data.replace(b"Exif", b"\xc2xif", 1))
+
+
+@pytest.mark.parametrize("format", ["HEIF", "AVIF"])
+def test_damaged_heic_and_avif_headers_get_a_clear_refusal(samples, format):
+    # Bytes of the header (the boxes before the coded pictures) changed at random: whatever they then say,
+    # the answer is one of the API's errors, never another exception.
+    data = in_format(Image.open(samples / "Labrador_retriever_06455.jpg"), format)
+    header = data.find(b"mdat") if b"mdat" in data else 600
+    generator = random.Random(20)
+    outcomes = set()
+    for _ in range(150):
+        damaged = bytearray(data)
+        for _ in range(generator.randint(1, 4)):
+            damaged[generator.randrange(8, header)] = generator.randrange(256)
+        try:
+            prepare(bytes(damaged))
+            outcomes.add("accepted")
+        except (UnreadableImage, UnsupportedImage, TooManyPixels, ImageTooElongated) as error:
+            outcomes.add(type(error).__name__)
+    assert "UnreadableImage" in outcomes

@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import DEFAULT_MODEL, PROJECT
 from PIL import Image
+from test_image import claiming_size, in_format
 
 from classifier import graph
 from classifier.model import ONNX_FILE, load_model, read_config
@@ -150,6 +151,34 @@ def test_every_image_content_type_is_accepted(predictor, labrador, content_type)
     )
 
 
+@pytest.mark.parametrize("format", ["HEIF", "AVIF"])
+def test_heic_and_avif_are_refused_before_decoding_with_where_they_are_taken(format, labrador):
+    # Their headers do not bound the decoding: this one shows 64 x 64 and codes 640 x 448. The API checks what
+    # they code and converts them; the endpoint takes none.
+    data = claiming_size(in_format(Image.new("RGB", (640, 448), (90, 60, 30)), format), 64, 64)
+    with pytest.raises(inference.RequestError, match="HEIC and AVIF .* through the API") as raised:
+        inference.input_fn(data, contract.OCTET_STREAM)
+    assert (raised.value.status_code, raised.value.code) == (415, "unsupported_media_type")
+    # In a batch that asks for errors in place, the others keep their answers.
+    instances = [{"b64": base64.b64encode(image).decode()} for image in (data, labrador)]
+    body = json.dumps({"instances": instances})
+    images = inference.input_fn(body, contract.JSON, asking_for_errors_in_place()).images
+    assert images[0].as_answer()["error"]["code"] == "unsupported_media_type"
+    assert isinstance(images[1], Image.Image)
+
+
+def test_a_damaged_avif_is_refused_not_a_500():
+    # Its primary item is one it does not have: Pillow's own AVIF reader raises RuntimeError on opening it.
+    damaged = bytearray(in_format(Image.new("RGB", (64, 64)), "AVIF"))
+    at = damaged.index(b"pitm")
+    damaged[at + 8 : at + 10] = (99).to_bytes(2, "big")  # after the box's version and flags
+    with pytest.raises(inference.UnsupportedImageError):
+        inference.input_fn(bytes(damaged), contract.OCTET_STREAM)
+    body = json.dumps({"instances": [{"b64": base64.b64encode(damaged).decode()}]})
+    with pytest.raises(inference.UnsupportedImageError, match="instance 0 of the request"):
+        inference.input_fn(body, contract.JSON)
+
+
 def test_json_batch_answers_a_list_in_order(predictor, labrador, spaniel):
     body = json.dumps(
         {"instances": [{"b64": base64.b64encode(image).decode()} for image in (spaniel, labrador, spaniel)]}
@@ -220,8 +249,16 @@ def test_url_is_not_fetched(predictor):
         (b"[" * 100_000, contract.JSON, "not valid JSON"),
         (b"[]", contract.JSON, "instances"),
         (b'{"instances": []}', contract.JSON, "instances"),
-        (b'{"instances": [{"b64": "***"}]}', contract.JSON, "instance 0: invalid base64"),
-        (b'{"instances": [{"b64": "Z2FyYmFnZQ=="}]}', contract.JSON, "instance 0: cannot decode the image"),
+        (
+            b'{"instances": [{"b64": "***"}]}',
+            contract.JSON,
+            r"^invalid base64.*\(instance 0 of the request\)$",
+        ),
+        (
+            b'{"instances": [{"b64": "Z2FyYmFnZQ=="}]}',
+            contract.JSON,
+            r"^cannot decode the image.*\(instance 0 of the request\)$",
+        ),
         (json.dumps({"instances": [{"b64": ""}] * 65}).encode(), contract.JSON, "at most 64"),
     ],
 )
@@ -274,12 +311,14 @@ def test_errors_in_place_leave_the_rest_of_a_batch_its_answers(predictor, labrad
         "bad_request",
         None,
     ]
-    assert answers[1]["error"]["message"].startswith("instance 1: ")
+    # Each error stands in its own image's place: its message needs no position, as one image's does not.
+    assert answers[1]["error"]["message"] == "cannot decode the image; send a JPEG, PNG, WebP or GIF"
+    assert answers[2]["error"]["message"].startswith("invalid base64")
     # A batch of two runs other kernels than one image alone: the same answer, to float precision.
     assert_same_answer(answers[0], classify(predictor, labrador))
     assert_same_answer(answers[4], classify(predictor, spaniel))
     # Asked for plain JSON, the same batch is refused as a whole, as before.
-    with pytest.raises(inference.RequestError, match="instance 2: invalid base64"):
+    with pytest.raises(inference.RequestError, match=r"^invalid base64.*\(instance 2 of the request\)$"):
         inference.input_fn(body, contract.JSON)
 
 
@@ -374,7 +413,9 @@ def test_extreme_dimensions_are_refused_before_decoding(width, height, message):
         inference.input_fn(png, contract.PNG)
     assert raised.value.status_code == 400
     batch = json.dumps({"instances": [{"b64": base64.b64encode(png).decode()}]})
-    with pytest.raises(inference.RequestError, match=f"instance 0: .*{message}"):
+    with pytest.raises(
+        inference.RequestError, match=rf"^image of .*{message}.*\(instance 0 of the request\)$"
+    ):
         inference.input_fn(batch, contract.JSON)
 
 
