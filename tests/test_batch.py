@@ -377,7 +377,7 @@ def test_an_asynchronous_stage_queues_each_image_and_the_rows_say_where(photos, 
 
 
 @pytest.mark.slow
-def test_batch_benchmark_runs_and_prints_its_figures():
+def test_batch_benchmark_runs_and_prints_its_figures(tmp_path):
     result = subprocess.run(
         [
             sys.executable,
@@ -389,6 +389,8 @@ def test_batch_benchmark_runs_and_prints_its_figures():
             "12",
             "--seconds",
             "1",
+            "--results-dir",
+            str(tmp_path),
         ],
         cwd=PROJECT,
         capture_output=True,

@@ -176,7 +176,7 @@ def fast_with_int8(tmp_path_factory) -> Path:
 
 def with_record(model_dir: Path, root: Path, qualifies: bool, holds_on: list[str]) -> Path:
     """A copy of `model_dir` with a quantization record for its weights: the fields of training.quantize's
-    record that deploy and the endpoint read (whether int8 met the bar, the CPU classes its figures hold for)."""
+    record that deploy and the endpoint read (whether int8 met the bar, the CPU classes it holds for)."""
     copy = root / "model"
     shutil.copytree(model_dir, copy)
     record = {

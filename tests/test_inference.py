@@ -11,6 +11,7 @@ import sys
 import zlib
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 from conftest import DEFAULT_MODEL, PROJECT
@@ -75,7 +76,10 @@ def test_labrador_is_labrador_with_the_documented_schema(predictor, labrador):
     assert all(prediction["label"] in labels for prediction in answer["predictions"])
     assert answer["is_dog"] is True
     assert answer["dog_probability"] >= predictor.thresholds.dog
-    assert answer["confident"] is (top["probability"] >= predictor.thresholds.confidence)
+    assert answer["confident"] is (
+        top["probability"] >= predictor.thresholds.confidence
+        and answer["dog_probability"] >= predictor.thresholds.confident_dog
+    )
 
 
 def test_onnx_runtime_and_pytorch_give_the_same_answer(predictor, torch_predictor, labrador, spaniel):
@@ -99,8 +103,23 @@ def test_is_dog_follows_the_dog_probability(predictor):
 def test_thresholds_are_the_artifacts_own(predictor):
     calibration = read_config(DEFAULT_MODEL)[0]["calibration"]
     assert predictor.thresholds == inference.Thresholds(
-        confidence=calibration["confidence_threshold"], dog=calibration["dog_threshold"]
+        confidence=calibration["confidence_threshold"],
+        dog=calibration["dog_threshold"],
+        confident_dog=calibration["confident_dog_threshold"],
     )
+
+
+def test_a_confident_answer_needs_a_confident_dog():
+    breeds = np.array([0.9, 0.1])
+    thresholds = inference.Thresholds(confidence=0.5, dog=0.5, confident_dog=0.8)
+    labels, model = ["Schipperke", "Pomeranian"], {"name": "m", "version": "1"}
+    answer = inference.describe(breeds, 0.7, labels, 5, model, thresholds)
+    assert (answer["is_dog"], answer["confident"]) == (True, False)
+    answer = inference.describe(breeds, 0.3, labels, 5, model, thresholds)
+    assert (answer["is_dog"], answer["confident"]) == (False, False)
+    assert inference.describe(breeds, 0.8, labels, 5, model, thresholds)["confident"] is True
+    unsure = np.array([0.45, 0.45])
+    assert inference.describe(unsure, 0.99, labels, 5, model, thresholds)["confident"] is False
 
 
 def test_min_confidence_leaves_out_the_less_likely_breeds(predictor, labrador, spaniel):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import http.client
 import io
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +31,7 @@ from classifier import graph
 from serving import contract
 from serving.server import (
     DEFAULT_ENDPOINT_NAME,
+    DEFAULT_MAX_WAIT_S,
     MAX_BODY_BYTES,
     PRODUCTION_VARIANT,
     ContainerAnswer,
@@ -409,9 +412,10 @@ def test_a_burst_past_the_queue_limit_is_shed_with_retry_after_and_the_rest_answ
 
 
 @pytest.mark.slow
-def test_endpoint_benchmark_runs_and_prints_its_figures():
+def test_endpoint_benchmark_runs_and_prints_its_figures(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "bench.endpoint_speed", "--seconds", "1", "--runs", "10", "--rounds", "1"],
+        [sys.executable, "-m", "bench.endpoint_speed", "--seconds", "1", "--runs", "10", "--rounds", "1"]
+        + ["--results-dir", str(tmp_path)],  # not the committed results
         cwd=PROJECT,
         capture_output=True,
         text=True,
@@ -423,7 +427,7 @@ def test_endpoint_benchmark_runs_and_prints_its_figures():
 
 
 @pytest.mark.slow
-def test_overload_benchmark_runs_and_prints_its_figures():
+def test_overload_benchmark_runs_and_prints_its_figures(tmp_path):
     result = subprocess.run(
         [
             sys.executable,
@@ -435,6 +439,8 @@ def test_overload_benchmark_runs_and_prints_its_figures():
             "8",
             "--seconds",
             "2",
+            "--results-dir",
+            str(tmp_path),
         ],
         cwd=PROJECT,
         capture_output=True,
@@ -445,3 +451,112 @@ def test_overload_benchmark_runs_and_prints_its_figures():
     assert re.search(r"^no shedding +none +[\d.]+", result.stdout, re.MULTILINE)
     assert re.search(r"^shedding +\d+ +[\d.]+", result.stdout, re.MULTILINE)
     assert re.search(r"shedding / no shedding: goodput [\d.]+x, p99 [\d.]+x, wasted", result.stdout)
+
+
+# A flood of this many clients per image the endpoint queues: past what it may admit, so most are shed.
+FLOOD_PER_QUEUED_IMAGE = 4
+# How long each flooding client waits for its answer before it gives up and closes its connection. The
+# endpoint admits about DEFAULT_MAX_WAIT_S of model work; without shedding the flood queues twice this.
+FLOOD_PATIENCE_S = 2.5 * DEFAULT_MAX_WAIT_S
+
+
+async def _call_once(port: int, body: bytes) -> tuple[int | str, dict[str, str], bytes]:
+    """One POST /invocations on its own connection: (status, headers, body), or "gave up" when no answer came
+    within FLOOD_PATIENCE_S, after which the connection is closed."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST /invocations HTTP/1.1\r\nHost: endpoint\r\nContent-Type: image/jpeg\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        try:
+            async with asyncio.timeout(FLOOD_PATIENCE_S):
+                head = await reader.readuntil(b"\r\n\r\n")
+                status_line, *lines = head.decode("latin-1").split("\r\n")
+                headers = dict(line.lower().split(": ", 1) for line in lines if line)
+                answer = await reader.readexactly(int(headers["content-length"]))
+        except TimeoutError:
+            return "gave up", {}, b""
+        return int(status_line.split()[1]), headers, answer
+    finally:
+        writer.close()
+
+
+def logged_invocations(log) -> list[str]:
+    return re.findall(r"POST /invocations (\d{3}) in=", log.read_text())
+
+
+def test_a_flood_with_the_default_max_wait_is_shed_and_nothing_is_answered_after_its_client_gave_up(
+    labrador, tmp_path
+):
+    # The endpoint as `make run` and the container start it: its own default --max-wait.
+    log = tmp_path / "serve.log"
+    server = EndpointProcess(FAST_MODEL, log=log).wait_ready()
+    try:
+        with urllib.request.urlopen(f"{server.url}/ping", timeout=10) as response:
+            limit = json.loads(response.read())["queue"]["limit"]
+        flood = FLOOD_PER_QUEUED_IMAGE * limit
+
+        async def flood_once():
+            return await asyncio.gather(*(_call_once(server.port, labrador) for _ in range(flood)))
+
+        answers = asyncio.run(flood_once())
+        # Every request reaches the log once the endpoint is done with it, answered in time or not.
+        deadline = time.monotonic() + 120
+        while len(logged_invocations(log)) < flood and time.monotonic() < deadline:
+            time.sleep(0.2)
+        logged = logged_invocations(log)
+    finally:
+        server.stop()
+
+    statuses = [status for status, _, _ in answers]
+    assert statuses.count("gave up") == 0, f"{statuses.count('gave up')} of {flood} clients gave up"
+    assert set(statuses) == {200, 503}
+    for status, headers, body in answers:
+        if status == 503:
+            assert int(headers["retry-after"]) >= 1
+            assert b"overloaded" in body
+        else:
+            assert json.loads(body)["predictions"][0]["label"] == "Labrador_retriever"
+    # What the endpoint answered is what its clients read: no answer went to a client that had given up.
+    assert len(logged) == flood
+    assert logged.count("200") == statuses.count(200)
+    assert logged.count("503") == statuses.count(503)
+
+
+def test_a_shed_request_is_refused_before_its_body_is_read(labrador, tmp_path):
+    # One image queued at a time: while a batch of pictures is in the model's queue, any other is shed.
+    log = tmp_path / "serve.log"
+    server = EndpointProcess(FAST_MODEL, "--max-queue", "1", log=log).wait_ready()
+    batch = json.dumps(
+        {"instances": [{"b64": base64.b64encode(labrador).decode()}] * contract.MAX_INSTANCES}
+    ).encode()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            busy = pool.submit(post, f"{server.url}/invocations", batch, {"Content-Type": contract.JSON})
+            while not busy.done():
+                with urllib.request.urlopen(f"{server.url}/ping", timeout=10) as response:
+                    if json.loads(response.read())["queue"]["images"]:
+                        break
+                time.sleep(0.01)
+            # Headers that announce the largest body the endpoint takes, and then not one byte of it: only an
+            # answer decided before reading the body can come back.
+            with socket.create_connection(("127.0.0.1", server.port), timeout=30) as probe:
+                probe.sendall(
+                    b"POST /invocations HTTP/1.1\r\nHost: endpoint\r\nContent-Type: image/jpeg\r\n"
+                    + f"Content-Length: {MAX_BODY_BYTES}\r\n\r\n".encode()
+                )
+                response = http.client.HTTPResponse(probe)
+                response.begin()
+                refusal = response.status, response.getheader("Retry-After"), response.getheader("Connection")
+                refusal_body = response.read()
+                assert probe.recv(1) == b"", "the endpoint closes the connection whose body it did not read"
+            assert busy.result()[0] == 200
+    finally:
+        server.stop()
+    assert refusal[0] == 503
+    assert int(refusal[1]) >= 1
+    assert refusal[2] == "close"
+    assert b"overloaded" in refusal_body
+    assert re.search(r"POST /invocations 503 in=0B", log.read_text())
