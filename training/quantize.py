@@ -6,7 +6,8 @@ Calibration uses a few hundred TRAINING images (a fixed sample, a few per breed)
 figures come from. Every variant asked for is built and measured on the whole valid split beside the fp32
 graph (top-1, top-5, and dog photos whose dog probability falls below the model's own dog threshold); the
 first variant listed is written as DIR/model-int8.onnx and the figures of all of them as
-DIR/quantization-valid.json.
+DIR/quantization-valid.json, with the CPU they were measured on and the CPU classes each holds for
+(classifier/cpu.py: int8 kernels differ on x86 CPUs without VNNI).
 The int8 graph becomes the model's default runtime only when it passes `qualifies` (see
 classifier/runtime.py's choice of runtime): otherwise it stays an option (`--runtime onnx-int8`).
 """
