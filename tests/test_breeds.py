@@ -92,6 +92,12 @@ def test_breeds_off_their_schema_are_a_502(runtime_env, tmp_path, body):
 
 
 def test_an_asynchronous_stage_says_it_cannot_list_breeds(runtime_env, tmp_path):
-    project = write_stage_project(tmp_path, ENDPOINT_KIND="async", ASYNC_INPUT_S3="s3://queued-photos/in")
+    project = write_stage_project(
+        tmp_path,
+        ENDPOINT_KIND="async",
+        ASYNC_INPUT_S3="s3://queued-photos/in",
+        ASYNC_OUTPUT_S3="s3://queued-photos/out",
+        ASYNC_FAILURE_S3="s3://queued-photos/failed",
+    )
     response = Client(api.app, stage_name="local", project_dir=str(project)).http.get("/breeds")
     assert_error(response, 501, "breeds_not_served")
