@@ -5,23 +5,19 @@ from __future__ import annotations
 
 import base64
 import http.server
-import io
 import json
 import shutil
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
-from functools import partial
-from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from api_calls import assert_error, client_for, post_image, post_json
 from chalice.test import Client
-from conftest import DEFAULT_MODEL, EndpointProcess, free_port
-from local_servers import serving_in_thread
+from conftest import DEFAULT_MODEL, LABRADOR, PROJECT, SPANIEL, EndpointProcess, write_stage_project
+from local_servers import free_port, serving_in_thread
+from pictures import encoded, zero_png
 from PIL import Image
-from test_image import zero_png
 
 import app as api
 from chalicelib import invoke
@@ -32,111 +28,15 @@ from chalicelib.settings import (
     MAX_BATCH_ITEMS,
     MAX_UPLOAD_BYTES,
     RETRY_AFTER_S,
-    get_settings,
 )
 
-PROJECT = Path(__file__).resolve().parents[1]
-LABRADOR = "Labrador_retriever_06455.jpg"
-CHALICE = str(Path(sys.executable).parent / "chalice")
-
-
-# --- what a stage looks like to the test client ---
-
-
-def write_stage_project(directory: Path, **local_env: str) -> Path:
-    """A project dir whose .chalice/config.json is the real one with the `local` stage's environment
-    overridden (chalice reads the stage environment from the config and lets it win over the process's)."""
-    config = json.loads((PROJECT / ".chalice" / "config.json").read_text())
-    config["stages"]["local"]["environment_variables"].update(local_env)
-    (directory / ".chalice").mkdir(parents=True, exist_ok=True)
-    (directory / ".chalice" / "config.json").write_text(json.dumps(config, indent=2))
-    return directory
-
-
-@pytest.fixture(autouse=True)
-def new_container():
-    """Each test is a fresh Lambda container: settings and the boto3 client are made again on first use."""
-    get_settings.cache_clear()
-    runtime_client.cache_clear()
-    yield
-    get_settings.cache_clear()
-    runtime_client.cache_clear()
-
-
-@pytest.fixture(scope="module")
-def local_project(endpoint, tmp_path_factory) -> Path:
-    return write_stage_project(
-        tmp_path_factory.mktemp("local"), AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=endpoint.url
-    )
-
-
-@pytest.fixture
-def client(runtime_env, local_project) -> Client:
-    """The `local` stage, talking to the session's real endpoint process."""
-    return Client(api.app, stage_name="local", project_dir=str(local_project))
+pytestmark = pytest.mark.usefixtures("new_container")
 
 
 @pytest.fixture
 def dev_client(runtime_env) -> Client:
     """The `dev` stage exactly as configured: loopback fetches are refused there."""
     return Client(api.app, stage_name="dev", project_dir=str(PROJECT))
-
-
-# --- a file server for URL requests ---
-
-
-class SampleFiles(http.server.SimpleHTTPRequestHandler):
-    """The sample photos, plus /redirect?to=URL."""
-
-    def do_GET(self):
-        parts = urlsplit(self.path)
-        if parts.path == "/redirect":
-            self.send_response(302)
-            self.send_header("Location", parse_qs(parts.query)["to"][0])
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        super().do_GET()
-
-    def log_message(self, *args):
-        pass
-
-
-def file_server(directory: Path):
-    handler = partial(SampleFiles, directory=str(directory))
-    return serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler))
-
-
-@pytest.fixture(scope="module")
-def files(samples) -> Iterator[str]:
-    with file_server(samples) as url:
-        yield url
-
-
-# --- helpers ---
-
-
-def post_json(client: Client, body, path: str = "/predict"):
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return client.http.post(path, headers={"Content-Type": "application/json"}, body=raw)
-
-
-def post_image(client: Client, data: bytes, content_type: str = "image/jpeg", query: str = ""):
-    return client.http.post(f"/predict/image{query}", headers={"Content-Type": content_type}, body=data)
-
-
-def encoded(image: Image.Image, format: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=format, **options)
-    return buffer.getvalue()
-
-
-def assert_error(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.body
-    body = json.loads(response.body)
-    assert set(body) == {"error"} and body["error"]["code"] == code and body["error"]["message"]
-    assert "Traceback" not in response.body.decode()
-    return body["error"]
 
 
 def top_label(answer: dict) -> str:
@@ -204,8 +104,8 @@ def test_base64_data_url_as_browsers_send_it(client, samples):
     assert top_label(response.json_body) == "Labrador_retriever"
 
 
-def test_image_url_is_fetched_and_classified(client, files, samples):
-    response = post_json(client, {"url": f"{files}/{LABRADOR}"})
+def test_image_url_is_fetched_and_classified(client, sample_files, samples):
+    response = post_json(client, {"url": f"{sample_files}/{LABRADOR}"})
     assert response.status_code == 200, response.body
     answer = response.json_body
     assert top_label(answer) == "Labrador_retriever"
@@ -214,7 +114,7 @@ def test_image_url_is_fetched_and_classified(client, files, samples):
 
 
 def test_a_dog_outside_the_breed_list_is_still_a_dog(client, samples):
-    response = post_image(client, (samples / "American_water_spaniel_00648.jpg").read_bytes())
+    response = post_image(client, (samples / SPANIEL).read_bytes())
     assert response.status_code == 200, response.body
     assert response.json_body["is_dog"] is True
 
@@ -225,10 +125,10 @@ def test_people_with_a_dog(client, samples):
     assert response.json_body["image"]["width"] == 340
 
 
-def test_lambda_function_gives_the_rest_answer(client, files, samples):
+def test_lambda_function_gives_the_rest_answer(client, sample_files, samples):
     data = (samples / LABRADOR).read_bytes()
     rest = post_image(client, data).json_body
-    by_url = client.lambda_.invoke("classify", {"url": f"{files}/{LABRADOR}"}).payload
+    by_url = client.lambda_.invoke("classify", {"url": f"{sample_files}/{LABRADOR}"}).payload
     by_bytes = client.lambda_.invoke("classify", {"image": base64.b64encode(data).decode()}).payload
     for answer in (by_url, by_bytes):
         assert answer["predictions"] == rest["predictions"]
@@ -448,8 +348,8 @@ def test_wrong_method_keeps_the_error_shape(client):
         "ftp://example.com/dog.jpg",
     ],
 )
-def test_unsafe_urls_are_refused_outside_the_local_stage(dev_client, files, url):
-    port = files.rsplit(":", 1)[1]
+def test_unsafe_urls_are_refused_outside_the_local_stage(dev_client, sample_files, url):
+    port = sample_files.rsplit(":", 1)[1]
     response = post_json(dev_client, {"url": url.format(port=port)})
     assert_error(response, 400, "url_not_allowed")
 
@@ -457,13 +357,15 @@ def test_unsafe_urls_are_refused_outside_the_local_stage(dev_client, files, url)
 @pytest.mark.parametrize(
     "target", ["http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/", "file:///etc/passwd"]
 )
-def test_a_redirect_to_a_private_address_is_refused(client, files, target):
-    response = post_json(client, {"url": f"{files}/redirect?to={target}"})
+def test_a_redirect_to_a_private_address_is_refused(client, sample_files, target):
+    response = post_json(client, {"url": f"{sample_files}/redirect?to={target}"})
     assert_error(response, 400, "url_not_allowed")
 
 
-def test_a_missing_url_is_a_fetch_failure(client, files):
-    error = assert_error(post_json(client, {"url": f"{files}/no-such-dog.jpg"}), 400, "url_fetch_failed")
+def test_a_missing_url_is_a_fetch_failure(client, sample_files):
+    error = assert_error(
+        post_json(client, {"url": f"{sample_files}/no-such-dog.jpg"}), 400, "url_fetch_failed"
+    )
     assert "404" in error["message"]
 
 
@@ -482,11 +384,6 @@ def broken_endpoint(tmp_path_factory) -> Iterator[EndpointProcess]:
     running = EndpointProcess(model_dir).wait_ready()
     yield running
     running.stop()
-
-
-def client_for(directory: Path, endpoint_url: str) -> Client:
-    project = write_stage_project(directory, AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=endpoint_url)
-    return Client(api.app, stage_name="local", project_dir=str(project))
 
 
 def test_model_error_is_502_then_a_stopped_endpoint_is_503(runtime_env, broken_endpoint, samples, tmp_path):
@@ -564,9 +461,9 @@ def test_a_stage_without_an_endpoint_name_is_a_clean_500(runtime_env, samples, t
 # --- scripts/smoke.sh against a real `chalice local` ---
 
 
-def test_smoke_script_against_chalice_local(api_stack, files):
+def test_smoke_script_against_chalice_local(api_stack, sample_files):
     result = subprocess.run(
-        ["bash", str(PROJECT / "scripts" / "smoke.sh"), api_stack.url, files],
+        ["bash", str(PROJECT / "scripts" / "smoke.sh"), api_stack.url, sample_files],
         capture_output=True,
         text=True,
         timeout=120,
@@ -575,9 +472,9 @@ def test_smoke_script_against_chalice_local(api_stack, files):
     assert "Labrador_retriever" in result.stdout
 
 
-def test_smoke_script_fails_when_the_api_is_down(files):
+def test_smoke_script_fails_when_the_api_is_down(sample_files):
     result = subprocess.run(
-        ["bash", str(PROJECT / "scripts" / "smoke.sh"), f"http://127.0.0.1:{free_port()}", files],
+        ["bash", str(PROJECT / "scripts" / "smoke.sh"), f"http://127.0.0.1:{free_port()}", sample_files],
         capture_output=True,
         text=True,
         timeout=60,
@@ -592,10 +489,10 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def test_batch_answers_each_item_in_order_with_one_endpoint_call(client, files, samples):
+def test_batch_answers_each_item_in_order_with_one_endpoint_call(client, sample_files, samples):
     labrador, spaniel = (
         (samples / LABRADOR).read_bytes(),
-        (samples / "American_water_spaniel_00648.jpg").read_bytes(),
+        (samples / SPANIEL).read_bytes(),
     )
     single = post_image(client, labrador, query="?top_k=3").json_body
     single_spaniel = post_image(client, spaniel).json_body
@@ -608,7 +505,11 @@ def test_batch_answers_each_item_in_order_with_one_endpoint_call(client, files, 
         client,
         {
             "images": [b64(labrador), b64(b"not a photo"), "***", b64(spaniel)],
-            "urls": [f"{files}/{LABRADOR}", f"{files}/missing.jpg", "http://169.254.169.254/latest/"],
+            "urls": [
+                f"{sample_files}/{LABRADOR}",
+                f"{sample_files}/missing.jpg",
+                "http://169.254.169.254/latest/",
+            ],
             "top_k": 3,
         },
         "/predict/batch",
@@ -648,8 +549,10 @@ def test_batch_answers_each_item_in_order_with_one_endpoint_call(client, files, 
     assert len(json.loads(calls[0]["body"])["instances"]) == 3
 
 
-def test_lambda_function_takes_a_batch(client, files):
-    payload = client.lambda_.invoke("classify", {"urls": [f"{files}/{LABRADOR}", "ftp://example.com/x.jpg"]})
+def test_lambda_function_takes_a_batch(client, sample_files):
+    payload = client.lambda_.invoke(
+        "classify", {"urls": [f"{sample_files}/{LABRADOR}", "ftp://example.com/x.jpg"]}
+    )
     results = payload.payload["urls"]
     assert top_label(results[0]) == "Labrador_retriever"
     assert results[1]["error"]["code"] == "url_not_allowed" and payload.payload["images"] == []

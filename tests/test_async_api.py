@@ -12,37 +12,26 @@ import uuid
 
 import boto3
 import pytest
+from api_calls import assert_error, post_image, post_json
 from chalice.test import Client
-from moto_server import MotoServer
+from conftest import LABRADOR, write_stage_project
 from PIL import Image
-from test_api import LABRADOR, assert_error, post_image, post_json, write_stage_project
 
 import app as api
-from chalicelib.invoke import runtime_client, s3_client
 from chalicelib.schema import validate_queued_answer
-from chalicelib.settings import get_settings
 
 REGION = "us-east-1"
 RESIZE = 224  # not the default model's 260: the stage's setting is what the Lambda uses
 
 
-@pytest.fixture(scope="module")
-def moto():
-    server = MotoServer().wait_ready()
-    yield server
-    server.stop()
+pytestmark = pytest.mark.usefixtures("new_container")
 
 
 @pytest.fixture(autouse=True)
-def new_container(monkeypatch):
-    """A fresh Lambda container per test, with fake credentials only."""
+def fake_credentials(monkeypatch):
+    """Each Lambda container has fake credentials only."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    for cached in (get_settings, runtime_client, s3_client):
-        cached.cache_clear()
-    yield
-    for cached in (get_settings, runtime_client, s3_client):
-        cached.cache_clear()
 
 
 @pytest.fixture

@@ -8,22 +8,16 @@ import http.server
 import json
 
 import pytest
+from api_calls import assert_error, client_for, post_image
 from botocore.retries.standard import ExponentialBackoff
+from conftest import LABRADOR, PROJECT, SPANIEL
 from local_servers import serving_in_thread
-from test_api import (  # noqa: F401 - fixtures: client, local_project, new_container
-    LABRADOR,
-    PROJECT,
-    assert_error,
-    client,
-    client_for,
-    local_project,
-    new_container,
-    post_image,
-)
 
 from chalicelib import settings
 from chalicelib.schema import validate_answer, validate_api_answer, validate_error
 from chalicelib.settings import ENDPOINT_MAX_ATTEMPTS, RETRY_AFTER_S
+
+pytestmark = pytest.mark.usefixtures("new_container")
 
 VALID = {
     "predictions": [{"label": "Labrador_retriever", "breed": "Labrador retriever", "probability": 0.9}],
@@ -77,8 +71,8 @@ def ask(tmp_path, samples, handler_and_server):
     return handler, response
 
 
-def test_real_answers_of_the_local_endpoint_match_the_schema(client, samples):  # noqa: F811
-    for name in ("Labrador_retriever_06455.jpg", "American_water_spaniel_00648.jpg"):
+def test_real_answers_of_the_local_endpoint_match_the_schema(client, samples):
+    for name in (LABRADOR, SPANIEL):
         response = post_image(client, (samples / name).read_bytes(), query="?top_k=20")
         assert response.status_code == 200
         answer = response.json_body

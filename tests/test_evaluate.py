@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import PROJECT
 from PIL import Image
 
 from classifier.model import BreedClassifier, init_breed_head_from_imagenet, save_model
 
-PROJECT = Path(__file__).resolve().parents[1]
 # ImageNet-1k rows of the three breeds: a head that is exactly the backbone's own knowledge of them.
 BREEDS = {"Beagle": 162, "Labrador_retriever": 208, "Pomeranian": 259}
 

@@ -9,10 +9,10 @@ import os
 import random
 
 import pytest
+from conftest import DEFAULT_MODEL_RESIZE_SIZE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_image import RESIZE as DEFAULT_MODEL_RESIZE_SIZE
 
 from chalicelib import batch_request, image_request
 from chalicelib.errors import ApiError, BadModelAnswer

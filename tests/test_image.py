@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 import random
-import struct
 import zlib
-from pathlib import Path
 
 import pytest
+from conftest import DEFAULT_MODEL_RESIZE_SIZE as RESIZE
+from conftest import LABRADOR
+from pictures import encoded, png, zero_png
 from PIL import Image, ImageChops
 
 from chalicelib.errors import ImageTooElongated, ModelPayloadTooLarge, TooManyPixels, UnsupportedImage
@@ -22,18 +22,6 @@ from chalicelib.settings import (
     MAX_PIXELS,
     MAX_PIXELS_BY_FORMAT,
 )
-
-PROJECT = Path(__file__).resolve().parents[1]
-# What the Lambda of a stage serving the committed default model resizes to (its MODEL_RESIZE_SIZE).
-RESIZE = json.loads((PROJECT / "models" / "default" / "config.json").read_text())["preprocessing"][
-    "resize_size"
-]
-
-
-def encoded(image: Image.Image, format: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=format, **options)
-    return buffer.getvalue()
 
 
 def prepare(data: bytes):
@@ -47,33 +35,13 @@ def sent(data: bytes) -> Image.Image:
     return image
 
 
-def png(width: int, height: int, bit_depth: int, colour_type: int, pixel_data: bytes) -> bytes:
-    """A PNG file assembled chunk by chunk, so that its header can claim any size."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        checksum = zlib.crc32(kind + payload)
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", checksum)
-
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixel_data) + chunk(b"IEND", b"")
-
-
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height RGB pixels but holds none."""
     return png(width, height, 8, 2, zlib.compress(b""))
 
 
-def zero_png(width: int, height: int) -> bytes:
-    """A valid 1-bit PNG of width x height black pixels: kilobytes that decode to hundreds of megapixels."""
-    row = b"\x00" * (1 + (width + 7) // 8)
-    compressor = zlib.compressobj(9)
-    return png(
-        width, height, 1, 0, b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    )
-
-
 def test_a_12_megapixel_photo_leaves_as_a_few_tens_of_kilobytes(samples):
-    photo = Image.open(samples / "Labrador_retriever_06455.jpg")
+    photo = Image.open(samples / LABRADOR)
     photo = photo.resize((4032, 3024), Image.Resampling.BICUBIC)
     data = encoded(photo, "JPEG", quality=95)
     prepared = prepare(data)
@@ -189,7 +157,7 @@ def test_refuses_what_is_not_an_accepted_image(data, message):
 
 
 def test_refuses_a_truncated_jpeg(samples):
-    data = (samples / "Labrador_retriever_06455.jpg").read_bytes()
+    data = (samples / LABRADOR).read_bytes()
     with pytest.raises(UnsupportedImage, match="cannot be decoded"):
         prepare(data[: len(data) // 2])
 

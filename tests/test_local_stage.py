@@ -12,10 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from conftest import CHALICE, PROJECT
 from local_servers import free_port, stop_process
-
-PROJECT = Path(__file__).resolve().parents[1]
-CHALICE = str(Path(sys.executable).parent / "chalice")
 
 
 def local_project(model_dir: Path, scratch: Path) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import io
 import json
 import subprocess
 import sys
@@ -17,17 +16,17 @@ from pathlib import Path
 import jsonschema
 import pytest
 import referencing
-from chalice.test import Client
-from conftest import ChaliceLocal
+from api_calls import client_for
+from local_servers import free_port
 from openapi_spec_validator import validate
+from pictures import encoded
 from PIL import Image
 from referencing.jsonschema import DRAFT202012
 
 import app as api
 from chalicelib import health, openapi
 from chalicelib.gateway_responses import GATEWAY_RESPONSES
-from chalicelib.invoke import runtime_client
-from chalicelib.settings import MAX_UPLOAD_BYTES, get_settings
+from chalicelib.settings import MAX_UPLOAD_BYTES
 
 # Examples per operation and phase; the whole fuzz run stays within seconds.
 FUZZ_EXAMPLES = 10
@@ -84,18 +83,6 @@ def _rebased(schema):
     if isinstance(schema, list):
         return [_rebased(item) for item in schema]
     return schema
-
-
-def jpeg(size: tuple[int, int]) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, (120, 90, 60)).save(buffer, "JPEG")
-    return buffer.getvalue()
-
-
-def png(size: tuple[int, int]) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", size).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 # --- the document ---
@@ -186,8 +173,8 @@ def test_every_route_answers_as_described(document, api_stack, sample_files, lab
         (image + "?top_k=99", "POST", labrador, "image/jpeg", 400),
         (image, "POST", b"not an image", "image/png", 415),
         (image, "POST", b"\0" * (MAX_UPLOAD_BYTES + 1), "application/octet-stream", 413),
-        (image, "POST", png((9000, 9000)), "image/png", 422),
-        (image, "POST", jpeg((4000, 20)), "image/jpeg", 422),
+        (image, "POST", encoded(Image.new("L", (9000, 9000)), "PNG"), "image/png", 422),
+        (image, "POST", encoded(Image.new("RGB", (4000, 20), (120, 90, 60)), "JPEG"), "image/jpeg", 422),
         ("/health", "POST", b"{}", "json", 405),
     ]
     for path, method, body, content_type, expected in cases:
@@ -199,20 +186,10 @@ def test_every_route_answers_as_described(document, api_stack, sample_files, lab
 
 
 @pytest.fixture
-def stopped_endpoint_client(tmp_path, monkeypatch):
+def stopped_endpoint_client(tmp_path, new_container):
     """The local stage in-process, with its endpoint address pointing at a port nothing listens on."""
-    from local_servers import free_port
-
-    project = tmp_path / "project"
-    ChaliceLocal.write_config(project, f"http://127.0.0.1:{free_port()}")
-    fresh_container()
-    yield Client(api.app, stage_name="local", project_dir=str(project))
-    fresh_container()
-
-
-def fresh_container():
-    get_settings.cache_clear()
-    runtime_client.cache_clear()
+    health.clear_cache()
+    yield client_for(tmp_path, f"http://127.0.0.1:{free_port()}")
     health.clear_cache()
 
 
