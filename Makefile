@@ -38,6 +38,7 @@ browser:
 		fi; \
 	fi
 
+# Ports and model move with settings: make run ENDPOINT_PORT=9080 API_PORT=9000 FILES_PORT=9081 MODEL_DIR=models/fast
 run: setup
 	scripts/run_local.sh
 

@@ -1,21 +1,37 @@
 """dogbreeds API: the routes and the Lambda function; the work is in chalicelib (see image_request.py)."""
 
-from chalice import Chalice, Response
+from chalice import Chalice, CORSConfig, Response
 
 from chalicelib import batch_request, image_request, observability
+from chalicelib.breeds import breeds_answer
 from chalicelib.errors import answers_errors, lambda_error, reshape_chalice_error
 from chalicelib.health import health_answer
 from chalicelib.openapi import describe_api, stage_base_path
-from chalicelib.settings import api_key_required, get_settings
+from chalicelib.settings import (
+    CORS_EXPOSE_HEADERS,
+    CORS_MAX_AGE_S,
+    UPLOAD_CONTENT_TYPES,
+    api_key_required,
+    cors_allow_origin,
+    get_settings,
+)
 from chalicelib.webpage import render_page
 
 app = Chalice(app_name="dogbreeds")
 # Routes that pass KEYED need an API key on stages that set API_KEY_REQUIRED (prod); a public route omits it.
 KEYED = api_key_required()
 
-IMAGE_CONTENT_TYPES = ["image/jpeg", "image/png", "image/webp", "image/gif", "application/octet-stream"]
+# Every route answers browsers of the stage's one allowed origin (CORS_ALLOW_ORIGIN, none when unset), the
+# preflight (OPTIONS) included; CORSConfig always allows the x-api-key and Content-Type request headers, and
+# a page may read Retry-After. Set before the routes, which take it as their default.
+ALLOWED_ORIGIN = cors_allow_origin()
+if ALLOWED_ORIGIN:
+    app.api.cors = CORSConfig(
+        allow_origin=ALLOWED_ORIGIN, expose_headers=list(CORS_EXPOSE_HEADERS), max_age=CORS_MAX_AGE_S
+    )
+
 # API Gateway passes these bodies to the Lambda base64-encoded instead of mangling them as text.
-for content_type in IMAGE_CONTENT_TYPES:
+for content_type in UPLOAD_CONTENT_TYPES:
     if content_type not in app.api.binary_types:
         app.api.binary_types.append(content_type)
 
@@ -27,14 +43,15 @@ app.register_middleware(observability.lambda_middleware, "pure_lambda")
 
 @app.middleware("http")
 def project_error_shape(event, get_response):
-    return reshape_chalice_error(get_response(event))
+    content_type = event.headers.get("content-type")
+    return reshape_chalice_error(get_response(event), content_type, UPLOAD_CONTENT_TYPES)
 
 
 @app.route("/", methods=["GET"])
 @answers_errors
 def page():
     """The web page to try the API in a browser; public on every stage, like /openapi.json."""
-    html, headers = render_page(get_settings().model_resize_size, tuple(IMAGE_CONTENT_TYPES))
+    html, headers = render_page(get_settings().model_resize_size, UPLOAD_CONTENT_TYPES)
     return Response(body=html, headers=headers)
 
 
@@ -46,7 +63,9 @@ def predict():
     return image_request.http_answer(image_request.classify(request))
 
 
-@app.route("/predict/image", methods=["POST"], content_types=IMAGE_CONTENT_TYPES, api_key_required=KEYED)
+@app.route(
+    "/predict/image", methods=["POST"], content_types=list(UPLOAD_CONTENT_TYPES), api_key_required=KEYED
+)
 @answers_errors
 def predict_image():
     """The image's raw bytes as the body; optional ?top_k=N&min_confidence=P."""
@@ -62,6 +81,14 @@ def predict_image():
 def openapi():
     """This API described in OpenAPI 3.1."""
     return describe_api(app.routes, stage_base_path(app.current_request.context))
+
+
+@app.route("/breeds", methods=["GET"])
+@answers_errors
+def breeds():
+    """The model's breeds (label and display name) and its name and version; public, like /openapi.json."""
+    body, headers = breeds_answer()
+    return Response(body=body, headers=headers)
 
 
 @app.route("/predict/batch", methods=["POST"], content_types=["application/json"], api_key_required=KEYED)

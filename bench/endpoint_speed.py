@@ -36,7 +36,8 @@ from chalicelib.settings import JPEG_QUALITY, MAX_PIXELS
 from classifier.graph import graph_is_current
 from classifier.model import ONNX_INT8_FILE, read_config
 from classifier.preprocessing import open_image
-from serving.inference import JPEG, load_predictor
+from serving.contract import JPEG
+from serving.inference import load_predictor
 from serving.server import DEFAULT_ENDPOINT_NAME
 
 PROJECT = Path(__file__).resolve().parents[1]

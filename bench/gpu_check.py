@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from classifier import runtime
-from serving import inference
+from serving import contract, inference
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -36,8 +36,8 @@ def handler_ms(predictor, photos: list[bytes], runs: int) -> float:
     for index in range(runs):
         body = photos[index % len(photos)]
         started = time.perf_counter()
-        data = inference.input_fn(body, inference.JPEG)
-        inference.output_fn(inference.predict_fn(data, predictor), inference.JSON)
+        data = inference.input_fn(body, contract.JPEG)
+        inference.output_fn(inference.predict_fn(data, predictor), contract.JSON)
         timings.append((time.perf_counter() - started) * 1000)
     return statistics.median(timings)
 
@@ -68,8 +68,8 @@ def main() -> None:
     cpu = inference.load_predictor(args.model_dir, runtime="auto", device=runtime.choose_device([], False))
     print(f"GPU runner: {gpu.runtime} on {gpu.device}; CPU runner: {cpu.runtime} on {cpu.device}")
     for body in photos:
-        on_gpu = inference.predict_fn(inference.input_fn(body, inference.JPEG), gpu)
-        on_cpu = inference.predict_fn(inference.input_fn(body, inference.JPEG), cpu)
+        on_gpu = inference.predict_fn(inference.input_fn(body, contract.JPEG), gpu)
+        on_cpu = inference.predict_fn(inference.input_fn(body, contract.JPEG), cpu)
         assert on_gpu["predictions"][0]["label"] == on_cpu["predictions"][0]["label"], (on_gpu, on_cpu)
         assert abs(on_gpu["dog_probability"] - on_cpu["dog_probability"]) < 1e-3, (on_gpu, on_cpu)
     print("answers agree (top-1 label, dog probability within 1e-3)")

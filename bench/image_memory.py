@@ -82,7 +82,7 @@ def child(mode: str, path: Path, model_dir: Path, cap_bytes: int) -> dict:
     """Runs in its own process: one case in one mode; what happened and the peak memory it took."""
     from classifier.model import read_config
     from classifier.preprocessing import Preprocessing, open_image
-    from serving import inference
+    from serving import contract, inference
 
     config, _, _ = read_config(model_dir)
     preprocessing = Preprocessing.from_dict(config["preprocessing"])
@@ -101,7 +101,7 @@ def child(mode: str, path: Path, model_dir: Path, cap_bytes: int) -> dict:
         elif mode == "preprocessing":
             preprocessing(open_image(data))
         else:
-            for image in inference.input_fn(data, inference.PNG).images:
+            for image in inference.input_fn(data, contract.PNG).images:
                 preprocessing(image)
         outcome = "prepared"
     except inference.RequestError as error:

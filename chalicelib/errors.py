@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from chalice import Response
@@ -53,13 +53,25 @@ class UrlFetchFailed(BadRequest):
     code = "url_fetch_failed"
 
 
+class EmptyImage(BadRequest):
+    """The image has no bytes at all."""
+
+    code = "empty_image"
+
+
+class UnreadableImage(BadRequest):
+    """Not a picture that can be decoded: not an image at all, or one that is cut off or damaged."""
+
+    code = "unreadable_image"
+
+
 class PayloadTooLarge(ApiError):
     status = 413
     code = "payload_too_large"
 
 
 class UnsupportedImage(ApiError):
-    """Not an image, or an image format outside the allowlist."""
+    """A media type or an image format outside the allowlist."""
 
     status = 415
     code = "unsupported_media_type"
@@ -107,6 +119,14 @@ class EndpointUnavailable(ApiError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_s)}
+
+
+class BreedsNotServed(ApiError):
+    """The stage's endpoint cannot list its breeds: it is asynchronous, or its serving code predates
+    GET /breeds (deploy the model again)."""
+
+    status = 501
+    code = "breeds_not_served"
 
 
 class EndpointTimeout(ApiError):
@@ -165,10 +185,33 @@ _CHALICE_CODES = {
 }
 
 
-def reshape_chalice_error(response: Response) -> Response:
-    """Give Chalice's own error answers (405, 415, its 500 fallback) the project's error shape."""
+def reshape_chalice_error(
+    response: Response, content_type: str | None = None, image_types: Sequence[str] = ()
+) -> Response:
+    """Give Chalice's own error answers (405, 415, its 500 fallback) the project's error shape; a 415 for the
+    request's `content_type` says what each route takes instead (`image_types`: the image route's)."""
     body = response.body
     if response.status_code >= 400 and isinstance(body, dict) and set(body) == {"Code", "Message"}:
         code = _CHALICE_CODES.get(body["Code"], "error")
-        response.body = {"error": {"code": code, "message": body["Message"]}}
+        message = body["Message"]
+        if code == UnsupportedImage.code:
+            message = unsupported_media_type_message(content_type, image_types)
+        response.body = {"error": {"code": code, "message": message}}
     return response
+
+
+def unsupported_media_type_message(content_type: str | None, image_types: Sequence[str]) -> str:
+    """Why a Content-Type is refused and what to send instead, naming the route for an image's own bytes."""
+    media_type = (content_type or "").split(";")[0].strip().lower() or "(none)"
+    hint = ""
+    if media_type == "image/jpg":
+        hint = " (a JPEG's media type is image/jpeg)"
+    elif media_type.startswith("multipart/"):
+        hint = (
+            " (a multipart form upload is not read: send the file itself as the body, e.g. "
+            "curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' .../predict/image)"
+        )
+    return (
+        f"unsupported media type {media_type}{hint}. POST /predict and /predict/batch take application/json; "
+        f"POST /predict/image takes the image's own bytes as {', '.join(image_types)}"
+    )

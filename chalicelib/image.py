@@ -8,11 +8,19 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from chalicelib.errors import ImageTooElongated, ModelPayloadTooLarge, TooManyPixels, UnsupportedImage
+from chalicelib.errors import (
+    EmptyImage,
+    ImageTooElongated,
+    ModelPayloadTooLarge,
+    TooManyPixels,
+    UnreadableImage,
+    UnsupportedImage,
+)
 from chalicelib.settings import MAX_ASPECT_RATIO, MAX_ENDPOINT_BODY_BYTES, MAX_PIXELS_BY_FORMAT
 
 # Pillow tries only these decoders; MPO is what Pillow calls the JPEGs that some cameras write with a preview.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
+_SEND_ALLOWED = f"send one of {', '.join(ALLOWED_FORMATS)}"
 _OPENED_FORMATS = (*ALLOWED_FORMATS, "MPO")
 # EXIF orientations that turn the picture a quarter, so width and height swap.
 _QUARTER_TURNS = (5, 6, 7, 8)
@@ -57,9 +65,9 @@ def prepare_image(
 
     What is sent is bounded whatever comes in: its shorter side is at most `resize_size`, its longer side at
     most MAX_ASPECT_RATIO times that, and its size at most `max_bytes` (a lower JPEG quality first, then a
-    refusal). `width`/`height` are the photo's own, upright. Raises UnsupportedImage (empty, not an image, a
-    format outside ALLOWED_FORMATS, or undecodable such as a truncated file), TooManyPixels (over
-    `max_pixels` or its format's cap), ImageTooElongated and ModelPayloadTooLarge.
+    refusal). `width`/`height` are the photo's own, upright. Raises EmptyImage, UnreadableImage (not an
+    image, or undecodable such as a truncated file), UnsupportedImage (a format outside ALLOWED_FORMATS),
+    TooManyPixels (over `max_pixels` or its format's cap), ImageTooElongated and ModelPayloadTooLarge.
     """
     image = open_checked(data, max_pixels=max_pixels)
     width, height = image.size
@@ -81,7 +89,7 @@ def prepare_image(
         image.load()
         image = reduced_rgb(image, resize_size)
     except (OSError, SyntaxError, ValueError) as error:
-        raise UnsupportedImage(f"the image cannot be decoded: {error}") from error
+        raise UnreadableImage(f"the image cannot be decoded ({error}); {_SEND_ALLOWED}") from error
     if orientation in _TRANSPOSES:
         image = image.transpose(_TRANSPOSES[orientation])
     image = resize_for_model(image, resize_size)
@@ -108,10 +116,11 @@ def _encoded(image: Image.Image, quality: int, max_bytes: int) -> bytes:
 def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
     """The image's first frame, opened (headers read, pixels not yet decoded) and within `max_pixels`.
 
-    Raises UnsupportedImage or TooManyPixels.
+    Raises EmptyImage, UnreadableImage (not an image), UnsupportedImage (an image in another format),
+    TooManyPixels or ImageTooElongated.
     """
     if not data:
-        raise UnsupportedImage("the image is empty")
+        raise EmptyImage("the image is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
             # Between Pillow's two bomb limits it only warns; our own cap below is lower and answers instead.
@@ -120,10 +129,12 @@ def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as error:
         raise TooManyPixels(f"the image has too many pixels; the limit is {max_pixels:,}") from error
     except UnidentifiedImageError as error:
-        allowed = ", ".join(ALLOWED_FORMATS)
-        raise UnsupportedImage(f"not an image in an accepted format ({allowed})") from error
+        other_format = _other_format(data)
+        if other_format:
+            raise UnsupportedImage(f"{other_format} images are not accepted; {_SEND_ALLOWED}") from error
+        raise UnreadableImage(f"cannot decode the image; {_SEND_ALLOWED}") from error
     except (OSError, SyntaxError, ValueError) as error:
-        raise UnsupportedImage(f"the image cannot be read: {error}") from error
+        raise UnreadableImage(f"the image cannot be read ({error}); {_SEND_ALLOWED}") from error
     if image.format not in _OPENED_FORMATS:
         raise UnsupportedImage(f"{image.format} images are not accepted")
     width, height = image.size
@@ -132,13 +143,25 @@ def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
         kind = "" if limit == max_pixels else f"{image.format} "
         raise TooManyPixels(f"the image is {width}x{height} pixels; the limit for {kind}images is {limit:,}")
     if width == 0 or height == 0:
-        raise UnsupportedImage("the image has no pixels")
+        raise UnreadableImage("the image has no pixels")
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
         raise ImageTooElongated(
             f"the image is {width}x{height} pixels; its longer side may be at most {MAX_ASPECT_RATIO} times"
             " its shorter side"
         )
     return image
+
+
+def _other_format(data: bytes) -> str | None:
+    """The name of the image format Pillow sees in `data` beyond ALLOWED_FORMATS (headers only), or None:
+    a picture in a format we refuse is a 415, bytes that are no picture at all a 400, as on the endpoint."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                return image.format
+    except Exception:  # noqa: BLE001 - any plugin's failure to read a header means: not an image it knows
+        return None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -12,7 +12,7 @@ from typing import Any
 from chalice import Response
 
 from chalicelib import observability
-from chalicelib.errors import BadRequest, InvalidJson, PayloadTooLarge
+from chalicelib.errors import BadRequest, EmptyImage, InvalidJson, PayloadTooLarge
 from chalicelib.fetch import fetch_image
 from chalicelib.image import prepare_image
 from chalicelib.invoke import invoke_model, queue_model_request
@@ -121,8 +121,10 @@ def parse_min_confidence_text(value: str | None) -> float | None:
 
 
 def decode_base64(value: Any) -> bytes:
-    if not isinstance(value, str) or not value:
-        raise BadRequest('"image" must be a non-empty base64 string')
+    """The bytes of a base64 image (a data: URL too); raises BadRequest for what is not base64, EmptyImage
+    for no bytes, as the endpoint says of an empty file, and PayloadTooLarge over MAX_UPLOAD_BYTES."""
+    if not isinstance(value, str):
+        raise BadRequest('"image" must be a string: the image\'s bytes in base64')
     # Accept data URLs as browsers produce them (data:image/jpeg;base64,...) and line-wrapped base64.
     if value.startswith("data:") and "," in value:
         value = value.split(",", 1)[1]
@@ -133,6 +135,8 @@ def decode_base64(value: Any) -> bytes:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as error:
         raise BadRequest(f'"image" is not valid base64: {error}') from error
+    if not data:
+        raise EmptyImage("the image is empty (0 bytes)")
     if len(data) > MAX_UPLOAD_BYTES:
         raise PayloadTooLarge(f"the image is {len(data)} bytes; the limit is {MAX_UPLOAD_BYTES} bytes")
     return data
@@ -141,9 +145,9 @@ def decode_base64(value: Any) -> bytes:
 def upload_request(
     body: bytes | None, top_k: int = DEFAULT_TOP_K, min_confidence: float | None = None
 ) -> ClassifyRequest:
-    """A request for raw image bytes; raises BadRequest when empty, PayloadTooLarge over MAX_UPLOAD_BYTES."""
+    """A request for raw image bytes; raises EmptyImage when empty, PayloadTooLarge over MAX_UPLOAD_BYTES."""
     if not body:
-        raise BadRequest("the request body is empty; send the image's bytes")
+        raise EmptyImage("the request body is empty (0 bytes); send the image's bytes")
     if len(body) > MAX_UPLOAD_BYTES:
         raise PayloadTooLarge(f"the image is {len(body)} bytes; the limit is {MAX_UPLOAD_BYTES} bytes")
     return ClassifyRequest(image=body, top_k=top_k, min_confidence=min_confidence)

@@ -23,28 +23,27 @@ from botocore.exceptions import (
 
 from chalicelib.errors import (
     BadModelAnswer,
+    BreedsNotServed,
     EndpointTimeout,
     EndpointUnavailable,
     ModelFailed,
     ModelPayloadTooLarge,
 )
-from chalicelib.schema import SchemaMismatch, validate_answer
+from chalicelib.schema import SchemaMismatch, validate_answer, validate_breeds
 from chalicelib.settings import (
+    BREEDS_ACCEPT,
     ENDPOINT_CONNECT_TIMEOUT_S,
     ENDPOINT_MAX_ATTEMPTS,
     ENDPOINT_READ_TIMEOUT_S,
+    JPEG,
+    JSON,
     MAX_ENDPOINT_BODY_BYTES,
     MAX_RETRY_AFTER_S,
+    RECORD_JSON,
     RETRY_AFTER_S,
     get_settings,
 )
 
-CONTENT_TYPE = "image/jpeg"
-ACCEPT = "application/json"
-BATCH_CONTENT_TYPE = "application/json"
-# The handlers' RECORD_JSON (serving/inference.py, which the API cannot import; a test keeps them equal):
-# an image of a batch the model cannot take answers an error in its place instead of failing the batch.
-BATCH_ACCEPT = "application/vnd.dogbreeds.record+json"
 # How much of the model container's own error message is passed on to the caller.
 _MAX_RELAYED_CHARS = 300
 # Error codes after which the endpoint may well answer if asked again later.
@@ -77,11 +76,12 @@ def invoke_model(
     """The endpoint's answer for one JPEG, checked against ANSWER_SCHEMA (chalicelib/schema.py).
 
     Raises ModelFailed (the model container failed on it), BadModelAnswer (it answered, but not with an
-    answer), EndpointUnavailable (unreachable, unknown, throttled or shedding load, after botocore's retries),
+    answer), EndpointUnavailable (unreachable, unknown, throttled, shedding load or closing the connection
+    before answering, after botocore's retries),
     EndpointTimeout (no answer in time) and ModelPayloadTooLarge (the endpoint refused the body's size).
     """
     attributes = _custom_attributes(top_k, min_confidence)
-    return parse_answer(_invoke(endpoint_name, jpeg, CONTENT_TYPE, ACCEPT, attributes))
+    return parse_answer(_invoke(endpoint_name, jpeg, JPEG, JSON, attributes))
 
 
 def _custom_attributes(top_k: int, min_confidence: float | None) -> str:
@@ -101,9 +101,7 @@ def invoke_model_batch(
     Raises as `invoke_model` does; BadModelAnswer also when the answer is not one result per image.
     """
     body = json.dumps({"instances": [{"b64": base64.b64encode(jpeg).decode()} for jpeg in jpegs]}).encode()
-    raw = _invoke(
-        endpoint_name, body, BATCH_CONTENT_TYPE, BATCH_ACCEPT, _custom_attributes(top_k, min_confidence)
-    )
+    raw = _invoke(endpoint_name, body, JSON, RECORD_JSON, _custom_attributes(top_k, min_confidence))
     try:
         answers = json.loads(raw, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as error:
@@ -118,26 +116,52 @@ def invoke_model_batch(
         raise BadModelAnswer(f"the endpoint's answer does not match the response schema: {error}") from error
 
 
+def model_breeds(endpoint_name: str) -> dict[str, Any]:
+    """The endpoint's model breeds and the model (BREEDS_SCHEMA), without running the model.
+
+    Raises BreedsNotServed when the endpoint's serving code does not know the request (it takes `{}` for a
+    classification and fails on it), BadModelAnswer for an answer off the schema, and the rest as
+    `invoke_model` does.
+    """
+    try:
+        raw = _invoke(endpoint_name, b"{}", JSON, BREEDS_ACCEPT, "")
+    except ModelFailed as error:
+        raise BreedsNotServed(
+            f"the endpoint {endpoint_name!r} does not list its breeds; its serving code predates GET /breeds"
+        ) from error
+    try:
+        answer = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as error:
+        raise BadModelAnswer("the endpoint answered something that is not valid JSON") from error
+    try:
+        return validate_breeds(answer)
+    except SchemaMismatch as error:
+        raise BadModelAnswer(f"the endpoint's breeds do not match their schema: {error}") from error
+
+
 def _is_error(answer: Any) -> bool:
     return isinstance(answer, dict) and set(answer) == {"error"} and isinstance(answer["error"], dict)
 
 
 def _invoke(endpoint_name: str, body: bytes, content_type: str, accept: str, attributes: str) -> bytes:
     """The body of the endpoint's 200 answer; raises as `invoke_model` does."""
+    arguments = {"CustomAttributes": attributes} if attributes else {}
     try:
         response = runtime_client().invoke_endpoint(
-            EndpointName=endpoint_name,
-            ContentType=content_type,
-            Accept=accept,
-            CustomAttributes=attributes,
-            Body=body,
+            EndpointName=endpoint_name, ContentType=content_type, Accept=accept, Body=body, **arguments
         )
         return response["Body"].read()
     except ReadTimeoutError as error:
         raise EndpointTimeout(f"the endpoint did not answer within {ENDPOINT_READ_TIMEOUT_S:g} s") from error
     except (EndpointConnectionError, ConnectTimeoutError) as error:
         raise EndpointUnavailable(f"the endpoint {endpoint_name!r} cannot be reached") from error
-    except (ConnectionClosedError, IncompleteReadError, ResponseStreamingError) as error:
+    except ConnectionClosedError as error:
+        # Closed or reset before any byte of an answer (botocore has retried it): nothing was answered, so
+        # asking again may well work. bad_model_answer and its alarm stay for answers off the schema.
+        raise EndpointUnavailable(
+            f"the endpoint {endpoint_name!r} closed the connection before answering; try again shortly"
+        ) from error
+    except (IncompleteReadError, ResponseStreamingError) as error:
         # The connection broke mid-answer: what came is not the whole answer.
         raise BadModelAnswer("the endpoint's answer was cut off") from error
     except ClientError as error:
@@ -230,7 +254,7 @@ def queue_model_request(
     inference_id = uuid.uuid4().hex
     key = f"{prefix}/{inference_id}.jpg"
     try:
-        s3_client().put_object(Bucket=bucket, Key=key, Body=jpeg, ContentType=CONTENT_TYPE)
+        s3_client().put_object(Bucket=bucket, Key=key, Body=jpeg, ContentType=JPEG)
     except (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError, ReadTimeoutError) as error:
         raise EndpointUnavailable(
             f"the photo could not be queued for {endpoint_name!r}: S3 cannot be reached"
@@ -241,8 +265,8 @@ def queue_model_request(
     try:
         response = runtime_client().invoke_endpoint_async(
             EndpointName=endpoint_name,
-            ContentType=CONTENT_TYPE,
-            Accept=ACCEPT,
+            ContentType=JPEG,
+            Accept=JSON,
             CustomAttributes=f"top_k={top_k}",
             InferenceId=inference_id,
             InputLocation=f"s3://{bucket}/{key}",

@@ -6,7 +6,8 @@ call (so the functions need no cloudwatch:PutMetricData). What is logged is chos
 body, never image bytes, and of a URL only its host (a path or query string can carry tokens).
 
 X-Ray tracing is switched on per stage in .chalice/config.json; Powertools' Tracer is not used because the
-X-Ray SDK it needs would pull botocore into the Lambda zip (see README).
+X-Ray SDK it needs would pull botocore into the Lambda zip (docs/benchmarks.md, "Observability in the
+Lambda").
 """
 
 from __future__ import annotations

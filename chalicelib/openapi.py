@@ -239,6 +239,13 @@ def _operations(image_types: list[str], api_key_required: bool) -> dict[tuple[st
                 **errors_of(False),
             },
         },
+        ("/breeds", "GET"): {
+            "summary": "The breeds the stage's model tells apart (label and display name), and the model.",
+            "responses": {
+                "200": {"description": "The model's breeds, in its class order.", "content": _json("Breeds")},
+                **errors_of(False),
+            },
+        },
         ("/health", "GET"): {
             "summary": "Whether the stage's model endpoint can answer (checked without calling the model).",
             "responses": {
@@ -303,6 +310,7 @@ def _document(routes_key: tuple[tuple[str, str, str, tuple[str, ...], bool], ...
             "schemas": {
                 "Answer": _schema_component(schema.API_ANSWER_SCHEMA),
                 "QueuedAnswer": _schema_component(schema.QUEUED_ANSWER_SCHEMA),
+                "Breeds": _schema_component(schema.BREEDS_SCHEMA),
                 "Error": _schema_component(schema.ERROR_SCHEMA),
                 "PredictRequest": REQUEST_SCHEMA,
                 "BatchRequest": BATCH_REQUEST_SCHEMA,

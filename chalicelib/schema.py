@@ -4,6 +4,8 @@
 - API_ANSWER_SCHEMA: the API's answer, the endpoint's plus what was sent (`image`) and how long it took
   (`timings_ms`).
 - QUEUED_ANSWER_SCHEMA: the API's 202 for a stage whose endpoint is asynchronous: where the answer will be.
+- BREEDS_SCHEMA: the model's breeds and the model, as the endpoint answers them (serving/contract.py's
+  BREEDS_ACCEPT) and the API passes them on (GET /breeds).
 - ERROR_SCHEMA: every answer that is not a classification.
 
 Answers only ever gain fields, so objects allow properties beyond those listed: a client written against an
@@ -114,6 +116,29 @@ QUEUED_ANSWER_SCHEMA: dict[str, Any] = {
     },
 }
 
+BREEDS_SCHEMA: dict[str, Any] = {
+    "$schema": DIALECT,
+    "title": "Breeds",
+    "description": "The breeds the model tells apart, in its class order, and the model.",
+    "type": "object",
+    "required": ["breeds", "model"],
+    "properties": {
+        "breeds": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["label", "breed"],
+                "properties": {
+                    "label": PREDICTION_SCHEMA["properties"]["label"],
+                    "breed": PREDICTION_SCHEMA["properties"]["breed"],
+                },
+            },
+        },
+        "model": ANSWER_SCHEMA["properties"]["model"],
+    },
+}
+
 ERROR_SCHEMA: dict[str, Any] = {
     "$schema": DIALECT,
     "title": "Error",
@@ -152,6 +177,7 @@ def _validator(name: str):
             "ANSWER": ANSWER_SCHEMA,
             "API_ANSWER": API_ANSWER_SCHEMA,
             "QUEUED_ANSWER": QUEUED_ANSWER_SCHEMA,
+            "BREEDS": BREEDS_SCHEMA,
             "ERROR": ERROR_SCHEMA,
         }[name]
     )
@@ -180,6 +206,11 @@ def validate_api_answer(document: Any) -> dict[str, Any]:
 def validate_queued_answer(document: Any) -> dict[str, Any]:
     """`document` if it is a valid 202 answer of an async stage; raises SchemaMismatch otherwise."""
     return _validate("QUEUED_ANSWER", document)
+
+
+def validate_breeds(document: Any) -> dict[str, Any]:
+    """`document` if it is a valid breeds answer; raises SchemaMismatch otherwise."""
+    return _validate("BREEDS", document)
 
 
 def validate_error(document: Any) -> dict[str, Any]:

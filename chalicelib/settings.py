@@ -6,7 +6,8 @@ Limits follow from the platform:
 - A URL is fetched by the Lambda itself, so its cap is set by memory rather than by the event size.
 - The pixel cap is well under Pillow's own decompression-bomb limit (89.5 MP warns, 179 MP refuses) and above
   any phone camera (a 12 MP photo is 12,000,000 pixels). With the image converted in strips, preparing a
-  picture at its format's cap peaks at about a quarter of the dev stage's 1,024 MB (README, "Limits").
+  picture at its format's cap peaks at about a quarter of the dev stage's 1,024 MB (docs/benchmarks.md,
+  "In the Lambda").
 - What the Lambda sends is what SageMaker and the endpoint take: the shorter side at most the model's resize
   size, the longer at most MAX_ASPECT_RATIO times that, the body at most MAX_ENDPOINT_BODY_BYTES
   (tests/test_limits.py holds these against the endpoint's own constants).
@@ -28,6 +29,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 MIB = 1024 * 1024
 
@@ -60,6 +62,11 @@ MAX_BATCH_ITEMS = 10
 BATCH_PREPARE_TIMEOUT_S = 8.0
 BATCH_RESIZE_CONCURRENCY = 2
 BATCH_WORST_CASE_S = WORST_CASE_S - FETCH_TOTAL_TIMEOUT_S + BATCH_PREPARE_TIMEOUT_S
+# How long a browser may keep a preflight's answer before asking again (Chromium keeps it at most 2 hours).
+CORS_MAX_AGE_S = 600
+# Answer headers a page of an allowed origin may read beyond the CORS-safelisted ones.
+CORS_EXPOSE_HEADERS = ("Retry-After",)
+
 # What a 503 tells the client to wait before trying again, unless the endpoint said (capped at the second).
 RETRY_AFTER_S = 2
 MAX_RETRY_AFTER_S = 60
@@ -70,9 +77,26 @@ MAX_ENDPOINT_BODY_BYTES = 6_291_456
 HEALTH_CACHE_S = 10.0
 HEALTH_TIMEOUT_S = 2.0
 
+# GET /breeds asks the endpoint at most this often per container: the route is public, and a stage's model
+# changes only with a deployment.
+BREEDS_CACHE_S = 300.0
+
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 20
 JPEG_QUALITY = 90
+
+# What the API accepts as an upload's body (POST /predict/image); API Gateway passes these to the Lambda
+# base64-encoded instead of mangling them as text.
+UPLOAD_CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "application/octet-stream")
+
+# The endpoint's wire contract as the Lambda speaks it: a copy of serving/contract.py's, since the Lambda
+# ships alone (tests/test_limits.py keeps the two equal, and DEFAULT_TOP_K and MAX_ENDPOINT_BODY_BYTES too).
+JSON = "application/json"
+JPEG = "image/jpeg"
+# Asking for it gets an error in the place of each image a batch could not take, instead of failing the batch.
+RECORD_JSON = "application/vnd.dogbreeds.record+json"
+# Asks for the model's breeds (GET /breeds), not a classification; the endpoint reads no body.
+BREEDS_ACCEPT = "application/vnd.dogbreeds.breeds+json"
 
 # How a stage's endpoint is called: InvokeEndpoint (real-time instances, serverless), or the photo is put in
 # S3 and queued with InvokeEndpointAsync (async), answered 202 with where the result will be.
@@ -160,6 +184,44 @@ def api_key_required() -> bool:
     environment variables set, so each stage's setting decides its template.
     """
     return _flag("API_KEY_REQUIRED")
+
+
+def cors_allow_origin() -> str | None:
+    """The web origin whose pages may call this stage's API from a browser (CORS_ALLOW_ORIGIN): "*" for
+    any, None for none (the variable unset or empty: browsers then block pages of other origins).
+
+    One origin, because API Gateway answers the preflight (OPTIONS) itself, without the Lambda, with the
+    same static headers for every caller: it cannot pick among several. Like API_KEY_REQUIRED it is read
+    when app.py is imported, so each stage's setting decides its template. Raises ConfigurationError for
+    anything that is not "*" or an origin such as https://app.example.com (scheme, host, optional port).
+    """
+    return parse_cors_origin(os.environ.get("CORS_ALLOW_ORIGIN", ""))
+
+
+def parse_cors_origin(value: str) -> str | None:
+    """A CORS_ALLOW_ORIGIN value checked (see `cors_allow_origin`); None for none."""
+    value = value.strip()
+    if not value:
+        return None
+    if value == "*":
+        return value
+    if not _is_origin(value):
+        raise ConfigurationError(
+            'CORS_ALLOW_ORIGIN must be "*" or one origin such as https://app.example.com (no path, no '
+            f"trailing slash, no list: API Gateway's preflight names a single origin), not {value!r}"
+        )
+    return value
+
+
+def _is_origin(value: str) -> bool:
+    """Whether `value` is a web origin: http(s), a host, an optional port, nothing else."""
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    netloc = f"{parts.scheme}://{parts.netloc}"
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and value == netloc
 
 
 def stage_name() -> str:

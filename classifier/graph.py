@@ -116,7 +116,17 @@ def artifact_digest(model_dir: str | Path) -> str:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "dogbreeds-cache")
+    """Where exported graphs and training's feature caches are kept: $DOGBREEDS_CACHE, else
+    $XDG_CACHE_HOME/dogbreeds, else ~/.cache/dogbreeds (outside the clone, kept between runs); the temp dir
+    only where there is no home directory."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "dogbreeds"
+    try:
+        return Path.home() / ".cache" / "dogbreeds"
+    except RuntimeError:
+        return Path(tempfile.gettempdir()) / "dogbreeds-cache"
 
 
 def onnx_graph_for(model: BreedClassifier, model_dir: str | Path, image_size: int) -> Path:

@@ -8,10 +8,12 @@ fetches them). Both answer each image of a group on its own, so a bad image fail
 refused as a whole (too many pixels together, a stage that takes no batches) is sent again one image per
 request. Results are rows of CSV or JSON lines:
 
-    key, label, breed, probability, is_dog, dog_probability, error, message
+    key, label, breed, probability, confident, is_dog, dog_probability, error, message
 
-(`key` is the path under the folder or the URL; `error` is a code such as `unreadable_image`). A re-run
-with the same output skips what it already classified and tries the failures again. At the end it prints
+(`key` is the path under the folder or the URL; `confident` whether the model stands by its top breed;
+`error` is a code such as `unreadable_image`, the same whether the images went to the endpoint or the API).
+A re-run with the same output skips what it already classified and tries the failures again, their new rows
+replacing the old ones once the run is over. At the end it prints
 a summary (images, per-breed counts, not-a-dog count, failures by reason) and exits 1 if any image failed.
 
 With `--transform-output DIR` it plays SageMaker Batch Transform on the folder: each file `key` is sent as
@@ -41,11 +43,10 @@ from chalicelib.settings import MAX_BATCH_ITEMS, MAX_UPLOAD_BYTES
 from clients.batch_results import (
     FORMATS,
     OUT_SUFFIX,
-    TRANSFORM_ACCEPT,
-    TRANSFORM_CONTENT_TYPE,
     ResultsWriter,
     Row,
     Summary,
+    compact,
     format_of,
     read_rows,
     row_from_answer,
@@ -53,13 +54,12 @@ from clients.batch_results import (
     rows_from_outputs,
     write_rows,
 )
-from serving.contract import MAX_BODY_BYTES, MAX_INSTANCES
+from serving.contract import JSON, MAX_BODY_BYTES, MAX_INSTANCES, MODEL_BATCH, RECORD_JSON, X_IMAGE
 
-JSON = "application/json"
 DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
-# Images per request to the endpoint: its model thread's batch (serving.server.DEFAULT_MAX_BATCH), so each
+# Images per request to the endpoint: its model thread's batch (serving.contract.MODEL_BATCH), so each
 # request is one model call, and the HTTP and JSON work per image is a quarter of one image per request.
-DEFAULT_ENDPOINT_BATCH = 4
+DEFAULT_ENDPOINT_BATCH = MODEL_BATCH
 # Through the API, the most /predict/batch takes: prod allows each key a few requests per second, not images.
 DEFAULT_API_BATCH = MAX_BATCH_ITEMS
 # Requests in flight: enough that the endpoint's model thread always has the next group decoded and waiting.
@@ -170,7 +170,7 @@ class Client:
                 return self._post("/predict", json.dumps({"url": loaded.item.url}).encode(), JSON, JSON)
             return self._post("/predict/image", loaded.data, "application/octet-stream", JSON)
         # As a transform job sends an object: its bytes, and errors asked for in place.
-        return self._post("/invocations", loaded.data, TRANSFORM_CONTENT_TYPE, TRANSFORM_ACCEPT)
+        return self._post("/invocations", loaded.data, X_IMAGE, RECORD_JSON)
 
     # --- a group per request ---
 
@@ -195,7 +195,7 @@ class Client:
             return self._api_batch(group)
         instances = [{"b64": base64.b64encode(loaded.data).decode("ascii")} for loaded in group]
         body = json.dumps({"instances": instances}).encode()
-        answer = _json(self._post("/invocations", body, JSON, TRANSFORM_ACCEPT))
+        answer = _json(self._post("/invocations", body, JSON, RECORD_JSON))
         if isinstance(answer, list) and len(answer) == len(group):
             return answer
         # With errors asked for in place, a batch refused as a whole is one error object.
@@ -446,7 +446,8 @@ def transformed_row(client: Client, item: Item, out_dir: Path) -> Row:
 def run(args: argparse.Namespace, err: TextIO) -> int:
     fmt = format_of(args.output, args.format)
     try:
-        previous = read_rows(args.output, fmt)
+        # One row per image in today's columns before anything is appended (an earlier or interrupted run).
+        previous = compact(args.output, fmt)
     except ValueError as error:
         print(f"error: {error}", file=err)
         return EXIT_USAGE
@@ -465,7 +466,7 @@ def run(args: argparse.Namespace, err: TextIO) -> int:
     client = Client(args.api or args.endpoint, connections, api=bool(args.api), api_key=api_key)
     out_dir = args.transform_output
 
-    # Resuming: what was classified is skipped; what failed is tried again (its new row comes later).
+    # Resuming: what was classified is skipped; what failed is tried again (its new row replaces the old).
     if out_dir:
         done = {item.key for item in items if (out_dir / (item.key + OUT_SUFFIX)).is_file()}
     else:
@@ -497,6 +498,8 @@ def run(args: argparse.Namespace, err: TextIO) -> int:
                 )
             finally:
                 writer.close()
+                # Also when interrupted: the file keeps one row per image, the latest.
+                compact(args.output, fmt)
     finally:
         progress.close()
 

@@ -3,7 +3,7 @@
 One format for the local batch command (`clients.batch`) and the Batch Transform job
 (`training.jobs transform`): a CSV or JSON-lines file of
 
-    key, label, breed, probability, is_dog, dog_probability, error, message
+    key, label, breed, probability, confident, is_dog, dog_probability, error, message
 
 and one step, `rows_from_outputs`, that turns a transform's `.out` answers into its rows wherever they lie.
 """
@@ -19,11 +19,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TextIO
 
-# What a Batch Transform job of this project sets (training/jobs/batch_transform.py sends these), spelled as
-# the handlers spell them so that this module does not import torch with them (a test keeps them equal): an
-# image's bytes, and RECORD_JSON, which asks for errors in place.
-TRANSFORM_CONTENT_TYPE = "application/x-image"
-TRANSFORM_ACCEPT = "application/vnd.dogbreeds.record+json"
 OUT_SUFFIX = ".out"  # Batch Transform names each object's answer `<key>.out`
 FORMATS = ("csv", "jsonl")
 
@@ -36,6 +31,8 @@ class Row:
     label: str = ""
     breed: str = ""
     probability: float | None = None
+    # Whether the model stands by its top breed (its confidence threshold); empty for models without one.
+    confident: bool | None = None
     is_dog: bool | None = None
     dog_probability: float | None = None
     error: str = ""
@@ -47,6 +44,8 @@ class Row:
 
 
 COLUMNS = [field.name for field in fields(Row)]
+# A results file written before `confident` was a column; resuming it rewrites it with all of COLUMNS.
+_EARLIER_COLUMNS = [name for name in COLUMNS if name != "confident"]
 
 
 def row_from_answer(key: str, answer: object) -> Row:
@@ -63,6 +62,7 @@ def row_from_answer(key: str, answer: object) -> Row:
             label=top["label"],
             breed=top["breed"],
             probability=float(top["probability"]),
+            confident=answer["confident"] if isinstance(answer.get("confident"), bool) else None,
             is_dog=bool(answer["is_dog"]),
             dog_probability=float(answer["dog_probability"]),
         )
@@ -109,7 +109,7 @@ def read_rows(path: Path, fmt: str) -> list[Row]:
             records = [json.loads(line) for line in stream if line.strip()]
         else:
             reader = csv.DictReader(stream)
-            if reader.fieldnames != COLUMNS:
+            if reader.fieldnames not in (COLUMNS, _EARLIER_COLUMNS):
                 raise ValueError(
                     f"{path} is not a results file of this command (columns {reader.fieldnames})"
                 )
@@ -124,8 +124,37 @@ def _typed(record: dict[str, str]) -> dict:
     typed: dict = dict(record)
     for name in ("probability", "dog_probability"):
         typed[name] = float(record[name]) if record[name] else None
-    typed["is_dog"] = {"True": True, "False": False}.get(record["is_dog"])
+    for name in ("confident", "is_dog"):
+        typed[name] = {"True": True, "False": False}.get(record.get(name, ""))
     return typed
+
+
+def latest_rows(rows: Iterable[Row]) -> list[Row]:
+    """The last row of each key, in the place of its first: a retried image's new row replaces the old."""
+    latest: dict[str, Row] = {}
+    for row in rows:
+        latest[row.key] = row  # a dict keeps a key where it was first put
+    return list(latest.values())
+
+
+def compact(path: Path, fmt: str) -> list[Row]:
+    """Rewrite a results file with one row per key (`latest_rows`), in all of COLUMNS; returns its rows.
+
+    A run appends as it goes, so that an interrupted one loses nothing; this replaces, once it is over, the
+    rows of the failures it tried again. The new file takes the old one's place in one rename.
+    """
+    rows = read_rows(path, fmt)
+    latest = latest_rows(rows)
+    if latest != rows or (fmt == "csv" and rows and _columns(path) != COLUMNS):
+        fresh = path.with_name(path.name + ".partial")
+        write_rows(latest, fresh, fmt)
+        fresh.replace(path)
+    return latest
+
+
+def _columns(path: Path) -> list[str] | None:
+    with path.open(newline="") as stream:
+        return csv.DictReader(stream).fieldnames
 
 
 class ResultsWriter:
@@ -182,14 +211,14 @@ class Summary:
     @classmethod
     def of(cls, rows: Iterable[Row]) -> Summary:
         """Over the last row of each key (a re-run's answer replaces an earlier failure)."""
-        latest = {row.key: row for row in rows}
-        done = [row for row in latest.values() if not row.failed]
+        latest = latest_rows(rows)
+        done = [row for row in latest if not row.failed]
         return cls(
             images=len(latest),
             classified=len(done),
             not_a_dog=sum(1 for row in done if not row.is_dog),
             breeds=Counter(row.breed for row in done if row.is_dog),
-            failures=Counter(row.error for row in latest.values() if row.failed),
+            failures=Counter(row.error for row in latest if row.failed),
         )
 
     def as_dict(self) -> dict:

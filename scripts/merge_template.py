@@ -2,7 +2,9 @@
 
 - Gateway responses: whatever API Gateway answers itself (unknown route, missing or invalid API key,
   throttled, body too large, Lambda failure) comes in the API's own error shape
-  {"error": {"code", "message"}}. They are part of the OpenAPI body, so they ship with the API's deployment.
+  {"error": {"code", "message"}}, with the stage's CORS header (CORS_ALLOW_ORIGIN) so that a page of the
+  allowed origin can read it as it reads the routes' own errors. They are part of the OpenAPI body, so they
+  ship with the API's deployment.
 - Throttling: every stage's API has a stage-wide rate and burst; a stage whose routes need an API key
   (API_KEY_REQUIRED in .chalice/config.json) gets an API key and a usage plan with a per-key rate, burst and
   daily quota.
@@ -25,6 +27,10 @@ from typing import Any
 
 # /openapi.json describes the same gateway responses, so they live beside the API's own errors.
 from chalicelib.gateway_responses import GATEWAY_RESPONSES
+from chalicelib.observability import NAMESPACE as METRICS_NAMESPACE
+from chalicelib.observability import SERVICE
+from chalicelib.settings import CORS_EXPOSE_HEADERS, parse_cors_origin
+from training.jobs.alarms import ENDPOINT_ALARMS
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -32,11 +38,6 @@ CONFIG = PROJECT / ".chalice" / "config.json"
 # Chalice's logical ids for the REST API and the two functions (app.app and app.classify).
 REST_API = "RestAPI"
 FUNCTIONS = ("APIHandler", "Classify")
-# The variant `python -m training.jobs deploy` creates.
-ENDPOINT_VARIANT = "AllTraffic"
-# Our Embedded Metric Format metrics (chalicelib/observability.py).
-APP_NAMESPACE = "dogbreeds"
-APP_SERVICE = "dogbreeds"
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,13 @@ def stage_facts(stage: str) -> dict[str, Any]:
         "api_gateway_stage": settings.get("api_gateway_stage", config.get("api_gateway_stage", "api")),
         "xray": bool(settings.get("xray", config.get("xray", False))),
         "api_key_required": environment.get("API_KEY_REQUIRED", "false") == "true",
+        "cors_allow_origin": parse_cors_origin(environment.get("CORS_ALLOW_ORIGIN", "")),
     }
 
 
-def gateway_responses() -> dict[str, Any]:
+def gateway_responses(allow_origin: str | None = None) -> dict[str, Any]:
+    """API Gateway's own answers in our error shape; with the CORS headers of `allow_origin` (app.py's, one
+    origin or "*") when the stage allows one, as the routes answer."""
     responses = {}
     for response_type, status, code, message in GATEWAY_RESPONSES:
         # messageString is API Gateway's own message, already a quoted JSON string.
@@ -110,6 +114,11 @@ def gateway_responses() -> dict[str, Any]:
         headers = {"gatewayresponse.header.Content-Type": "'application/json'"}
         if response_type == "THROTTLED":
             headers["gatewayresponse.header.Retry-After"] = f"'{THROTTLED_RETRY_AFTER_S}'"
+        if allow_origin:
+            headers["gatewayresponse.header.Access-Control-Allow-Origin"] = f"'{allow_origin}'"
+            headers["gatewayresponse.header.Access-Control-Expose-Headers"] = (
+                f"'{','.join(CORS_EXPOSE_HEADERS)}'"
+            )
         response = {"responseParameters": headers, "responseTemplates": {"application/json": template}}
         if status is not None:
             response["statusCode"] = str(status)
@@ -142,11 +151,20 @@ def dimensions(**values: Any) -> list[dict[str, Any]]:
 
 
 def alarms(stage: str, facts: dict[str, Any], ops: StageOps) -> dict[str, Any]:
+    """Every alarm of the stage, each notifying the stack's AlarmTopic."""
     topic = {"Ref": "AlarmTopic"}
     prefix = f"{facts['app']}-{stage}"
-    api = dimensions(ApiName=f"{facts['app']}-{stage}", Stage=facts["api_gateway_stage"])
-    endpoint = dimensions(EndpointName=facts["endpoint_name"], VariantName=ENDPOINT_VARIANT)
-    resources = {
+    return {
+        **api_gateway_alarms(prefix, facts, ops, topic),
+        **endpoint_alarms(prefix, facts, ops, topic),
+        **api_error_alarms(prefix, stage, topic),
+        **function_alarms(prefix, topic),
+    }
+
+
+def api_gateway_alarms(prefix: str, facts: dict[str, Any], ops: StageOps, topic: dict) -> dict[str, Any]:
+    api = dimensions(ApiName=prefix, Stage=facts["api_gateway_stage"])
+    return {
         "AlarmApi5xxRate": alarm(
             f"{prefix}-api-5xx-rate",
             "Share of API requests answered 5xx",
@@ -171,45 +189,31 @@ def alarms(stage: str, facts: dict[str, Any], ops: StageOps) -> dict[str, Any]:
             ops.max_p99_latency_ms,
             topic,
         ),
-        "AlarmEndpoint5xx": alarm(
-            f"{prefix}-endpoint-5xx",
-            f"SageMaker endpoint {facts['endpoint_name']} answered 5xx",
-            {
-                "Namespace": "AWS/SageMaker",
-                "MetricName": "Invocation5XXErrors",
-                "Dimensions": endpoint,
-                "Statistic": "Sum",
-            },
-            0,
-            topic,
-        ),
-        "AlarmEndpointModelErrors": alarm(
-            f"{prefix}-endpoint-model-errors",
-            f"SageMaker endpoint {facts['endpoint_name']}: invocations the model did not answer 2xx",
-            {
-                "Namespace": "AWS/SageMaker",
-                "MetricName": "InvocationModelErrors",
-                "Dimensions": endpoint,
-                "Statistic": "Sum",
-            },
-            0,
-            topic,
-        ),
-        "AlarmEndpointModelLatencyP99": alarm(
-            f"{prefix}-endpoint-model-latency-p99",
-            f"p99 of SageMaker endpoint {facts['endpoint_name']}'s ModelLatency (reported in microseconds)",
-            {
-                "Namespace": "AWS/SageMaker",
-                "MetricName": "ModelLatency",
-                "Dimensions": endpoint,
-                "ExtendedStatistic": "p99",
-            },
-            ops.max_endpoint_p99_model_latency_ms * 1000,
-            topic,
-        ),
     }
-    # The API's own view (chalicelib/observability.py's Errors): the model failed, or the endpoint answered
-    # something that is not an answer (a broken or mismatched model container; SageMaker counts it a success).
+
+
+def endpoint_alarms(prefix: str, facts: dict[str, Any], ops: StageOps, topic: dict) -> dict[str, Any]:
+    """The endpoint's alarms as `deploy` defines them for its rollbacks (training/jobs/alarms.py), over this
+    template's longer periods."""
+    resources = {}
+    latency_ms = ops.max_endpoint_p99_model_latency_ms
+    for endpoint_alarm in ENDPOINT_ALARMS:
+        properties = endpoint_alarm.metric_properties(facts["endpoint_name"], latency_ms)
+        resources[endpoint_alarm.logical_id()] = alarm(
+            endpoint_alarm.name(f"{prefix}-endpoint"),
+            f"SageMaker endpoint {endpoint_alarm.description(facts['endpoint_name'], latency_ms)}",
+            {key: properties[key] for key in properties if key not in ("Threshold", "ComparisonOperator")},
+            properties["Threshold"],
+            topic,
+        )
+    return resources
+
+
+def api_error_alarms(prefix: str, stage: str, topic: dict) -> dict[str, Any]:
+    """The API's own view (chalicelib/observability.py's Errors): the model failed, or the endpoint
+    answered something that is not an answer (a broken or mismatched model container; SageMaker counts it a
+    success)."""
+    resources = {}
     for code, what in (
         ("model_error", "The API answered 502 model_error: the endpoint's model failed"),
         ("bad_model_answer", "The API answered 502 bad_model_answer: the endpoint's answer broke the schema"),
@@ -219,14 +223,19 @@ def alarms(stage: str, facts: dict[str, Any], ops: StageOps) -> dict[str, Any]:
             f"{prefix}-api-{code.replace('_', '-')}s",
             what,
             {
-                "Namespace": APP_NAMESPACE,
+                "Namespace": METRICS_NAMESPACE,
                 "MetricName": "Errors",
-                "Dimensions": dimensions(service=APP_SERVICE, stage=stage, code=code),
+                "Dimensions": dimensions(service=SERVICE, stage=stage, code=code),
                 "Statistic": "Sum",
             },
             0,
             topic,
         )
+    return resources
+
+
+def function_alarms(prefix: str, topic: dict) -> dict[str, Any]:
+    resources = {}
     for function in FUNCTIONS:
         for metric, what in (("Errors", "failed invocations"), ("Throttles", "throttled invocations")):
             resources[f"Alarm{function}{metric}"] = alarm(
@@ -287,7 +296,7 @@ def merge_template(stage: str) -> dict[str, Any]:
         "Name": api_name,
         "DefinitionBody": {
             "info": {"title": api_name},
-            "x-amazon-apigateway-gateway-responses": gateway_responses(),
+            "x-amazon-apigateway-gateway-responses": gateway_responses(facts["cors_allow_origin"]),
         },
         "MethodSettings": [
             {

@@ -3,10 +3,11 @@
 #   local endpoint (SageMaker runtime API)  http://127.0.0.1:$ENDPOINT_PORT
 #   sample photos for URL requests           http://127.0.0.1:$FILES_PORT
 #   the API (`chalice local --stage local`)  http://127.0.0.1:$API_PORT
+# Each port is an environment variable (8080, 8081 and 8000 by default): `make run ENDPOINT_PORT=9080`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ENDPOINT_PORT=8080  # fixed: the local stage in .chalice/config.json calls this port
+ENDPOINT_PORT=${ENDPOINT_PORT:-8080}
 FILES_PORT=${FILES_PORT:-8081}
 API_PORT=${API_PORT:-8000}
 MODEL_DIR=${MODEL_DIR:-models/default}
@@ -33,16 +34,25 @@ wait_for() {  # url seconds
     return 1
 }
 
+# A port something already listens on would leave this run talking to that instead: stop here and say so.
+for setting in ENDPOINT_PORT FILES_PORT API_PORT; do
+    if (: <"/dev/tcp/127.0.0.1/${!setting}") 2>/dev/null; then
+        echo "port ${!setting} is in use; choose another: make run $setting=PORT" >&2
+        exit 1
+    fi
+done
+
 $BIN/python -m serving.server --model-dir "$MODEL_DIR" --host 127.0.0.1 --port "$ENDPOINT_PORT" &
 pids+=($!)
 $BIN/python -m http.server --bind 127.0.0.1 --directory "$SAMPLES" "$FILES_PORT" >/dev/null 2>&1 &
 pids+=($!)
 # .chalice/config.json's local stage points boto3 at 127.0.0.1:8080 (unsigned, so no AWS credentials are
 # needed) and is the only stage allowed to fetch from loopback; its settings win over this environment.
-# The API shrinks photos to the served model's own resize size: a model other than the default gets a copy
-# of the local stage that says so (scripts/local_stage.py).
+# Another endpoint port, or a model with another resize size than the default's, gets a copy of the local
+# stage that says so (scripts/local_stage.py).
 scratch=$(mktemp -d)
-API_PROJECT=$($BIN/python -m scripts.local_stage "$MODEL_DIR" "$scratch")
+API_PROJECT=$($BIN/python -m scripts.local_stage "$MODEL_DIR" "$scratch" \
+    --endpoint-url "http://127.0.0.1:$ENDPOINT_PORT")
 # Absolute: chalice moves into the project folder, then its reloader starts itself again by the same path.
 "$PWD/$BIN/chalice" --project-dir "$API_PROJECT" local --stage local --host 127.0.0.1 --port "$API_PORT" &
 pids+=($!)
@@ -61,6 +71,9 @@ dogbreeds is running. Open http://127.0.0.1:$API_PORT/ in a browser and drop a p
        --data-binary @$SAMPLES/Labrador_retriever_06455.jpg
 
   scripts/smoke.sh http://127.0.0.1:$API_PORT http://127.0.0.1:$FILES_PORT
+
+The endpoint (SageMaker's runtime API): http://127.0.0.1:$ENDPOINT_PORT; the sample photos:
+http://127.0.0.1:$FILES_PORT/.
 
 The API's description: http://127.0.0.1:$API_PORT/openapi.json
 

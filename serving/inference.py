@@ -17,6 +17,9 @@ under that probability (the list may then be empty).
 A JSON batch `{"instances": [{"b64": "..."}, ...]}` answers a list of those, in order. It never fetches URLs:
 endpoints may run network-isolated, and fetching is the API's job.
 
+A request that asks for `Accept: application/vnd.dogbreeds.breeds+json` (serving.contract.BREEDS_ACCEPT)
+gets the model's breeds and its name and version instead, without running the model.
+
 A request that asks for `Accept: application/vnd.dogbreeds.record+json` (RECORD_JSON: Batch Transform jobs
 and the API's multi-image route do) gets an image it cannot classify answered in place, with status 200:
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import io
 import json
 import logging
@@ -48,31 +52,25 @@ from classifier.model import CONFIDENCE_THRESHOLD, DOG_THRESHOLD, breed_name, re
 from classifier.preprocessing import Preprocessing, UnreadableImageError, open_image
 from classifier.runtime import RUNTIMES, Device, OnnxRunner, TorchRunner, load_runner, softmax
 from serving.contract import (
+    BREEDS_ACCEPT,
+    DEFAULT_TOP_K,
+    IMAGE_CONTENT_TYPES,
+    JSON,
     MAX_ASPECT_RATIO,
     MAX_IMAGE_PIXELS,
     MAX_IMAGE_SIDE,
     MAX_INSTANCES,
     MAX_REQUEST_PIXELS,
+    RECORD_JSON,
 )
 
 log = logging.getLogger(__name__)
 
-JPEG = "image/jpeg"
-PNG = "image/png"
-WEBP = "image/webp"
-X_IMAGE = "application/x-image"
-OCTET_STREAM = "application/octet-stream"
-JSON = "application/json"
-# The answer is JSON either way; asking for this type is asking for errors in place (see the docstring).
-RECORD_JSON = "application/vnd.dogbreeds.record+json"
-# One image per request, its bytes as the body; Pillow tells the format from the bytes, not from the header.
-IMAGE_CONTENT_TYPES = (JPEG, PNG, WEBP, X_IMAGE, OCTET_STREAM)
 CONTENT_TYPES = (*IMAGE_CONTENT_TYPES, JSON)
-ACCEPT_TYPES = (JSON, RECORD_JSON)
+ACCEPT_TYPES = (JSON, RECORD_JSON, BREEDS_ACCEPT)
 
 # SageMaker forwards InvokeEndpoint's CustomAttributes verbatim in this header.
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
-DEFAULT_TOP_K = 5
 
 RUNTIME_ENV = "DOGBREEDS_RUNTIME"  # one of classifier.runtime.RUNTIMES
 THREADS_ENV = "DOGBREEDS_THREADS"
@@ -105,6 +103,14 @@ class RequestError(ValueError, _ToolkitError):
         if code:
             self.code = code
 
+    def at(self, index: int) -> RequestError:
+        """The same error failing a whole batch, saying which instance it came from (an error answered in
+        that instance's own place needs no position)."""
+        located = copy.copy(self)
+        located.message = f"{self.message} (instance {index} of the request)"
+        located.args = (located.message,)
+        return located
+
     def as_answer(self) -> dict:
         """The error as answered in place of a classification (RECORD_JSON)."""
         return {"error": {"code": self.code, "status": int(self.status_code), "message": self.message}}
@@ -132,6 +138,8 @@ class Instances:
     is_batch: bool  # a JSON batch answers a list, a single image one object
     top_k: int = DEFAULT_TOP_K
     min_confidence: float = 0.0
+    # Asked for the model's breeds (BREEDS_ACCEPT): no pictures, and predict_fn runs no model.
+    breeds: bool = False
 
 
 @dataclass(frozen=True)
@@ -223,7 +231,10 @@ def input_fn(body: bytes | str, content_type: str | None, context=None) -> Insta
     min_confidence);
     with errors in place, it raises nothing and returns the error in place of the picture(s) instead.
     """
-    in_place = _media_type(_header(context, "accept")) == RECORD_JSON
+    accept = _media_type(_header(context, "accept"))
+    if accept == BREEDS_ACCEPT:
+        return Instances([], is_batch=False, breeds=True)
+    in_place = accept == RECORD_JSON
     try:
         return _instances(body, content_type, context, in_place)
     except RequestError as error:
@@ -241,9 +252,9 @@ def _instances(body: bytes | str, content_type: str | None, context, in_place: b
     if media_type == JSON:
         instances = _json_instances(body)
         if not in_place:
-            for item in instances:
+            for index, item in enumerate(instances):
                 if isinstance(item, RequestError):
-                    raise item
+                    raise item.at(index)
         total = sum(_pixels(data) for data in instances if isinstance(data, bytes))
         if total > MAX_REQUEST_PIXELS:
             raise RequestError(
@@ -261,18 +272,21 @@ def _decode_in_place(data: bytes | RequestError, index: int, in_place: bool) -> 
     if isinstance(data, RequestError):
         return data
     try:
-        return _decode(data, index)
+        return _decode(data)
     except RequestError as error:
         if not in_place:
-            raise
+            raise error.at(index) from error
         return error
 
 
 def predict_fn(data: Instances, model: BreedPredictor) -> dict | list[dict]:
     """Run the model and shape the answer: one response object, or a list of them for a JSON batch.
 
-    A RequestError among the pictures is answered in its place by its error object.
+    A RequestError among the pictures is answered in its place by its error object. Asked for the breeds,
+    the answer is `breeds_answer`'s.
     """
+    if data.breeds:
+        return breeds_answer(model)
     pictures = [image for image in data.images if not isinstance(image, RequestError)]
     described = iter([])
     if pictures:
@@ -297,6 +311,14 @@ def predict_fn(data: Instances, model: BreedPredictor) -> dict | list[dict]:
         image.as_answer() if isinstance(image, RequestError) else next(described) for image in data.images
     ]
     return answers if data.is_batch else answers[0]
+
+
+def breeds_answer(model: BreedPredictor) -> dict:
+    """The model's breeds in its class order, each its label and display name, and the model itself."""
+    return {
+        "breeds": [{"label": label, "breed": breed_name(label)} for label in model.labels],
+        "model": dict(model.model_info),
+    }
 
 
 def output_fn(prediction: dict | list[dict], accept: str | None) -> bytes:
@@ -421,51 +443,48 @@ def _json_instances(body: bytes | str) -> list[bytes | RequestError]:
     if len(instances) > MAX_INSTANCES:
         raise RequestError(f"at most {MAX_INSTANCES} instances per request, got {len(instances)}")
     images: list[bytes | RequestError] = []
-    for index, instance in enumerate(instances):
+    for instance in instances:
         encoded = instance.get("b64") if isinstance(instance, dict) else None
         if not isinstance(encoded, str):
-            images.append(RequestError(f'instance {index}: expected {{"b64": "<base64 image>"}}'))
+            images.append(RequestError('expected {"b64": "<base64 image>"}'))
             continue
         try:
             images.append(base64.b64decode(encoded, validate=True))
         except (binascii.Error, ValueError) as error:
-            images.append(RequestError(f"instance {index}: invalid base64: {error}", "invalid_base64"))
+            images.append(RequestError(f"invalid base64: {error}", "invalid_base64"))
     return images
 
 
-def _decode(data: bytes, index: int | None = None) -> Image.Image:
-    where = "" if index is None else f"instance {index}: "
+def _decode(data: bytes) -> Image.Image:
     if not data:
-        raise RequestError(f"{where}empty image", "empty_image")
+        raise RequestError("empty image", "empty_image")
     if (size := _header_size(data)) is not None:
-        _check_size(*size, where)
+        _check_size(*size)
     try:
         image = open_image(data)
     except UnreadableImageError as error:
         if isinstance(error.__cause__, Image.DecompressionBombError):
-            raise RequestError(f"{where}image too large: {error.__cause__}", "too_many_pixels") from error
+            raise RequestError(f"image too large: {error.__cause__}", "too_many_pixels") from error
         # Pillow's other reasons name an in-memory file object, which tells the client nothing.
         raise RequestError(
-            f"{where}cannot decode the image; send a JPEG, PNG, WebP or GIF", "unreadable_image"
+            "cannot decode the image; send a JPEG, PNG, WebP or GIF", "unreadable_image"
         ) from error
     # A few formats (ICO, ICNS, multi-resolution TIFF) may decode to another size than their header named.
-    _check_size(*image.size, where)
+    _check_size(*image.size)
     return image
 
 
-def _check_size(width: int, height: int, where: str) -> None:
+def _check_size(width: int, height: int) -> None:
     """Refuse an image whose sizes would cost more than any photo: pixels, longest side, aspect ratio."""
     if (pixels := width * height) > MAX_IMAGE_PIXELS:
-        raise RequestError(
-            f"{where}image of {pixels:,} pixels; at most {MAX_IMAGE_PIXELS:,}", "too_many_pixels"
-        )
+        raise RequestError(f"image of {pixels:,} pixels; at most {MAX_IMAGE_PIXELS:,}", "too_many_pixels")
     if max(width, height) > MAX_IMAGE_SIDE:
         raise RequestError(
-            f"{where}image of {width} x {height}; at most {MAX_IMAGE_SIDE} pixels a side", "too_many_pixels"
+            f"image of {width} x {height}; at most {MAX_IMAGE_SIDE} pixels a side", "too_many_pixels"
         )
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
         raise RequestError(
-            f"{where}image of {width} x {height}; its longer side may be at most {MAX_ASPECT_RATIO} times "
+            f"image of {width} x {height}; its longer side may be at most {MAX_ASPECT_RATIO} times "
             "its shorter side",
             "image_too_elongated",
         )

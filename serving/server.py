@@ -48,23 +48,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.config import STARTUP_FAILURE
 
+from classifier.logs import configure_cli_logging
 from classifier.runtime import RUNTIMES
 from serving import inference
-from serving.contract import MAX_BODY_BYTES
+from serving.contract import JSON, MAX_BODY_BYTES, MODEL_BATCH, PRODUCTION_VARIANT
 
 log = logging.getLogger("dogbreeds.serve")
 
 # An oversized body is read and dropped up to this much, so the client sees the 413 rather than a reset
 # connection; past it the connection is closed.
 MAX_DISCARD_BYTES = 64 * 1024 * 1024
-PRODUCTION_VARIANT = "AllTraffic"
 DEFAULT_ENDPOINT_NAME = "dogbreeds-local"
 # SageMaker names the account in its errors; this is the account botocore's stubs and moto use.
 LOCAL_ACCOUNT = "123456789012"
-# One model call per batch of at most this many images. On the 2 shared cores here ONNX Runtime's cost per
-# image is flat up to batches of 4 and grows past them (+25% at 16, likely the activations outgrowing the
-# caches); through the endpoint (lite0), 4 gave 90-98 images/s at 4-16 clients where 16 gave 65-68.
-DEFAULT_MAX_BATCH = 4
 # Each worker loads its own model and /ping may be answered by one that is ready, after which requests can
 # still reach one that is not: such a request waits this long for its worker's model before a 503.
 LOADING_WAIT_S = 60.0
@@ -81,14 +77,13 @@ TRANSFORM_SLOTS_PER_BATCH_IMAGE = 2
 SPEED_SMOOTHING = 0.2
 
 _SETTINGS_ENV = "DOGBREEDS_SERVE_SETTINGS"
-_LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 
 
 @dataclass(frozen=True)
 class ServeSettings:
     model_dir: str
     endpoint_name: str = DEFAULT_ENDPOINT_NAME
-    max_batch: int = DEFAULT_MAX_BATCH
+    max_batch: int = MODEL_BATCH
     max_wait_s: float = DEFAULT_MAX_WAIT_S  # 0 sheds nothing
     max_queue: int | None = None  # images; None derives it from max_wait_s and the model's measured speed
     # Where a worker whose model cannot load leaves the reason for `main`, which exits non-zero with it.
@@ -178,7 +173,7 @@ class MicroBatcher:
     def __init__(
         self,
         predictor: inference.BreedPredictor,
-        max_batch: int = DEFAULT_MAX_BATCH,
+        max_batch: int = MODEL_BATCH,
         on_call: Callable[[float, int], None] | None = None,
     ):
         self.predictor = predictor
@@ -320,7 +315,7 @@ def transform(
         if ticket is not None:
             ticket.count(len(data.images))
         answer = inference.output_fn(inference.predict_fn(data, model), headers.get("accept"))
-        return ContainerAnswer(200, answer, inference.JSON)
+        return ContainerAnswer(200, answer, JSON)
     except inference.RequestError as error:
         return ContainerAnswer(int(error.status_code), str(error).encode(), "text/plain; charset=utf-8")
     except Exception as error:  # noqa: BLE001 - the client gets a 500, the log gets the traceback
@@ -531,8 +526,7 @@ def create_app(settings: ServeSettings | None = None) -> Starlette:
     """The Starlette app; without `settings`, those `main` left in the environment for uvicorn's workers."""
     if settings is None:
         settings = ServeSettings(**json.loads(os.environ[_SETTINGS_ENV]))
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    configure_cli_logging()
     state = ModelState(settings, on_failure=functools.partial(exit_for_load_failure, settings))
 
     @contextlib.asynccontextmanager
@@ -557,14 +551,14 @@ def create_app(settings: ServeSettings | None = None) -> Starlette:
     return app
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Serve a model directory as a local SageMaker endpoint.")
     parser.add_argument("--model-dir", required=True, type=Path)
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--workers", type=int, default=1, help="processes, each with its own model copy")
     parser.add_argument("--endpoint-name", default=DEFAULT_ENDPOINT_NAME, help="the EndpointName answered")
-    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="images per model call")
+    parser.add_argument("--max-batch", type=int, default=MODEL_BATCH, help="images per model call")
     parser.add_argument(
         "--max-wait",
         type=float,
@@ -588,8 +582,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--max-wait must be 0 or more and --max-queue 1 or more")
     if not (args.model_dir / "config.json").is_file():
         parser.error(f"{args.model_dir} is not a model directory (no config.json)")
+    return args
 
-    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    configure_cli_logging()
     threads = args.threads or max(1, len(os.sched_getaffinity(0)) // args.workers)
     # uvicorn's workers are fresh processes that build the app from the import string: the settings travel in
     # the environment they inherit.

@@ -238,6 +238,39 @@ def api_stack(endpoint, tmp_path_factory):
     api.stop()
 
 
+# --- a real browser ---
+
+CHROMIUM = "chromium"
+CHROMEDRIVER = "chromedriver"
+INSTALL_HINT = "run `make test` as root (it installs them), or `apt-get install chromium chromium-driver`"
+
+
+def browser_paths() -> tuple[str, str]:
+    """Where chromium and chromedriver are; fails the test, saying how to install them, when they are not."""
+    found = {name: shutil.which(name) for name in (CHROMIUM, CHROMEDRIVER)}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        pytest.fail(f"the browser tests need {' and '.join(missing)}: {INSTALL_HINT}")
+    return found[CHROMIUM], found[CHROMEDRIVER]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for the module, driven through Debian's chromedriver."""
+    chromium, chromedriver = browser_paths()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,900"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
+    yield driver
+    driver.quit()
+
+
 # --- AWS for the job launchers: moto_server, and a guard against leaving loopback ---
 
 

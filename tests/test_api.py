@@ -4,8 +4,8 @@ endpoint process serving the committed model, and `scripts/smoke.sh` against a r
 from __future__ import annotations
 
 import base64
-import http.server
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -15,9 +15,11 @@ import pytest
 from api_calls import assert_error, client_for, post_image, post_json
 from chalice.test import Client
 from conftest import DEFAULT_MODEL, LABRADOR, PROJECT, SPANIEL, EndpointProcess, write_stage_project
-from local_servers import free_port, serving_in_thread
+from gateway import Gateway, serving_gateway
+from local_servers import free_port
 from pictures import encoded, zero_png
 from PIL import Image
+from scripted_runtime import scripted
 
 import app as api
 from chalicelib import invoke
@@ -28,6 +30,7 @@ from chalicelib.settings import (
     MAX_BATCH_ITEMS,
     MAX_UPLOAD_BYTES,
     RETRY_AFTER_S,
+    UPLOAD_CONTENT_TYPES,
 )
 
 pytestmark = pytest.mark.usefixtures("new_container")
@@ -191,7 +194,8 @@ SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100"><circle
         (b'{"url": 5}', 400, "bad_request"),
         (b'{"url": ""}', 400, "bad_request"),
         (b'{"image": 5}', 400, "bad_request"),
-        (b'{"image": ""}', 400, "bad_request"),
+        (b'{"image": ""}', 400, "empty_image"),
+        (b'{"image": "data:image/jpeg;base64,"}', 400, "empty_image"),
         (b'{"image": "!!not base64!!"}', 400, "bad_request"),
         (b'{"url": "https://example.com/a.jpg", "image": "aGk="}', 400, "bad_request"),
         (b'{"url": "https://example.com/a.jpg", "size": 3}', 400, "bad_request"),
@@ -204,10 +208,10 @@ SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100"><circle
         (b'{"image": "aGk=", "min_confidence": true}', 400, "bad_request"),
         (
             json.dumps({"image": base64.b64encode(b"hello, not an image").decode()}).encode(),
-            415,
-            "unsupported_media_type",
+            400,
+            "unreadable_image",
         ),
-        (json.dumps({"image": base64.b64encode(SVG).decode()}).encode(), 415, "unsupported_media_type"),
+        (json.dumps({"image": base64.b64encode(SVG).decode()}).encode(), 400, "unreadable_image"),
         (json.dumps({"url": "notaurl"}).encode(), 400, "url_not_allowed"),
     ],
 )
@@ -229,9 +233,9 @@ def test_body_over_the_limit(client):
 @pytest.mark.parametrize(
     ("data", "content_type", "status", "code"),
     [
-        (b"", "image/jpeg", 400, "bad_request"),
-        (b"GIF89a but not really", "image/jpeg", 415, "unsupported_media_type"),
-        (SVG, "application/octet-stream", 415, "unsupported_media_type"),
+        (b"", "image/jpeg", 400, "empty_image"),
+        (b"GIF89a but not really", "image/jpeg", 400, "unreadable_image"),
+        (SVG, "application/octet-stream", 400, "unreadable_image"),
         (SVG, "image/svg+xml", 415, "unsupported_media_type"),
         (b"{}", "application/json", 415, "unsupported_media_type"),
         (
@@ -260,7 +264,8 @@ def test_bad_image_uploads(client, data, content_type, status, code):
 
 def test_truncated_jpeg(client, samples):
     data = (samples / LABRADOR).read_bytes()
-    assert_error(post_image(client, data[: len(data) // 3]), 415, "unsupported_media_type")
+    error = assert_error(post_image(client, data[: len(data) // 3]), 400, "unreadable_image")
+    assert "JPEG" in error["message"]
 
 
 def test_bad_top_k_query(client, samples):
@@ -321,6 +326,34 @@ def test_an_unexpected_error_is_a_plain_500_and_logged(caplog):
     assert response.status_code == 500
     assert response.body == {"error": {"code": "internal_error", "message": "an internal error occurred"}}
     assert "internal detail" in caplog.text and "Traceback" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "hint"),
+    [
+        ("/predict/image", "image/jpg", "image/jpeg)"),
+        ("/predict/image", "multipart/form-data; boundary=x", "--data-binary"),
+        ("/predict", "image/jpeg", "/predict/image"),
+        ("/predict/batch", "application/x-www-form-urlencoded", "/predict/image"),
+    ],
+    ids=["image/jpg", "curl -F", "jpeg to /predict", "curl --data-binary without a type"],
+)
+def test_a_415_names_the_accepted_types_and_the_route_for_raw_bytes(
+    client, samples, path, content_type, hint
+):
+    data = (samples / LABRADOR).read_bytes()
+    if content_type.startswith("multipart/"):
+        data = (
+            b"--x\r\nContent-Disposition: form-data; name=image; filename=a.jpg\r\n\r\n"
+            + data
+            + b"\r\n--x--\r\n"
+        )
+    response = client.http.post(path, headers={"Content-Type": content_type}, body=data)
+    error = assert_error(response, 415, "unsupported_media_type")
+    assert hint in error["message"] and content_type.split(";")[0] in error["message"]
+    assert "application/json" in error["message"]
+    for accepted in UPLOAD_CONTENT_TYPES:
+        assert accepted in error["message"]
 
 
 def test_wrong_method_keeps_the_error_shape(client):
@@ -409,32 +442,17 @@ def test_an_unknown_endpoint_name_is_503(runtime_env, endpoint, samples, tmp_pat
     assert "dogbreeds-missing" in error["message"]
 
 
-class Throttling(http.server.BaseHTTPRequestHandler):
-    """What the SageMaker runtime answers when an endpoint is over its invocation rate."""
-
-    requests = 0
-
-    def do_POST(self):
-        type(self).requests += 1
-        self.rfile.read(int(self.headers["Content-Length"]))
-        body = b'{"message": "Rate exceeded"}'
-        self.send_response(400)
-        self.send_header("x-amzn-ErrorType", "ThrottlingException")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_throttling_is_retried_then_503(runtime_env, samples, tmp_path):
-    with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Throttling)) as url:
+    # What the SageMaker runtime answers when an endpoint is over its invocation rate.
+    throttling, server = scripted(
+        400, {"message": "Rate exceeded"}, {"x-amzn-ErrorType": "ThrottlingException"}
+    )
+    with server as url:
         client = client_for(tmp_path, url)
         response = post_image(client, (samples / LABRADOR).read_bytes())
     assert_error(response, 503, "endpoint_unavailable")
     assert response.headers["Retry-After"] == str(RETRY_AFTER_S)
-    assert Throttling.requests == invoke.ENDPOINT_MAX_ATTEMPTS
+    assert throttling.requests == invoke.ENDPOINT_MAX_ATTEMPTS
 
 
 def test_an_endpoint_that_does_not_answer_is_504(runtime_env, samples, tmp_path, monkeypatch):
@@ -462,14 +480,42 @@ def test_a_stage_without_an_endpoint_name_is_a_clean_500(runtime_env, samples, t
 
 
 def test_smoke_script_against_chalice_local(api_stack, sample_files):
-    result = subprocess.run(
-        ["bash", str(PROJECT / "scripts" / "smoke.sh"), api_stack.url, sample_files],
+    result = smoke(api_stack.url, sample_files)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "POST /predict (url) -> HTTP 200" in result.stdout and "Labrador_retriever" in result.stdout
+    assert "no API key" not in result.stdout
+
+
+def smoke(api_url: str, *images_url: str, api_key: str | None = None) -> subprocess.CompletedProcess:
+    env = {name: value for name, value in os.environ.items() if name not in ("API_KEY", "IMAGES_URL")}
+    if api_key is not None:
+        env["API_KEY"] = api_key
+    return subprocess.run(
+        ["bash", str(PROJECT / "scripts" / "smoke.sh"), api_url, *images_url],
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Labrador_retriever" in result.stdout
+
+
+def test_smoke_script_checks_a_stage_that_needs_a_key(api_stack):
+    """As against a deployed prod: API Gateway (a loopback stand-in) refuses the routes without the key,
+    and the stage cannot fetch from this machine, so only an IMAGES_URL given would be fetched."""
+    gateway = Gateway(
+        api_url=api_stack.url, required_key="the-key", forbidden_body=b'{"message": "Forbidden"}'
+    )
+    with serving_gateway(gateway) as url:
+        keyed = smoke(url + "/", api_key="the-key")
+        wrong = smoke(url, api_key="not-the-key")
+        without = smoke(url)
+    assert keyed.returncode == 0, keyed.stdout + keyed.stderr
+    assert "GET /breeds -> HTTP 200" in keyed.stdout and "Labrador_retriever" in keyed.stdout
+    assert "POST /predict (url) skipped" in keyed.stdout
+    assert "POST /predict/image (no API key) -> HTTP 403" in keyed.stdout
+    assert "the-key" not in keyed.stdout + keyed.stderr
+    assert wrong.returncode != 0 and "expected HTTP 200" in wrong.stderr
+    assert without.returncode != 0 and "expected HTTP 200" in without.stderr
 
 
 def test_smoke_script_fails_when_the_api_is_down(sample_files):
@@ -520,7 +566,7 @@ def test_batch_answers_each_item_in_order_with_one_endpoint_call(client, sample_
     codes = [result.get("error", {}).get("code") for result in answer["images"] + answer["urls"]]
     assert codes == [
         None,
-        "unsupported_media_type",
+        "unreadable_image",
         "bad_request",
         None,
         None,
@@ -530,7 +576,7 @@ def test_batch_answers_each_item_in_order_with_one_endpoint_call(client, sample_
     assert [
         result["error"]["status"] for result in answer["images"] + answer["urls"] if "error" in result
     ] == [
-        415,
+        400,
         400,
         400,
         400,
@@ -556,12 +602,6 @@ def test_lambda_function_takes_a_batch(client, sample_files):
     results = payload.payload["urls"]
     assert top_label(results[0]) == "Labrador_retriever"
     assert results[1]["error"]["code"] == "url_not_allowed" and payload.payload["images"] == []
-
-
-def test_batch_accept_is_the_handlers_errors_in_place_type():
-    from serving.inference import RECORD_JSON
-
-    assert invoke.BATCH_ACCEPT == RECORD_JSON
 
 
 @pytest.mark.parametrize(

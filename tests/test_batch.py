@@ -21,6 +21,7 @@ from conftest import LABRADOR, PROJECT, SPANIEL, ChaliceLocal, SampleFiles, file
 from local_servers import serving_in_thread
 
 from clients import batch, batch_results
+from serving import contract
 
 
 @pytest.fixture
@@ -60,6 +61,7 @@ def test_a_folder_becomes_a_csv_with_a_summary_and_a_rerun_resumes(endpoint, pho
         "",
     )
     assert 0.5 < float(lab["probability"]) <= 1
+    assert lab["confident"] in ("True", "False")
     assert rows["other/notes.txt"]["error"] == "unreadable_image"
     assert "cannot decode" in rows["other/notes.txt"]["message"]
     # A bad file is reported, never the end of the run; the exit status says something failed.
@@ -68,15 +70,19 @@ def test_a_folder_becomes_a_csv_with_a_summary_and_a_rerun_resumes(endpoint, pho
     assert "not a dog: 0" in err
     assert "1  Labrador retriever" in err and "1  unreadable_image" in err
 
-    # The re-run sends only what failed; its new row joins the file.
+    # The re-run sends only what failed; its new row replaces the failure's, where it was.
+    with results.open(newline="") as stream:
+        keys_before = [row["key"] for row in csv.DictReader(stream)]
     (photos / "other" / "notes.txt").unlink()
     shutil.copy(photos / "labs" / LABRADOR, photos / "other" / "notes.txt")
     code, err = run_batch(capsys, str(photos), "-o", str(results), "--endpoint", endpoint.url)
     assert "3 images, 2 already done, 1 to classify" in err
     assert code == 0 and "3 images: 3 classified, 0 failed" in err
     with results.open(newline="") as stream:
-        keys = [row["key"] for row in csv.DictReader(stream)]
-    assert len(keys) == 4 and keys[-1] == "other/notes.txt"
+        rerun = list(csv.DictReader(stream))
+    assert [row["key"] for row in rerun] == keys_before
+    retried = next(row for row in rerun if row["key"] == "other/notes.txt")
+    assert (retried["label"], retried["error"]) == ("Labrador_retriever", "")
 
 
 def test_transform_output_is_laid_out_as_the_job_writes_it(endpoint, photos, tmp_path, capsys):
@@ -102,14 +108,6 @@ def test_transform_output_is_laid_out_as_the_job_writes_it(endpoint, photos, tmp
     code, err = run_batch(capsys, *argv)
     assert "3 images, 2 already done, 1 to classify" in err
     assert json.loads((out / "labs" / f"{LABRADOR}.out").read_bytes()) == answer
-
-
-def test_the_content_types_are_the_handlers():
-    from serving import inference
-
-    assert batch_results.TRANSFORM_CONTENT_TYPE in inference.IMAGE_CONTENT_TYPES
-    assert batch_results.TRANSFORM_ACCEPT == inference.RECORD_JSON
-    assert batch.JSON == inference.JSON
 
 
 def test_the_command_does_not_import_torch():
@@ -217,16 +215,85 @@ def test_a_folder_and_a_url_list_through_the_api(api_stack, photos, sample_files
         listing.write_text(f"{files}/{LABRADOR}\n{files}/missing.jpg\n{files}/{SPANIEL}\n")
         url_code, url_err = run_batch(capsys, str(listing), "-o", str(url_results), "--api", url)
     # Each source went as one /predict/batch call, each item answered on its own.
-    assert proxy.requests == [("/predict/batch", batch.JSON)] * 2
+    assert proxy.requests == [("/predict/batch", contract.JSON)] * 2
     rows = csv_rows(results)
     assert rows[f"labs/{LABRADOR}"]["label"] == "Labrador_retriever"
-    assert rows["other/notes.txt"]["error"] == "unsupported_media_type"
+    assert rows["other/notes.txt"]["error"] == "unreadable_image"
     assert code == batch.EXIT_FAILED and "3 images: 2 classified, 1 failed" in err
     url_rows = {row["key"]: row for row in map(json.loads, url_results.read_text().splitlines())}
     assert url_rows[f"{files}/{LABRADOR}"]["label"] == "Labrador_retriever"
     assert url_rows[f"{files}/{SPANIEL}"]["label"] == rows[f"other/deeper/{SPANIEL}"]["label"]
     assert url_rows[f"{files}/missing.jpg"]["error"] == "url_fetch_failed"
     assert url_code == batch.EXIT_FAILED and "3 images: 2 classified, 1 failed" in url_err
+
+
+def test_bad_files_fail_with_the_same_codes_through_the_endpoint_and_the_api(
+    api_stack, endpoint, samples, tmp_path, capsys
+):
+    """An empty file, a text file and a cut-off JPEG: the endpoint's codes, whichever way they went, one
+    request or a group, and messages that read the same for a file alone as in a group."""
+    root = tmp_path / "bad"
+    root.mkdir()
+    shutil.copy(samples / LABRADOR, root / LABRADOR)
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "notes.txt").write_text("not a photo")
+    (root / "cut.jpg").write_bytes((samples / LABRADOR).read_bytes()[:2000])
+    expected = {"empty.jpg": "empty_image", "notes.txt": "unreadable_image", "cut.jpg": "unreadable_image"}
+    found = {}
+    for target, url, size in (
+        ("endpoint", endpoint.url, "4"),
+        ("endpoint", endpoint.url, "1"),
+        ("api", api_stack.url, "10"),
+        ("api", api_stack.url, "1"),
+    ):
+        results = tmp_path / f"{target}-{size}.csv"
+        code, _ = run_batch(capsys, str(root), "-o", str(results), f"--{target}", url, "-b", size)
+        rows = csv_rows(results)
+        assert code == batch.EXIT_FAILED
+        assert rows[LABRADOR]["label"] == "Labrador_retriever" and rows[LABRADOR]["confident"] in (
+            "True",
+            "False",
+        )
+        found[(target, size)] = {key: rows[key]["error"] for key in expected}
+        for key in expected:
+            assert rows[key]["message"] and not rows[key]["message"].startswith("instance"), rows[key]
+    assert all(codes == expected for codes in found.values()), found
+
+
+def test_a_results_file_without_the_confident_column_is_resumed_and_rewritten(
+    endpoint, photos, tmp_path, capsys
+):
+    results = tmp_path / "earlier.csv"
+    earlier = [column for column in batch_results.COLUMNS if column != "confident"]
+    lab = {
+        "key": f"labs/{LABRADOR}",
+        "label": "Labrador_retriever",
+        "breed": "Labrador retriever",
+        "probability": "0.9",
+        "is_dog": "True",
+        "dog_probability": "0.99",
+        "error": "",
+        "message": "",
+    }
+    failed = {
+        **{column: "" for column in earlier},
+        "key": "other/notes.txt",
+        "error": "http_503",
+        "message": "busy",
+    }
+    with results.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=earlier)
+        writer.writeheader()
+        writer.writerows([lab, failed])
+    code, err = run_batch(capsys, str(photos), "-o", str(results), "--endpoint", endpoint.url)
+    assert "3 images, 1 already done, 2 to classify" in err
+    with results.open(newline="") as stream:
+        reader = csv.DictReader(stream)
+        rows = list(reader)
+    assert reader.fieldnames == batch_results.COLUMNS
+    assert [row["key"] for row in rows] == [f"labs/{LABRADOR}", "other/notes.txt", f"other/deeper/{SPANIEL}"]
+    assert rows[0]["confident"] == "" and rows[1]["error"] == "unreadable_image"
+    assert rows[2]["confident"] in ("True", "False")
 
 
 def test_an_asynchronous_stage_queues_each_image_and_the_rows_say_where(photos, tmp_path, capsys):
@@ -269,7 +336,7 @@ def test_an_asynchronous_stage_queues_each_image_and_the_rows_say_where(photos, 
     queued = rows[f"labs/{LABRADOR}"]
     assert queued["error"] == "queued" and "its answer will be at s3://" in queued["message"]
     assert rows[f"other/deeper/{SPANIEL}"]["error"] == "queued"
-    assert rows["other/notes.txt"]["error"] == "unsupported_media_type"
+    assert rows["other/notes.txt"]["error"] == "unreadable_image"
     assert queued_photos == 2
     assert code == batch.EXIT_FAILED and "2  queued" in err
 
@@ -355,7 +422,7 @@ def test_throttled_requests_are_retried_as_retry_after_asks(endpoint, photos, tm
     with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), proxy)) as url:
         code, err = run_batch(capsys, str(photos), "-o", str(results), "--endpoint", url)
     # The three files went as one JSON batch: throttled once, then answered.
-    assert proxy.throttled == 1 and proxy.content_types() == [batch.JSON]
+    assert proxy.throttled == 1 and proxy.content_types() == [contract.JSON]
     assert csv_rows(results)[f"labs/{LABRADOR}"]["label"] == "Labrador_retriever"
     assert "3 images: 2 classified, 1 failed" in err and "unreadable_image" in err
 
@@ -372,7 +439,7 @@ def test_groups_of_images_answer_as_one_image_per_request_does(endpoint, photos,
             code, err = run_batch(capsys, str(photos), "-o", str(results), "--endpoint", url, "-b", size)
         assert code == batch.EXIT_FAILED and f"{files} images: {files - 1} classified, 1 failed" in err
         rows[size] = csv_rows(results)
-        expected = [batch.TRANSFORM_CONTENT_TYPE] * files if size == "1" else [batch.JSON] * -(-files // 3)
+        expected = [contract.X_IMAGE] * files if size == "1" else [contract.JSON] * -(-files // 3)
         assert proxy.content_types() == expected
     assert rows["1"].keys() == rows["3"].keys()
     for key, single in rows["1"].items():
@@ -391,8 +458,6 @@ def test_a_group_refused_as_a_whole_is_sent_again_one_image_per_request(endpoint
     """Three pictures of 36 MP each pass the endpoint's per-image cap but not its per-request one."""
     from PIL import Image
 
-    from serving import contract
-
     side = 6000
     assert side * side <= contract.MAX_IMAGE_PIXELS and 3 * side * side > contract.MAX_REQUEST_PIXELS
     folder = tmp_path / "big"
@@ -405,7 +470,7 @@ def test_a_group_refused_as_a_whole_is_sent_again_one_image_per_request(endpoint
     with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), proxy)) as url:
         code, err = run_batch(capsys, str(folder), "-o", str(results), "--endpoint", url)
     assert code == 0 and "4 images: 4 classified, 0 failed" in err
-    assert proxy.content_types() == [batch.JSON] + [batch.TRANSFORM_CONTENT_TYPE] * 4
+    assert proxy.content_types() == [contract.JSON] + [contract.X_IMAGE] * 4
     assert csv_rows(results)[LABRADOR]["label"] == "Labrador_retriever"
 
 

@@ -24,7 +24,7 @@ from sagemaker_container import EMULATOR, container_python
 
 from classifier.checked_graph import checked_graph_for
 from classifier.model import CONFIG_FILE, LABELS_FILE, ONNX_FILE, WEIGHTS_FILE
-from serving import inference
+from serving import contract, inference
 from training.jobs.source_bundle import repack_model
 
 pytestmark = pytest.mark.slow
@@ -91,11 +91,11 @@ def test_the_container_answers_what_the_local_endpoint_answers(
     url, log_path, root, _ = container
     photos = sorted(samples.glob("*.jpg"))
     assert len(photos) >= 3
-    requests = [(photo.read_bytes(), {"Content-Type": inference.JPEG}) for photo in photos]
+    requests = [(photo.read_bytes(), {"Content-Type": contract.JPEG}) for photo in photos]
     batch = {"instances": [{"b64": base64.b64encode(image).decode()} for image in (spaniel, labrador)]}
     requests += [
-        (json.dumps(batch).encode(), {"Content-Type": inference.JSON}),
-        (labrador, {"Content-Type": inference.JPEG, inference.CUSTOM_ATTRIBUTES_HEADER: "top_k=2"}),
+        (json.dumps(batch).encode(), {"Content-Type": contract.JSON}),
+        (labrador, {"Content-Type": contract.JPEG, inference.CUSTOM_ATTRIBUTES_HEADER: "top_k=2"}),
     ]
     for body, headers in requests:
         expected_status, expected = post(endpoint.url, body, headers)
@@ -105,8 +105,8 @@ def test_the_container_answers_what_the_local_endpoint_answers(
 
     # A request error answers with the same status and message; the image's toolkit (sagemaker-inference's
     # Transformer.handle_error) appends the Python traceback below it, which the local endpoint does not.
-    status, answer = post(url, b"garbage", {"Content-Type": inference.JPEG})
-    expected_status, expected = post(endpoint.url, b"garbage", {"Content-Type": inference.JPEG})
+    status, answer = post(url, b"garbage", {"Content-Type": contract.JPEG})
+    expected_status, expected = post(endpoint.url, b"garbage", {"Content-Type": contract.JPEG})
     message, _, trace = answer.partition(b"\n")
     assert (status, message) == (expected_status, expected) == (400, message)
     assert b"Traceback" in trace

@@ -4,64 +4,24 @@ answers what a faulty or overloaded endpoint would (AWS itself is the only thing
 
 from __future__ import annotations
 
-import http.server
 import json
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from api_calls import assert_error, client_for, post_image
 from botocore.retries.standard import ExponentialBackoff
 from conftest import LABRADOR, PROJECT, SPANIEL
-from local_servers import serving_in_thread
+from scripted_runtime import VALID_ANSWER, scripted
 
 from chalicelib import settings
 from chalicelib.schema import validate_answer, validate_api_answer, validate_error
 from chalicelib.settings import ENDPOINT_MAX_ATTEMPTS, RETRY_AFTER_S
 
 pytestmark = pytest.mark.usefixtures("new_container")
-
-VALID = {
-    "predictions": [{"label": "Labrador_retriever", "breed": "Labrador retriever", "probability": 0.9}],
-    "is_dog": True,
-    "dog_probability": 0.99,
-    "model": {"name": "dogbreeds", "version": "2"},
-}
-
-
-class Runtime(http.server.BaseHTTPRequestHandler):
-    """InvokeEndpoint answered as scripted by the class attributes; counts the requests it gets."""
-
-    answer_status = 200
-    answer_headers: dict[str, str] = {}
-    answer_body = b""
-    # Declare a longer body than is sent, then close: an answer cut off on the wire.
-    cut_off = False
-    requests = 0
-
-    def do_POST(self):
-        type(self).requests += 1
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self.send_response(self.answer_status)
-        for name, value in self.answer_headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(self.answer_body) + (100 if self.cut_off else 0)))
-        self.end_headers()
-        self.wfile.write(self.answer_body)
-        self.close_connection = self.cut_off
-
-    def log_message(self, *args):
-        pass
-
-
-def scripted(status: int = 200, body=b"", headers: dict[str, str] | None = None, cut_off: bool = False):
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    attributes = {
-        "answer_status": status,
-        "answer_body": raw,
-        "answer_headers": headers or {},
-        "cut_off": cut_off,
-    }
-    handler = type("Scripted", (Runtime,), attributes)
-    return handler, serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler))
 
 
 def ask(tmp_path, samples, handler_and_server):
@@ -83,7 +43,9 @@ def test_real_answers_of_the_local_endpoint_match_the_schema(client, samples):
 
 
 def test_a_valid_answer_is_passed_on_with_its_extra_fields(runtime_env, tmp_path, samples):
-    _, response = ask(tmp_path, samples, scripted(body={**VALID, "confident": True, "newer_field": [1, 2]}))
+    _, response = ask(
+        tmp_path, samples, scripted(body={**VALID_ANSWER, "confident": True, "newer_field": [1, 2]})
+    )
     assert response.status_code == 200, response.body
     assert response.json_body["confident"] is True and response.json_body["newer_field"] == [1, 2]
     validate_api_answer(response.json_body)
@@ -94,12 +56,12 @@ def test_a_valid_answer_is_passed_on_with_its_extra_fields(runtime_env, tmp_path
     [
         [],
         {},
-        {key: value for key, value in VALID.items() if key != "predictions"},
-        {**VALID, "is_dog": "yes"},
-        {**VALID, "dog_probability": 1.5},
-        {**VALID, "predictions": [{"label": "x", "breed": "x"}]},
+        {key: value for key, value in VALID_ANSWER.items() if key != "predictions"},
+        {**VALID_ANSWER, "is_dog": "yes"},
+        {**VALID_ANSWER, "dog_probability": 1.5},
+        {**VALID_ANSWER, "predictions": [{"label": "x", "breed": "x"}]},
         b'{"predictions": [{"label": "x", "breed": "x", "probability": NaN}], "is_dog": true}',
-        json.dumps(VALID).encode()[:40],
+        json.dumps(VALID_ANSWER).encode()[:40],
         b"[" * 100_000 + b"]" * 100_000,
         b"\xff\xfe not json",
         b"",
@@ -126,8 +88,56 @@ def test_anything_but_an_answer_is_a_clear_502(runtime_env, tmp_path, samples, b
 
 
 def test_an_answer_cut_off_on_the_wire_is_a_clear_502(runtime_env, tmp_path, samples):
-    _, response = ask(tmp_path, samples, scripted(body=json.dumps(VALID).encode()[:60], cut_off=True))
+    _, response = ask(tmp_path, samples, scripted(body=json.dumps(VALID_ANSWER).encode()[:60], cut_off=True))
     assert_error(response, 502, "bad_model_answer")
+
+
+@contextmanager
+def resetting_server() -> Iterator[tuple[str, list[int]]]:
+    """A socket server that reads each request whole and then resets the connection (SO_LINGER 0: an RST,
+    not a FIN) before any byte of an answer; yields its URL and the count of requests it reset."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    resets = [0]
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return  # closed: the test is over
+            with connection:
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    received += connection.recv(65536)
+                head, _, body = received.partition(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                while len(body) < length:
+                    body += connection.recv(65536)
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                resets[0] += 1
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", resets
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() above
+        listener.close()
+        thread.join()
+
+
+def test_a_connection_reset_before_any_answer_is_a_retryable_503(runtime_env, tmp_path, samples):
+    with resetting_server() as (url, resets):
+        response = post_image(client_for(tmp_path, url), (samples / LABRADOR).read_bytes())
+    error = assert_error(response, 503, "endpoint_unavailable")
+    assert "closed the connection" in error["message"]
+    assert response.headers["Retry-After"] == str(RETRY_AFTER_S)
+    # botocore retried it as a transient failure before the API answered.
+    assert resets[0] == ENDPOINT_MAX_ATTEMPTS
 
 
 def test_an_endpoint_413_is_not_a_model_error(runtime_env, tmp_path, samples):

@@ -13,7 +13,14 @@ from conftest import LABRADOR
 from pictures import encoded, png, zero_png
 from PIL import Image, ImageChops
 
-from chalicelib.errors import ImageTooElongated, ModelPayloadTooLarge, TooManyPixels, UnsupportedImage
+from chalicelib.errors import (
+    EmptyImage,
+    ImageTooElongated,
+    ModelPayloadTooLarge,
+    TooManyPixels,
+    UnreadableImage,
+    UnsupportedImage,
+)
 from chalicelib.image import model_size, prepare_image, reduced_rgb, resize_for_model, to_rgb
 from chalicelib.settings import (
     JPEG_QUALITY,
@@ -140,25 +147,32 @@ def test_palette_png_with_transparency():
 
 
 @pytest.mark.parametrize(
-    ("data", "message"),
+    ("data", "error", "message"),
     [
-        (b"", "empty"),
-        (b"hello, I am not a picture", "accepted format"),
-        (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect/></svg>', "accepted format"),
-        (encoded(Image.new("RGB", (50, 50)), "BMP"), "accepted format"),
-        (encoded(Image.new("RGB", (50, 50)), "TIFF"), "accepted format"),
-        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", "cannot"),
+        (b"", EmptyImage, "empty"),
+        (b"hello, I am not a picture", UnreadableImage, "cannot decode the image; send one of JPEG"),
+        (
+            b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect/></svg>',
+            UnreadableImage,
+            "cannot decode",
+        ),
+        (encoded(Image.new("RGB", (50, 50)), "BMP"), UnsupportedImage, "BMP images are not accepted"),
+        (encoded(Image.new("RGB", (50, 50)), "TIFF"), UnsupportedImage, "TIFF images are not accepted"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", UnreadableImage, "cannot"),
     ],
     ids=["empty", "text", "svg", "bmp", "tiff", "jpeg-magic-only"],
 )
-def test_refuses_what_is_not_an_accepted_image(data, message):
-    with pytest.raises(UnsupportedImage, match=message):
+def test_refuses_what_is_not_an_accepted_image(data, error, message):
+    # Not a picture at all is the endpoint's 400 (empty_image, unreadable_image); a picture in a format
+    # outside the allowlist is a 415.
+    with pytest.raises(error, match=message) as raised:
         prepare(data)
+    assert type(raised.value) is error
 
 
 def test_refuses_a_truncated_jpeg(samples):
     data = (samples / LABRADOR).read_bytes()
-    with pytest.raises(UnsupportedImage, match="cannot be decoded"):
+    with pytest.raises(UnreadableImage, match="cannot be decoded"):
         prepare(data[: len(data) // 2])
 
 

@@ -40,7 +40,7 @@ def torch_predictor() -> inference.BreedPredictor:
     return inference.load_predictor(DEFAULT_MODEL, runtime="pytorch", threads=2)
 
 
-def classify(predictor, body, content_type=inference.JPEG, context=None, accept=inference.JSON):
+def classify(predictor, body, content_type=contract.JPEG, context=None, accept=contract.JSON):
     data = inference.input_fn(body, content_type, context)
     return json.loads(inference.output_fn(inference.predict_fn(data, predictor), accept))
 
@@ -68,7 +68,7 @@ def test_labrador_is_labrador_with_the_documented_schema(predictor, labrador):
     top = answer["predictions"][0]
     assert top["label"] == "Labrador_retriever"
     assert top["breed"] == "Labrador retriever"
-    assert len(answer["predictions"]) == inference.DEFAULT_TOP_K
+    assert len(answer["predictions"]) == contract.DEFAULT_TOP_K
     probabilities = [prediction["probability"] for prediction in answer["predictions"]]
     assert probabilities == sorted(probabilities, reverse=True)
     assert all(prediction["label"] in labels for prediction in answer["predictions"])
@@ -90,7 +90,7 @@ def test_onnx_runtime_and_pytorch_give_the_same_answer(predictor, torch_predicto
 def test_is_dog_follows_the_dog_probability(predictor):
     grey = io.BytesIO()
     Image.new("RGB", (300, 200), (128, 128, 128)).save(grey, format="PNG")
-    answer = classify(predictor, grey.getvalue(), inference.PNG)
+    answer = classify(predictor, grey.getvalue(), contract.PNG)
     assert answer["dog_probability"] < predictor.thresholds.dog
     assert answer["is_dog"] is False
 
@@ -128,7 +128,7 @@ def test_min_confidence_leaves_out_the_less_likely_breeds(predictor, labrador, s
 )
 def test_bad_min_confidence_is_a_request_error(predictor, labrador, value):
     with pytest.raises(inference.RequestError, match="min_confidence must be a number from 0 to 1"):
-        inference.input_fn(labrador, inference.JPEG, with_custom_attributes(value))
+        inference.input_fn(labrador, contract.JPEG, with_custom_attributes(value))
 
 
 def test_png_with_alpha_is_composited_and_classified(predictor, labrador):
@@ -139,11 +139,11 @@ def test_png_with_alpha_is_composited_and_classified(predictor, labrador):
     png = io.BytesIO()
     picture.save(png, format="PNG")
 
-    answer = classify(predictor, png.getvalue(), inference.PNG)
+    answer = classify(predictor, png.getvalue(), contract.PNG)
     assert answer["predictions"][0]["label"] == "Labrador_retriever"
 
 
-@pytest.mark.parametrize("content_type", inference.IMAGE_CONTENT_TYPES)
+@pytest.mark.parametrize("content_type", contract.IMAGE_CONTENT_TYPES)
 def test_every_image_content_type_is_accepted(predictor, labrador, content_type):
     assert classify(predictor, labrador, f"{content_type}; charset=binary")["predictions"][0]["label"] == (
         "Labrador_retriever"
@@ -154,7 +154,7 @@ def test_json_batch_answers_a_list_in_order(predictor, labrador, spaniel):
     body = json.dumps(
         {"instances": [{"b64": base64.b64encode(image).decode()} for image in (spaniel, labrador, spaniel)]}
     )
-    answers = classify(predictor, body.encode(), inference.JSON)
+    answers = classify(predictor, body.encode(), contract.JSON)
     singles = [classify(predictor, image) for image in (spaniel, labrador, spaniel)]
 
     assert [a["predictions"][0]["label"] for a in answers] == [s["predictions"][0]["label"] for s in singles]
@@ -185,13 +185,13 @@ def test_top_k_comes_from_custom_attributes(predictor, labrador):
 
 def test_top_k_defaults_to_5_when_the_context_cannot_tell(predictor, labrador):
     for context in (None, object(), RequestContext({}), with_custom_attributes("something=else")):
-        assert len(classify(predictor, labrador, context=context)["predictions"]) == inference.DEFAULT_TOP_K
+        assert len(classify(predictor, labrador, context=context)["predictions"]) == contract.DEFAULT_TOP_K
 
 
 @pytest.mark.parametrize("value", ["top_k=0", "top_k=three", "top_k=-2", "top_k="])
 def test_bad_top_k_is_a_request_error(predictor, labrador, value):
     with pytest.raises(inference.RequestError, match="top_k"):
-        inference.input_fn(labrador, inference.JPEG, with_custom_attributes(value))
+        inference.input_fn(labrador, contract.JPEG, with_custom_attributes(value))
 
 
 @pytest.mark.parametrize("content_type", ["text/csv", "image/svg+xml", "", None])
@@ -205,26 +205,32 @@ def test_unsupported_content_type_names_it(labrador, content_type):
 def test_url_is_not_fetched(predictor):
     # Endpoints may run network-isolated: a URL is just undecodable bytes here.
     with pytest.raises(inference.RequestError, match="cannot decode the image"):
-        inference.input_fn(b"https://example.com/dog.jpg", inference.OCTET_STREAM)
+        inference.input_fn(b"https://example.com/dog.jpg", contract.OCTET_STREAM)
     with pytest.raises(inference.RequestError, match="b64"):
-        inference.input_fn(
-            json.dumps({"instances": [{"url": "https://example.com/dog.jpg"}]}), inference.JSON
-        )
+        inference.input_fn(json.dumps({"instances": [{"url": "https://example.com/dog.jpg"}]}), contract.JSON)
 
 
 @pytest.mark.parametrize(
     ("body", "content_type", "message"),
     [
-        (b"garbage", inference.JPEG, "cannot decode the image"),
-        (b"", inference.JPEG, "empty image"),
-        (b"\xff\xd8\xff\xe0 truncated", inference.JPEG, "cannot decode the image"),
-        (b"{not json", inference.JSON, "not valid JSON"),
-        (b"[" * 100_000, inference.JSON, "not valid JSON"),
-        (b"[]", inference.JSON, "instances"),
-        (b'{"instances": []}', inference.JSON, "instances"),
-        (b'{"instances": [{"b64": "***"}]}', inference.JSON, "instance 0: invalid base64"),
-        (b'{"instances": [{"b64": "Z2FyYmFnZQ=="}]}', inference.JSON, "instance 0: cannot decode the image"),
-        (json.dumps({"instances": [{"b64": ""}] * 65}).encode(), inference.JSON, "at most 64"),
+        (b"garbage", contract.JPEG, "cannot decode the image"),
+        (b"", contract.JPEG, "empty image"),
+        (b"\xff\xd8\xff\xe0 truncated", contract.JPEG, "cannot decode the image"),
+        (b"{not json", contract.JSON, "not valid JSON"),
+        (b"[" * 100_000, contract.JSON, "not valid JSON"),
+        (b"[]", contract.JSON, "instances"),
+        (b'{"instances": []}', contract.JSON, "instances"),
+        (
+            b'{"instances": [{"b64": "***"}]}',
+            contract.JSON,
+            r"^invalid base64.*\(instance 0 of the request\)$",
+        ),
+        (
+            b'{"instances": [{"b64": "Z2FyYmFnZQ=="}]}',
+            contract.JSON,
+            r"^cannot decode the image.*\(instance 0 of the request\)$",
+        ),
+        (json.dumps({"instances": [{"b64": ""}] * 65}).encode(), contract.JSON, "at most 64"),
     ],
 )
 def test_bad_bodies_are_request_errors(body, content_type, message):
@@ -239,20 +245,20 @@ def test_output_fn_answers_json(accept):
 
 
 def asking_for_errors_in_place() -> RequestContext:
-    return RequestContext({"Accept": inference.RECORD_JSON})
+    return RequestContext({"Accept": contract.RECORD_JSON})
 
 
 @pytest.mark.parametrize(
     ("body", "content_type", "code"),
     [
-        (b"garbage", inference.JPEG, "unreadable_image"),
-        (b"", inference.OCTET_STREAM, "empty_image"),
-        (b"{not json", inference.JSON, "invalid_json"),
+        (b"garbage", contract.JPEG, "unreadable_image"),
+        (b"", contract.OCTET_STREAM, "empty_image"),
+        (b"{not json", contract.JSON, "invalid_json"),
         (b"a,b", "text/csv", "unsupported_content_type"),
     ],
 )
 def test_errors_in_place_answer_the_error_instead_of_raising(predictor, body, content_type, code):
-    answer = classify(predictor, body, content_type, asking_for_errors_in_place(), inference.RECORD_JSON)
+    answer = classify(predictor, body, content_type, asking_for_errors_in_place(), contract.RECORD_JSON)
     assert set(answer) == {"error"}
     assert answer["error"]["code"] == code and answer["error"]["message"]
     assert answer["error"]["status"] == (415 if code == "unsupported_content_type" else 400)
@@ -267,7 +273,7 @@ def test_errors_in_place_leave_the_rest_of_a_batch_its_answers(predictor, labrad
         {"b64": base64.b64encode(spaniel).decode()},
     ]
     body = json.dumps({"instances": instances}).encode()
-    answers = classify(predictor, body, inference.JSON, asking_for_errors_in_place(), inference.RECORD_JSON)
+    answers = classify(predictor, body, contract.JSON, asking_for_errors_in_place(), contract.RECORD_JSON)
 
     assert [answer.get("error", {}).get("code") for answer in answers] == [
         None,
@@ -276,13 +282,15 @@ def test_errors_in_place_leave_the_rest_of_a_batch_its_answers(predictor, labrad
         "bad_request",
         None,
     ]
-    assert answers[1]["error"]["message"].startswith("instance 1: ")
+    # Each error stands in its own image's place: its message needs no position, as one image's does not.
+    assert answers[1]["error"]["message"] == "cannot decode the image; send a JPEG, PNG, WebP or GIF"
+    assert answers[2]["error"]["message"].startswith("invalid base64")
     # A batch of two runs other kernels than one image alone: the same answer, to float precision.
     assert_same_answer(answers[0], classify(predictor, labrador))
     assert_same_answer(answers[4], classify(predictor, spaniel))
     # Asked for plain JSON, the same batch is refused as a whole, as before.
-    with pytest.raises(inference.RequestError, match="instance 2: invalid base64"):
-        inference.input_fn(body, inference.JSON)
+    with pytest.raises(inference.RequestError, match=r"^invalid base64.*\(instance 2 of the request\)$"):
+        inference.input_fn(body, contract.JSON)
 
 
 def assert_same_answer(got: dict, expected: dict) -> None:
@@ -354,7 +362,7 @@ def solid_png(width: int, height: int) -> bytes:
 def test_an_image_with_too_many_pixels_is_refused_before_decoding():
     side = int(inference.MAX_IMAGE_PIXELS**0.5) + 1
     with pytest.raises(inference.RequestError, match="pixels; at most"):
-        inference.input_fn(solid_png(side, side), inference.PNG)
+        inference.input_fn(solid_png(side, side), contract.PNG)
 
 
 # The probe's amplification cases: a few hundred bytes of PNG each, whose short side the resize would scale
@@ -373,11 +381,13 @@ def test_extreme_dimensions_are_refused_before_decoding(width, height, message):
     png = solid_png(width, height)
     assert len(png) < 50_000  # a small body, whatever it decodes to
     with pytest.raises(inference.RequestError, match=message) as raised:
-        inference.input_fn(png, inference.PNG)
+        inference.input_fn(png, contract.PNG)
     assert raised.value.status_code == 400
     batch = json.dumps({"instances": [{"b64": base64.b64encode(png).decode()}]})
-    with pytest.raises(inference.RequestError, match=f"instance 0: .*{message}"):
-        inference.input_fn(batch, inference.JSON)
+    with pytest.raises(
+        inference.RequestError, match=rf"^image of .*{message}.*\(instance 0 of the request\)$"
+    ):
+        inference.input_fn(batch, contract.JSON)
 
 
 def test_the_most_extreme_allowed_shape_is_answered(predictor):
@@ -385,7 +395,7 @@ def test_the_most_extreme_allowed_shape_is_answered(predictor):
     strip = Image.new("RGB", (contract.MAX_ASPECT_RATIO * 13, 13), (120, 90, 60))
     png = io.BytesIO()
     strip.save(png, format="PNG")
-    answer = classify(predictor, png.getvalue(), inference.PNG)
+    answer = classify(predictor, png.getvalue(), contract.PNG)
     assert len(answer["predictions"]) == 5
 
 
@@ -395,7 +405,7 @@ def test_a_batch_with_too_many_pixels_together_is_refused():
     assert side * side <= inference.MAX_IMAGE_PIXELS
     instance = {"b64": base64.b64encode(solid_png(side, side)).decode()}
     with pytest.raises(inference.RequestError, match="pixels together"):
-        inference.input_fn(json.dumps({"instances": [instance] * 3}), inference.JSON)
+        inference.input_fn(json.dumps({"instances": [instance] * 3}), contract.JSON)
 
 
 def test_a_decompression_bomb_is_refused_as_too_large():
@@ -404,7 +414,7 @@ def test_a_decompression_bomb_is_refused_as_too_large():
     header = (30000).to_bytes(4, "big") * 2 + png[24:29]
     bomb = png[:16] + header + zlib.crc32(b"IHDR" + header).to_bytes(4, "big") + png[33:]
     with pytest.raises(inference.RequestError, match="image too large"):
-        inference.input_fn(bomb, inference.PNG)
+        inference.input_fn(bomb, contract.PNG)
 
 
 def test_model_fn_follows_the_runtime_setting(monkeypatch):
@@ -468,27 +478,27 @@ def toolkit(onnx_cache):
 
 
 def test_sagemaker_toolkit_runs_the_handlers(toolkit, labrador, spaniel):
-    status, body = toolkit.invoke(labrador, {"Content-Type": inference.JPEG, "Accept": "*/*"})
+    status, body = toolkit.invoke(labrador, {"Content-Type": contract.JPEG, "Accept": "*/*"})
     assert status == 200
     assert json.loads(body)["predictions"][0]["label"] == "Labrador_retriever"
 
     batch = json.dumps(
         {"instances": [{"b64": base64.b64encode(image).decode()} for image in (spaniel, labrador)]}
     )
-    status, body = toolkit.invoke(batch.encode(), {"Content-Type": inference.JSON})
+    status, body = toolkit.invoke(batch.encode(), {"Content-Type": contract.JSON})
     assert status == 200
     assert [answer["predictions"][0]["label"] for answer in json.loads(body)][1] == "Labrador_retriever"
 
 
 def test_sagemaker_toolkit_passes_custom_attributes_to_top_k(toolkit, labrador):
-    headers = {"Content-Type": inference.JPEG, inference.CUSTOM_ATTRIBUTES_HEADER: "top_k=2"}
+    headers = {"Content-Type": contract.JPEG, inference.CUSTOM_ATTRIBUTES_HEADER: "top_k=2"}
     status, body = toolkit.invoke(labrador, headers)
     assert status == 200
     assert len(json.loads(body)["predictions"]) == 2
 
 
 @pytest.mark.parametrize(
-    ("body", "content_type", "status"), [(b"garbage", inference.JPEG, 400), (b"a,b", "text/csv", 415)]
+    ("body", "content_type", "status"), [(b"garbage", contract.JPEG, 400), (b"a,b", "text/csv", 415)]
 )
 def test_sagemaker_toolkit_answers_request_errors_with_their_status(toolkit, body, content_type, status):
     answered, message = toolkit.invoke(body, {"Content-Type": content_type})
@@ -498,7 +508,7 @@ def test_sagemaker_toolkit_answers_request_errors_with_their_status(toolkit, bod
 
 def test_sagemaker_toolkit_answers_a_bad_record_in_place_as_batch_transform_asks(toolkit, labrador):
     """A transform job sends each object with the job's ContentType and Accept: a bad one answers 200."""
-    headers = {"Content-Type": inference.JPEG, "Accept": inference.RECORD_JSON}
+    headers = {"Content-Type": contract.JPEG, "Accept": contract.RECORD_JSON}
     status, body = toolkit.invoke(b"not a photo", headers)
     assert status == 200
     assert json.loads(body)["error"]["code"] == "unreadable_image"

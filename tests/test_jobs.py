@@ -29,7 +29,7 @@ from jobs_on_moto import (
 from moto_server import EndpointUpdates
 
 from clients import batch, batch_results
-from serving.inference import RECORD_JSON, X_IMAGE
+from serving.contract import RECORD_JSON, X_IMAGE
 from training.jobs import deploy
 from training.jobs.autoscaling import ScalingSpec
 from training.jobs.calls import Aws
@@ -136,7 +136,9 @@ def test_train_on_one_cpu_instance(aws, capsys, connections):
         "training/train.py",
         "classifier/model.py",
     } <= code.keys()
-    assert code["classifier/model.py"] == (PROJECT / "training" / "model.py").read_bytes()
+    assert code["classifier/model.py"] == (PROJECT / "classifier" / "model.py").read_bytes()
+    # The training job ships training/ and the model package, never the endpoint's or the clients' code.
+    assert {name.split("/")[0] for name in code if "/" in name} == {"training", "classifier"}
     assert not any(name.startswith("training/jobs") for name in code)
     # Only what training imports: not the handlers or their entry point, not the local server.
     left_home = {"inference.py", "serving/server.py", "serving/inference.py", "clients/batch.py"}

@@ -16,6 +16,7 @@ from conftest import DEFAULT_MODEL_RESIZE_SIZE, PROJECT
 from pictures import zero_png
 from PIL import Image
 
+from chalicelib import settings
 from chalicelib.image import prepare_image
 from chalicelib.schema import validate_error
 from chalicelib.settings import (
@@ -43,6 +44,13 @@ def worst_case(size: tuple[int, int]) -> bytes:
 def test_the_api_never_sends_more_than_sagemaker_or_the_endpoint_takes():
     assert MAX_ENDPOINT_BODY_BYTES <= SAGEMAKER_MAX_BODY_BYTES
     assert MAX_ENDPOINT_BODY_BYTES <= contract.MAX_BODY_BYTES
+
+
+def test_the_lambdas_copy_of_the_wire_contract_is_the_endpoints():
+    assert settings.RECORD_JSON == contract.RECORD_JSON
+    assert settings.JSON == contract.JSON and settings.JPEG in contract.IMAGE_CONTENT_TYPES
+    assert settings.DEFAULT_TOP_K == contract.DEFAULT_TOP_K
+    assert settings.MAX_ENDPOINT_BODY_BYTES == contract.MAX_BODY_BYTES
 
 
 def test_the_api_refuses_every_aspect_ratio_the_endpoint_refuses():

@@ -26,7 +26,7 @@ from referencing.jsonschema import DRAFT202012
 import app as api
 from chalicelib import health, openapi
 from chalicelib.gateway_responses import GATEWAY_RESPONSES
-from chalicelib.settings import MAX_UPLOAD_BYTES
+from chalicelib.settings import MAX_UPLOAD_BYTES, UPLOAD_CONTENT_TYPES
 
 # Examples per operation and phase; the whole fuzz run stays within seconds.
 FUZZ_EXAMPLES = 10
@@ -94,7 +94,7 @@ def test_the_document_is_valid_openapi_3_1_and_describes_every_route(document):
     described = {(path, method.upper()) for path, methods in document["paths"].items() for method in methods}
     assert described == {(path, method) for path, methods in api.app.routes.items() for method in methods}
     upload = document["paths"]["/predict/image"]["post"]
-    assert set(upload["requestBody"]["content"]) == set(api.IMAGE_CONTENT_TYPES)
+    assert set(upload["requestBody"]["content"]) == set(UPLOAD_CONTENT_TYPES)
     assert [parameter["name"] for parameter in upload["parameters"]] == ["top_k", "min_confidence"]
 
 
@@ -138,7 +138,7 @@ def test_routes_that_need_a_key_say_so_and_the_page_never_does():
         for response_type, status, code, _ in GATEWAY_RESPONSES:
             if status is not None and status != 404:
                 assert code in documented_codes(operation["responses"][str(status)]), response_type
-    for path in ("/", "/openapi.json"):
+    for path in ("/", "/openapi.json", "/breeds"):
         assert "security" not in document["paths"][path]["get"]
         assert "403" not in document["paths"][path]["get"]["responses"]
     assert document["servers"] == [{"url": "/api"}]
@@ -160,6 +160,7 @@ def test_every_route_answers_as_described(document, api_stack, sample_files, lab
     cases = [
         ("/", "GET", None, None, 200),
         ("/openapi.json", "GET", None, None, 200),
+        ("/breeds", "GET", None, None, 200),
         ("/health", "GET", None, None, 200),
         ("/predict", "POST", by_url, "json", 200),
         ("/predict", "POST", by_base64, "json", 200),
@@ -171,7 +172,9 @@ def test_every_route_answers_as_described(document, api_stack, sample_files, lab
         ("/predict", "GET", None, None, 405),
         (image, "POST", labrador, "image/jpeg", 200),
         (image + "?top_k=99", "POST", labrador, "image/jpeg", 400),
-        (image, "POST", b"not an image", "image/png", 415),
+        (image, "POST", b"not an image", "image/png", 400),
+        (image, "POST", b"", "image/png", 400),
+        (image, "POST", labrador, "image/jpg", 415),
         (image, "POST", b"\0" * (MAX_UPLOAD_BYTES + 1), "application/octet-stream", 413),
         (image, "POST", encoded(Image.new("L", (9000, 9000)), "PNG"), "image/png", 422),
         (image, "POST", encoded(Image.new("RGB", (4000, 20), (120, 90, 60)), "JPEG"), "image/jpeg", 422),

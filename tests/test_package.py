@@ -57,12 +57,14 @@ def package(request, tmp_path_factory) -> tuple[str, dict, Path]:
     subprocess.run(
         [
             sys.executable,
-            str(PROJECT / "scripts" / "merge_template.py"),
+            "-m",
+            "scripts.merge_template",
             "--stage",
             stage,
             "--output",
             str(merge),
         ],
+        cwd=PROJECT,
         check=True,
         timeout=60,
     )
@@ -202,8 +204,8 @@ def test_api_side_imports_neither_torch_nor_training():
 
 # --- authentication, throttling, gateway responses, tracing and alarms (scripts/merge_template.py) ---
 
-# The routes that stay public on every stage: the web page and the API's description.
-PUBLIC_ROUTES = {("/", "get"), ("/openapi.json", "get")}
+# The routes that stay public on every stage: the web page, the API's description and the model's breeds.
+PUBLIC_ROUTES = {("/", "get"), ("/openapi.json", "get"), ("/breeds", "get")}
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
 
 
@@ -238,7 +240,9 @@ def test_prod_routes_need_an_api_key_and_dev_routes_do_not(package):
             "name": "x-api-key",
             "in": "header",
         }
-        assert keyed == set(operations(template)) - PUBLIC_ROUTES
+        # A stage that allows a web origin also has preflights (OPTIONS), which browsers send without a key.
+        routes = {route for route in operations(template) if route[1] != "options"}
+        assert keyed == routes - PUBLIC_ROUTES
     else:
         assert keyed == set() and "securityDefinitions" not in body
 
@@ -368,3 +372,23 @@ def test_alarms_watch_the_api_the_functions_and_the_stage_endpoint(package):
     for alarm in resources(template, "AWS::CloudWatch::Alarm").values():
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": topic}]
         assert alarm["Properties"]["AlarmName"].startswith(f"dogbreeds-{stage}-")
+
+
+def test_the_templates_endpoint_alarms_are_the_ones_deploy_rolls_back_on(package):
+    """One definition (training/jobs/alarms.py) for both: the same metrics, statistics, dimensions and
+    comparisons; only the periods and actions differ."""
+    from training.jobs.alarms import rollback_alarm_requests
+
+    stage, template, _ = package
+    shared = ("Namespace", "MetricName", "Dimensions", "Statistic", "ExtendedStatistic", "ComparisonOperator")
+
+    def key(properties: dict) -> tuple:
+        return tuple(json.dumps(properties.get(name), sort_keys=True) for name in shared)
+
+    in_template = {
+        key(alarm["Properties"])
+        for alarm in resources(template, "AWS::CloudWatch::Alarm").values()
+        if alarm["Properties"]["Namespace"] == "AWS/SageMaker"
+    }
+    in_deploy = {key(call.params) for call in rollback_alarm_requests(f"dogbreeds-{stage}", latency_ms=1000)}
+    assert in_template == in_deploy and len(in_deploy) == 3

@@ -16,7 +16,7 @@ from classifier import graph, runtime
 from classifier.checked_graph import checked_graph_for
 from classifier.model import ONNX_FILE, ONNX_INT8_FILE, QUANTIZATION_FILE, WEIGHTS_FILE
 from classifier.runtime import CPU_PROVIDER, CUDA_PROVIDER, Device, choose_device
-from serving import inference
+from serving import contract, inference
 from training import quantize
 
 FAST_MODEL = PROJECT / "models" / "fast"
@@ -65,7 +65,7 @@ def test_a_stamped_graph_starts_without_building_the_pytorch_model(fast_model, m
     predictor = inference.load_predictor(fast_model, runtime="auto", threads=1)
     assert (predictor.runtime, predictor.device) == ("onnxruntime", "cpu")
     assert predictor.runner.path == fast_model / ONNX_FILE
-    answer = inference.predict_fn(inference.input_fn(labrador, inference.JPEG), predictor)
+    answer = inference.predict_fn(inference.input_fn(labrador, contract.JPEG), predictor)
     assert answer["predictions"][0]["label"] == "Labrador_retriever"
 
 
@@ -110,7 +110,7 @@ def test_int8_graph_serves_when_its_figures_qualify(fast_model, tmp_path, labrad
     qualified(model_dir)
     predictor = inference.load_predictor(model_dir, runtime="auto", threads=1)
     assert predictor.runtime == "onnxruntime-int8"
-    answer = inference.predict_fn(inference.input_fn(labrador, inference.JPEG), predictor)
+    answer = inference.predict_fn(inference.input_fn(labrador, contract.JPEG), predictor)
     assert answer["predictions"][0]["label"] == "Labrador_retriever"
 
 

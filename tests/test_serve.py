@@ -26,7 +26,7 @@ from local_servers import stop_process
 from PIL import Image
 
 from classifier import graph
-from serving import inference
+from serving import contract
 from serving.server import (
     DEFAULT_ENDPOINT_NAME,
     MAX_BODY_BYTES,
@@ -42,7 +42,7 @@ def runtime(runtime_env):
     return boto3.client("sagemaker-runtime", config=Config(retries={"max_attempts": 1, "mode": "standard"}))
 
 
-def invoke(runtime, body, content_type=inference.JPEG, **extra):
+def invoke(runtime, body, content_type=contract.JPEG, **extra):
     response = runtime.invoke_endpoint(
         EndpointName=DEFAULT_ENDPOINT_NAME, Body=body, ContentType=content_type, **extra
     )
@@ -59,13 +59,13 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
 
 
 def test_labrador_comes_back_as_labrador(runtime, labrador):
-    response, answer = invoke(runtime, labrador, Accept=inference.JSON)
+    response, answer = invoke(runtime, labrador, Accept=contract.JSON)
 
-    assert response["ContentType"] == inference.JSON
+    assert response["ContentType"] == contract.JSON
     assert response["InvokedProductionVariant"] == PRODUCTION_VARIANT
     assert answer["predictions"][0]["label"] == "Labrador_retriever"
     assert answer["predictions"][0]["breed"] == "Labrador retriever"
-    assert len(answer["predictions"]) == inference.DEFAULT_TOP_K
+    assert len(answer["predictions"]) == contract.DEFAULT_TOP_K
     assert answer["is_dog"] is True
     assert answer["model"]["name"] == json.loads((DEFAULT_MODEL / "config.json").read_text())["name"]
 
@@ -74,7 +74,7 @@ def test_batch_answers_in_order(runtime, labrador, spaniel):
     body = json.dumps(
         {"instances": [{"b64": base64.b64encode(image).decode()} for image in (labrador, spaniel)]}
     )
-    _, answers = invoke(runtime, body.encode(), inference.JSON)
+    _, answers = invoke(runtime, body.encode(), contract.JSON)
     _, alone = invoke(runtime, spaniel)
 
     assert len(answers) == 2
@@ -94,7 +94,7 @@ def test_png_with_alpha(runtime, labrador):
     png = io.BytesIO()
     picture.save(png, format="PNG")
 
-    _, answer = invoke(runtime, png.getvalue(), inference.PNG)
+    _, answer = invoke(runtime, png.getvalue(), contract.PNG)
     assert answer["predictions"][0]["label"] == "Labrador_retriever"
 
 
@@ -114,11 +114,11 @@ def test_tiny_pngs_of_extreme_dimensions_are_refused_by_the_endpoint(runtime, en
     png = io.BytesIO()
     Image.new("L", size, 90).save(png, format="PNG")
     with pytest.raises(runtime.exceptions.ModelError) as raised:
-        invoke(runtime, png.getvalue(), inference.PNG)
+        invoke(runtime, png.getvalue(), contract.PNG)
     assert raised.value.response["OriginalStatusCode"] == 400
     assert f"image of {size[0]} x {size[1]}" in raised.value.response["OriginalMessage"]
 
-    status, body = post(f"{endpoint.url}/invocations", png.getvalue(), {"Content-Type": inference.PNG})
+    status, body = post(f"{endpoint.url}/invocations", png.getvalue(), {"Content-Type": contract.PNG})
     assert status == 400
     assert b"at most" in body
 
@@ -132,7 +132,7 @@ def test_unsupported_content_type_raises_model_error_naming_it(runtime, labrador
 
 def test_unknown_endpoint_name_raises_validation_error(runtime, labrador):
     with pytest.raises(runtime.exceptions.ValidationError, match="Endpoint no-such-endpoint .* not found"):
-        runtime.invoke_endpoint(EndpointName="no-such-endpoint", Body=labrador, ContentType=inference.JPEG)
+        runtime.invoke_endpoint(EndpointName="no-such-endpoint", Body=labrador, ContentType=contract.JPEG)
 
 
 def test_missing_content_type_raises_validation_error(runtime, labrador):
@@ -155,7 +155,7 @@ def test_body_of_exactly_6_mb_reaches_the_model(runtime):
 
 
 def test_container_contract_invocations(endpoint, labrador):
-    status, body = post(f"{endpoint.url}/invocations", labrador, {"Content-Type": inference.JPEG})
+    status, body = post(f"{endpoint.url}/invocations", labrador, {"Content-Type": contract.JPEG})
     assert status == 200
     assert json.loads(body)["predictions"][0]["label"] == "Labrador_retriever"
 
@@ -164,7 +164,7 @@ def test_container_contract_invocations(endpoint, labrador):
     assert b"unsupported content type" in body
 
     status, _ = post(
-        f"{endpoint.url}/invocations", labrador, {"Content-Type": inference.JPEG, "Accept": "text/csv"}
+        f"{endpoint.url}/invocations", labrador, {"Content-Type": contract.JPEG, "Accept": "text/csv"}
     )
     assert status == 406
 
@@ -177,7 +177,7 @@ def test_oversized_body_is_refused_without_a_content_length(endpoint):
         "POST",
         f"/endpoints/{DEFAULT_ENDPOINT_NAME}/invocations",
         body=(chunk for _ in range(MAX_BODY_BYTES // len(chunk) + 1)),
-        headers={"Content-Type": inference.JPEG},
+        headers={"Content-Type": contract.JPEG},
         encode_chunked=True,
     )
     response = connection.getresponse()
@@ -186,7 +186,7 @@ def test_oversized_body_is_refused_without_a_content_length(endpoint):
     connection.close()
 
     status, _ = post(
-        f"{endpoint.url}/invocations", b"\0" * (MAX_BODY_BYTES + 1), {"Content-Type": inference.JPEG}
+        f"{endpoint.url}/invocations", b"\0" * (MAX_BODY_BYTES + 1), {"Content-Type": contract.JPEG}
     )
     assert status == 413
 
@@ -264,7 +264,7 @@ def test_ping_is_503_while_loading_then_200_and_sigterm_stops_cleanly(tmp_path, 
         # until its own model is ready, so every invocation succeeds.
         for _ in range(4):
             response = client.invoke_endpoint(
-                EndpointName="two-workers", Body=labrador, ContentType=inference.JPEG
+                EndpointName="two-workers", Body=labrador, ContentType=contract.JPEG
             )
             assert json.loads(response["Body"].read())["predictions"][0]["label"] == "Labrador_retriever"
     finally:
@@ -351,7 +351,7 @@ def test_a_burst_past_the_queue_limit_is_shed_with_retry_after_and_the_rest_answ
     def container_call(_):
         start.wait()
         request = urllib.request.Request(
-            f"{server.url}/invocations", labrador, {"Content-Type": inference.JPEG}, method="POST"
+            f"{server.url}/invocations", labrador, {"Content-Type": contract.JPEG}, method="POST"
         )
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
@@ -363,7 +363,7 @@ def test_a_burst_past_the_queue_limit_is_shed_with_retry_after_and_the_rest_answ
         start.wait()
         try:
             response = client.invoke_endpoint(
-                EndpointName=DEFAULT_ENDPOINT_NAME, Body=labrador, ContentType=inference.JPEG
+                EndpointName=DEFAULT_ENDPOINT_NAME, Body=labrador, ContentType=contract.JPEG
             )
             return 200, json.loads(response["Body"].read()), response["ResponseMetadata"]
         except ClientError as error:

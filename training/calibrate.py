@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from classifier.graph import cache_dir
+from classifier.logs import configure_cli_logging
 from classifier.model import CONFIG_FILE, METRICS_FILE, calibrate_dog_probability, load_model
 from training import calibration_stats as cal
 from training.calibration_stats import CONFIDENT_PRECISION
@@ -56,10 +58,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="use a random N of the train images (seeded), when computing the whole split's features is "
         "too slow; the folds' heads then train on less than the artifact's did",
     )
-    parser.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="the feature cache")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="the feature cache (default: DOGBREEDS_CACHE/features, else ~/.cache/dogbreeds/features)",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-onnx", dest="onnx", action="store_false")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.cache_dir is None:
+        args.cache_dir = cache_dir() / "features"
+    return args
 
 
 def sample(split: ImageFolder, count: int | None, seed: int = 0) -> ImageFolder:
@@ -150,7 +160,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_cli_logging()
     try:
         run(parse_args(argv))
     except (ValueError, FileNotFoundError) as error:

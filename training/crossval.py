@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from classifier.logs import configure_cli_logging
 from classifier.model import BreedClassifier
 from training import calibration_stats as cal
 from training.calibration_stats import CONFIDENT_PRECISION
@@ -114,7 +115,7 @@ def cross_validate(
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_cli_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     folds = 5
     if "--folds" in argv:

@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from classifier.logs import configure_cli_logging
 from classifier.model import (
     DOG_THRESHOLD,
     BreedClassifier,
+    breed_name,
     calibrate_dog_probability,
     calibrate_logits,
     combine_flips,
@@ -297,7 +299,7 @@ def plot_per_class(metrics: dict, path: Path) -> None:
     height = max(3.0, 0.14 * len(ranked))
     figure, axes = plt.subplots(figsize=(7, height))
     axes.barh(range(len(ranked)), [accuracy for _, accuracy in ranked], color="#4c72b0", height=0.8)
-    axes.set_yticks(range(len(ranked)), [label.replace("_", " ") for label, _ in ranked], fontsize=5)
+    axes.set_yticks(range(len(ranked)), [breed_name(label) for label, _ in ranked], fontsize=5)
     axes.invert_yaxis()
     axes.axvline(metrics["top1"], color="#c44e52", linewidth=1, label=f"overall top-1 {metrics['top1']:.3f}")
     axes.set_xlim(0, 1)
@@ -310,7 +312,7 @@ def plot_per_class(metrics: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_cli_logging()
     try:
         run(parse_args(argv))
     except (ValueError, FileNotFoundError) as error:

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from classifier.graph import DIGEST_KEY, INPUT_NAME, OUTPUT_NAMES, source_digest, stamp_graph
+from classifier.logs import configure_cli_logging
 from classifier.model import (
     CONFIG_FILE,
     DOG_THRESHOLD,
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    configure_cli_logging()
     variants = [VARIANTS[name] for name in args.variant or [DEFAULT_VARIANT]]
     fp32_path = args.model_dir / ONNX_FILE
     if not fp32_path.exists():

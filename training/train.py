@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from classifier.checked_graph import build_checked_graph
+from classifier.logs import configure_cli_logging
 from classifier.model import METRICS_FILE, save_model
 from training import crossval
 from training.evaluate import evaluate
@@ -117,42 +118,8 @@ def run_epoch(
 
 def finish(args: argparse.Namespace, run: Run, history: list, started: float) -> dict:
     """Calibrate on out-of-fold answers, measure, and write the artifact and its metrics (the writer only)."""
-    recipe = Recipe.from_mapping(args)
-    num_classes = len(run.labels)
-    folds_wanted = crossval.usable_folds(run.train_features.targets, args.calibration_folds)
-    if folds_wanted < args.calibration_folds:
-        log.warning(
-            "the smallest class has %d train images: %d calibration folds instead of %d",
-            folds_wanted,
-            folds_wanted,
-            args.calibration_folds,
-        )
-    if folds_wanted > 1:
-        folds = crossval.cross_validate(
-            run.model, run.train_features, recipe, folds_wanted, args.test_time_flip
-        )
-        run.model.calibration = folds.calibration(args.confident_precision)
-        folds_summary = folds.summary()
-    else:
-        folds_summary = None
-    train_metrics = evaluate(run.model.breed_head, run.train_features, num_classes)
-    train_metrics.pop("per_class_top1")
-    valid_metrics = evaluate(run.model.breed_head, run.valid_features, num_classes, args.test_time_flip)
-    metrics = {
-        "backbone": args.backbone,
-        "labels": run.labels,
-        "world_size": run.world_size,
-        "threads_per_rank": run.threads,
-        "training_seconds": time.monotonic() - started,
-        "feature_seconds": run.feature_seconds,
-        "hyperparameters": {
-            key: value if isinstance(value, int | float | str | bool) else str(value)
-            for key, value in vars(args).items()
-        },
-        "splits": {"train": train_metrics, "valid": valid_metrics},
-        "per_class_valid_top1": dict(zip(run.labels, valid_metrics.pop("per_class_top1"), strict=True)),
-        "history": history,
-    }
+    folds_summary = calibrate(args, run)
+    metrics = measure(args, run, history, started)
     if folds_summary is not None:
         metrics["cross_validation"] = folds_summary
     save_model(
@@ -168,21 +135,68 @@ def finish(args: argparse.Namespace, run: Run, history: list, started: float) ->
         # Built once with the model, so no endpoint instance exports it when it starts.
         graph, gap = build_checked_graph(args.model_dir)
         print(f"onnx graph: {graph} (max probability gap to PyTorch {gap:.1e})", flush=True)
+    print_summary(metrics, run)
+    return metrics
+
+
+def calibrate(args: argparse.Namespace, run: Run) -> dict | None:
+    """Set the model's calibration from heads trained the same way on the other folds of train; returns the
+    folds' summary, or None when the classes are too small for two folds."""
+    folds_wanted = crossval.usable_folds(run.train_features.targets, args.calibration_folds)
+    if folds_wanted < args.calibration_folds:
+        log.warning(
+            "the smallest class has %d train images: %d calibration folds instead of %d",
+            folds_wanted,
+            folds_wanted,
+            args.calibration_folds,
+        )
+    if folds_wanted < 2:
+        return None
+    recipe = Recipe.from_mapping(args)
+    folds = crossval.cross_validate(run.model, run.train_features, recipe, folds_wanted, args.test_time_flip)
+    run.model.calibration = folds.calibration(args.confident_precision)
+    return folds.summary()
+
+
+def measure(args: argparse.Namespace, run: Run, history: list, started: float) -> dict:
+    """metrics.json: the trained head on both splits, the run's settings and its history."""
+    num_classes = len(run.labels)
+    train_metrics = evaluate(run.model.breed_head, run.train_features, num_classes)
+    train_metrics.pop("per_class_top1")
+    valid_metrics = evaluate(run.model.breed_head, run.valid_features, num_classes, args.test_time_flip)
+    return {
+        "backbone": args.backbone,
+        "labels": run.labels,
+        "world_size": run.world_size,
+        "threads_per_rank": run.threads,
+        "training_seconds": time.monotonic() - started,
+        "feature_seconds": run.feature_seconds,
+        "hyperparameters": {
+            key: value if isinstance(value, int | float | str | bool) else str(value)
+            for key, value in vars(args).items()
+        },
+        "splits": {"train": train_metrics, "valid": valid_metrics},
+        "per_class_valid_top1": dict(zip(run.labels, valid_metrics.pop("per_class_top1"), strict=True)),
+        "history": history,
+    }
+
+
+def print_summary(metrics: dict, run: Run) -> None:
+    """The lines SageMaker's metric definitions read from the log (training/jobs/training_job.py)."""
+    valid = metrics["splits"]["valid"]
     print(
-        f"final: valid_accuracy={valid_metrics['top1']:.4f}; valid_top5={valid_metrics['top5']:.4f}; "
-        f"valid_single_view={valid_metrics['top1_single_view']:.4f}; "
-        f"valid_flip_tta={valid_metrics['top1_flip_tta']:.4f}; "
+        f"final: valid_accuracy={valid['top1']:.4f}; valid_top5={valid['top5']:.4f}; "
+        f"valid_single_view={valid['top1_single_view']:.4f}; valid_flip_tta={valid['top1_flip_tta']:.4f}; "
         f"training_seconds={metrics['training_seconds']:.1f};",
         flush=True,
     )
-    if folds_summary is not None:
+    if folds := metrics.get("cross_validation"):
         print(
-            f"folds: top1_mean={folds_summary['top1_mean']:.4f}; top1_std={folds_summary['top1_std']:.4f}; "
+            f"folds: top1_mean={folds['top1_mean']:.4f}; top1_std={folds['top1_std']:.4f}; "
             f"breed_temperature={run.model.calibration['breed_temperature']:.4f}; "
             f"confidence_threshold={run.model.calibration['confidence_threshold']:.4f};",
             flush=True,
         )
-    return metrics
 
 
 def train(args: argparse.Namespace) -> dict | None:
@@ -230,7 +244,7 @@ def write_metrics(metrics: dict, directories: list[Path | None]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_cli_logging()
     train(parse_args(argv))
 
 

@@ -15,6 +15,8 @@
     url_fetch_failed: "The image could not be fetched",
     payload_too_large: "The photo is too large",
     unsupported_media_type: "That is not an image the service can read",
+    empty_image: "The file is empty",
+    unreadable_image: "That is not an image the service can read",
     model_payload_too_large: "The photo is too large for the model",
     too_many_pixels: "The image has too many pixels",
     image_too_elongated: "The image is too long and narrow",

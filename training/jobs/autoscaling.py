@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from serving.contract import PRODUCTION_VARIANT
 from training.jobs.calls import Aws, AwsCall
 
-VARIANT = "AllTraffic"
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 SCALING_METRIC = "SageMakerVariantInvocationsPerInstance"
 NAMESPACE = "AWS/SageMaker"
@@ -19,7 +19,7 @@ BACKLOG_METRIC = "ApproximateBacklogSizePerInstance"
 
 
 def resource_id(endpoint_name: str) -> str:
-    return f"endpoint/{endpoint_name}/variant/{VARIANT}"
+    return f"endpoint/{endpoint_name}/variant/{PRODUCTION_VARIANT}"
 
 
 def policy_name(endpoint_name: str) -> str:

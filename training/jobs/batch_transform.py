@@ -24,13 +24,12 @@ from sagemaker.core.utils.utils import serialize
 
 from clients.batch_results import (
     OUT_SUFFIX,
-    TRANSFORM_ACCEPT,
-    TRANSFORM_CONTENT_TYPE,
     Summary,
     format_of,
     rows_from_outputs,
     write_rows,
 )
+from serving.contract import RECORD_JSON, X_IMAGE
 from training.jobs.calls import Aws, AwsCall
 from training.jobs.deploy import ensure_model, inference_image_uri
 from training.jobs.storage import parse_s3_uri
@@ -107,12 +106,12 @@ def transform_job_request(spec: TransformSpec, job_name: str, model_name: str) -
             data_source=shapes.TransformDataSource(
                 s3_data_source=shapes.TransformS3DataSource(s3_data_type="S3Prefix", s3_uri=spec.input_uri)
             ),
-            content_type=TRANSFORM_CONTENT_TYPE,
+            content_type=X_IMAGE,
             compression_type="None",
             split_type="None",
         ),
         "TransformOutput": shapes.TransformOutput(
-            s3_output_path=spec.output_uri, accept=TRANSFORM_ACCEPT, assemble_with="None"
+            s3_output_path=spec.output_uri, accept=RECORD_JSON, assemble_with="None"
         ),
         "TransformResources": shapes.TransformResources(
             instance_type=spec.instance_type, instance_count=spec.instance_count

@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass
 from sagemaker.core import image_uris, shapes
 from sagemaker.core.utils.utils import serialize
 
+from serving.contract import PRODUCTION_VARIANT
 from training.jobs.alarms import delete_alarms, put_rollback_alarms
-from training.jobs.autoscaling import VARIANT, ScalingSpec, apply_scaling, remove_scaling, restore_scaling
+from training.jobs.autoscaling import ScalingSpec, apply_scaling, remove_scaling, restore_scaling
 from training.jobs.calls import Aws, AwsCall, as_api_params
 from training.jobs.hosting import (
     AsyncSpec,
@@ -127,10 +128,12 @@ def model_request(spec, model_name: str, model_data_url: str) -> AwsCall:
 def production_variant(spec: EndpointSpec, model_name: str) -> shapes.ProductionVariant:
     if spec.serverless is not None:
         return shapes.ProductionVariant(
-            variant_name=VARIANT, model_name=model_name, serverless_config=spec.serverless.variant_config()
+            variant_name=PRODUCTION_VARIANT,
+            model_name=model_name,
+            serverless_config=spec.serverless.variant_config(),
         )
     return shapes.ProductionVariant(
-        variant_name=VARIANT,
+        variant_name=PRODUCTION_VARIANT,
         model_name=model_name,
         instance_type=spec.instance_type,
         initial_instance_count=spec.initial_instances,

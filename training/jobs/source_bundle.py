@@ -4,7 +4,7 @@
       sagemaker_train.py                     config.json, labels.json, weights.pt, ...  (the trained model)
       requirements.txt                       model.onnx (the graph the endpoint runs, checked and stamped)
       training/train.py and what it          code/inference.py
-        imports (training/, serving/)        code/requirements.txt
+        imports (training/, classifier/)     code/requirements.txt
                                              code/serving/inference.py and what it imports
 
 Each container gets exactly the project modules its entry point imports, found by following the import
