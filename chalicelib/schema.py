@@ -65,7 +65,18 @@ ANSWER_SCHEMA: dict[str, Any] = {
         "model": {
             "type": "object",
             "required": ["name", "version"],
-            "properties": {"name": {"type": "string"}, "version": {"type": "string"}},
+            "properties": {
+                "name": {"type": "string"},
+                "version": {
+                    "type": "string",
+                    "description": "The model package's version in the model registry when the endpoint was "
+                    "promoted from one, else the artifact's own version.",
+                },
+                "package": {
+                    "type": "string",
+                    "description": "The ARN of the model package the endpoint serves (promoted endpoints).",
+                },
+            },
         },
     },
 }

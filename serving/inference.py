@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from classifier.identity import model_identity
 from classifier.model import CONFIDENCE_THRESHOLD, DOG_THRESHOLD, breed_name, read_config
 from classifier.preprocessing import Preprocessing, UnreadableImageError, open_image
 from classifier.runtime import RUNTIMES, Device, OnnxRunner, TorchRunner, load_runner, softmax
@@ -160,7 +161,7 @@ class BreedPredictor:
         self.runner = runner
         self.labels = labels
         self.preprocessing = preprocessing
-        self.model_info = {"name": config["name"], "version": str(config["version"])}
+        self.model_info = model_identity(config)
         calibration = config.get("calibration", {})
         self.thresholds = Thresholds(
             confidence=calibration.get("confidence_threshold", CONFIDENCE_THRESHOLD),

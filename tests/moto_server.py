@@ -45,11 +45,14 @@ class MotoServer:
 class EndpointUpdates:
     """What moto lacks: UpdateEndpoint. Botocore hooks on one sagemaker client record each UpdateEndpoint
     and make the client's later DescribeEndpoint calls answer as SageMaker does once the update is over:
-    InService on the new config, or, with `roll_back`, on the old config with the reason (an alarm fired)."""
+    InService on the new config, or, with `roll_back`, on the old config with the reason (an alarm fired).
+    With `persist`, the update moves moto's endpoint itself onto the new config (deleted and created again
+    under its name), so every later client sees it, as after a real update."""
 
-    def __init__(self, client, roll_back: bool = False) -> None:
+    def __init__(self, client, roll_back: bool = False, persist: bool = False) -> None:
         self.client = client
         self.roll_back = roll_back
+        self.persist = persist and not roll_back
         self.requests: list[dict] = []
         self._old_config: str | None = None
         client.meta.events.register("before-call.sagemaker.UpdateEndpoint", self._update)
@@ -61,12 +64,17 @@ class EndpointUpdates:
             "EndpointConfigName"
         ]
         self.requests.append(request)
+        if self.persist:
+            self.client.delete_endpoint(EndpointName=request["EndpointName"])
+            self.client.create_endpoint(
+                EndpointName=request["EndpointName"], EndpointConfigName=request["EndpointConfigName"]
+            )
         return AWSResponse("", 200, {}, None), {
             "EndpointArn": f"arn:aws:sagemaker:::endpoint/{request['EndpointName']}"
         }
 
     def _describe(self, params, **_):
-        if not self.requests or self._old_config is None:
+        if self.persist or not self.requests or self._old_config is None:
             return None  # moto answers
         request = json.loads(params["body"])
         last = self.requests[-1]

@@ -1,4 +1,5 @@
-"""SageMaker jobs as code: `python -m training.jobs <command>` (upload-data, train, tune, deploy, teardown).
+"""SageMaker jobs as code: `python -m training.jobs <command>` (upload-data, train, tune, deploy, teardown,
+transform, pipeline, promote, rollback).
 
 Requests are built from the SageMaker Python SDK v3's typed shapes (`sagemaker.core.shapes`, serialised by the
 SDK exactly as its resource classes would send them) with image URIs resolved offline by

@@ -87,11 +87,12 @@ class Aws:
 
 
 def is_not_found(error: ClientError) -> bool:
-    """SageMaker answers a missing resource with ValidationException 'Could not find ...'; S3 with 404."""
+    """SageMaker answers a missing resource with ValidationException 'Could not find ...' (a model package
+    group: '... does not exist'); S3 with 404."""
     code = error.response.get("Error", {}).get("Code", "")
-    message = error.response.get("Error", {}).get("Message", "")
+    message = error.response.get("Error", {}).get("Message", "").lower()
     return code in {"404", "NoSuchKey", "NotFound", "ResourceNotFound", "ObjectNotFoundException"} or (
-        code == "ValidationException" and "could not find" in message.lower()
+        code == "ValidationException" and ("could not find" in message or "does not exist" in message)
     )
 
 

@@ -1,4 +1,5 @@
-"""SageMaker jobs of the dog-breed classifier: upload-data, train, tune, deploy, teardown, transform.
+"""SageMaker jobs of the dog-breed classifier: upload-data, train, tune, deploy, teardown, transform, and the
+model registry's pipeline, promote and rollback (docs/registry.md).
 
 Region, role and bucket come from --region/--role/--bucket or AWS_REGION (AWS_DEFAULT_REGION, the
 profile), SAGEMAKER_ROLE_ARN and SAGEMAKER_BUCKET. Every command takes --dry-run: it prints the AWS
@@ -18,6 +19,12 @@ requests as JSON lines and connects nowhere. A typical run:
   python -m training.jobs teardown --endpoint-name dogbreeds
   python -m training.jobs transform --model-data s3://BUCKET/.../model.tar.gz \\
       --input s3://BUCKET/photos/ --output s3://BUCKET/photos-out/ --instance-count 2 --results photos.csv
+  python -m training.jobs pipeline upsert --hyperparameters backbone=efficientnet-lite0 epochs=10
+  python -m training.jobs pipeline start --margin 0.01
+  python -m training.jobs pipeline status
+  python -m training.jobs promote --package arn:aws:sagemaker:...:model-package/dogbreeds/3 --stage prod \\
+      --min-instances 2 --canary-percent 10
+  python -m training.jobs rollback --stage prod --min-instances 2
 """
 
 from __future__ import annotations
@@ -27,11 +34,12 @@ import json
 import re
 import sys
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from training.jobs import batch_transform, chalice_stage, deploy, launch, storage
+from training.jobs import batch_transform, chalice_stage, deploy, launch, pipeline, registry, storage
 from training.jobs.autoscaling import ScalingSpec
 from training.jobs.calls import Aws, AwsCall
 from training.jobs.hosting import AsyncSpec, CaptureSpec, RolloutSpec, ServerlessSpec
@@ -43,6 +51,8 @@ DEFAULT_PREFIX = "dogbreeds"
 DEFAULT_DATA_PREFIX = "dogbreeds/data"
 DEFAULT_ENDPOINT_INSTANCE = "ml.m5.large"
 DEFAULT_MAX_INSTANCES = 4
+DEFAULT_PIPELINE = "dogbreeds"
+DEFAULT_PACKAGE_GROUP = "dogbreeds"
 CHALICE_DIR = PROJECT_DIR / ".chalice"
 EXIT_USAGE = 2
 EXIT_AWS = 1
@@ -155,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_deploy_parser(commands, common)
+    add_registry_parsers(commands, common, job)
 
     teardown = commands.add_parser("teardown", parents=[common], help="remove the endpoint and its scaling")
     teardown.add_argument("--endpoint-name", type=endpoint_name, required=True)
@@ -205,6 +216,17 @@ def add_deploy_parser(commands, common: argparse.ArgumentParser) -> None:
     )
     deploy.add_argument("--model-data", required=True, help="s3://.../model.tar.gz written by a training job")
     deploy.add_argument("--endpoint-name", type=endpoint_name, required=True)
+    add_hosting_options(deploy)
+    deploy.add_argument(
+        "--chalice-stage",
+        metavar="STAGE",
+        help="write the model's resize size and the endpoint's kind into this stage of .chalice/config.json "
+        "(and the grants its kind needs into the stage's policy file)",
+    )
+
+
+def add_hosting_options(deploy: argparse.ArgumentParser) -> None:
+    """The endpoint's flags, shared by deploy, promote and rollback."""
     deploy.add_argument(
         "--instance-type", help=f"default: {DEFAULT_ENDPOINT_INSTANCE} (none when serverless)"
     )
@@ -271,17 +293,59 @@ def add_deploy_parser(commands, common: argparse.ArgumentParser) -> None:
 
     stage = deploy.add_argument_group("The API stage that calls the endpoint")
     stage.add_argument(
-        "--chalice-stage",
-        metavar="STAGE",
-        help="write the model's resize size and the endpoint's kind into this stage of .chalice/config.json "
-        "(and the grants its kind needs into the stage's policy file)",
-    )
-    stage.add_argument(
         "--async-input", metavar="S3_URI", help="async: where the stage's Lambda puts the photos it queues"
     )
     stage.add_argument(
         "--chalice-dir", type=Path, default=CHALICE_DIR, help="the .chalice folder (default: this project's)"
     )
+
+
+def add_registry_parsers(commands, common: argparse.ArgumentParser, job: argparse.ArgumentParser) -> None:
+    flow = commands.add_parser(
+        "pipeline",
+        parents=[common, job],
+        help="the SageMaker Pipeline: train, evaluate on test/, gate, register (docs/registry.md)",
+    )
+    flow.add_argument("action", choices=("upsert", "start", "status"))
+    flow.add_argument("--pipeline-name", default=DEFAULT_PIPELINE, help="default: %(default)s")
+    flow.add_argument("--package-group", default=DEFAULT_PACKAGE_GROUP, help="default: %(default)s")
+    flow.add_argument("--evaluation-instance-type", default="ml.m5.xlarge", help="the evaluation job's")
+    flow.add_argument(
+        "--margin",
+        type=fraction,
+        default=pipeline.DEFAULT_MARGIN,
+        help="start: how much lower than the approved package's test top-1 a new model may score and still "
+        "be registered (default: %(default)s)",
+    )
+    flow.add_argument(
+        "--max-ece",
+        type=fraction,
+        default=pipeline.DEFAULT_MAX_ECE,
+        help="start: the highest calibrated expected calibration error registered (default: %(default)s)",
+    )
+    flow.add_argument("--execution", metavar="ARN", help="status: this run (default: the newest)")
+
+    for name, help_text in (
+        ("promote", "approve a model package and deploy it on a stage's endpoint"),
+        ("rollback", "redeploy the package a stage ran before its current one, and reject the current one"),
+    ):
+        command = commands.add_parser(name, parents=[common], help=help_text)
+        if name == "promote":
+            command.add_argument("--package", required=True, metavar="ARN", help="the model package")
+        command.add_argument("--stage", choices=registry.STAGES, required=True)
+        command.add_argument(
+            "--endpoint-name",
+            type=endpoint_name,
+            help="default: dogbreeds-STAGE, as .chalice/config.json has",
+        )
+        add_hosting_options(command)
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {value}")
+    return value
 
 
 def job_spec(args: argparse.Namespace, settings: AwsSettings) -> JobSpec:
@@ -358,8 +422,9 @@ def deploy_spec(args: argparse.Namespace, settings: AwsSettings) -> deploy.Endpo
     )
 
 
-def run_deploy(args: argparse.Namespace, settings: AwsSettings, aws: Aws, log) -> dict:
-    spec = deploy_spec(args, settings)
+def run_deploy(args: argparse.Namespace, settings: AwsSettings, aws: Aws, log, package=(None, None)) -> dict:
+    """`deploy`; `package`: (ARN, version) of the model package it serves, for promote and rollback."""
+    spec = replace(deploy_spec(args, settings), model_package=package[0], model_version=package[1])
     if args.async_input and not args.chalice_stage:
         raise SettingsError("--async-input is the stage's setting: it needs --chalice-stage")
     if args.chalice_stage:
@@ -385,6 +450,41 @@ def run_deploy(args: argparse.Namespace, settings: AwsSettings, aws: Aws, log) -
             log=log,
         )
     return deployed
+
+
+def run_pipeline(args: argparse.Namespace, settings: AwsSettings, aws: Aws, log) -> dict:
+    if args.action == "status":
+        return pipeline.status(aws, args.pipeline_name, args.execution)
+    if args.action == "start":
+        return pipeline.start(aws, args.pipeline_name, args.package_group, args.margin, args.max_ece, log)
+    spec = pipeline.PipelineSpec(
+        job=job_spec(args, settings),
+        name=args.pipeline_name,
+        package_group=args.package_group,
+        hyperparameters=dict(args.hyperparameters),
+        evaluation_instance_type=args.evaluation_instance_type,
+    )
+    return pipeline.upsert(aws, spec, log)
+
+
+def run_promotion(args: argparse.Namespace, settings: AwsSettings, aws: Aws, log) -> dict:
+    """promote or rollback: the stage's endpoint (and Chalice stage) gets the package, via `deploy`."""
+    args.endpoint_name = args.endpoint_name or f"dogbreeds-{args.stage}"
+    args.chalice_stage = args.stage
+    where = (settings.require_bucket(), registry.record_key(args.prefix, args.stage))
+    # Before anything changes in the registry: hosting flags that do not fit, or a stage calling another
+    # endpoint, are typos.
+    flags = argparse.Namespace(**{**vars(args), "model_data": f"s3://{where[0]}/{where[1]}"})
+    kind = deploy_spec(flags, settings).kind
+    chalice_stage.check_stage(args.chalice_dir, args.stage, args.endpoint_name, kind, args.async_input)
+
+    def deploy_model(model_data: str, arn: str, version: str) -> dict:
+        args.model_data = model_data
+        return run_deploy(args, settings, aws, log, package=(arn, version))
+
+    if args.command == "promote":
+        return registry.promote(aws, args.package, args.stage, args.endpoint_name, where, deploy_model, log)
+    return registry.rollback(aws, args.stage, where, deploy_model, log)
 
 
 def transform_spec(args: argparse.Namespace, settings: AwsSettings) -> batch_transform.TransformSpec:
@@ -446,6 +546,10 @@ def run(args: argparse.Namespace, log) -> dict:
         )
     if args.command == "deploy":
         return run_deploy(args, settings, aws, log)
+    if args.command == "pipeline":
+        return run_pipeline(args, settings, aws, log)
+    if args.command in ("promote", "rollback"):
+        return run_promotion(args, settings, aws, log)
     if args.command == "transform":
         return batch_transform.run_transform(
             aws, transform_spec(args, settings), args.job_name, args.results, log
@@ -463,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = run(args, log)
     except (SettingsError, DistributionError, storage.DataLayoutError, ValueError) as error:
+        # (registry.PromotionError and chalice_stage.StageError are ValueErrors)
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except tarfile.ReadError as error:

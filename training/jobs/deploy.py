@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from sagemaker.core import image_uris, shapes
 from sagemaker.core.utils.utils import serialize
 
+from classifier.identity import MODEL_PACKAGE_ENV, MODEL_VERSION_ENV
 from serving.contract import PRODUCTION_VARIANT
 from training.jobs.alarms import delete_alarms, put_rollback_alarms
 from training.jobs.autoscaling import ScalingSpec, apply_scaling, remove_scaling, restore_scaling
@@ -66,6 +67,9 @@ class EndpointSpec:
     async_inference: AsyncSpec | None = None
     capture: CaptureSpec | None = None
     rollout: RolloutSpec = RolloutSpec()
+    # The registry's model package it serves (`promote`), told to the container so its answers name it.
+    model_package: str | None = None
+    model_version: str | None = None
 
     def __post_init__(self) -> None:
         if self.serverless is not None:
@@ -105,13 +109,18 @@ def versioned_name(base: str, *facts: object) -> str:
 
 
 def container_environment(spec) -> dict[str, str]:
-    """How the PyTorch inference toolkit finds the handlers: code/inference.py in the repacked model."""
-    return {
+    """How the PyTorch inference toolkit finds the handlers (code/inference.py in the repacked model), and
+    which model package it serves when `spec` names one (classifier.identity)."""
+    environment = {
         "SAGEMAKER_PROGRAM": INFERENCE_ENTRY,
         "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
         "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
         "SAGEMAKER_REGION": spec.region,
     }
+    if getattr(spec, "model_package", None):
+        environment[MODEL_PACKAGE_ENV] = spec.model_package
+        environment[MODEL_VERSION_ENV] = str(spec.model_version)
+    return environment
 
 
 def model_request(spec, model_name: str, model_data_url: str) -> AwsCall:

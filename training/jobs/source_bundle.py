@@ -6,10 +6,15 @@
       training/train.py and what it          code/inference.py
         imports (training/, classifier/)     code/requirements.txt
                                              code/serving/inference.py and what it imports
+    evaluation.tar.gz (the pipeline's evaluation processing job)
+      sagemaker_evaluate.py, requirements.txt (the above, plus what the evaluation draws and measures with)
+      training/registry_evaluation.py and what it imports, and serving/inference.py and what it imports
+        (the job repacks the model it measured, with `repack_model`, exactly as `deploy` would)
 
 Each container gets exactly the project modules its entry point imports, found by following the import
 statements from it (the local endpoint's uvicorn server stays home, as does `training.jobs`, which needs the
-SDK; the evaluation ships with training, which measures with it, and imports matplotlib only to draw).
+SDK, but for this module, which the evaluation job repacks with; the evaluation ships with training, which
+measures with it, and imports matplotlib only to draw).
 The training toolkit runs `python sagemaker_train.py --backbone ...` from the unpacked directory, so that
 directory is on sys.path and `training.train` imports its siblings as the package it is; the inference toolkit
 puts `code/` on sys.path and imports `inference`, which re-exports the handlers of `serving/inference.py`.
@@ -51,16 +56,34 @@ INFERENCE_ENTRY_SOURCE = '''"""SageMaker inference entry point: the handlers of 
 
 from serving.inference import input_fn, model_fn, output_fn, predict_fn  # noqa: F401
 '''
+EVALUATE_ENTRY = "sagemaker_evaluate.py"
+EVALUATE_ENTRY_SOURCE = '''"""SageMaker processing entry point: runs training/registry_evaluation.py."""
+
+import runpy
+
+runpy.run_module("training.registry_evaluation", run_name="__main__", alter_sys=True)
+'''
+# What the evaluation needs beyond the containers' packages: matplotlib draws its charts, scikit-image ships
+# the non-dog pictures it measures false dog answers on (training.nondogs).
+EVALUATION_PACKAGES = re.compile(r"^(matplotlib|scikit-image)==")
 # The project's own top-level packages; imports of anything else come from the image or requirements.txt.
 PROJECT_PACKAGES = ("classifier", "serving", "training")
 TRAIN_MODULE = "training.train"
 INFERENCE_MODULE = "serving.inference"
+EVALUATE_MODULE = "training.registry_evaluation"
 
 
-def container_requirements() -> str:
-    """The pinned lines of requirements-dev.txt the containers need (one place for the versions)."""
-    lines = (PROJECT_DIR / "requirements-dev.txt").read_text().splitlines()
-    return "".join(line.strip() + "\n" for line in lines if CONTAINER_PACKAGES.match(line.strip()))
+def container_requirements(packages: re.Pattern = CONTAINER_PACKAGES) -> str:
+    """The pinned lines of requirements-dev.txt that match `packages` (one place for the versions).
+
+    Inside a shipped archive (the evaluation job repacks there) the archive's requirements.txt, made from
+    requirements-dev.txt, stands in for it.
+    """
+    source = PROJECT_DIR / "requirements-dev.txt"
+    if not source.is_file():
+        source = PROJECT_DIR / "requirements.txt"
+    lines = source.read_text().splitlines()
+    return "".join(line.strip() + "\n" for line in lines if packages.match(line.strip()))
 
 
 def module_path(module: str) -> Path | None:
@@ -125,6 +148,17 @@ def inference_files() -> dict[str, bytes]:
     return _code_files(INFERENCE_ENTRY, INFERENCE_ENTRY_SOURCE, INFERENCE_MODULE)
 
 
+def evaluation_files() -> dict[str, bytes]:
+    """Archive path -> content of what the pipeline's evaluation job needs: the evaluation, and the handlers'
+    modules that `repack_model` puts into the archive it registers."""
+    files = _code_files(EVALUATE_ENTRY, EVALUATE_ENTRY_SOURCE, EVALUATE_MODULE)
+    for archive_name, path in sorted(imported_modules(INFERENCE_MODULE).items()):
+        files[archive_name] = path.read_bytes()
+    wanted = re.compile(f"{CONTAINER_PACKAGES.pattern}|{EVALUATION_PACKAGES.pattern}")
+    files["requirements.txt"] = container_requirements(wanted).encode()
+    return files
+
+
 def tar_gz(files: dict[str, bytes]) -> bytes:
     """A gzipped tar of `files` whose bytes depend only on the names and contents (no times, no owners)."""
     raw = io.BytesIO()
@@ -144,6 +178,11 @@ def tar_gz(files: dict[str, bytes]) -> bytes:
 def source_archive() -> bytes:
     """sourcedir.tar.gz for a training job."""
     return tar_gz(training_files())
+
+
+def evaluation_archive() -> bytes:
+    """The code of the pipeline's evaluation processing job."""
+    return tar_gz(evaluation_files())
 
 
 def repack_model(model_archive: bytes) -> bytes:
