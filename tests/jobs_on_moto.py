@@ -1,6 +1,6 @@
 """The job launchers (`python -m training.jobs.cli`) against moto_server: the account they deploy into, an
-environment with nothing of the machine's AWS set-up, a trained model in the bucket, and a command run
-in-process with its report read."""
+environment with nothing of the machine's AWS set-up, a trained model in the bucket and what the jobs put
+there, and a command run in-process with its report read."""
 
 from __future__ import annotations
 
@@ -48,6 +48,16 @@ def uploaded_model(aws, model_dir: Path, job_name: str) -> str:
     key = f"dogbreeds/output/{job_name}/output/model.tar.gz"
     aws.s3.put_object(Bucket=aws.bucket, Key=key, Body=buffer.getvalue())
     return f"s3://{aws.bucket}/{key}"
+
+
+def tar_members(archive: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        return {member.name: tar.extractfile(member).read() for member in tar.getmembers() if member.isfile()}
+
+
+def s3_object(aws, uri: str) -> bytes:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return aws.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
 def run_jobs(capsys, *argv: str) -> SimpleNamespace:

@@ -24,7 +24,9 @@ from jobs_on_moto import (
     isolate_aws_env,
     report,
     run_jobs,
+    s3_object,
     scaling_state,
+    tar_members,
 )
 from moto_server import EndpointUpdates
 
@@ -41,16 +43,6 @@ TRAINING_IMAGE_GPU = "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-train
 
 # Every test here is guarded against connecting anywhere but loopback.
 pytestmark = pytest.mark.usefixtures("connections")
-
-
-def tar_members(archive: bytes) -> dict[str, bytes]:
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-        return {member.name: tar.extractfile(member).read() for member in tar.getmembers() if member.isfile()}
-
-
-def s3_object(aws, uri: str) -> bytes:
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    return aws.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
 @pytest.fixture
