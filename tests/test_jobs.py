@@ -385,9 +385,10 @@ def test_repacked_model_serves_a_photo_with_the_packaged_code(aws, trained_model
     with tarfile.open(fileobj=io.BytesIO(s3_object(aws, deployed["model_data"])), mode="r:gz") as tar:
         tar.extractall(model_dir, filter="data")
     script = (
-        "import sys, inference, training\n"
+        "import sys, inference, classifier\n"
         "from pathlib import Path\n"
-        "assert Path(training.__file__).resolve().is_relative_to(Path.cwd().resolve()), training.__file__\n"
+        "packaged = Path(classifier.__file__).resolve()\n"
+        "assert packaged.is_relative_to(Path.cwd().resolve()), packaged\n"
         "model = inference.model_fn(sys.argv[1])\n"
         "data = inference.input_fn(Path(sys.argv[2]).read_bytes(), 'image/jpeg')\n"
         "answer = inference.output_fn(inference.predict_fn(data, model), 'application/json')\n"
