@@ -1,4 +1,4 @@
-# Entry points: `make run` (the service on localhost), `make test`, `make bench`, `make package`.
+# Entry points: `make run` (the service on localhost), `make test`, `make bench`, `make package`, `make deploy`.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +11,8 @@ BENCH_MODELS ?= models/default models/fast
 # against PyTorch, so the local endpoint starts without exporting.
 GRAPHS := $(addsuffix /model.onnx,$(BENCH_MODELS))
 
-.PHONY: setup browser run test test-all lint bench bench-batch bench-startup bench-train int8 package clean
+.PHONY: setup browser run test test-all lint bench bench-batch bench-startup bench-train bench-overload \
+	bench-memory bench-cold-import bench-gpu bench-all bench-docs evaluate int8 package deploy clean
 
 setup: $(INSTALLED) $(GRAPHS)
 
@@ -53,6 +54,8 @@ test: lint browser
 test-all: lint browser
 	$(BIN)/pytest
 
+# Every bench writes its figures and what they hold for (commit, model digests, CPU, load) to
+# bench/results/NAME.json (bench/results.py); `make bench-docs` renders docs/benchmarks.md from them.
 bench: setup
 	for model in $(BENCH_MODELS); do $(BIN)/python -m bench.endpoint_speed --model-dir $$model || exit 1; done
 
@@ -67,11 +70,49 @@ bench-batch: setup
 bench-train: setup
 	$(BIN)/python -m bench.train
 
+# 64 clients for 30 s on each model's endpoint, with and without shedding.
+bench-overload: setup
+	for model in $(BENCH_MODELS); do $(BIN)/python -m bench.overload --model-dir $$model || exit 1; done
+
+# Peak memory of preparing the worst pictures: in the Lambda (every format) and on the endpoint (every shape).
+bench-memory: setup
+	$(BIN)/python -m bench.decode_memory
+	$(BIN)/python -m bench.image_memory --model-dir models/default
+
+# What observability adds to the API's cold start.
+bench-cold-import: setup
+	$(BIN)/python -m bench.cold_import
+
+# On a machine with a CUDA build of torch (see bench/gpu_check.py): the handlers on the GPU against the CPU.
+bench-gpu: setup
+	for model in $(BENCH_MODELS); do $(BIN)/python -m bench.gpu_check --model-dir $$model || exit 1; done
+
+bench-docs:
+	$(BIN)/python -m bench.render
+
+# Every CPU bench at its full settings, one after another, then the docs' tables: on an idle machine.
+bench-all:
+	$(MAKE) bench bench-startup bench-batch bench-train bench-overload bench-memory bench-cold-import
+	$(MAKE) bench-docs
+
+# The committed models on the valid split, into runs/evaluation/<model>/; EVALUATE_FLAGS=--write-model-dir
+# also rewrites the model folders' evaluation-valid.json and charts (what tests/test_calibration.py reads).
+EVALUATE_FLAGS ?=
+evaluate: setup
+	for model in $(BENCH_MODELS); do $(BIN)/python -m training.evaluate --model-dir $$model \
+		--data ../shared/data/dogs/valid $(EVALUATE_FLAGS) || exit 1; done
+
 # The stage's template plus gateway responses, throttling, API keys and alarms (scripts/merge_template.py).
 package: setup
 	$(BIN)/python -m scripts.merge_template --stage $(STAGE) --output build/merge-$(STAGE).json
 	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $(STAGE) \
 		--merge-template build/merge-$(STAGE).json build/package-$(STAGE)
+
+# `chalice deploy`, then what the packaged template would add: throttling, gateway responses, prod's usage plan
+# and key, the alarms (scripts/protect_stage.py; idempotent).
+deploy: setup
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice deploy --stage $(STAGE)
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/python -m scripts.protect_stage --stage $(STAGE)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -60,7 +60,7 @@ def page():
 def predict():
     """{"url": "https://..."} or {"image": "<base64>"}, optional "top_k" and "min_confidence"."""
     request = image_request.parse_json_body(app.current_request.raw_body)
-    return image_request.http_answer(image_request.classify(request))
+    return image_request.http_answer(image_request.classify(request), _base_path())
 
 
 @app.route(
@@ -73,7 +73,18 @@ def predict_image():
     top_k = image_request.parse_top_k_text(query.get("top_k"))
     min_confidence = image_request.parse_min_confidence_text(query.get("min_confidence"))
     request = image_request.upload_request(app.current_request.raw_body, top_k, min_confidence)
-    return image_request.http_answer(image_request.classify(request))
+    return image_request.http_answer(image_request.classify(request), _base_path())
+
+
+@app.route("/predict/results/{inference_id}", methods=["GET"], api_key_required=KEYED)
+@answers_errors
+def predict_result(inference_id):
+    """An async stage's answer to a queued photo (POST /predict's 202 gives this route as result_url)."""
+    return image_request.result_http_answer(inference_id)
+
+
+def _base_path() -> str:
+    return stage_base_path(app.current_request.context)
 
 
 @app.route("/openapi.json", methods=["GET"])

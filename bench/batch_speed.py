@@ -29,7 +29,8 @@ from pathlib import Path
 
 import urllib3
 
-from bench.endpoint_speed import SAMPLE, start_endpoint
+from bench import results
+from bench.endpoint_speed import SAMPLE, ping_body, start_endpoint
 from chalicelib.image import prepare_image
 from chalicelib.settings import JPEG_QUALITY, MAX_PIXELS
 from classifier.model import read_config
@@ -115,11 +116,14 @@ def run_batch(folder: Path, url: str, output: Path, options: list[str]) -> tuple
     return float(rate), wall, labels
 
 
-def bench_model(model_dir: Path, folder: Path, images: int, seconds: float, work: Path) -> None:
+def bench_model(model_dir: Path, folder: Path, images: int, seconds: float, work: Path) -> dict:
+    """Prints the model's figures and returns them."""
     config, _, _ = read_config(model_dir)
     print(f"\nmodel: {model_dir.relative_to(PROJECT)} ({config['backbone']}), {images} images")
     process, url = start_endpoint(model_dir, [])
     try:
+        runtime = ping_body(url)
+        print(f"  the endpoint runs: {runtime}")
         sample = prepare_image(
             SAMPLE.read_bytes(),
             resize_size=config["preprocessing"]["resize_size"],
@@ -142,7 +146,7 @@ def bench_model(model_dir: Path, folder: Path, images: int, seconds: float, work
         changed = sum(1 for key in first if first[key] != second.get(key))
         raise SystemExit(f"the two runs disagree on {changed} images")
     defaults = f"{DEFAULT_CONCURRENCY} requests of {DEFAULT_ENDPOINT_BATCH} in flight"
-    for label, rate, note in [
+    rows = [
         (
             "endpoint alone, 16 clients (Lambda-sized sample)",
             alone,
@@ -150,30 +154,59 @@ def bench_model(model_dir: Path, folder: Path, images: int, seconds: float, work
         ),
         ("batch command, 1 image per request, 1 at a time", sequential, f"wall {sequential_wall:.1f} s"),
         (f"batch command, defaults ({defaults})", default, f"wall {default_wall:.1f} s"),
-    ]:
+    ]
+    for label, rate, note in rows:
         print(f"  {label + ':':<56}{rate:7.1f} images/s ({note})")
     print(
         f"  defaults / sequential: {default / sequential:.2f}x; "
         f"defaults / endpoint at 16 clients: {default / alone:.2f}x"
     )
+    return {
+        "endpoint_runtime": runtime,
+        "images": images,
+        "endpoint_16_clients_images_per_s": {"before": before, "after": after, "mean": alone},
+        "sequential_images_per_s": sequential,
+        "sequential_wall_s": sequential_wall,
+        "defaults_images_per_s": default,
+        "defaults_wall_s": default_wall,
+        "defaults": {"concurrency": DEFAULT_CONCURRENCY, "batch_size": DEFAULT_ENDPOINT_BATCH},
+        "rows": [[label, f"{rate:.1f}", note] for label, rate, note in rows]
+        + [
+            ["defaults / sequential", f"{default / sequential:.2f}x", ""],
+            ["defaults / endpoint at 16 clients", f"{default / alone:.2f}x", ""],
+        ],
+    }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, nargs="+", default=list(MODELS))
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--limit", type=int, help="use an even sample of this many images")
     parser.add_argument("--seconds", type=float, default=8.0, help="for the endpoint's own throughput")
-    args = parser.parse_args()
+    results.add_argument(parser)
+    args = parser.parse_args(argv)
+    run = results.start(__spec__.name, "batch_speed", args.results_dir, args.model_dir)
     print(
         f"CPUs: {len(os.sched_getaffinity(0))}; load average at start: "
         f"{' '.join(f'{load:.2f}' for load in os.getloadavg())}"
     )
+    figures, tables = {}, []
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as scratch:
         folder = sample_folder(args.data, args.limit, Path(scratch) / "images")
         images = sum(1 for path in folder.rglob("*") if path.is_file())
         for model_dir in args.model_dir:
-            bench_model(model_dir.resolve(), folder, images, args.seconds, Path(scratch))
+            model = bench_model(model_dir.resolve(), folder, images, args.seconds, Path(scratch))
+            figures[results.model_record(model_dir)["path"]] = model
+            tables.append(
+                results.table(
+                    f"{results.model_record(model_dir)['path']}: {images} images, images/s",
+                    ["", "images/s", "note"],
+                    model.pop("rows"),
+                )
+            )
+    pings = [model["endpoint_runtime"] for model in figures.values()]
+    run.finish(figures, tables, **results.runtime_and_device(pings))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench import results
+
 PROJECT = Path(__file__).resolve().parents[1]
 
 STEPS = {
@@ -54,22 +56,33 @@ def one_run(bytecode_dir: str, write_bytecode: bool) -> dict[str, float]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def report(title: str, runs: list[dict[str, float]]) -> None:
+LABELS = {
+    "baseline": "API without observability (baseline)",
+    "observability": "+ Powertools Logger/Metrics, app.py",
+    "xray_sdk": "+ aws_xray_sdk (Tracer; not shipped)",
+}
+
+
+def report(title: str, runs: list[dict[str, float]]) -> tuple[dict[str, float], dict]:
+    """Prints the medians of `runs`; returns them and their table."""
     medians = {name: statistics.median(run[name] for run in runs) for name in STEPS}
     base = medians["baseline"]
-    print(f"{title}, median of {len(runs)} fresh interpreters (ms):")
-    print(f"  API without observability (baseline)   {base:7.1f}")
-    for name, label in (
-        ("observability", "+ Powertools Logger/Metrics, app.py"),
-        ("xray_sdk", "+ aws_xray_sdk (Tracer; not shipped)"),
-    ):
-        print(f"  {label:<38} {medians[name]:7.1f}  ({medians[name] / base:.2f}x the baseline)")
+    title = f"{title}, median of {len(runs)} fresh interpreters (ms)"
+    print(f"{title}:")
+    print(f"  {LABELS['baseline']:<38} {base:7.1f}")
+    rows = [[LABELS["baseline"], f"{base:.1f}", ""]]
+    for name in ("observability", "xray_sdk"):
+        print(f"  {LABELS[name]:<38} {medians[name]:7.1f}  ({medians[name] / base:.2f}x the baseline)")
+        rows.append([LABELS[name], f"{medians[name]:.1f}", f"{medians[name] / base:.2f}x"])
+    return medians, results.table(title, ["imports", "ms", "vs the baseline"], rows)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=15)
-    args = parser.parse_args()
+    results.add_argument(parser)
+    args = parser.parse_args(argv)
+    run = results.start(__spec__.name, "cold_import", args.results_dir)
     with tempfile.TemporaryDirectory() as empty, tempfile.TemporaryDirectory() as cached:
         one_run(cached, write_bytecode=True)  # fills the bytecode cache and the OS's file cache
         source_runs, cached_runs = [], []
@@ -77,8 +90,10 @@ def main() -> None:
         for _ in range(args.runs):
             source_runs.append(one_run(empty, write_bytecode=False))
             cached_runs.append(one_run(cached, write_bytecode=False))
-    report("compiled from source, as on Lambda", source_runs)
-    report("cached bytecode", cached_runs)
+    source, source_table = report("compiled from source, as on Lambda", source_runs)
+    cached_figures, cached_table = report("cached bytecode", cached_runs)
+    figures = {"runs": args.runs, "from_source_ms": source, "cached_bytecode_ms": cached_figures}
+    run.finish(figures, [source_table, cached_table])
 
 
 if __name__ == "__main__":

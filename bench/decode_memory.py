@@ -81,6 +81,37 @@ def _png_16bit(size: tuple[int, int], channels: int) -> bytes:
     )
 
 
+def _heic(size: tuple[int, int]) -> bytes:
+    """A HEIC as a phone writes it, through libheif's x265 encoder (pillow-heif; the Lambda's pi-heif only
+    decodes), at its fastest preset: the file is the case, not how well it is compressed."""
+    import pillow_heif
+
+    buffer = io.BytesIO()
+    pillow_heif.from_pillow(_gradient("RGB", size)).save(
+        buffer, format="HEIF", quality=80, enc_params={"preset": "ultrafast"}
+    )
+    return buffer.getvalue()
+
+
+def _avif(size: tuple[int, int], mode: str = "RGB") -> bytes:
+    return _saved(_gradient(mode, size), "AVIF", quality=70, speed=10)
+
+
+def _hidden(make: Callable[[tuple[int, int]], bytes]) -> Callable[[tuple[int, int]], bytes]:
+    """The picture `make` codes, behind a header (every `ispe` box) that shows 400 x 400: libheif and libavif
+    would decode the whole coded picture and only then crop or scale it."""
+
+    def hidden(size: tuple[int, int]) -> bytes:
+        data = bytearray(make(size))
+        found = data.find(b"ispe")
+        while found >= 0:
+            struct.pack_into(">II", data, found + 8, 400, 400)  # after the box's version and flags
+            found = data.find(b"ispe", found + 4)
+        return bytes(data)
+
+    return hidden
+
+
 def _palette_with_transparency(size):
     image = _gradient("P", size)
     return _saved(image, "PNG", transparency=0)
@@ -106,6 +137,12 @@ CASES: dict[str, tuple[str, Callable[[tuple[int, int]], bytes]]] = {
     "webp": ("WEBP", lambda size: _saved(_gradient("RGB", size), "WEBP", quality=80, method=0)),
     "webp-alpha": ("WEBP", lambda size: _saved(_gradient("RGBA", size), "WEBP", quality=80, method=0)),
     "gif": ("GIF", lambda size: _saved(_gradient("P", size), "GIF")),
+    "heic": ("HEIF", _heic),
+    "avif": ("AVIF", _avif),
+    "avif-alpha": ("AVIF", lambda size: _avif(size, "RGBA")),
+    # Refused before decoding (chalicelib/coded_size.py): what the refusal costs.
+    "heic-hidden": ("HEIF", _hidden(_heic)),
+    "avif-hidden": ("AVIF", _hidden(_avif)),
 }
 
 
@@ -168,6 +205,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--make", nargs=3, metavar=("CASE", "SIDE", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, default=PROJECT, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--results-dir", type=Path, help="where the JSON result goes (default: bench/results/)"
+    )
     args = parser.parse_args(argv)
     if args.measure:
         print(json.dumps(_measure(args.root, args.measure)))
@@ -176,6 +216,10 @@ def main(argv: list[str] | None = None) -> None:
         name, side, path = args.make
         Path(path).write_bytes(CASES[name][1]((int(side), int(side))))
         return
+    # Imported here: the children run this file as a script, where the bench package is not importable.
+    from bench import results
+
+    run = results.start("bench.decode_memory", "decode_memory", args.results_dir or results.RESULTS_DIR)
 
     roots = {"after": PROJECT}
     if args.before:
@@ -194,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(roots) == 2:
         header += f" | {'after/before':>12}"
     print(header)
+    figures, rows = {"lambda_memory_mb": LAMBDA_MEMORY_MB, "cases": {}}, []
     with tempfile.TemporaryDirectory(prefix="decode-memory-") as directory:
         for name in names:
             format = CASES[name][0]
@@ -205,17 +250,31 @@ def main(argv: list[str] | None = None) -> None:
             subprocess.run([sys.executable, __file__, "--make", name, str(side), str(path)], check=True)
             line = f"{name:<24} {side * side:>11,} {path.stat().st_size / MIB:>8.2f}"
             adds = {}
+            case = figures["cases"][name] = {"pixels": side * side, "file_bytes": path.stat().st_size}
+            row = [name, f"{side * side:,}", f"{path.stat().st_size / MIB:.2f}"]
             for label, root in roots.items():
                 result = measure_in_child(root, path)
                 peak_mb = result["peak_kb"] / 1024
                 adds[label] = (result["peak_kb"] - result["baseline_kb"]) / 1024
+                case[label] = {"peak_mb": peak_mb, "adds_mb": adds[label], **result}
                 line += f" | {peak_mb:>15.0f} {adds[label]:>8.0f} {result['seconds']:>5.1f}"
+                row += [f"{peak_mb:.0f}", f"{adds[label]:.0f}", f"{result['seconds']:.1f}"]
                 if result["error"]:
                     line += f" ({result['error'][:60]})"
+                    row[-3] += f" ({result['error'][:60]})"
             if len(roots) == 2:
                 line += f" | {max(adds['after'], 1) / max(adds['before'], 1):>12.2f}"
+                row.append(f"{max(adds['after'], 1) / max(adds['before'], 1):.2f}")
             print(line, flush=True)
+            rows.append(row)
             path.unlink()
+    columns = ["case", "pixels", "file MB"]
+    for label in roots:
+        columns += [f"{label} peak MB", "adds MB", "s"]
+    if len(roots) == 2:
+        columns.append("after/before")
+    title = f"peak RSS of prepare_image, fresh process per case; Lambda memory {LAMBDA_MEMORY_MB} MB"
+    run.finish(figures, [results.table(title, columns, rows)])
 
 
 if __name__ == "__main__":

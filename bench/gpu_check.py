@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench import results
 from classifier import runtime
 from serving import contract, inference
 
@@ -56,7 +57,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=PROJECT / "models" / "default")
     parser.add_argument("--runs", type=int, default=20)
+    results.add_argument(parser)
     args = parser.parse_args()
+    run = results.start(
+        __spec__.name, f"gpu_check-{args.model_dir.resolve().name}", args.results_dir, [args.model_dir]
+    )
     device = runtime.available_device()
     print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}, chosen: {device}")
     if device.name != "cuda":
@@ -91,8 +96,19 @@ def main() -> None:
     }
     print(f"\n{args.model_dir}: median over {args.runs} runs")
     print(f"  {'':34s} {'CPU':>9s} {'GPU':>9s} {'GPU speed-up':>13s}")
+    rows = []
     for name, (on_cpu, on_gpu) in figures.items():
         print(f"  {name:34s} {on_cpu:9.1f} {on_gpu:9.1f} {on_cpu / on_gpu:12.1f}x")
+        rows.append([name, f"{on_cpu:.1f}", f"{on_gpu:.1f}", f"{on_cpu / on_gpu:.1f}x"])
+    card = torch.cuda.get_device_name(0)
+    table = results.table(
+        f"{card}: median over {args.runs} runs; GPU runner {gpu.runtime}, CPU runner {cpu.runtime}",
+        ["", "CPU", "GPU", "GPU speed-up"],
+        rows,
+    )
+    figures = {name: {"cpu": on_cpu, "gpu": on_gpu} for name, (on_cpu, on_gpu) in figures.items()}
+    figures.update(gpu=card, gpu_runtime=gpu.runtime, cpu_runtime=cpu.runtime, runs=args.runs)
+    run.finish(figures, [table], runtime=gpu.runtime, device=f"{gpu.device} ({card})")
 
 
 if __name__ == "__main__":

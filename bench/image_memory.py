@@ -26,6 +26,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from bench import results
+
 PROJECT = Path(__file__).resolve().parents[1]
 
 SAMPLE = PROJECT.parent / "shared" / "data" / "samples" / "Labrador_retriever_06455.jpg"
@@ -123,7 +125,8 @@ def run_case(mode: str, path: Path, model_dir: Path, cap_gb: float) -> dict:
     result = subprocess.run(
         [
             sys.executable,
-            __file__,
+            "-m",
+            "bench.image_memory",
             "--child",
             mode,
             str(path),
@@ -147,6 +150,7 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--cap-gb", type=float, default=3.0, help="address space each case may use")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
+    results.add_argument(parser)
     args = parser.parse_args()
     cap_bytes = int(args.cap_gb * 1024**3)
     if args.child:
@@ -154,15 +158,29 @@ def main() -> None:
         print(json.dumps(child(mode, Path(path), args.model_dir, cap_bytes)))
         return
 
+    run = results.start(
+        __spec__.name, f"image_memory-{args.model_dir.resolve().name}", args.results_dir, [args.model_dir]
+    )
     print(f"model: {args.model_dir}; each case capped at {args.cap_gb:g} GB of address space")
     print(f"{'case':<20} " + " ".join(f"{mode:>28}" for mode in MODES))
+    figures, rows = {"cap_gb": args.cap_gb, "cases": {}}, []
     with tempfile.TemporaryDirectory() as folder:
         for name, path in write_cases(Path(folder)).items():
             cells = []
+            figures["cases"][name] = {}
             for mode in MODES:
                 result = run_case(mode, path, args.model_dir, args.cap_gb)
+                figures["cases"][name][mode] = {
+                    key: None if value != value else value
+                    for key, value in result.items()  # NaN: crashed
+                }
                 cells.append(f"{result['outcome']} {result['peak_mb']:7.1f} MB {result['seconds']:5.2f} s")
             print(f"{name:<20} " + " ".join(f"{cell:>28}" for cell in cells))
+            rows.append([name, *(" ".join(cell.split()) for cell in cells)])
+    table = results.table(
+        f"peak memory above the image's bytes, each case capped at {args.cap_gb:g} GB", ["case", *MODES], rows
+    )
+    run.finish(figures, [table], device="cpu")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionError, ReadTimeoutError
 
-from bench.endpoint_speed import SAMPLE, start_endpoint, stop_endpoint
+from bench import results
+from bench.endpoint_speed import SAMPLE, ping_body, start_endpoint, stop_endpoint
 from chalicelib.image import prepare_image
 from chalicelib.settings import (
     ENDPOINT_CONNECT_TIMEOUT_S,
@@ -157,11 +158,13 @@ def measure(model_dir: Path, extra: list[str], body: bytes, clients: int, second
     try:
         with urllib.request.urlopen(f"{url}/ping", timeout=10) as response:  # noqa: S310 - our own http URL
             limit = json.loads(response.read())["queue"]["limit"]
+        runtime = ping_body(url)
         tally, elapsed = run_load(url, body, clients, seconds)
     finally:
         stop_endpoint(process)
     model_runs = tally.attempts["200"] + tally.attempts["timeout"]
     return {
+        "endpoint_runtime": runtime,
         "limit": limit,
         "goodput": len(tally.answered) / elapsed,
         "p50": percentile(tally.answered, 0.50),
@@ -175,7 +178,7 @@ def measure(model_dir: Path, extra: list[str], body: bytes, clients: int, second
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--clients", type=int, default=64)
@@ -183,10 +186,14 @@ def main() -> None:
     parser.add_argument(
         "--max-wait", type=float, help="the shedding run's --max-wait (default: the server's)"
     )
-    args = parser.parse_args()
+    results.add_argument(parser)
+    args = parser.parse_args(argv)
     if not 1 <= args.clients <= 256 or not 1 <= args.seconds <= 600:
         parser.error("--clients must be 1-256 and --seconds 1-600")
 
+    run = results.start(
+        __spec__.name, f"overload-{args.model_dir.resolve().name}", args.results_dir, [args.model_dir]
+    )
     config, _, _ = read_config(args.model_dir)
     preprocessing = Preprocessing.from_dict(config["preprocessing"])
     photo = SAMPLE.read_bytes()
@@ -199,28 +206,74 @@ def main() -> None:
         f"API timeouts: {ENDPOINT_READ_TIMEOUT_S:g} s read, {ENDPOINT_MAX_ATTEMPTS} attempts"
     )
     shedding = [] if args.max_wait is None else ["--max-wait", str(args.max_wait)]
-    results = {
+    results_by_mode = {
         "no shedding": measure(args.model_dir, ["--max-wait", "0"], body, args.clients, args.seconds),
         "shedding": measure(args.model_dir, shedding, body, args.clients, args.seconds),
     }
-    print(
-        f"{'mode':<12} {'queue limit':>11} {'goodput/s':>9} {'p50 s':>6} {'p99 s':>6} {'answered':>8} "
-        f"{'failed':>6} {'shed':>5} {'timeouts':>8} {'wasted':>7}"
-    )
-    for mode, result in results.items():
-        print(
-            f"{mode:<12} {result['limit'] or 'none':>11} {result['goodput']:>9.2f} {result['p50']:>6.2f} "
-            f"{result['p99']:>6.2f} {result['answered']:>8} {result['failed']:>6} {result['shed']:>5} "
-            f"{result['timeouts']:>8} {result['wasted']:>6.0%}"
+    table, ratios = report(results_by_mode, args.clients, args.seconds)
+    figures = {
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "modes": results_by_mode,
+        "shedding_over_none": ratios,
+    }
+    pings = [result["endpoint_runtime"] for result in results_by_mode.values()]
+    run.finish(json_safe(figures), [table], **results.runtime_and_device(pings))
+
+
+def report(results_by_mode: dict[str, dict], clients: int, seconds: float) -> tuple[dict, dict]:
+    """Prints the figures of each mode and the ratios; returns the table and the ratios."""
+    columns = ["mode", "queue limit", "goodput/s", "p50 s", "p99 s", "answered", "failed", "shed", "timeouts"]
+    columns.append("wasted")
+    widths = (12, 11, 9, 6, 6, 8, 6, 5, 8, 7)
+
+    def line(cells: list) -> str:
+        return " ".join(
+            f"{cell!s:<{width}}" if index == 0 else f"{cell!s:>{width}}"
+            for index, (cell, width) in enumerate(zip(cells, widths, strict=True))
         )
+
+    print(line(columns))
+    rows = []
+    for mode, result in results_by_mode.items():
+        rows.append(
+            [
+                mode,
+                result["limit"] or "none",
+                f"{result['goodput']:.2f}",
+                f"{result['p50']:.2f}",
+                f"{result['p99']:.2f}",
+                result["answered"],
+                result["failed"],
+                result["shed"],
+                result["timeouts"],
+                f"{result['wasted']:.0%}",
+            ]
+        )
+        print(line(rows[-1]))
         if result["other"]:
             print(f"  ({result['other']} attempts failed otherwise)")
-    before, after = results["no shedding"], results["shedding"]
-    print(
-        f"shedding / no shedding: goodput {ratio(after['goodput'], before['goodput']):.2f}x, "
-        f"p99 {ratio(after['p99'], before['p99']):.2f}x, "
+    before, after = results_by_mode["no shedding"], results_by_mode["shedding"]
+    ratios = {
+        "goodput": ratio(after["goodput"], before["goodput"]),
+        "p99": ratio(after["p99"], before["p99"]),
+    }
+    summary = (
+        f"goodput {ratios['goodput']:.2f}x, p99 {ratios['p99']:.2f}x, "
         f"wasted model work {before['wasted']:.0%} -> {after['wasted']:.0%}"
     )
+    print(f"shedding / no shedding: {summary}")
+    title = f"{clients} clients, {seconds:g} s a run; shedding / no shedding: {summary}"
+    return results.table(title, columns, rows), ratios
+
+
+def json_safe(value):
+    """NaN (a percentile of no answers, a ratio to nothing) as null."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, float) and value != value:
+        return None
+    return value
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from bench import results
 from classifier.model import ONNX_FILE
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -72,39 +73,68 @@ def seconds_to_ready(model_dir: Path, runtime: str, cache: Path, limit: float = 
         process.wait(timeout=60)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dirs", nargs="+", type=Path)
     parser.add_argument("--runs", type=int, default=2)
-    args = parser.parse_args()
+    results.add_argument(parser)
+    args = parser.parse_args(argv)
+    run = results.start(__spec__.name, "startup", args.results_dir, args.model_dirs)
     print(f"{len(os.sched_getaffinity(0))} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
+    figures, rows = {"runs": args.runs, "models": {}}, []
     for model_dir in args.model_dirs:
         if not (model_dir / ONNX_FILE).is_file():
             raise SystemExit(f"{model_dir / ONNX_FILE} is missing: run make setup first")
-        with tempfile.TemporaryDirectory() as scratch:
-            bare = Path(scratch) / "model"
-            shutil.copytree(model_dir, bare, ignore=shutil.ignore_patterns("*.onnx"))
-            cases = {
-                "with graph (onnx)": (model_dir, "auto"),
-                "without graph (export at start)": (bare, "auto"),
-                "pytorch": (model_dir, "pytorch"),
-            }
-            timings: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
-            for run in range(args.runs):
-                for name, (directory, runtime) in cases.items():
-                    cache = Path(scratch) / f"cache-{run}-{len(timings[name])}"  # empty: a fresh instance
-                    timings[name].append(seconds_to_ready(directory, runtime, cache))
+        timings = time_cases(model_dir, args.runs)
         print(f"\n{model_dir}: process start to the first /ping 200, median of {args.runs} (wall s, CPU s)")
-        base_wall, base_cpu = (
-            statistics.median(column) for column in zip(*timings["with graph (onnx)"], strict=True)
-        )
-        for name, values in timings.items():
-            wall, cpu = (statistics.median(column) for column in zip(*values, strict=True))
+        medians = {
+            name: [statistics.median(column) for column in zip(*values, strict=True)]
+            for name, values in timings.items()
+        }
+        base_wall, base_cpu = medians["with graph (onnx)"]
+        figures["models"][str(model_dir)] = {
+            name: {"wall_s": wall, "cpu_s": cpu} for name, (wall, cpu) in medians.items()
+        }
+        for name, (wall, cpu) in medians.items():
             print(
                 f"  {name:32s} wall {wall:6.1f} s ({wall / base_wall:4.1f}x)   "
                 f"CPU {cpu:6.1f} s ({cpu / base_cpu:4.1f}x)"
             )
+            rows.append(
+                [
+                    str(model_dir),
+                    name,
+                    f"{wall:.1f}",
+                    f"{wall / base_wall:.1f}x",
+                    f"{cpu:.1f}",
+                    f"{cpu / base_cpu:.1f}x",
+                ]
+            )
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
+    table = results.table(
+        f"process start to the first /ping 200, median of {args.runs}",
+        ["model", "start", "wall s", "wall vs with graph", "CPU s", "CPU vs with graph"],
+        rows,
+    )
+    run.finish(figures, [table], device="cpu")
+
+
+def time_cases(model_dir: Path, runs: int) -> dict[str, list[tuple[float, float]]]:
+    """(wall s, CPU s) of each run of each start-up case, the cases alternating."""
+    with tempfile.TemporaryDirectory() as scratch:
+        bare = Path(scratch) / "model"
+        shutil.copytree(model_dir, bare, ignore=shutil.ignore_patterns("*.onnx"))
+        cases = {
+            "with graph (onnx)": (model_dir, "auto"),
+            "without graph (export at start)": (bare, "auto"),
+            "pytorch": (model_dir, "pytorch"),
+        }
+        timings: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+        for run in range(runs):
+            for name, (directory, runtime) in cases.items():
+                cache = Path(scratch) / f"cache-{run}-{len(timings[name])}"  # empty: a fresh instance
+                timings[name].append(seconds_to_ready(directory, runtime, cache))
+    return timings
 
 
 if __name__ == "__main__":

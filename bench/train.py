@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import results
+
 PROJECT = Path(__file__).resolve().parents[1]
 DOGS = PROJECT.parent / "shared" / "data" / "dogs"
 
@@ -67,7 +69,7 @@ def train(data: Path, workdir: Path, name: str, ranks: int, backbone: str, onnx_
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -75,7 +77,9 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=40)
     parser.add_argument("--backbone", default="efficientnet-lite0")
     parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
+    results.add_argument(parser)
+    args = parser.parse_args(argv)
+    result = results.start(__spec__.name, "train", args.results_dir)
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
         workdir = Path(scratch)
@@ -96,14 +100,38 @@ def main() -> None:
         f"{args.backbone}, {images} images, 1 thread per rank, {os.cpu_count()} cores, "
         f"fastest of {args.repeats} rounds"
     )
-    print(f"{'':22}{'features s':>11}{'head epoch s':>13}{'epoch s':>9}{'wall s':>8}{'valid top1':>11}")
-    for label, run in (("1 rank x 1 thread", one), ("2 ranks x 1 thread", two)):
-        print(
-            f"{label:22}{run['features']:11.2f}{run['head_epoch']:13.3f}{run['epoch']:9.2f}{run['wall']:8.1f}"
-            f"{run['valid_top1']:11.3f}"
-        )
+    columns = ["", "features s", "head epoch s", "epoch s", "wall s", "valid top1"]
+    rows = [
+        [
+            label,
+            f"{run['features']:.2f}",
+            f"{run['head_epoch']:.3f}",
+            f"{run['epoch']:.2f}",
+            f"{run['wall']:.1f}",
+            f"{run['valid_top1']:.3f}",
+        ]
+        for label, run in (("1 rank x 1 thread", one), ("2 ranks x 1 thread", two))
+    ]
+    widths = (11, 13, 9, 8, 11)
+    print(f"{'':22}" + "".join(f"{name:>{width}}" for name, width in zip(columns[1:], widths, strict=True)))
+    for label, *cells in rows:
+        print(f"{label:22}" + "".join(f"{cell:>{width}}" for cell, width in zip(cells, widths, strict=True)))
     print(f"speed-up of one epoch, 2 ranks vs 1: {one['epoch'] / two['epoch']:.2f}x")
     print(f"(warm-up run with the ONNX export: {warmup['wall']:.1f} s wall)")
+    figures = {
+        "backbone": args.backbone,
+        "images": images,
+        "repeats": args.repeats,
+        "one_rank": one,
+        "two_ranks": two,
+        "speedup": one["epoch"] / two["epoch"],
+        "warmup_wall_s": warmup["wall"],
+    }
+    rows.append(
+        ["speed-up of one epoch, 2 ranks vs 1", "", "", f"{one['epoch'] / two['epoch']:.2f}x", "", ""]
+    )
+    title = f"{args.backbone}, {images} images, 1 thread per rank, fastest of {args.repeats} rounds"
+    result.finish(figures, [results.table(title, columns, rows)], device="cpu")
 
 
 if __name__ == "__main__":

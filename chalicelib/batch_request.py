@@ -33,6 +33,7 @@ from chalicelib.settings import (
     MAX_FETCH_BYTES,
     MAX_PIXELS,
     MAX_UPLOAD_BYTES,
+    Settings,
     get_settings,
 )
 
@@ -148,37 +149,7 @@ def classify_batch(request: BatchRequest) -> dict[str, Any]:
             "this stage's endpoint is asynchronous: send the photos one at a time to /predict"
         )
     started = time.perf_counter()
-    resizing = threading.BoundedSemaphore(BATCH_RESIZE_CONCURRENCY)
-
-    def prepare(item: BatchItem) -> PreparedImage:
-        if item.error is not None:
-            raise item.error
-        data = item.image
-        if item.url is not None:
-            data = fetch_image(
-                item.url, max_bytes=MAX_FETCH_BYTES, allow_loopback=settings.allow_loopback_fetch
-            )
-        with resizing:
-            return prepare_image(
-                data, resize_size=settings.model_resize_size, max_pixels=MAX_PIXELS, quality=JPEG_QUALITY
-            )
-
-    items = request.items
-    results: list[dict[str, Any] | None] = [None] * len(items)
-    prepared: dict[int, PreparedImage] = {}
-    deadline = started + BATCH_PREPARE_TIMEOUT_S
-    pool = ThreadPoolExecutor(max_workers=len(items))
-    futures = [pool.submit(prepare, item) for item in items]
-    for index, future in enumerate(futures):
-        try:
-            prepared[index] = future.result(timeout=max(0.0, deadline - time.perf_counter()))
-        except FuturesTimeout:
-            timeout = BatchTimeout(f"fetching and shrinking took longer than {BATCH_PREPARE_TIMEOUT_S:g} s")
-            results[index] = lambda_error(timeout)
-        except Exception as error:  # noqa: BLE001 - every item's failure is its own answer
-            results[index] = lambda_error(error)
-    # Whatever is still running is bounded by the fetch and pixel limits; the answer does not wait for it.
-    pool.shutdown(wait=False, cancel_futures=True)
+    prepared, results = _prepare_all(request.items, settings, deadline=started + BATCH_PREPARE_TIMEOUT_S)
     _drop_what_does_not_fit(prepared, results)
     ready = time.perf_counter()
 
@@ -203,6 +174,43 @@ def classify_batch(request: BatchRequest) -> dict[str, Any]:
         "urls": results[len(request.images) :],
         "timings_ms": timings,
     }
+
+
+def _prepare_all(
+    items: list[BatchItem], settings: Settings, deadline: float
+) -> tuple[dict[int, PreparedImage], list[dict[str, Any] | None]]:
+    """Fetch (URLs, all at once) and shrink (BATCH_RESIZE_CONCURRENCY at a time) every item by `deadline`:
+    (index -> prepared photo, results with each failed item's error in its place)."""
+    resizing = threading.BoundedSemaphore(BATCH_RESIZE_CONCURRENCY)
+
+    def prepare(item: BatchItem) -> PreparedImage:
+        if item.error is not None:
+            raise item.error
+        data = item.image
+        if item.url is not None:
+            data = fetch_image(
+                item.url, max_bytes=MAX_FETCH_BYTES, allow_loopback=settings.allow_loopback_fetch
+            )
+        with resizing:
+            return prepare_image(
+                data, resize_size=settings.model_resize_size, max_pixels=MAX_PIXELS, quality=JPEG_QUALITY
+            )
+
+    results: list[dict[str, Any] | None] = [None] * len(items)
+    prepared: dict[int, PreparedImage] = {}
+    pool = ThreadPoolExecutor(max_workers=len(items))
+    futures = [pool.submit(prepare, item) for item in items]
+    for index, future in enumerate(futures):
+        try:
+            prepared[index] = future.result(timeout=max(0.0, deadline - time.perf_counter()))
+        except FuturesTimeout:
+            timeout = BatchTimeout(f"fetching and shrinking took longer than {BATCH_PREPARE_TIMEOUT_S:g} s")
+            results[index] = lambda_error(timeout)
+        except Exception as error:  # noqa: BLE001 - every item's failure is its own answer
+            results[index] = lambda_error(error)
+    # Whatever is still running is bounded by the fetch and pixel limits; the answer does not wait for it.
+    pool.shutdown(wait=False, cancel_futures=True)
+    return prepared, results
 
 
 def _drop_what_does_not_fit(prepared: dict[int, PreparedImage], results: list) -> None:

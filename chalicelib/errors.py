@@ -65,6 +65,11 @@ class UnreadableImage(BadRequest):
     code = "unreadable_image"
 
 
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
 class PayloadTooLarge(ApiError):
     status = 413
     code = "payload_too_large"

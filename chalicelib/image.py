@@ -6,8 +6,10 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import pi_heif
 from PIL import Image, UnidentifiedImageError
 
+from chalicelib.coded_size import UnreadableHeader, UnsupportedCoding, coded_sizes
 from chalicelib.errors import (
     EmptyImage,
     ImageTooElongated,
@@ -18,10 +20,24 @@ from chalicelib.errors import (
 )
 from chalicelib.settings import MAX_ASPECT_RATIO, MAX_ENDPOINT_BODY_BYTES, MAX_PIXELS_BY_FORMAT
 
+# HEIC/HEIF (the iPhone camera's format) is read by libheif through pi-heif; Pillow reads AVIF itself. Only
+# the main picture: its thumbnails, depth maps and auxiliary images would be parsed for nothing. libheif
+# turns a HEIF picture by the file's own rotation and mirroring (irot, imir) and pi-heif then sets the EXIF
+# orientation to 1, so the picture is never turned twice; Pillow reports AVIF's irot/imir as that orientation.
+pi_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+
 # Pillow tries only these decoders; MPO is what Pillow calls the JPEGs that some cameras write with a preview.
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "HEIF", "AVIF")
 _SEND_ALLOWED = f"send one of {', '.join(ALLOWED_FORMATS)}"
 _OPENED_FORMATS = (*ALLOWED_FORMATS, "MPO")
+# What decoding a malformed file raises: Pillow's own decoders the first three, the bindings of libheif
+# (pi-heif) and libavif (Pillow's AVIF plugin) also EOFError and RuntimeError.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, RuntimeError)
+# HEIF and AVIF files (ISO base media files) begin with this box, after its length.
+_ISO_MEDIA_BOX = b"ftyp"
+# HEVC codes a picture in whole blocks of up to 64 pixels a side, so its coded size may pass the shown one by
+# less than this.
+_CODING_BLOCK = 64
 # EXIF orientations that turn the picture a quarter, so width and height swap.
 _QUARTER_TURNS = (5, 6, 7, 8)
 _ORIENTATION_TAG = 0x0112
@@ -88,7 +104,7 @@ def prepare_image(
             image.draft("RGB", (resize_size, resize_size))
         image.load()
         image = reduced_rgb(image, resize_size)
-    except (OSError, SyntaxError, ValueError) as error:
+    except _DECODE_ERRORS as error:
         raise UnreadableImage(f"the image cannot be decoded ({error}); {_SEND_ALLOWED}") from error
     if orientation in _TRANSPOSES:
         image = image.transpose(_TRANSPOSES[orientation])
@@ -121,6 +137,15 @@ def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
     """
     if not data:
         raise EmptyImage("the image is empty (0 bytes)")
+    coded = None
+    if data[4:8] == _ISO_MEDIA_BOX:
+        # Before opening it: pi-heif crashes the process on some malformed item descriptions.
+        try:
+            coded = coded_sizes(data)
+        except UnsupportedCoding as error:
+            raise UnsupportedImage(f"{error}; {_SEND_ALLOWED}") from error
+        except UnreadableHeader as error:
+            raise UnreadableImage(f"the HEIC/AVIF image cannot be read ({error}); {_SEND_ALLOWED}") from error
     try:
         with warnings.catch_warnings():
             # Between Pillow's two bomb limits it only warns; our own cap below is lower and answers instead.
@@ -129,14 +154,21 @@ def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as error:
         raise TooManyPixels(f"the image has too many pixels; the limit is {max_pixels:,}") from error
     except UnidentifiedImageError as error:
+        if data[4:8] == _ISO_MEDIA_BOX:
+            # libheif and libavif refuse a damaged file while reading its boxes, so Pillow cannot tell it
+            # apart from another format; its first box tells it is one of these.
+            raise UnreadableImage(
+                "the HEIC/AVIF image cannot be read: it is damaged, truncated or holds no picture; "
+                f"{_SEND_ALLOWED}"
+            ) from error
         other_format = _other_format(data)
         if other_format:
             raise UnsupportedImage(f"{other_format} images are not accepted; {_SEND_ALLOWED}") from error
         raise UnreadableImage(f"cannot decode the image; {_SEND_ALLOWED}") from error
-    except (OSError, SyntaxError, ValueError) as error:
+    except _DECODE_ERRORS as error:
         raise UnreadableImage(f"the image cannot be read ({error}); {_SEND_ALLOWED}") from error
     if image.format not in _OPENED_FORMATS:
-        raise UnsupportedImage(f"{image.format} images are not accepted")
+        raise UnsupportedImage(f"{image.format} images are not accepted; {_SEND_ALLOWED}")
     width, height = image.size
     limit = min(max_pixels, MAX_PIXELS_BY_FORMAT.get(image.format, max_pixels))
     if width * height > limit:
@@ -149,7 +181,22 @@ def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
             f"the image is {width}x{height} pixels; its longer side may be at most {MAX_ASPECT_RATIO} times"
             " its shorter side"
         )
+    if coded is not None:
+        _check_coded_sizes(coded, width, height)
     return image
+
+
+def _check_coded_sizes(sizes: list[tuple[int, int]], width: int, height: int) -> None:
+    """Refuse a HEIF/AVIF file any of whose coded pictures is larger than the size its header shows (either
+    way round: HEIF's is shown turned, AVIF's as stored). Raises TooManyPixels."""
+    for coded in sizes:
+        if not any(
+            coded[0] < shown[0] + _CODING_BLOCK and coded[1] < shown[1] + _CODING_BLOCK
+            for shown in ((width, height), (height, width))
+        ):
+            raise TooManyPixels(
+                f"the image codes a {coded[0]}x{coded[1]} picture behind the {width}x{height} pixels it shows"
+            )
 
 
 def _other_format(data: bytes) -> str | None:
@@ -223,5 +270,5 @@ def reduced_rgb(image: Image.Image, resize_size: int) -> Image.Image:
 def _orientation(image: Image.Image) -> int:
     try:
         return int(image.getexif().get(_ORIENTATION_TAG, 1))
-    except (OSError, SyntaxError, ValueError, TypeError):
+    except (*_DECODE_ERRORS, TypeError):
         return 1

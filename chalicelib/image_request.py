@@ -15,7 +15,8 @@ from chalicelib import observability
 from chalicelib.errors import BadRequest, EmptyImage, InvalidJson, PayloadTooLarge
 from chalicelib.fetch import fetch_image
 from chalicelib.image import prepare_image
-from chalicelib.invoke import invoke_model, queue_model_request
+from chalicelib.invoke import invoke_model
+from chalicelib.queued import queue_model_request, read_result
 from chalicelib.settings import (
     DEFAULT_TOP_K,
     JPEG_QUALITY,
@@ -23,6 +24,7 @@ from chalicelib.settings import (
     MAX_PIXELS,
     MAX_TOP_K,
     MAX_UPLOAD_BYTES,
+    RETRY_AFTER_S,
     get_settings,
 )
 
@@ -173,9 +175,7 @@ def classify(request: ClassifyRequest) -> dict[str, Any]:
     )
     resized = time.perf_counter()
     if settings.endpoint_kind == "async":
-        answer = queue_model_request(
-            settings.endpoint_name, prepared.jpeg, request.top_k, *settings.async_input
-        )
+        answer = queue_model_request(settings, prepared.jpeg, request.top_k, request.min_confidence)
     else:
         answer = invoke_model(settings.endpoint_name, prepared.jpeg, request.top_k, request.min_confidence)
     invoked = time.perf_counter()
@@ -194,11 +194,26 @@ def classify(request: ClassifyRequest) -> dict[str, Any]:
     return answer
 
 
-def http_answer(answer: dict[str, Any]) -> Response | dict[str, Any]:
-    """A route's answer: the classification (200), or 202 Accepted when the photo was queued."""
+def http_answer(answer: dict[str, Any], base_path: str = "") -> Response | dict[str, Any]:
+    """A route's answer: the classification (200), or 202 Accepted when the photo was queued, with where to
+    ask for its answer (`base_path`: the stage's, "/api" on API Gateway)."""
     if answer.get("status") == "queued":
-        return Response(body=answer, status_code=202)
+        answer["result_url"] = f"{base_path}/predict/results/{answer['inference_id']}"
+        return Response(body=answer, status_code=202, headers={"Location": answer["result_url"]})
     return answer
+
+
+def result_http_answer(inference_id: str) -> Response | dict[str, Any]:
+    """GET /predict/results/{inference_id}: the model's answer (200) once written, 202 while pending; raises
+    what `queued.read_result` raises."""
+    answer = read_result(get_settings(), inference_id)
+    if answer is None:
+        return Response(
+            body={"status": "pending", "inference_id": inference_id},
+            status_code=202,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    return {**answer, "inference_id": inference_id}
 
 
 def _max_base64_chars() -> int:

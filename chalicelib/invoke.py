@@ -1,11 +1,12 @@
-"""The one call to the model: SageMaker runtime's invoke_endpoint, its failures mapped to API errors."""
+"""The one call to the model: SageMaker runtime's invoke_endpoint, its failures mapped to API errors (an async
+endpoint's queue and results are in queued.py)."""
 
 from __future__ import annotations
 
 import base64
 import functools
 import json
-import uuid
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -45,7 +46,7 @@ from chalicelib.settings import (
 )
 
 # How much of the model container's own error message is passed on to the caller.
-_MAX_RELAYED_CHARS = 300
+MAX_RELAYED_CHARS = 300
 # Error codes after which the endpoint may well answer if asked again later.
 _RETRY_LATER_CODES = {
     "ThrottlingException",
@@ -80,11 +81,11 @@ def invoke_model(
     before answering, after botocore's retries),
     EndpointTimeout (no answer in time) and ModelPayloadTooLarge (the endpoint refused the body's size).
     """
-    attributes = _custom_attributes(top_k, min_confidence)
+    attributes = custom_attributes(top_k, min_confidence)
     return parse_answer(_invoke(endpoint_name, jpeg, JPEG, JSON, attributes))
 
 
-def _custom_attributes(top_k: int, min_confidence: float | None) -> str:
+def custom_attributes(top_k: int, min_confidence: float | None) -> str:
     """What the handlers read from CustomAttributes (serving/inference.py)."""
     attributes = f"top_k={top_k}"
     if min_confidence is not None:
@@ -101,7 +102,7 @@ def invoke_model_batch(
     Raises as `invoke_model` does; BadModelAnswer also when the answer is not one result per image.
     """
     body = json.dumps({"instances": [{"b64": base64.b64encode(jpeg).decode()} for jpeg in jpegs]}).encode()
-    raw = _invoke(endpoint_name, body, JSON, RECORD_JSON, _custom_attributes(top_k, min_confidence))
+    raw = _invoke(endpoint_name, body, JSON, RECORD_JSON, custom_attributes(top_k, min_confidence))
     try:
         answers = json.loads(raw, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as error:
@@ -129,14 +130,7 @@ def model_breeds(endpoint_name: str) -> dict[str, Any]:
         raise BreedsNotServed(
             f"the endpoint {endpoint_name!r} does not list its breeds; its serving code predates GET /breeds"
         ) from error
-    try:
-        answer = json.loads(raw, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as error:
-        raise BadModelAnswer("the endpoint answered something that is not valid JSON") from error
-    try:
-        return validate_breeds(answer)
-    except SchemaMismatch as error:
-        raise BadModelAnswer(f"the endpoint's breeds do not match their schema: {error}") from error
+    return _validated(raw, validate_breeds, "breeds")
 
 
 def _is_error(answer: Any) -> bool:
@@ -165,27 +159,31 @@ def _invoke(endpoint_name: str, body: bytes, content_type: str, accept: str, att
         # The connection broke mid-answer: what came is not the whole answer.
         raise BadModelAnswer("the endpoint's answer was cut off") from error
     except ClientError as error:
-        raise _mapped(error, endpoint_name, len(body)) from error
+        raise mapped_error(error, endpoint_name, len(body)) from error
 
 
 def parse_answer(body: bytes) -> dict[str, Any]:
     """The endpoint's 200 body as an answer; raises BadModelAnswer for anything that is not one."""
+    return _validated(body, validate_answer, "answer")
+
+
+def _validated(body: bytes, validate: Callable[[Any], dict[str, Any]], what: str) -> dict[str, Any]:
     try:
         answer = json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as error:
         # RecursionError: JSON nested thousands deep; ValueError covers bad UTF-8, truncation and NaN.
         raise BadModelAnswer("the endpoint answered something that is not valid JSON") from error
     try:
-        return validate_answer(answer)
+        return validate(answer)
     except SchemaMismatch as error:
-        raise BadModelAnswer(f"the endpoint's answer does not match the response schema: {error}") from error
+        raise BadModelAnswer(f"the endpoint's {what} does not match its schema: {error}") from error
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _mapped(error: ClientError, endpoint_name: str, sent_bytes: int) -> Exception:
+def mapped_error(error: ClientError, endpoint_name: str, sent_bytes: int) -> Exception:
     details = error.response.get("Error", {})
     code = details.get("Code", "")
     message = details.get("Message", "")
@@ -200,7 +198,7 @@ def _mapped(error: ClientError, endpoint_name: str, sent_bytes: int) -> Exceptio
         # SageMaker's inference toolkit puts the container's Python traceback below the message: only the
         # message is for the caller.
         reason = original.splitlines()[0] if original else "no reason given"
-        return ModelFailed(f"the model failed on this image: {reason[:_MAX_RELAYED_CHARS]}")
+        return ModelFailed(f"the model failed on this image: {reason[:MAX_RELAYED_CHARS]}")
     if status == 413 or code == "413":
         # prepare_image keeps bodies under MAX_ENDPOINT_BODY_BYTES: this endpoint takes less than SageMaker.
         return ModelPayloadTooLarge(
@@ -226,60 +224,3 @@ def _retry_after(error: ClientError) -> int:
     if value.isascii() and value.isdigit():
         return min(max(int(value), 1), MAX_RETRY_AFTER_S)
     return RETRY_AFTER_S
-
-
-# --- asynchronous endpoints: the photo goes to S3 and is queued; the answer says where the result will be ---
-
-
-@functools.cache
-def s3_client():
-    """The container's one S3 client for queued photos, with the endpoint's time limits."""
-    config = Config(
-        connect_timeout=ENDPOINT_CONNECT_TIMEOUT_S,
-        read_timeout=ENDPOINT_READ_TIMEOUT_S,
-        retries={"mode": "standard", "total_max_attempts": ENDPOINT_MAX_ATTEMPTS},
-    )
-    return boto3.client("s3", config=config)
-
-
-def queue_model_request(
-    endpoint_name: str, jpeg: bytes, top_k: int, bucket: str, prefix: str
-) -> dict[str, Any]:
-    """Put the JPEG under s3://bucket/prefix/ and queue it on the async endpoint.
-
-    Returns {"status": "queued", "inference_id", "output_location", "failure_location"}: SageMaker writes the
-    endpoint's answer (the same JSON invoke_model returns) to output_location, or the error to
-    failure_location. Raises what invoke_model raises; a photo S3 refuses is EndpointUnavailable.
-    """
-    inference_id = uuid.uuid4().hex
-    key = f"{prefix}/{inference_id}.jpg"
-    try:
-        s3_client().put_object(Bucket=bucket, Key=key, Body=jpeg, ContentType=JPEG)
-    except (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError, ReadTimeoutError) as error:
-        raise EndpointUnavailable(
-            f"the photo could not be queued for {endpoint_name!r}: S3 cannot be reached"
-        ) from error
-    except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "")
-        raise EndpointUnavailable(f"the photo could not be queued for {endpoint_name!r} ({code})") from error
-    try:
-        response = runtime_client().invoke_endpoint_async(
-            EndpointName=endpoint_name,
-            ContentType=JPEG,
-            Accept=JSON,
-            CustomAttributes=f"top_k={top_k}",
-            InferenceId=inference_id,
-            InputLocation=f"s3://{bucket}/{key}",
-        )
-    except ReadTimeoutError as error:
-        raise EndpointTimeout(f"the endpoint did not answer within {ENDPOINT_READ_TIMEOUT_S:g} s") from error
-    except (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError) as error:
-        raise EndpointUnavailable(f"the endpoint {endpoint_name!r} cannot be reached") from error
-    except ClientError as error:
-        raise _mapped(error, endpoint_name, len(jpeg)) from error
-    return {
-        "status": "queued",
-        "inference_id": response.get("InferenceId", inference_id),
-        "output_location": response["OutputLocation"],
-        "failure_location": response.get("FailureLocation"),
-    }

@@ -10,10 +10,28 @@ from typing import Any
 
 from chalicelib import errors, schema
 from chalicelib.gateway_responses import BODY_RESPONSE_TYPES, GATEWAY_RESPONSES, KEY_RESPONSE_TYPES
-from chalicelib.settings import DEFAULT_TOP_K, MAX_BATCH_ITEMS, MAX_TOP_K, MAX_UPLOAD_BYTES
+from chalicelib.settings import (
+    DEFAULT_TOP_K,
+    IMAGE_MEDIA_TYPES,
+    MAX_ASPECT_RATIO,
+    MAX_BATCH_ITEMS,
+    MAX_PIXELS,
+    MAX_PIXELS_BY_FORMAT,
+    MAX_TOP_K,
+    MAX_UPLOAD_BYTES,
+)
 
 OPENAPI_VERSION = "3.1.0"
 API_KEY_HEADER = "x-api-key"
+# What every image must be, however it comes.
+IMAGE_RULES = (
+    f"Accepted formats: {', '.join(IMAGE_MEDIA_TYPES)}, told from the bytes: a picture in another format is "
+    "a 415, bytes that are no picture a 400. "
+    f"At most {MAX_PIXELS:,} pixels ("
+    + ", ".join(f"{format} {pixels:,}" for format, pixels in MAX_PIXELS_BY_FORMAT.items())
+    + f"), the longer side at most {MAX_ASPECT_RATIO} times the shorter (422 otherwise). EXIF orientation "
+    "and HEIF/AVIF rotation are applied."
+)
 
 REQUEST_SCHEMA: dict[str, Any] = {
     "title": "PredictRequest",
@@ -30,7 +48,7 @@ REQUEST_SCHEMA: dict[str, Any] = {
             "minLength": 1,
             "contentEncoding": "base64",
             "description": "The image's bytes in base64; a data: URL as browsers make it is also accepted. "
-            f"At most {MAX_UPLOAD_BYTES} bytes decoded.",
+            f"At most {MAX_UPLOAD_BYTES} bytes decoded. {IMAGE_RULES}",
         },
         "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": DEFAULT_TOP_K},
         "min_confidence": {
@@ -56,7 +74,7 @@ BATCH_REQUEST_SCHEMA: dict[str, Any] = {
         # error in its place, and more items than allowed is a 413, so the schema leaves both to the API.
         "images": {
             "type": "array",
-            "items": {"type": "string", "description": "An image's bytes in base64."},
+            "items": {"type": "string", "description": f"An image's bytes in base64. {IMAGE_RULES}"},
         },
         "urls": {
             "type": "array",
@@ -177,12 +195,18 @@ def _error_response(status: int, codes: list[str], gateway_codes: list[str]) -> 
     return response
 
 
-def _errors(*, classifies: bool, api_key_required: bool) -> dict[str, Any]:
-    """The error answers of a route: a classifying route can give any of the API's; the others only fail
-    inside. Then what API Gateway answers itself."""
+def _errors(
+    *, classifies: bool, api_key_required: bool, own: dict[int, list[str]] | None = None
+) -> dict[str, Any]:
+    """The error answers of a route: a classifying route can give any of the API's but a 404 (no route of
+    theirs names a thing that may be missing); the others only fail inside, but for their `own` codes. Then
+    what API Gateway answers itself."""
     by_status = error_codes_by_status()
-    if not classifies:
+    if classifies:
+        by_status.pop(errors.NotFound.status, None)
+    else:
         by_status = {status: codes for status, codes in by_status.items() if status >= 500}
+        by_status.update(own or {})
     gateway = gateway_codes_by_status(api_key_required=api_key_required, has_body=classifies)
     return {
         str(status): _error_response(status, by_status.get(status, []), gateway.get(status, []))
@@ -196,6 +220,38 @@ def _answer() -> dict[str, Any]:
     return {
         "200": {"description": description, "content": _json("Answer")},
         "202": {"description": queued, "content": _json("QueuedAnswer")},
+    }
+
+
+# What GET /predict/results answers of its own: a malformed inference id, and one that is not this stage's.
+_RESULT_ERRORS = {
+    errors.BadRequest.status: [errors.BadRequest.code],
+    errors.NotFound.status: [errors.NotFound.code],
+}
+
+
+def _result(errors_of_result: dict[str, Any]) -> dict[str, Any]:
+    retry_after = {"description": "Seconds to wait before asking again.", "schema": {"type": "integer"}}
+    return {
+        "summary": "The answer to a photo an async stage queued: POST /predict's 202 gives this route as "
+        "result_url. Stages whose endpoint answers at once queue nothing, and answer 404.",
+        "parameters": [
+            {
+                "name": "inference_id",
+                "in": "path",
+                "required": True,
+                "schema": schema.RESULT_SCHEMA["properties"]["inference_id"],
+            }
+        ],
+        "responses": {
+            "200": {"description": "The model's answer, as it wrote it.", "content": _json("QueuedResult")},
+            "202": {
+                "description": "Not answered yet.",
+                "headers": {"Retry-After": retry_after},
+                "content": _json("ResultPending"),
+            },
+            **errors_of_result,
+        },
     }
 
 
@@ -218,8 +274,8 @@ def _batch_answer_schema() -> dict[str, Any]:
 
 
 def _operations(image_types: list[str], api_key_required: bool) -> dict[tuple[str, str], dict[str, Any]]:
-    def errors_of(classifies: bool) -> dict[str, Any]:
-        return _errors(classifies=classifies, api_key_required=api_key_required)
+    def errors_of(classifies: bool, own: dict[int, list[str]] | None = None) -> dict[str, Any]:
+        return _errors(classifies=classifies, api_key_required=api_key_required, own=own)
 
     return {
         ("/", "GET"): {
@@ -269,8 +325,10 @@ def _operations(image_types: list[str], api_key_required: bool) -> dict[tuple[st
                 **errors_of(True),
             },
         },
+        ("/predict/results/{inference_id}", "GET"): _result(errors_of(False, _RESULT_ERRORS)),
         ("/predict/image", "POST"): {
-            "summary": "The breed of the dog in the image sent as the body (JPEG, PNG, WebP or GIF).",
+            "summary": "The breed of the dog in the image sent as the body.",
+            "description": f"At most {MAX_UPLOAD_BYTES} bytes. {IMAGE_RULES}",
             "parameters": [_TOP_K_PARAMETER, _MIN_CONFIDENCE_PARAMETER],
             "requestBody": {
                 "required": True,
@@ -311,6 +369,8 @@ def _document(routes_key: tuple[tuple[str, str, str, tuple[str, ...], bool], ...
                 "Answer": _schema_component(schema.API_ANSWER_SCHEMA),
                 "QueuedAnswer": _schema_component(schema.QUEUED_ANSWER_SCHEMA),
                 "Breeds": _schema_component(schema.BREEDS_SCHEMA),
+                "QueuedResult": _schema_component(schema.RESULT_SCHEMA),
+                "ResultPending": _schema_component(schema.PENDING_SCHEMA),
                 "Error": _schema_component(schema.ERROR_SCHEMA),
                 "PredictRequest": REQUEST_SCHEMA,
                 "BatchRequest": BATCH_REQUEST_SCHEMA,

@@ -6,6 +6,8 @@
 - QUEUED_ANSWER_SCHEMA: the API's 202 for a stage whose endpoint is asynchronous: where the answer will be.
 - BREEDS_SCHEMA: the model's breeds and the model, as the endpoint answers them (serving/contract.py's
   BREEDS_ACCEPT) and the API passes them on (GET /breeds).
+- RESULT_SCHEMA, PENDING_SCHEMA: what GET /predict/results/{inference_id} answers for a queued photo: the
+  model's answer once written (200), or that it is still pending (202).
 - ERROR_SCHEMA: every answer that is not a classification.
 
 Answers only ever gain fields, so objects allow properties beyond those listed: a client written against an
@@ -122,6 +124,11 @@ QUEUED_ANSWER_SCHEMA: dict[str, Any] = {
         "inference_id": {"type": "string", "minLength": 1},
         "output_location": {"type": "string", "pattern": "^s3://", "description": "s3://BUCKET/KEY"},
         "failure_location": {"type": ["string", "null"], "description": "s3://BUCKET/KEY"},
+        "result_url": {
+            "type": "string",
+            "description": "Where the API answers the result (GET): the same path as the Location header. "
+            "Only the HTTP routes give it.",
+        },
         "image": API_ANSWER_SCHEMA["properties"]["image"],
         "timings_ms": API_ANSWER_SCHEMA["properties"]["timings_ms"],
     },
@@ -148,6 +155,25 @@ BREEDS_SCHEMA: dict[str, Any] = {
         },
         "model": ANSWER_SCHEMA["properties"]["model"],
     },
+}
+
+_INFERENCE_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$", "description": "As POST /predict answered."}
+
+RESULT_SCHEMA: dict[str, Any] = {
+    **copy.deepcopy(ANSWER_SCHEMA),
+    "title": "QueuedResult",
+    "description": "The model's answer for a queued photo, as the endpoint wrote it, and its inference id.",
+    "required": [*ANSWER_SCHEMA["required"], "inference_id"],
+}
+RESULT_SCHEMA["properties"]["inference_id"] = _INFERENCE_ID
+
+PENDING_SCHEMA: dict[str, Any] = {
+    "$schema": DIALECT,
+    "title": "ResultPending",
+    "description": "The queued photo has no answer yet (HTTP 202): ask again after Retry-After seconds.",
+    "type": "object",
+    "required": ["status", "inference_id"],
+    "properties": {"status": {"const": "pending"}, "inference_id": _INFERENCE_ID},
 }
 
 ERROR_SCHEMA: dict[str, Any] = {
@@ -189,6 +215,8 @@ def _validator(name: str):
             "API_ANSWER": API_ANSWER_SCHEMA,
             "QUEUED_ANSWER": QUEUED_ANSWER_SCHEMA,
             "BREEDS": BREEDS_SCHEMA,
+            "RESULT": RESULT_SCHEMA,
+            "PENDING": PENDING_SCHEMA,
             "ERROR": ERROR_SCHEMA,
         }[name]
     )
@@ -222,6 +250,16 @@ def validate_queued_answer(document: Any) -> dict[str, Any]:
 def validate_breeds(document: Any) -> dict[str, Any]:
     """`document` if it is a valid breeds answer; raises SchemaMismatch otherwise."""
     return _validate("BREEDS", document)
+
+
+def validate_result(document: Any) -> dict[str, Any]:
+    """`document` if it is a valid 200 of GET /predict/results/{inference_id}; raises SchemaMismatch."""
+    return _validate("RESULT", document)
+
+
+def validate_pending(document: Any) -> dict[str, Any]:
+    """`document` if it is a valid 202 of GET /predict/results/{inference_id}; raises SchemaMismatch."""
+    return _validate("PENDING", document)
 
 
 def validate_error(document: Any) -> dict[str, Any]:

@@ -36,8 +36,9 @@ MIB = 1024 * 1024
 MAX_UPLOAD_BYTES = 4 * MIB
 MAX_FETCH_BYTES = 16 * MIB
 MAX_PIXELS = 40_000_000
-# Lower caps for formats whose decoding costs more memory per pixel than the rest (bench/decode_memory.py).
-MAX_PIXELS_BY_FORMAT = {"WEBP": 16_000_000}
+# Lower caps for formats whose decoding costs more memory per pixel than the rest (bench/decode_memory.py), so
+# that every format peaks alike. HEIF's still takes a 24 MP photo, the size recent iPhones shoot by default.
+MAX_PIXELS_BY_FORMAT = {"WEBP": 16_000_000, "HEIF": 32_000_000, "AVIF": 20_000_000}
 # The longer side may be at most this many times the shorter. The model scales the shorter side to its resize
 # size, so without this a 65000x1 picture would grow to 17 GB there. The endpoint refuses the same ratio.
 MAX_ASPECT_RATIO = 20
@@ -85,9 +86,20 @@ DEFAULT_TOP_K = 5
 MAX_TOP_K = 20
 JPEG_QUALITY = 90
 
+# The media types of the image formats the API accepts (chalicelib/image.py's ALLOWED_FORMATS), as
+# /openapi.json lists them. The format is always told from the bytes, never from the Content-Type.
+IMAGE_MEDIA_TYPES = (
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "image/gif",
+    "image/heic",
+    "image/heif",
+    "image/avif",
+)
 # What the API accepts as an upload's body (POST /predict/image); API Gateway passes these to the Lambda
 # base64-encoded instead of mangling them as text.
-UPLOAD_CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "application/octet-stream")
+UPLOAD_CONTENT_TYPES = (*IMAGE_MEDIA_TYPES, "application/octet-stream")
 
 # The endpoint's wire contract as the Lambda speaks it: a copy of serving/contract.py's, since the Lambda
 # ships alone (tests/test_limits.py keeps the two equal, and DEFAULT_TOP_K and MAX_ENDPOINT_BODY_BYTES too).
@@ -97,6 +109,14 @@ JPEG = "image/jpeg"
 RECORD_JSON = "application/vnd.dogbreeds.record+json"
 # Asks for the model's breeds (GET /breeds), not a classification; the endpoint reads no body.
 BREEDS_ACCEPT = "application/vnd.dogbreeds.breeds+json"
+
+# The most an async endpoint's answer or failure in S3 may hold for the API to read it: an answer of
+# MAX_TOP_K predictions is a few KB.
+MAX_RESULT_BYTES = 64 * 1024
+
+# An async stage's tickets of queued requests, under its output prefix (chalicelib/queued.py); the stage's
+# policy grants writing there (training/jobs/chalice_stage.py's TICKETS_FOLDER, held equal by a test).
+ASYNC_TICKETS_FOLDER = "requests"
 
 # How a stage's endpoint is called: InvokeEndpoint (real-time instances, serverless), or the photo is put in
 # S3 and queued with InvokeEndpointAsync (async), answered 202 with where the result will be.
@@ -122,16 +142,19 @@ class Settings:
     # credentials at all can run the demo.
     unsigned_endpoint_requests: bool
     endpoint_kind: str = "real-time"
-    # For an async endpoint: the bucket and key prefix the Lambda puts queued photos under.
+    # For an async endpoint, each a bucket and a key prefix: where the Lambda puts the photos it queues, and
+    # where SageMaker writes answers and failures (the endpoint config's S3OutputPath and S3FailurePath).
     async_input: tuple[str, str] | None = None
+    async_output: tuple[str, str] | None = None
+    async_failure: tuple[str, str] | None = None
 
 
 @functools.cache
 def get_settings() -> Settings:
     """The stage's settings, read from the environment on first use (once per Lambda container).
 
-    Raises ConfigurationError when ENDPOINT_NAME or MODEL_RESIZE_SIZE is unset, an async stage has no
-    ASYNC_INPUT_S3, or a value is malformed.
+    Raises ConfigurationError when ENDPOINT_NAME or MODEL_RESIZE_SIZE is unset, an async stage lacks one of
+    ASYNC_INPUT_S3, ASYNC_OUTPUT_S3 and ASYNC_FAILURE_S3, or a value is malformed.
     """
     endpoint_name = os.environ.get("ENDPOINT_NAME", "").strip()
     if not endpoint_name:
@@ -150,8 +173,16 @@ def get_settings() -> Settings:
         model_resize_size=_positive_int("MODEL_RESIZE_SIZE"),
         unsigned_endpoint_requests=_flag("UNSIGNED_ENDPOINT_REQUESTS"),
         endpoint_kind=kind,
-        async_input=_s3_prefix("ASYNC_INPUT_S3") if kind == "async" else None,
+        **(_async_locations() if kind == "async" else {}),
     )
+
+
+def _async_locations() -> dict[str, tuple[str, str]]:
+    return {
+        "async_input": _s3_prefix("ASYNC_INPUT_S3"),
+        "async_output": _s3_prefix("ASYNC_OUTPUT_S3"),
+        "async_failure": _s3_prefix("ASYNC_FAILURE_S3"),
+    }
 
 
 def _flag(name: str) -> bool:

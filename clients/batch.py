@@ -12,8 +12,9 @@ request. Results are rows of CSV or JSON lines:
 
 (`key` is the path under the folder or the URL; `confident` whether the model stands by its top breed;
 `error` is a code such as `unreadable_image`, the same whether the images went to the endpoint or the API).
-A re-run with the same output skips what it already classified and tries the failures again, their new rows
-replacing the old ones once the run is over. At the end it prints
+HEIC and AVIF photos go through the API, which converts them; the endpoint answers them
+`unsupported_media_type`. A re-run with the same output skips what it already classified and tries the
+failures again, their new rows replacing the old ones once the run is over. At the end it prints
 a summary (images, per-breed counts, not-a-dog count, failures by reason) and exits 1 if any image failed.
 
 With `--transform-output DIR` it plays SageMaker Batch Transform on the folder: each file `key` is sent as
@@ -477,44 +478,58 @@ def run(args: argparse.Namespace, err: TextIO) -> int:
     progress = Progress(len(todo), err)
     try:
         if out_dir:
-            # One object per request, as the job sends them.
-            classify_items(
-                todo,
-                lambda group: [transformed_row(client, item, out_dir) for item in group],
-                1,
-                args.concurrency,
-                progress.update,
-            )
+            play_transform(client, todo, out_dir, args.concurrency, progress)
         else:
-            writer = ResultsWriter(args.output, fmt)
-            try:
-
-                def record(row: Row) -> None:
-                    writer.write(row)
-                    progress.update(row)
-
-                classify_items(
-                    todo, lambda group: classified_rows(client, group), batch_size, args.concurrency, record
-                )
-            finally:
-                writer.close()
-                # Also when interrupted: the file keeps one row per image, the latest.
-                compact(args.output, fmt)
+            classify_into(args.output, fmt, client, todo, batch_size, args.concurrency, progress)
     finally:
         progress.close()
 
     if out_dir:
-        # A transform's results come from its outputs alone, by the step the AWS command runs on S3.
-        def read_output(key: str) -> bytes | None:
-            out = out_dir / (key + OUT_SUFFIX)
-            return out.read_bytes() if out.is_file() else None
-
-        rows = write_rows(rows_from_outputs([item.key for item in items], read_output), args.output, fmt)
+        rows = transform_rows(items, out_dir, args.output, fmt)
     else:
         rows = read_rows(args.output, fmt)
     summary = Summary.of(rows)
     print(summary.text(), file=err)
     return EXIT_FAILED if summary.failures else 0
+
+
+def classify_into(
+    output: Path, fmt: str, client: Client, todo: list[Item], batch_size: int, concurrency: int, progress
+) -> None:
+    """Classify `todo` in groups, appending each row to `output` as it comes."""
+    writer = ResultsWriter(output, fmt)
+    try:
+
+        def record(row: Row) -> None:
+            writer.write(row)
+            progress.update(row)
+
+        classify_items(todo, lambda group: classified_rows(client, group), batch_size, concurrency, record)
+    finally:
+        writer.close()
+        # Also when interrupted: the file keeps one row per image, the latest.
+        compact(output, fmt)
+
+
+def play_transform(client: Client, todo: list[Item], out_dir: Path, concurrency: int, progress) -> None:
+    """Batch Transform's requests, one object per request as the job sends them; answers in out_dir."""
+    classify_items(
+        todo,
+        lambda group: [transformed_row(client, item, out_dir) for item in group],
+        1,
+        concurrency,
+        progress.update,
+    )
+
+
+def transform_rows(items: list[Item], out_dir: Path, output: Path, fmt: str) -> list[Row]:
+    """A transform's results come from its outputs alone, by the step the AWS command runs on S3."""
+
+    def read_output(key: str) -> bytes | None:
+        out = out_dir / (key + OUT_SUFFIX)
+        return out.read_bytes() if out.is_file() else None
+
+    return write_rows(rows_from_outputs([item.key for item in items], read_output), output, fmt)
 
 
 def positive_int(text: str) -> int:

@@ -12,7 +12,9 @@
   all notifying one SNS topic.
 
 The stage's facts (endpoint name, API Gateway stage, X-Ray, API keys) come from .chalice/config.json; the
-numbers below are the only place the throttling and alarm figures live.
+numbers below are the only place the throttling and alarm figures live. `protection` holds all of it in
+CloudFormation's shapes: this module merges it into the packaged template, and scripts/protect_stage.py
+applies the same to a stage that `chalice deploy` made.
 
     python -m scripts.merge_template --stage prod --output build/merge-prod.json
 """
@@ -35,9 +37,10 @@ from training.jobs.alarms import ENDPOINT_ALARMS
 PROJECT = Path(__file__).resolve().parents[1]
 
 CONFIG = PROJECT / ".chalice" / "config.json"
-# Chalice's logical ids for the REST API and the two functions (app.app and app.classify).
+# Chalice's logical ids for the REST API and the two functions (app.app and app.classify), each with the name
+# `chalice deploy` gives the function's resource in .chalice/deployed/STAGE.json.
 REST_API = "RestAPI"
-FUNCTIONS = ("APIHandler", "Classify")
+FUNCTIONS = {"APIHandler": "api_handler", "Classify": "classify"}
 
 
 @dataclass(frozen=True)
@@ -286,36 +289,64 @@ def api_keys(stage: str, facts: dict[str, Any], ops: StageOps) -> dict[str, Any]
     }
 
 
-def merge_template(stage: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Protection:
+    """What a stage gets beyond chalice's own deployment, in CloudFormation's shapes."""
+
+    api_name: str  # one per stage, so that API Gateway's metrics (dimension ApiName) tell the stages apart
+    api_stage: str
+    method_settings: list[dict[str, Any]]  # the stage-wide throttling
+    tracing: bool
+    gateway_responses: dict[str, Any]
+    topic_name: str
+    # Logical id -> AWS::CloudWatch::Alarm; Refs name AlarmTopic and the FUNCTIONS.
+    alarms: dict[str, Any]
+    # ApiKey, UsagePlan and UsagePlanKey, for a stage whose routes need a key; else None.
+    api_keys: dict[str, Any] | None
+
+
+def protection(stage: str) -> Protection:
     if stage not in STAGE_OPS:
         raise SystemExit(f"no throttling and alarm figures for stage {stage!r}: add it to STAGE_OPS")
     facts, ops = stage_facts(stage), STAGE_OPS[stage]
     api_name = f"{facts['app']}-{stage}"
+    throttling = {
+        "ResourcePath": "/*",
+        "HttpMethod": "*",
+        "ThrottlingRateLimit": ops.rate_per_s,
+        "ThrottlingBurstLimit": ops.burst,
+    }
+    return Protection(
+        api_name=api_name,
+        api_stage=facts["api_gateway_stage"],
+        method_settings=[throttling],
+        tracing=facts["xray"],
+        gateway_responses=gateway_responses(facts["cors_allow_origin"]),
+        topic_name=f"{api_name}-alarms",
+        alarms=alarms(stage, facts, ops),
+        api_keys=api_keys(stage, facts, ops) if facts["api_key_required"] else None,
+    )
+
+
+def merge_template(stage: str) -> dict[str, Any]:
+    wanted = protection(stage)
     api_properties: dict[str, Any] = {
-        # One name per stage, so that API Gateway's metrics (dimension ApiName) tell the stages apart.
-        "Name": api_name,
+        "Name": wanted.api_name,
         "DefinitionBody": {
-            "info": {"title": api_name},
-            "x-amazon-apigateway-gateway-responses": gateway_responses(facts["cors_allow_origin"]),
+            "info": {"title": wanted.api_name},
+            "x-amazon-apigateway-gateway-responses": wanted.gateway_responses,
         },
-        "MethodSettings": [
-            {
-                "ResourcePath": "/*",
-                "HttpMethod": "*",
-                "ThrottlingRateLimit": ops.rate_per_s,
-                "ThrottlingBurstLimit": ops.burst,
-            }
-        ],
-        "TracingEnabled": facts["xray"],
+        "MethodSettings": wanted.method_settings,
+        "TracingEnabled": wanted.tracing,
     }
     resources: dict[str, Any] = {
         REST_API: {"Properties": api_properties},
-        "AlarmTopic": {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": f"{api_name}-alarms"}},
-        **alarms(stage, facts, ops),
+        "AlarmTopic": {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": wanted.topic_name}},
+        **wanted.alarms,
     }
     outputs: dict[str, Any] = {"AlarmTopicArn": {"Value": {"Ref": "AlarmTopic"}}}
-    if facts["api_key_required"]:
-        resources.update(api_keys(stage, facts, ops))
+    if wanted.api_keys is not None:
+        resources.update(wanted.api_keys)
         outputs["ApiKeyId"] = {"Value": {"Ref": "ApiKey"}}
         outputs["UsagePlanId"] = {"Value": {"Ref": "UsagePlan"}}
     return {"Resources": resources, "Outputs": outputs}

@@ -21,6 +21,10 @@ RECORD_JSON = "application/vnd.dogbreeds.record+json"
 IMAGE_CONTENT_TYPES = (JPEG, PNG, WEBP, X_IMAGE, OCTET_STREAM)
 
 DEFAULT_TOP_K = 5
+# The container's environment: `python -m training.jobs promote` names the Model Registry package it deploys,
+# and answers name its version (serving/identity.py).
+MODEL_PACKAGE_ENV = "DOGBREEDS_MODEL_PACKAGE_ARN"
+MODEL_VERSION_ENV = "DOGBREEDS_MODEL_PACKAGE_VERSION"
 # The production variant every endpoint of ours has (SageMaker names it in answers and metrics).
 PRODUCTION_VARIANT = "AllTraffic"
 # Images per model call. On 2 shared cores ONNX Runtime's cost per image is flat up to batches of 4 and

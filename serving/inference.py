@@ -9,10 +9,11 @@ ANSWER_SCHEMA in chalicelib/schema.py, the one place of the response schema (the
      "confident": true, "is_dog": true, "dog_probability": 0.99,
      "model": {"name": "dogbreeds", "version": "1"}}
 
-The probabilities are the model's calibrated ones; `confident` says whether the top breed's probability
-reaches the artifact's confidence threshold, and `is_dog` whether the dog probability reaches its dog
-threshold (see training.calibration_stats). CustomAttributes `min_confidence=0.3` leaves out the predictions
-under that probability (the list may then be empty).
+The probabilities are the model's calibrated ones; `is_dog` says whether the dog probability reaches the
+artifact's dog threshold, and `confident` whether the top breed's probability reaches its confidence threshold
+and the dog probability its (stricter or equal) confident-dog threshold (classifier.model.Thresholds).
+CustomAttributes `min_confidence=0.3` leaves out the predictions under that probability (the list may then
+be empty).
 
 A JSON batch `{"instances": [{"b64": "..."}, ...]}` answers a list of those, in order. It never fetches URLs:
 endpoints may run network-isolated, and fetching is the API's job.
@@ -48,8 +49,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from classifier.identity import model_identity
-from classifier.model import CONFIDENCE_THRESHOLD, DOG_THRESHOLD, breed_name, read_config
+from classifier.model import Thresholds, breed_name, read_config
 from classifier.preprocessing import Preprocessing, UnreadableImageError, open_image
 from classifier.runtime import RUNTIMES, Device, OnnxRunner, TorchRunner, load_runner, softmax
 from serving.contract import (
@@ -64,17 +64,25 @@ from serving.contract import (
     MAX_REQUEST_PIXELS,
     RECORD_JSON,
 )
+from serving.identity import model_identity
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPES = (*IMAGE_CONTENT_TYPES, JSON)
 ACCEPT_TYPES = (JSON, RECORD_JSON, BREEDS_ACCEPT)
 
+# HEIF (HEIC) and AVIF files, ISO base media files, begin with this box after its length. Their headers do not
+# bound the decoding (a coded picture may be far larger than the size they show), so the endpoint takes none:
+# the API converts them, checking what they code first (chalicelib/coded_size.py).
+_ISO_MEDIA_BOX = b"ftyp"
+
 # SageMaker forwards InvokeEndpoint's CustomAttributes verbatim in this header.
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 
 RUNTIME_ENV = "DOGBREEDS_RUNTIME"  # one of classifier.runtime.RUNTIMES
 THREADS_ENV = "DOGBREEDS_THREADS"
+
+DEFAULT_THRESHOLDS = Thresholds()  # those of an artifact without calibration
 
 _TOP_K_ATTRIBUTE = re.compile(r"(?:^|[\s,;])top_k\s*=\s*([^\s,;]*)", re.IGNORECASE)
 _MIN_CONFIDENCE_ATTRIBUTE = re.compile(r"(?:^|[\s,;])min_confidence\s*=\s*([^\s,;]*)", re.IGNORECASE)
@@ -122,6 +130,13 @@ class UnsupportedContentTypeError(RequestError):
     code = "unsupported_content_type"
 
 
+class UnsupportedImageError(RequestError):
+    """An image in a format the endpoint does not decode (the API's code for such a picture, too)."""
+
+    status_code = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    code = "unsupported_media_type"
+
+
 class UnsupportedAcceptError(RequestError):
     status_code = HTTPStatus.NOT_ACCEPTABLE
     code = "not_acceptable"
@@ -143,15 +158,6 @@ class Instances:
     breeds: bool = False
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """The artifact's own: at or above `confidence` the top breed is a confident answer, at or above `dog`
-    the picture is a dog."""
-
-    confidence: float = CONFIDENCE_THRESHOLD
-    dog: float = DOG_THRESHOLD
-
-
 class BreedPredictor:
     """The loaded model: a runner (ONNX Runtime or PyTorch) with the labels and settings of its artifact."""
 
@@ -162,11 +168,7 @@ class BreedPredictor:
         self.labels = labels
         self.preprocessing = preprocessing
         self.model_info = model_identity(config)
-        calibration = config.get("calibration", {})
-        self.thresholds = Thresholds(
-            confidence=calibration.get("confidence_threshold", CONFIDENCE_THRESHOLD),
-            dog=calibration.get("dog_threshold", DOG_THRESHOLD),
-        )
+        self.thresholds = Thresholds.of(config.get("calibration", {}))
 
     @property
     def runtime(self) -> str:
@@ -336,11 +338,12 @@ def describe(
     labels: list[str],
     top_k: int,
     model_info: dict,
-    thresholds: Thresholds = Thresholds(),
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
     min_confidence: float = 0.0,
 ) -> dict:
     """The response object for one image: the top_k breeds by probability (those of at least
-    `min_confidence`), whether the top one is a confident answer, whether it is a dog, the model."""
+    `min_confidence`), whether the top one is a confident answer (a confident breed of a confident dog),
+    whether it is a dog, the model."""
     best = np.argsort(-breed_probabilities, kind="stable")[: min(top_k, len(labels))]
     top = float(breed_probabilities[best[0]])
     best = [index for index in best if breed_probabilities[index] >= min_confidence]
@@ -353,8 +356,8 @@ def describe(
             }
             for index in best
         ],
-        "confident": top >= thresholds.confidence,
-        "is_dog": dog_probability >= thresholds.dog,
+        "confident": bool(thresholds.is_confident(top, dog_probability)),
+        "is_dog": bool(thresholds.is_dog(dog_probability)),
         "dog_probability": round(dog_probability, 6),
         "model": dict(model_info),
     }
@@ -459,6 +462,11 @@ def _json_instances(body: bytes | str) -> list[bytes | RequestError]:
 def _decode(data: bytes) -> Image.Image:
     if not data:
         raise RequestError("empty image", "empty_image")
+    if data[4:8] == _ISO_MEDIA_BOX:
+        raise UnsupportedImageError(
+            "HEIC and AVIF images are not decoded here; send a JPEG, PNG, WebP or GIF, or send them through "
+            "the API, which converts them"
+        )
     if (size := _header_size(data)) is not None:
         _check_size(*size)
     try:
@@ -493,6 +501,8 @@ def _check_size(width: int, height: int) -> None:
 
 def _header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the image header, without decoding; None when unreadable (decoding says why)."""
+    if data[4:8] == _ISO_MEDIA_BOX:
+        return None  # not even opened: decoding refuses it (and Pillow's AVIF reader raises RuntimeError)
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.size

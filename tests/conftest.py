@@ -30,7 +30,8 @@ from local_servers import free_port, serving_in_thread, stop_process
 from moto_server import MotoServer
 
 import app as api
-from chalicelib.invoke import runtime_client, s3_client
+from chalicelib.invoke import runtime_client
+from chalicelib.queued import s3_client
 from chalicelib.settings import get_settings
 
 PROJECT = Path(__file__).resolve().parents[1]

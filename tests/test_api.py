@@ -14,10 +14,18 @@ from collections.abc import Iterator
 import pytest
 from api_calls import assert_error, client_for, post_image, post_json
 from chalice.test import Client
-from conftest import DEFAULT_MODEL, LABRADOR, PROJECT, SPANIEL, EndpointProcess, write_stage_project
+from conftest import (
+    DEFAULT_MODEL,
+    LABRADOR,
+    PROJECT,
+    SPANIEL,
+    EndpointProcess,
+    file_server,
+    write_stage_project,
+)
 from gateway import Gateway, serving_gateway
 from local_servers import free_port
-from pictures import encoded, zero_png
+from pictures import as_a_phone_stores_it, claiming_size, encoded, in_format, zero_png
 from PIL import Image
 from scripted_runtime import scripted
 
@@ -175,6 +183,58 @@ def test_unusual_but_valid_images_are_classified(client, samples, name, image, f
     assert response.json_body["is_dog"] is True
     if name != "16-bit grey":  # a grey Labrador is a fair guess at another breed
         assert top_label(response.json_body) == "Labrador_retriever", name
+
+
+@pytest.mark.parametrize(("format", "content_type"), [("HEIF", "image/heic"), ("AVIF", "image/avif")])
+def test_a_phone_photo_in_heic_or_avif_gets_the_upright_jpegs_answer_on_every_route(
+    client, samples, tmp_path, format, content_type
+):
+    # As an iPhone writes it: the sensor's pixels a quarter turn off, EXIF orientation and HEIF's irot.
+    upright = Image.open(samples / LABRADOR).convert("RGB")
+    data = as_a_phone_stores_it(upright, format)
+    jpeg = post_image(client, encoded(upright, "JPEG", quality=95)).json_body
+    (tmp_path / "photo").write_bytes(data)
+    with file_server(tmp_path) as url:
+        answers = {
+            "upload": post_image(client, data, content_type),
+            "octet-stream": post_image(client, data, "application/octet-stream"),
+            "base64": post_json(client, {"image": b64(data)}),
+            "url": post_json(client, {"url": f"{url}/photo"}),
+        }
+        answers = {route: response.json_body for route, response in answers.items()}
+        answers["batch"] = post_json(client, {"images": [b64(data)]}, "/predict/batch").json_body["images"][0]
+        answers["lambda"] = client.lambda_.invoke("classify", {"url": f"{url}/photo"}).payload
+    for route, answer in answers.items():
+        assert top_label(answer) == top_label(jpeg) == "Labrador_retriever", (route, answer)
+        assert answer["is_dog"] is True, route
+        assert (answer["image"]["width"], answer["image"]["height"]) == upright.size, route
+        assert answer["image"]["bytes_received"] == len(data), route
+
+
+@pytest.mark.parametrize("format", ["HEIF", "AVIF"])
+def test_a_heic_or_avif_over_the_bounds_or_damaged_is_a_clear_4xx(client, samples, format):
+    small = in_format(Image.new("RGB", (64, 64), (90, 60, 30)), format)
+    for data, status, code, words in [
+        (claiming_size(small, 9000, 9000), 422, "too_many_pixels", "9000x9000"),
+        (claiming_size(small, 6400, 100), 422, "image_too_elongated", "6400x100"),
+        (small[: len(small) // 2], 400, "unreadable_image", "cannot be read"),
+    ]:
+        error = assert_error(post_image(client, data, "application/octet-stream"), status, code)
+        assert words in error["message"]
+        # The same answer whichever way the photo comes.
+        result = post_json(client, {"images": [b64(data)]}, "/predict/batch").json_body["images"][0]
+        assert (result["error"]["status"], result["error"]["code"]) == (status, code)
+
+
+def test_what_is_still_refused_names_what_is_accepted_heic_and_avif_included(client):
+    bmp = encoded(Image.new("RGB", (64, 64)), "BMP")
+    error = assert_error(post_image(client, bmp, "application/octet-stream"), 415, "unsupported_media_type")
+    for format in ("JPEG", "PNG", "WEBP", "GIF", "HEIF", "AVIF"):
+        assert format in error["message"]
+    # A Content-Type the upload route does not take: the ones it does.
+    error = assert_error(post_image(client, bmp, "image/bmp"), 415, "unsupported_media_type")
+    for media_type in ("image/jpeg", "image/heic", "image/heif", "image/avif"):
+        assert media_type in error["message"]
 
 
 # --- bad input ---

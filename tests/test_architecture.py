@@ -138,6 +138,7 @@ ENDPOINT_ARCHIVE = {
     "requirements.txt",
     "serving/__init__.py",
     "serving/contract.py",
+    "serving/identity.py",
     "serving/inference.py",
     "classifier/__init__.py",
     "classifier/graph.py",

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import LABRADOR, PROJECT, SPANIEL, ChaliceLocal, SampleFiles, file_server
 from local_servers import serving_in_thread
+from pictures import as_a_phone_stores_it
+from PIL import Image
 
 from clients import batch, batch_results
 from serving import contract
@@ -227,6 +229,29 @@ def test_a_folder_and_a_url_list_through_the_api(api_stack, photos, sample_files
     assert url_code == batch.EXIT_FAILED and "3 images: 2 classified, 1 failed" in url_err
 
 
+def test_phone_photos_in_heic_and_avif_through_the_api_and_what_the_endpoint_says(
+    api_stack, endpoint, samples, tmp_path, capsys
+):
+    root = tmp_path / "phone"
+    root.mkdir()
+    upright = Image.open(samples / LABRADOR).convert("RGB")
+    (root / "IMG_0001.HEIC").write_bytes(as_a_phone_stores_it(upright, "HEIF"))
+    (root / "IMG_0002.avif").write_bytes(as_a_phone_stores_it(upright, "AVIF"))
+    code, err = run_batch(capsys, str(root), "-o", str(tmp_path / "api.csv"), "--api", api_stack.url)
+    rows = csv_rows(tmp_path / "api.csv")
+    assert {key: row["label"] for key, row in rows.items()} == {
+        "IMG_0001.HEIC": "Labrador_retriever",
+        "IMG_0002.avif": "Labrador_retriever",
+    }
+    assert code == 0, err
+    # The endpoint decodes neither (their headers do not bound the decoding): each row says where they go.
+    code, err = run_batch(capsys, str(root), "-o", str(tmp_path / "endpoint.csv"), "--endpoint", endpoint.url)
+    rows = csv_rows(tmp_path / "endpoint.csv")
+    assert {row["error"] for row in rows.values()} == {"unsupported_media_type"}
+    assert all("through the API" in row["message"] for row in rows.values())
+    assert code == batch.EXIT_FAILED and "2 images: 0 classified, 2 failed" in err
+
+
 def test_bad_files_fail_with_the_same_codes_through_the_endpoint_and_the_api(
     api_stack, endpoint, samples, tmp_path, capsys
 ):
@@ -300,9 +325,10 @@ def test_an_asynchronous_stage_queues_each_image_and_the_rows_say_where(photos, 
     """A real `chalice local` as an async stage whose S3 and SageMaker runtime are a real moto_server: the
     batch route is refused, so each image goes alone and is queued; its row says where the answer will be."""
     import boto3.session
-    from moto_server import MotoServer
+    from moto_server import AsyncOutputs, MotoServer
 
     moto = MotoServer().wait_ready()
+    outputs = AsyncOutputs(moto.url, "s3://queued-photos/out", "s3://queued-photos/out-failures")
     api = None
     try:
         # A session of its own: boto3's default one would carry this test's settings into later tests.
@@ -312,10 +338,12 @@ def test_an_asynchronous_stage_queues_each_image_and_the_rows_say_where(photos, 
         s3.create_bucket(Bucket="queued-photos")
         api = ChaliceLocal(
             tmp_path / "project",
-            moto.url,
+            outputs.url,
             ENDPOINT_NAME="dogbreeds-async",
             ENDPOINT_KIND="async",
             ASYNC_INPUT_S3="s3://queued-photos/in/",
+            ASYNC_OUTPUT_S3=outputs.output,
+            ASYNC_FAILURE_S3=outputs.failure,
             AWS_ENDPOINT_URL=moto.url,
             UNSIGNED_ENDPOINT_REQUESTS="false",
             AWS_DEFAULT_REGION="us-east-1",
@@ -330,6 +358,7 @@ def test_an_asynchronous_stage_queues_each_image_and_the_rows_say_where(photos, 
     finally:
         if api is not None:
             api.stop()
+        outputs.stop()
         moto.stop()
     assert [path for path, _ in proxy.requests] == ["/predict/batch"] + ["/predict/image"] * 3
     rows = csv_rows(results)
@@ -342,7 +371,7 @@ def test_an_asynchronous_stage_queues_each_image_and_the_rows_say_where(photos, 
 
 
 @pytest.mark.slow
-def test_batch_benchmark_runs_and_prints_its_figures():
+def test_batch_benchmark_runs_and_prints_its_figures(tmp_path):
     result = subprocess.run(
         [
             sys.executable,
@@ -354,6 +383,8 @@ def test_batch_benchmark_runs_and_prints_its_figures():
             "12",
             "--seconds",
             "1",
+            "--results-dir",
+            str(tmp_path),
         ],
         cwd=PROJECT,
         capture_output=True,

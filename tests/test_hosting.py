@@ -28,10 +28,17 @@ from jobs_on_moto import (
 )
 from moto_server import EndpointUpdates
 
+from chalicelib.settings import ASYNC_TICKETS_FOLDER
 from training.jobs import deploy
 from training.jobs.autoscaling import ScalingSpec
 from training.jobs.calls import Aws
-from training.jobs.chalice_stage import policy_statements
+from training.jobs.chalice_stage import (
+    ASYNC_ENVS,
+    MANAGED_SIDS,
+    TICKETS_FOLDER,
+    AsyncLocations,
+    policy_statements,
+)
 from training.jobs.hosting import RolloutSpec
 
 # Every test here is guarded against connecting anywhere but loopback.
@@ -204,6 +211,38 @@ def test_async_endpoint_queues_to_s3_and_scales_to_zero(aws, trained_model, caps
 
     report(run_jobs(capsys, "teardown", "--endpoint-name", name))
     assert scaling_state(aws, name) == ([], []) and alarms_of(aws, name) == {}
+
+
+def capture_rules(aws) -> list[dict]:
+    return aws.s3.get_bucket_lifecycle_configuration(Bucket=aws.bucket)["Rules"]
+
+
+def test_captured_data_expires_and_the_buckets_other_rules_are_kept(aws, trained_model, capsys):
+    name = f"dogs-{uuid.uuid4().hex[:8]}"
+    destination = f"s3://{aws.bucket}/dogbreeds/capture/{name}"
+    theirs = {"ID": "keep-logs-a-year", "Filter": {"Prefix": "logs/"}, "Status": "Enabled"}
+    theirs["Expiration"] = {"Days": 365}
+    aws.s3.put_bucket_lifecycle_configuration(Bucket=aws.bucket, LifecycleConfiguration={"Rules": [theirs]})
+    deploy_argv = ("deploy", "--model-data", trained_model, "--endpoint-name", name)
+    capture_argv = ("--capture-percent", "20", "--capture-s3", destination)
+
+    first = report(run_jobs(capsys, *deploy_argv, *capture_argv))
+    rules = {rule["ID"]: rule for rule in capture_rules(aws)}
+    assert rules["keep-logs-a-year"]["Expiration"] == {"Days": 365}
+    (ours,) = [rule for rule in rules.values() if rule["ID"] != "keep-logs-a-year"]
+    assert ours["Filter"] == {"Prefix": f"dogbreeds/capture/{name}/"} and ours["Status"] == "Enabled"
+    assert ours["Expiration"] == {"Days": 30}  # the default
+
+    # Another retention replaces the rule (one per prefix) and leaves the endpoint's config as it was.
+    second = report(run_jobs(capsys, *deploy_argv, *capture_argv, "--capture-retention-days", "7"))
+    rules = {rule["ID"]: rule for rule in capture_rules(aws)}
+    assert len(rules) == 2 and rules[ours["ID"]]["Expiration"] == {"Days": 7}
+    assert rules["keep-logs-a-year"]["Expiration"] == {"Days": 365}
+    assert second["endpoint_config"] == first["endpoint_config"]
+
+    with pytest.raises(SystemExit) as refused:
+        run_jobs(capsys, *deploy_argv, *capture_argv, "--capture-retention-days", "0")
+    assert refused.value.code == 2 and "--capture-retention-days" in capsys.readouterr().err
 
 
 def test_data_capture_and_the_rollback_alarms_are_created(aws, trained_model, capsys):
@@ -469,13 +508,26 @@ def test_deploy_writes_the_models_resize_size_and_kind_into_the_stage(aws, fast_
     environment, statements = stage_of(chalice_dir)
     assert environment["MODEL_RESIZE_SIZE"] == str(model_resize["resize_size"]) == "224"
     assert (environment["ENDPOINT_KIND"], environment["ASYNC_INPUT_S3"]) == ("async", queued)
+    # Where SageMaker writes answers and failures: the endpoint config's, which GET /predict/results reads.
+    config = aws.sagemaker.describe_endpoint_config(EndpointConfigName=deployed["endpoint_config"])
+    output_config = config["AsyncInferenceConfig"]["OutputConfig"]
+    assert environment["ASYNC_OUTPUT_S3"] == output_config["S3OutputPath"] == f"s3://{aws.bucket}/out"
+    assert environment["ASYNC_FAILURE_S3"] == output_config["S3FailurePath"]
     assert deployed["stage"]["MODEL_RESIZE_SIZE"] == "224"
-    # Least privilege: put photos under the input prefix, queue them on this endpoint; no synchronous invoke.
-    grants = {
-        s["Action"] if isinstance(s["Action"], str) else tuple(s["Action"]): s["Resource"] for s in statements
-    }
-    assert grants["s3:PutObject"] == f"arn:aws:s3:::{aws.bucket}/dogbreeds/async/{name}/queued/*"
-    assert grants["sagemaker:InvokeEndpointAsync"] == f"arn:aws:sagemaker:*:*:endpoint/{name}"
+    # Least privilege: put photos under the input prefix and tickets beside the answers, queue them on this
+    # endpoint, read and list only answers and failures; no synchronous invoke.
+    grants = {s["Action"]: s for s in statements if isinstance(s["Action"], str)}
+    assert grants["s3:PutObject"]["Resource"] == [
+        f"arn:aws:s3:::{aws.bucket}/dogbreeds/async/{name}/queued/*",
+        f"arn:aws:s3:::{aws.bucket}/out/requests/*",
+    ]
+    assert grants["sagemaker:InvokeEndpointAsync"]["Resource"] == f"arn:aws:sagemaker:*:*:endpoint/{name}"
+    assert grants["s3:GetObject"]["Resource"] == [
+        f"arn:aws:s3:::{aws.bucket}/out/*",
+        f"arn:aws:s3:::{aws.bucket}/out-failures/*",
+    ]
+    assert grants["s3:ListBucket"]["Resource"] == [f"arn:aws:s3:::{aws.bucket}"]
+    assert grants["s3:ListBucket"]["Condition"] == {"StringLike": {"s3:prefix": ["out/*", "out-failures/*"]}}
     assert "sagemaker:InvokeEndpoint" not in grants
     assert any(s.get("Sid") == "WriteOwnLogs" for s in statements)
 
@@ -501,16 +553,20 @@ def test_committed_stages_agree_with_the_model_they_serve():
     model gets its own copy of the local stage, see test_local_stage), and grants what its kind needs."""
     config = json.loads((PROJECT / ".chalice" / "config.json").read_text())
     model = json.loads((PROJECT / "models" / "default" / "config.json").read_text())
-    managed = {statement["Sid"] for statement in policy_statements("x", "async", "s3://b/p")} | {
+    places = AsyncLocations("s3://b/in", "s3://b/out", "s3://b/out-failures")
+    managed = {statement["Sid"] for statement in policy_statements("x", "async", places)} | {
         statement["Sid"] for statement in policy_statements("x", "real-time", None)
     }
+    assert managed == set(MANAGED_SIDS)
+    assert ASYNC_TICKETS_FOLDER == TICKETS_FOLDER  # the Lambda's copy
     for name, stage in config["stages"].items():
         environment = stage["environment_variables"]
         assert environment["MODEL_RESIZE_SIZE"] == str(model["preprocessing"]["resize_size"]), name
         if "iam_policy_file" in stage:
             kind = environment.get("ENDPOINT_KIND", "real-time")
             policy = json.loads((PROJECT / ".chalice" / stage["iam_policy_file"]).read_text())
-            expected = policy_statements(
-                environment["ENDPOINT_NAME"], kind, environment.get("ASYNC_INPUT_S3")
-            )
+            stage_places = None
+            if kind == "async":
+                stage_places = AsyncLocations(*(environment[name] for name in ASYNC_ENVS))
+            expected = policy_statements(environment["ENDPOINT_NAME"], kind, stage_places)
             assert [s for s in policy["Statement"] if s.get("Sid") in managed] == expected, name

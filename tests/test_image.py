@@ -10,9 +10,10 @@ import zlib
 import pytest
 from conftest import DEFAULT_MODEL_RESIZE_SIZE as RESIZE
 from conftest import LABRADOR
-from pictures import encoded, png, zero_png
-from PIL import Image, ImageChops
+from pictures import as_a_phone_stores_it, claiming_size, encoded, grid_heic, heic, in_format, png, zero_png
+from PIL import Image, ImageChops, ImageStat
 
+from chalicelib.coded_size import coded_sizes
 from chalicelib.errors import (
     EmptyImage,
     ImageTooElongated,
@@ -40,6 +41,10 @@ def sent(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(prepare(data).jpeg))
     assert image.format == "JPEG" and image.mode == "RGB"
     return image
+
+
+def mean_difference(one: Image.Image, other: Image.Image) -> float:
+    return sum(ImageStat.Stat(ImageChops.difference(one, other)).mean) / 3
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -73,10 +78,10 @@ def test_resize_keeps_the_aspect_and_the_shorter_side():
     assert resize_for_model(Image.new("RGB", (300, 200)), 256).size == (300, 200)
 
 
-@pytest.mark.parametrize("format", ["JPEG", "PNG", "WEBP", "GIF"])
+@pytest.mark.parametrize("format", ["JPEG", "PNG", "WEBP", "GIF", "HEIF", "AVIF"])
 def test_accepted_formats(format):
     image = Image.new("RGB", (640, 480), (200, 30, 40))
-    picture = sent(encoded(image, format))
+    picture = sent(in_format(image, format))
     assert picture.size == (round(RESIZE * 4 / 3), RESIZE)
     red, green, blue = picture.getpixel((RESIZE // 2, RESIZE // 2))
     assert red > 150 and green < 80 and blue < 90
@@ -103,6 +108,19 @@ def test_exif_orientation_is_applied(stored_width):
         upright.getpixel((side // 2, side // 2))[0] > 200
         and upright.getpixel((side // 2, 3 * side // 2))[0] < 50
     )
+
+
+@pytest.mark.parametrize("format", ["HEIF", "AVIF"])
+def test_a_phone_photo_is_sent_upright_as_its_rotation_says(samples, format):
+    photo = Image.open(samples / LABRADOR).convert("RGB").resize((640, 448))
+    prepared = prepare(as_a_phone_stores_it(photo, format))
+    assert (prepared.width, prepared.height) == photo.size
+    upright = Image.open(io.BytesIO(prepared.jpeg))
+    assert upright.size == model_size(photo.size, RESIZE)
+    expected = sent(encoded(photo, "JPEG", quality=95))
+    turned_twice = expected.transpose(Image.Transpose.ROTATE_180)
+    # Lossy encodings differ by a few levels; a picture turned once too often or not at all, by far more.
+    assert mean_difference(upright, expected) < 6 < mean_difference(upright, turned_twice)
 
 
 def test_alpha_is_composited_on_white():
@@ -174,6 +192,61 @@ def test_refuses_a_truncated_jpeg(samples):
     data = (samples / LABRADOR).read_bytes()
     with pytest.raises(UnreadableImage, match="cannot be decoded"):
         prepare(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("format", ["HEIF", "AVIF"])
+def test_refuses_a_truncated_or_damaged_heic_or_avif(samples, format):
+    data = in_format(Image.open(samples / LABRADOR), format)
+    for damaged in (data[: len(data) // 2], data[:100], data[:8] + b"\xff" * (len(data) - 8)):
+        with pytest.raises(UnreadableImage, match="HEIC/AVIF image cannot be read"):
+            prepare(damaged)
+
+
+@pytest.mark.parametrize("format", ["HEIF", "AVIF"])
+@pytest.mark.parametrize(
+    ("width", "height", "error", "message"),
+    [
+        (9000, 9000, TooManyPixels, "9000x9000"),
+        (6400, 100, ImageTooElongated, "6400x100"),
+    ],
+)
+def test_refuses_a_heic_or_avif_by_its_header_before_decoding(format, width, height, error, message):
+    # The file holds 64 x 64 pixels; only its header claims more. Decoding would fail or give 64 x 64, so
+    # the refusal can only have come from the header.
+    data = claiming_size(in_format(Image.new("RGB", (64, 64), (90, 60, 30)), format), width, height)
+    with pytest.raises(error, match=message):
+        prepare(data)
+
+
+@pytest.mark.parametrize("format", ["HEIF", "AVIF"])
+def test_refuses_a_heic_or_avif_that_codes_more_than_its_header_shows(format):
+    # libheif and libavif would decode the whole coded picture, then crop or scale it to the header's size:
+    # a few KB could hold a 16384 x 16384 picture behind a thumbnail's header.
+    data = claiming_size(in_format(Image.new("RGB", (640, 448), (90, 60, 30)), format), 64, 64)
+    with pytest.raises(TooManyPixels, match="codes a 640x448 picture behind the 64x64 pixels it shows"):
+        prepare(data)
+
+
+def test_refuses_a_grid_heic_whose_tiles_are_larger_than_the_picture_it_shows():
+    # An iPhone's tiles (512 x 512) are smaller than its photo; here 256 x 256 tiles make a 64 x 64 picture.
+    data = grid_heic(Image.new("RGB", (256, 256), (90, 60, 30)), tile=256, shown=(64, 64))
+    assert Image.open(io.BytesIO(data)).size == (64, 64)
+    with pytest.raises(TooManyPixels, match="codes a 256x256 picture behind the 64x64 pixels it shows"):
+        prepare(data)
+
+
+@pytest.mark.parametrize("format", ["HEIF", "AVIF"])
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+@pytest.mark.parametrize("size", [(640, 448), (701, 487), (3, 5)])
+def test_the_coded_sizes_are_read_from_the_boxes(format, mode, size):
+    data = in_format(Image.new(mode, size, (90, 60, 30, 128)[: len(mode)]), format)
+    sizes = coded_sizes(data)
+    # The main picture, and its alpha as a picture of its own; HEVC codes in whole blocks.
+    assert len(sizes) == (2 if mode == "RGBA" else 1)
+    for width, height in sizes:
+        assert size[0] <= width < size[0] + 64 and size[1] <= height < size[1] + 64
+        assert (width, height) == size or format == "HEIF"
+    assert prepare(data).width == size[0]
 
 
 def test_refuses_too_many_pixels_before_decoding():
@@ -269,3 +342,56 @@ def test_webp_has_a_lower_pixel_cap_than_the_rest():
         prepare(encoded(Image.new("RGB", (side - 2, side - 2)), "WEBP", quality=10, method=0)).width
         == side - 2
     )
+
+
+@pytest.mark.parametrize(
+    ("format", "photo_pixels"),
+    # The photos of recent iPhones (24 MP HEIC by default) and of 12 MP phone cameras.
+    [("HEIF", 5712 * 4284), ("AVIF", 4000 * 3000)],
+)
+def test_heic_and_avif_have_their_own_pixel_caps(format, photo_pixels):
+    # libheif and libavif decode into buffers of their own that Pillow then copies (bench/decode_memory.py).
+    cap = MAX_PIXELS_BY_FORMAT[format]
+    assert cap < MAX_PIXELS
+    side = math.isqrt(cap) + 1
+    small = in_format(Image.new("RGB", (64, 64), (10, 200, 30)), format)
+    with pytest.raises(TooManyPixels, match=f"{side}x{side} pixels; the limit for {format} images"):
+        prepare(claiming_size(small, side, side))
+    assert photo_pixels <= cap
+
+
+def test_a_heif_picture_in_another_coding_is_a_format_refused():
+    # AVC, VVC, JPEG or uncompressed pictures in a HEIF file: their coded size cannot be told here.
+    data = heic(Image.new("RGB", (64, 64), (90, 60, 30)))
+    with pytest.raises(UnsupportedImage, match="HEIF pictures coded as avcC are not accepted"):
+        prepare(data.replace(b"hvcC", b"avcC", 1))
+
+
+def test_a_heic_whose_item_type_is_not_text_is_refused_before_pi_heif_reads_it():
+    # pi-heif 1.0.0 turns item types into Python strings unchecked: this one, opened, crashed the process.
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    data = heic(Image.new("RGB", (64, 64), (90, 60, 30)), exif=exif.tobytes())
+    assert data.index(b"Exif") < data.index(b"mdat")  # the first is the item's type, in the header
+    with pytest.raises(UnreadableImage, match="not text"):
+        prepare(data.replace(b"Exif", b"\xc2xif", 1))
+
+
+@pytest.mark.parametrize("format", ["HEIF", "AVIF"])
+def test_damaged_heic_and_avif_headers_get_a_clear_refusal(samples, format):
+    # Bytes of the header (the boxes before the coded pictures) changed at random: whatever they then say,
+    # the answer is one of the API's errors, never another exception.
+    data = in_format(Image.open(samples / LABRADOR), format)
+    header = data.find(b"mdat") if b"mdat" in data else 600
+    generator = random.Random(20)
+    outcomes = set()
+    for _ in range(150):
+        damaged = bytearray(data)
+        for _ in range(generator.randint(1, 4)):
+            damaged[generator.randrange(8, header)] = generator.randrange(256)
+        try:
+            prepare(bytes(damaged))
+            outcomes.add("accepted")
+        except (UnreadableImage, UnsupportedImage, TooManyPixels, ImageTooElongated) as error:
+            outcomes.add(type(error).__name__)
+    assert "UnreadableImage" in outcomes

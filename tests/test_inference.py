@@ -11,9 +11,11 @@ import sys
 import zlib
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 from conftest import DEFAULT_MODEL, PROJECT
+from pictures import claiming_size, in_format
 from PIL import Image
 
 from classifier import graph
@@ -74,7 +76,10 @@ def test_labrador_is_labrador_with_the_documented_schema(predictor, labrador):
     assert all(prediction["label"] in labels for prediction in answer["predictions"])
     assert answer["is_dog"] is True
     assert answer["dog_probability"] >= predictor.thresholds.dog
-    assert answer["confident"] is (top["probability"] >= predictor.thresholds.confidence)
+    assert answer["confident"] is (
+        top["probability"] >= predictor.thresholds.confidence
+        and answer["dog_probability"] >= predictor.thresholds.confident_dog
+    )
 
 
 def test_onnx_runtime_and_pytorch_give_the_same_answer(predictor, torch_predictor, labrador, spaniel):
@@ -98,8 +103,23 @@ def test_is_dog_follows_the_dog_probability(predictor):
 def test_thresholds_are_the_artifacts_own(predictor):
     calibration = read_config(DEFAULT_MODEL)[0]["calibration"]
     assert predictor.thresholds == inference.Thresholds(
-        confidence=calibration["confidence_threshold"], dog=calibration["dog_threshold"]
+        confidence=calibration["confidence_threshold"],
+        dog=calibration["dog_threshold"],
+        confident_dog=calibration["confident_dog_threshold"],
     )
+
+
+def test_a_confident_answer_needs_a_confident_dog():
+    breeds = np.array([0.9, 0.1])
+    thresholds = inference.Thresholds(confidence=0.5, dog=0.5, confident_dog=0.8)
+    labels, model = ["Schipperke", "Pomeranian"], {"name": "m", "version": "1"}
+    answer = inference.describe(breeds, 0.7, labels, 5, model, thresholds)
+    assert (answer["is_dog"], answer["confident"]) == (True, False)
+    answer = inference.describe(breeds, 0.3, labels, 5, model, thresholds)
+    assert (answer["is_dog"], answer["confident"]) == (False, False)
+    assert inference.describe(breeds, 0.8, labels, 5, model, thresholds)["confident"] is True
+    unsure = np.array([0.45, 0.45])
+    assert inference.describe(unsure, 0.99, labels, 5, model, thresholds)["confident"] is False
 
 
 def test_min_confidence_leaves_out_the_less_likely_breeds(predictor, labrador, spaniel):
@@ -148,6 +168,34 @@ def test_every_image_content_type_is_accepted(predictor, labrador, content_type)
     assert classify(predictor, labrador, f"{content_type}; charset=binary")["predictions"][0]["label"] == (
         "Labrador_retriever"
     )
+
+
+@pytest.mark.parametrize("format", ["HEIF", "AVIF"])
+def test_heic_and_avif_are_refused_before_decoding_with_where_they_are_taken(format, labrador):
+    # Their headers do not bound the decoding: this one shows 64 x 64 and codes 640 x 448. The API checks what
+    # they code and converts them; the endpoint takes none.
+    data = claiming_size(in_format(Image.new("RGB", (640, 448), (90, 60, 30)), format), 64, 64)
+    with pytest.raises(inference.RequestError, match="HEIC and AVIF .* through the API") as raised:
+        inference.input_fn(data, contract.OCTET_STREAM)
+    assert (raised.value.status_code, raised.value.code) == (415, "unsupported_media_type")
+    # In a batch that asks for errors in place, the others keep their answers.
+    instances = [{"b64": base64.b64encode(image).decode()} for image in (data, labrador)]
+    body = json.dumps({"instances": instances})
+    images = inference.input_fn(body, contract.JSON, asking_for_errors_in_place()).images
+    assert images[0].as_answer()["error"]["code"] == "unsupported_media_type"
+    assert isinstance(images[1], Image.Image)
+
+
+def test_a_damaged_avif_is_refused_not_a_500():
+    # Its primary item is one it does not have: Pillow's own AVIF reader raises RuntimeError on opening it.
+    damaged = bytearray(in_format(Image.new("RGB", (64, 64)), "AVIF"))
+    at = damaged.index(b"pitm")
+    damaged[at + 8 : at + 10] = (99).to_bytes(2, "big")  # after the box's version and flags
+    with pytest.raises(inference.UnsupportedImageError):
+        inference.input_fn(bytes(damaged), contract.OCTET_STREAM)
+    body = json.dumps({"instances": [{"b64": base64.b64encode(damaged).decode()}]})
+    with pytest.raises(inference.UnsupportedImageError, match="instance 0 of the request"):
+        inference.input_fn(body, contract.JSON)
 
 
 def test_json_batch_answers_a_list_in_order(predictor, labrador, spaniel):

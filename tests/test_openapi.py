@@ -24,9 +24,9 @@ from PIL import Image
 from referencing.jsonschema import DRAFT202012
 
 import app as api
-from chalicelib import health, openapi
+from chalicelib import errors, health, openapi
 from chalicelib.gateway_responses import GATEWAY_RESPONSES
-from chalicelib.settings import MAX_UPLOAD_BYTES, UPLOAD_CONTENT_TYPES
+from chalicelib.settings import MAX_PIXELS_BY_FORMAT, MAX_UPLOAD_BYTES, UPLOAD_CONTENT_TYPES
 
 # Examples per operation and phase; the whole fuzz run stays within seconds.
 FUZZ_EXAMPLES = 10
@@ -98,15 +98,37 @@ def test_the_document_is_valid_openapi_3_1_and_describes_every_route(document):
     assert [parameter["name"] for parameter in upload["parameters"]] == ["top_k", "min_confidence"]
 
 
+def test_the_accepted_formats_and_their_limits_are_described(document):
+    upload = document["paths"]["/predict/image"]["post"]
+    schemas = document["components"]["schemas"]
+    descriptions = [
+        upload["description"],
+        schemas["PredictRequest"]["properties"]["image"]["description"],
+        schemas["BatchRequest"]["properties"]["images"]["items"]["description"],
+    ]
+    for media_type in ("image/jpeg", "image/png", "image/webp", "image/gif", "image/heic", "image/avif"):
+        assert media_type in upload["requestBody"]["content"]
+        assert all(media_type in description for description in descriptions), media_type
+    for format, pixels in MAX_PIXELS_BY_FORMAT.items():
+        assert all(f"{format} {pixels:,}" in description for description in descriptions), format
+
+
 def test_every_error_class_is_described_with_its_status(document):
     classes = openapi.error_classes()
     assert {"BadRequest", "UnsupportedImage", "EndpointUnavailable", "Misconfigured"} <= {
         cls.__name__ for cls in classes
     }
     for cls in classes:
+        if cls is errors.NotFound:
+            continue  # no classifying route names a thing that may be missing
         for path in ("/predict", "/predict/image"):
             response = document["paths"][path]["post"]["responses"][str(cls.status)]
             assert cls.code in documented_codes(response), (cls, path)
+    results = document["paths"]["/predict/results/{inference_id}"]["get"]["responses"]
+    for cls in (errors.NotFound, errors.BadRequest, errors.ModelFailed, errors.BadModelAnswer):
+        assert cls.code in documented_codes(results[str(cls.status)]), cls
+    assert "404" not in document["paths"]["/predict"]["post"]["responses"]
+    assert results["202"]["headers"]["Retry-After"]
 
 
 def documented_codes(response: dict) -> set[str]:
@@ -179,13 +201,16 @@ def test_every_route_answers_as_described(document, api_stack, sample_files, lab
         (image, "POST", encoded(Image.new("L", (9000, 9000)), "PNG"), "image/png", 422),
         (image, "POST", encoded(Image.new("RGB", (4000, 20), (120, 90, 60)), "JPEG"), "image/jpeg", 422),
         ("/health", "POST", b"{}", "json", 405),
+        # The local stage's endpoint answers at once: nothing is queued, so no result is known.
+        (f"/predict/results/{'0' * 32}", "GET", None, None, 404),
     ]
     for path, method, body, content_type, expected in cases:
         data = body.encode() if isinstance(body, str) else body
         kind = "application/json" if content_type == "json" else content_type
         status, answered_type, answer, _ = call(api_stack.url + path, method, data, kind)
         assert status == expected, (path, method, expected, answer[:300])
-        assert_matches(document, path.split("?")[0], method, status, answered_type, answer)
+        described_path = "/predict/results/{inference_id}" if path.startswith("/predict/results/") else path
+        assert_matches(document, described_path.split("?")[0], method, status, answered_type, answer)
 
 
 @pytest.fixture

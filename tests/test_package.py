@@ -155,6 +155,7 @@ def test_api_gateway_passes_image_uploads_as_binary(package):
     (api,) = resources(template, "AWS::Serverless::Api").values()
     binary_types = api["Properties"]["DefinitionBody"]["x-amazon-apigateway-binary-media-types"]
     assert {"image/jpeg", "image/png", "image/webp", "application/octet-stream"} <= set(binary_types)
+    assert {"image/heic", "image/heif", "image/avif"} <= set(binary_types)
     assert "application/json" not in binary_types
 
 
@@ -175,7 +176,7 @@ def test_zip_holds_the_manylinux_pillow_and_nothing_heavy(package):
             if name.endswith(".dist-info/WHEEL")
         }
     tops = {name.split("/")[0] for name in names}
-    assert {"app.py", "chalicelib", "PIL", "requests", "aws_lambda_powertools"} <= tops
+    assert {"app.py", "chalicelib", "PIL", "pi_heif", "requests", "aws_lambda_powertools"} <= tops
     # The web page at / is read from these files at run time.
     assert {f"chalicelib/static/{name}" for name in ("index.html", "page.css", "page.js")} <= set(names)
     assert not tops & set(NEVER_SHIPPED), tops & set(NEVER_SHIPPED)
@@ -183,6 +184,10 @@ def test_zip_holds_the_manylinux_pillow_and_nothing_heavy(package):
     # A Pillow that chalice compiled here would be tagged linux_x86_64 and link this machine's libraries.
     assert "Tag: cp311-cp311-manylinux2014_x86_64" in pillow
     assert any(name.startswith("pillow.libs/") for name in names)  # the libraries auditwheel bundled
+    # HEIC's decoder: libheif and libde265, bundled in the wheel; the encoders of pillow-heif stay out.
+    assert "Tag: cp311-cp311-manylinux2014_x86_64" in wheels["pi_heif-1.0.0.dist-info"]
+    assert any(name.startswith("pi_heif.libs/libheif") for name in names)
+    assert "pillow_heif" not in tops
     for name, wheel in wheels.items():
         tags = [line.split(": ", 1)[1] for line in wheel.splitlines() if line.startswith("Tag: ")]
         assert all(tag.endswith("-any") or "manylinux" in tag for tag in tags), (name, tags)

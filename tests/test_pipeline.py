@@ -26,7 +26,8 @@ from jobs_on_moto import REGION, ROLE, isolate_aws_env, report, run_jobs, s3_obj
 from moto_server import EndpointUpdates
 from pipeline_player import ExecutionAnswers, PipelinePlayer, validate
 
-from classifier.identity import MODEL_PACKAGE_ENV, MODEL_VERSION_ENV, model_identity
+from serving.contract import MODEL_PACKAGE_ENV, MODEL_VERSION_ENV
+from serving.identity import model_identity
 from training.jobs import cli
 from training.jobs.calls import Aws
 from training.jobs.source_bundle import repack_model

@@ -409,9 +409,10 @@ def test_a_burst_past_the_queue_limit_is_shed_with_retry_after_and_the_rest_answ
 
 
 @pytest.mark.slow
-def test_endpoint_benchmark_runs_and_prints_its_figures():
+def test_endpoint_benchmark_runs_and_prints_its_figures(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "bench.endpoint_speed", "--seconds", "1", "--runs", "10", "--rounds", "1"],
+        [sys.executable, "-m", "bench.endpoint_speed", "--seconds", "1", "--runs", "10", "--rounds", "1"]
+        + ["--results-dir", str(tmp_path)],  # not the committed results
         cwd=PROJECT,
         capture_output=True,
         text=True,
@@ -423,7 +424,7 @@ def test_endpoint_benchmark_runs_and_prints_its_figures():
 
 
 @pytest.mark.slow
-def test_overload_benchmark_runs_and_prints_its_figures():
+def test_overload_benchmark_runs_and_prints_its_figures(tmp_path):
     result = subprocess.run(
         [
             sys.executable,
@@ -435,6 +436,8 @@ def test_overload_benchmark_runs_and_prints_its_figures():
             "8",
             "--seconds",
             "2",
+            "--results-dir",
+            str(tmp_path),
         ],
         cwd=PROJECT,
         capture_output=True,

@@ -15,6 +15,7 @@ import pytest
 from conftest import DEFAULT_MODEL, ChaliceLocal, browser_paths
 from gateway import Gateway, serving_gateway
 from local_servers import free_port
+from pictures import as_a_phone_stores_it
 from PIL import Image
 
 from chalicelib.settings import MAX_UPLOAD_BYTES, RETRY_AFTER_S
@@ -180,6 +181,28 @@ def test_a_12_megapixel_photo_leaves_the_browser_small_and_upright(page, gateway
     assert console_errors(page) == []
 
 
+def test_an_iphone_heic_the_browser_cannot_draw_goes_as_it_is_and_the_api_converts_it(
+    page, gateway, labrador, tmp_path
+):
+    """Chrome cannot draw HEIC on a canvas, so it cannot shrink one: the file goes as it is, within the upload
+    limit, and the API turns it upright by its rotation and converts it."""
+    upright = Image.open(io.BytesIO(labrador)).convert("RGB").resize((2016, 1402))
+    photo = tmp_path / "IMG_0001.HEIC"
+    photo.write_bytes(as_a_phone_stores_it(upright, "HEIF"))
+    assert "image/heic" in page.find_element("id", "file").get_attribute("accept")
+    choose_file(page, photo)
+    assert wait_for_outcome(page) == "answered", text(page, "error")
+    page.save_screenshot(str(tmp_path / "heic.png"))
+    [(_, path, content_type, size)] = gateway.uploads()
+    assert path.startswith("/predict/image") and size == photo.stat().st_size
+    assert content_type in ("image/heic", "application/octet-stream")  # as the browser types the file
+    assert bars(page)[0][0] == "Labrador_retriever"
+    # The photo's own size, upright, and that it went as it was.
+    facts = text(page, "facts")
+    assert "2016 × 1402" in facts and "sent as it is" in facts
+    assert console_errors(page, allow_network=True) == []
+
+
 def test_a_pasted_small_photo_goes_as_it_is_and_a_dropped_one_too(page, gateway, samples, tmp_path):
     photo = (samples / "people_with_dog.jpg").read_bytes()
     script = """
@@ -261,6 +284,55 @@ def test_an_endpoint_that_is_down_is_a_readable_error(page, endpoint_down, sampl
     assert text(page, "error-title") == "The model is not available right now"
     assert text(page, "error-message").endswith(f"Try again in {RETRY_AFTER_S} s.")
     assert console_errors(page, allow_network=True) == []
+
+
+def test_an_async_stage_queues_the_photo_and_the_page_shows_its_answer(browser, endpoint, samples, tmp_path):
+    """`chalice local` as an async stage whose S3 and SageMaker runtime are a real moto_server (with
+    moto_server.AsyncOutputs answering SageMaker's output locations): the page gets a 202 and polls the result
+    route; the test plays the endpoint (the real local one) once the photo is queued; the page shows it."""
+    import boto3.session
+    from moto_server import AsyncOutputs, MotoServer
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    moto = MotoServer().wait_ready()
+    outputs = AsyncOutputs(moto.url, "s3://queued-photos/out", "s3://queued-photos/out-failures")
+    api = None
+    try:
+        s3 = boto3.session.Session(
+            region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+        ).client("s3", endpoint_url=moto.url)
+        s3.create_bucket(Bucket="queued-photos")
+        api = ChaliceLocal(
+            tmp_path / "project",
+            outputs.url,
+            ENDPOINT_NAME="dogbreeds-async",
+            ENDPOINT_KIND="async",
+            ASYNC_INPUT_S3="s3://queued-photos/in",
+            ASYNC_OUTPUT_S3=outputs.output,
+            ASYNC_FAILURE_S3=outputs.failure,
+            AWS_ENDPOINT_URL=moto.url,
+            UNSIGNED_ENDPOINT_REQUESTS="false",
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+        ).wait_ready()
+        browser.get(api.url + "/")
+        browser.get_log("browser")
+        choose_file(browser, samples / "Labrador_retriever_06455.jpg")
+        WebDriverWait(browser, ANSWER_TIMEOUT_S).until(lambda _: outputs.queued())
+        WebDriverWait(browser, ANSWER_TIMEOUT_S).until(lambda d: "Queued" in text(d, "status"))
+        assert state(browser) == "working"
+        (queued,) = outputs.queued()
+        AsyncOutputs.answer(queued, endpoint.url, s3)
+        assert wait_for_outcome(browser) == "answered", text(browser, "error")
+        screenshot(browser, tmp_path / "async.png")
+    finally:
+        if api is not None:
+            api.stop()
+        outputs.stop()
+        moto.stop()
+    assert bars(browser)[0][0] == "Labrador_retriever" and len(bars(browser)) == 5
+    assert "answered from the queue" in text(browser, "facts")
+    assert console_errors(browser) == []
 
 
 def test_phone_width_and_labels(page, samples, tmp_path):

@@ -6,7 +6,8 @@
     train answer the fold they did not see; the temperature and the confidence threshold (for the stated
     precision) are fitted on those out-of-fold answers (see training.crossval);
   - dog probability: a log-odds map fitted on the train dogs and the non-dog pictures of training.nondogs,
-    the two weighted equally; the dog threshold keeps `--dog-recall` of the train dogs.
+    the two weighted equally; the dog threshold keeps `--dog-recall` of the train dogs. An artifact with a
+    dog head keeps the dog settings training.fit_dog fitted with it.
 The settings go into config.json's `calibration` (the model applies them in forward, so the endpoint's
 answers are calibrated), the figures into metrics.json's `calibration`. `valid` is not used: measure the
 result with `python -m training.evaluate`.
@@ -26,7 +27,13 @@ import torch
 
 from classifier.graph import cache_dir
 from classifier.logs import configure_cli_logging
-from classifier.model import CONFIG_FILE, METRICS_FILE, calibrate_dog_probability, load_model
+from classifier.model import (
+    CONFIG_FILE,
+    DOG_SETTINGS,
+    METRICS_FILE,
+    calibrate_dog_probability,
+    load_model,
+)
 from training import calibration_stats as cal
 from training.calibration_stats import CONFIDENT_PRECISION
 from training.crossval import cross_validate
@@ -108,19 +115,23 @@ def run(args: argparse.Namespace) -> dict:
     if args.train_sample:
         settings["fitted_on"] += f" (a random {len(split)} of its images)"
 
-    # The dog probability: train dogs against the non-dog pictures, weighted equally.
-    with torch.no_grad():
-        dogs = model.heads(features.features)[1]
     non_dogs = non_dog_probabilities(model, preprocessing, calibrated=False)
     names = list(non_dogs)
     others = torch.tensor([non_dogs[name] for name in names])
-    scale, shift = cal.fit_platt(
-        torch.cat([dogs, others]), torch.cat([torch.ones(len(dogs)), torch.zeros(len(others))]).bool()
-    )
-    settings.update(dog_scale=scale, dog_shift=shift)
-    calibrated_dogs = calibrate_dog_probability(dogs, settings)
-    settings["dog_threshold"] = cal.dog_threshold_for_recall(calibrated_dogs, args.dog_recall)
-    settings["dog_recall"] = args.dog_recall
+    if model.dog_head is None:
+        # The dog probability: train dogs against the non-dog pictures, weighted equally.
+        with torch.no_grad():
+            dogs = model.heads(features.features)[1]
+        scale, shift = cal.fit_platt(
+            torch.cat([dogs, others]), torch.cat([torch.ones(len(dogs)), torch.zeros(len(others))]).bool()
+        )
+        settings.update(dog_scale=scale, dog_shift=shift)
+        calibrated_dogs = calibrate_dog_probability(dogs, settings)
+        settings["dog_threshold"] = cal.dog_threshold_for_recall(calibrated_dogs, args.dog_recall)
+        settings["dog_recall"] = args.dog_recall
+    else:
+        # A dog head's settings were fitted with it, on real photos (training.fit_dog): they stay.
+        settings.update({key: value for key, value in model.calibration.items() if key in DOG_SETTINGS})
     calibrated_others = calibrate_dog_probability(others, settings)
 
     temperature = settings["breed_temperature"]

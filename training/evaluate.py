@@ -6,7 +6,9 @@ calibrated. This module owns the measures; training reports them with the same f
 Prints top-1/top-5 of the model's answers (with the artifact's own test-time flip setting; also top-1 with
 and without the flip), the expected calibration error (15 bins) of its top-1 probability without and with
 the artifact's calibration, and what its confidence and dog thresholds do; writes `evaluation-<folder>.json`,
-`per_class_accuracy-<folder>.png` and `reliability-<folder>.png` into the model dir.
+`per_class_accuracy-<folder>.png` and `reliability-<folder>.png` into --output-dir (default
+runs/evaluation/<model folder's name>/), and into the model dir as well only with --write-model-dir (the
+committed models carry their valid split's figures there: `make evaluate EVALUATE_FLAGS=--write-model-dir`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from classifier.graph import source_digest
 from classifier.logs import configure_cli_logging
 from classifier.model import (
     DOG_THRESHOLD,
@@ -48,6 +51,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--data", type=Path, required=True, help="an image folder: <data>/<class folder>/*.jpg"
     )
+    parser.add_argument(
+        "--output-dir", type=Path, help="where the figures and charts go (default: runs/evaluation/<model>/)"
+    )
+    parser.add_argument(
+        "--write-model-dir",
+        action="store_true",
+        help="also write them into the model dir, replacing its evaluation figures",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
@@ -60,7 +71,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="skip the non-dog pictures (training.nondogs) that measure false dog answers",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.output_dir is None:
+        args.output_dir = Path("runs") / "evaluation" / args.model_dir.resolve().name
+    return args
 
 
 def breed_logits(
@@ -219,16 +233,20 @@ def run(args: argparse.Namespace) -> dict:
     }
     metrics.update(
         model_dir=str(args.model_dir),
+        source_digest=source_digest(args.model_dir),
         data=str(args.data),
         backbone=config["backbone"],
         test_time_flip=model.test_time_flip,
     )
     name = args.data.resolve().name
-    (args.model_dir / f"evaluation-{name}.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    chart = args.model_dir / f"per_class_accuracy-{name}.png"
-    plot_per_class(metrics, chart)
-    diagram = args.model_dir / f"reliability-{name}.png"
-    plot_reliability(tables, calibration, f"{config['backbone']} on {name}", diagram)
+    # The output dir last: the lines below name its files.
+    for folder in ([args.model_dir] if args.write_model_dir else []) + [args.output_dir]:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"evaluation-{name}.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        chart = folder / f"per_class_accuracy-{name}.png"
+        plot_per_class(metrics, chart)
+        diagram = folder / f"reliability-{name}.png"
+        plot_reliability(tables, calibration, f"{config['backbone']} on {name}", diagram)
     print(
         f"{args.data}: {metrics['images']} images, top1={metrics['top1']:.4f} top5={metrics['top5']:.4f} "
         f"(test-time flip {'on' if model.test_time_flip else 'off'}; top1 single view "

@@ -33,6 +33,8 @@
   };
 
   let current = 0; // the latest request; answers to older ones are dropped
+  // How long the page waits for a queued photo's answer (an async endpoint scaled to zero starts first).
+  const RESULT_WAIT_MS = 10 * 60 * 1000;
 
   // --- the API key (optional; a stage that needs one answers 403 without it) ---
   const keyInput = $("api-key");
@@ -68,6 +70,8 @@
   }
 
   // --- the ways in: choose, drop, paste, address ---
+  // Some file pickers count HEIC and AVIF photos as "image/*" only when their types are named as well.
+  $("file").accept = ["image/*", ...config.upload_types.filter((type) => type.startsWith("image/"))].join(",");
   $("file").addEventListener("change", (event) => {
     const file = event.target.files[0];
     if (file) classifyFile(file);
@@ -161,33 +165,77 @@
   }
 
   async function ask(id, started, note, path, request) {
-    let response;
-    try {
-      response = await fetch(base + path, request);
-    } catch {
-      if (id !== current) return;
-      return showError(
-        "The service cannot be reached",
-        "Check your connection, or whether the service is running, then try again.",
-      );
-    }
-    let body = "";
-    try {
-      body = await response.text();
-    } catch {
-      /* the connection broke off mid-answer: described by its status below */
-    }
+    const got = await call(base + path, request);
     if (id !== current) return;
-    let answer = null;
-    try {
-      answer = JSON.parse(body);
-    } catch {
-      /* not JSON: described by its status below */
+    if (!got) return showUnreachable();
+    const { response, answer } = got;
+    if (response.status === 202 && answer && answer.status === "queued" && answer.result_url) {
+      return awaitQueued(id, started, note, answer);
     }
     if (response.ok && answer && Array.isArray(answer.predictions) && answer.predictions.length) {
       return showAnswer(answer, note, performance.now() - started);
     }
     showError(...describeError(response, answer));
+  }
+
+  // An async stage queues the photo (202) and answers it at result_url once the model has: 202 until then.
+  async function awaitQueued(id, started, note, queued) {
+    const deadline = performance.now() + RESULT_WAIT_MS;
+    let waitS = 1;
+    while (performance.now() < deadline) {
+      const waited = Math.round((performance.now() - started) / 1000);
+      showStatus(`Queued for the model; waiting for its answer (${waited} s)…`);
+      await new Promise((resolve) => setTimeout(resolve, waitS * 1000));
+      if (id !== current) return;
+      const got = await call(queued.result_url, { headers: headers({}) });
+      if (id !== current) return;
+      if (!got) continue; // a lost connection while waiting: ask again
+      const { response, answer } = got;
+      if (response.status === 202) {
+        waitS = Math.min(Math.max(Number(response.headers.get("Retry-After")) || 1, 1), 10);
+        continue;
+      }
+      if (response.ok && answer && Array.isArray(answer.predictions) && answer.predictions.length) {
+        // The result is the model's answer; what was sent is in the 202 that queued it.
+        const roundTripMs = performance.now() - started;
+        return showAnswer({ image: queued.image, ...answer }, `${note}, answered from the queue`, roundTripMs);
+      }
+      return showError(...describeError(response, answer));
+    }
+    showError(
+      "The model has not answered yet",
+      `The photo is still queued. Its answer will be at ${queued.result_url} (inference ${queued.inference_id}).`,
+    );
+  }
+
+  // The answer and its JSON body (null when not JSON), or null when the service cannot be reached.
+  async function call(url, request) {
+    let response;
+    try {
+      response = await fetch(url, request);
+    } catch {
+      return null;
+    }
+    let body = "";
+    try {
+      body = await response.text();
+    } catch {
+      /* the connection broke off mid-answer: described by its status */
+    }
+    let answer = null;
+    try {
+      answer = JSON.parse(body);
+    } catch {
+      /* not JSON: described by its status */
+    }
+    return { response, answer };
+  }
+
+  function showUnreachable() {
+    showError(
+      "The service cannot be reached",
+      "Check your connection, or whether the service is running, then try again.",
+    );
   }
 
   function describeError(response, body) {
@@ -238,7 +286,9 @@
     try {
       bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
     } catch {
-      return asIs; // not an image this browser decodes: the API says what it makes of it
+      // Not an image this browser decodes (Chrome and Firefox draw no HEIC): the API converts what it
+      // accepts and says what it makes of the rest.
+      return asIs;
     }
     const size = config.resize_size;
     const short = Math.min(bitmap.width, bitmap.height);

@@ -5,9 +5,13 @@ them to the Lambda (chalicelib/settings.py reads them):
 - MODEL_RESIZE_SIZE: the shorter side the model resizes to (its config.json, preprocessing.resize_size), so
   the Lambda sends neither more pixels than the model uses nor fewer than it needs;
 - ENDPOINT_KIND: real-time, serverless or async, i.e. whether to call InvokeEndpoint or queue the photo;
-- ASYNC_INPUT_S3: for async, where the Lambda puts the photos it queues.
+- ASYNC_INPUT_S3: for async, where the Lambda puts the photos it queues;
+- ASYNC_OUTPUT_S3 and ASYNC_FAILURE_S3: for async, where SageMaker writes answers and failures (the endpoint
+  config's output paths), which GET /predict/results reads.
 The stage's IAM policy file gets exactly the grants that kind needs on this endpoint (and nothing else is
-touched): InvokeEndpoint, or PutObject under the input prefix plus InvokeEndpointAsync.
+touched): InvokeEndpoint; or for async PutObject under the input prefix and for the Lambda's tickets
+(OUTPUT/requests/, chalicelib/queued.py), InvokeEndpointAsync, and GetObject plus ListBucket (so that a
+missing result reads as missing) under the output and failure prefixes only.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import io
 import json
 import tarfile
 from pathlib import Path
+from typing import NamedTuple
 
 from training.jobs.storage import parse_s3_uri
 
@@ -23,9 +28,29 @@ ENDPOINT_NAME_ENV = "ENDPOINT_NAME"
 RESIZE_ENV = "MODEL_RESIZE_SIZE"
 KIND_ENV = "ENDPOINT_KIND"
 ASYNC_INPUT_ENV = "ASYNC_INPUT_S3"
+ASYNC_OUTPUT_ENV = "ASYNC_OUTPUT_S3"
+ASYNC_FAILURE_ENV = "ASYNC_FAILURE_S3"
+ASYNC_ENVS = (ASYNC_INPUT_ENV, ASYNC_OUTPUT_ENV, ASYNC_FAILURE_ENV)
+# The Lambda's tickets of queued requests, under the output prefix (chalicelib/settings.py has its copy, held
+# equal by a test: the Lambda ships alone).
+TICKETS_FOLDER = "requests"
 INVOKE_SID = "InvokeThisStagesEndpoint"
 QUEUE_SID = "QueuePhotosForThisStagesEndpoint"
 INVOKE_ASYNC_SID = "InvokeThisStagesAsyncEndpoint"
+READ_RESULTS_SID = "ReadThisStagesAsyncResults"
+FIND_RESULTS_SID = "FindThisStagesAsyncResults"
+MANAGED_SIDS = (INVOKE_SID, QUEUE_SID, INVOKE_ASYNC_SID, READ_RESULTS_SID, FIND_RESULTS_SID)
+
+
+class AsyncLocations(NamedTuple):
+    """An async stage's S3 prefixes (s3://BUCKET/PREFIX): the photos it queues, the answers, the failures."""
+
+    input: str
+    output: str
+    failure: str
+
+    def environment(self) -> dict[str, str]:
+        return dict(zip(ASYNC_ENVS, self, strict=True))
 
 
 class StageError(ValueError):
@@ -55,32 +80,45 @@ def endpoint_arn(endpoint_name: str) -> str:
     return f"arn:aws:sagemaker:*:*:endpoint/{endpoint_name.lower()}"
 
 
-def policy_statements(endpoint_name: str, kind: str, async_input: str | None) -> list[dict]:
+def policy_statements(endpoint_name: str, kind: str, places: AsyncLocations | None) -> list[dict]:
     """The grants a stage's Lambda needs to call the endpoint, and no more."""
     if kind != "async":
-        return [
-            {
-                "Sid": INVOKE_SID,
-                "Effect": "Allow",
-                "Action": "sagemaker:InvokeEndpoint",
-                "Resource": endpoint_arn(endpoint_name),
-            }
-        ]
-    bucket, prefix = parse_s3_uri(async_input or "")
+        return [_allow(INVOKE_SID, "sagemaker:InvokeEndpoint", endpoint_arn(endpoint_name))]
+    (input_bucket, input_prefix), output, failure = (
+        _bucket_and_prefix(uri) for uri in (places.input, places.output, places.failure)
+    )
+    tickets = f"{output[1]}/{TICKETS_FOLDER}"
+    results = (output, failure)
     return [
+        _allow(
+            QUEUE_SID,
+            "s3:PutObject",
+            [_object_arn(input_bucket, input_prefix), _object_arn(output[0], tickets)],
+        ),
+        _allow(INVOKE_ASYNC_SID, "sagemaker:InvokeEndpointAsync", endpoint_arn(endpoint_name)),
+        _allow(READ_RESULTS_SID, "s3:GetObject", [_object_arn(*place) for place in results]),
         {
-            "Sid": QUEUE_SID,
-            "Effect": "Allow",
-            "Action": "s3:PutObject",
-            "Resource": f"arn:aws:s3:::{bucket}/{prefix.strip('/')}/*",
-        },
-        {
-            "Sid": INVOKE_ASYNC_SID,
-            "Effect": "Allow",
-            "Action": "sagemaker:InvokeEndpointAsync",
-            "Resource": endpoint_arn(endpoint_name),
+            **_allow(
+                FIND_RESULTS_SID,
+                "s3:ListBucket",
+                sorted({f"arn:aws:s3:::{bucket}" for bucket, _ in results}),
+            ),
+            "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*" for _, prefix in results]}},
         },
     ]
+
+
+def _allow(sid: str, action: str, resource: str | list[str]) -> dict:
+    return {"Sid": sid, "Effect": "Allow", "Action": action, "Resource": resource}
+
+
+def _bucket_and_prefix(uri: str) -> tuple[str, str]:
+    bucket, prefix = parse_s3_uri(uri)
+    return bucket, prefix.strip("/")
+
+
+def _object_arn(bucket: str, prefix: str) -> str:
+    return f"arn:aws:s3:::{bucket}/{prefix}/*"
 
 
 def check_stage(
@@ -114,7 +152,7 @@ def update_stage(
     endpoint_name: str,
     kind: str,
     resize_size: int | None,
-    async_input: str | None,
+    places: AsyncLocations | None,
     dry_run: bool,
     log,
 ) -> dict[str, str]:
@@ -122,7 +160,7 @@ def update_stage(
 
     `resize_size` None (a dry run, which reads no archive) writes nothing. Raises what `check_stage` raises.
     """
-    check_stage(chalice_dir, stage, endpoint_name, kind, async_input)
+    check_stage(chalice_dir, stage, endpoint_name, kind, places and places.input)
     config_path = chalice_dir / "config.json"
     config = json.loads(config_path.read_text())
     settings = config["stages"][stage]
@@ -134,22 +172,25 @@ def update_stage(
         KIND_ENV: kind,
     }
     if kind == "async":
-        written[ASYNC_INPUT_ENV] = async_input
+        written.update(places.environment())
     if dry_run or resize_size is None:
         log(f"write {', '.join(f'{k}={v}' for k, v in written.items())} into stage {stage} of {config_path}")
         return written
+    for name in ASYNC_ENVS:
+        environment.pop(name, None)
     environment.update(written)
-    if kind != "async":
-        environment.pop(ASYNC_INPUT_ENV, None)
     config_path.write_text(json.dumps(config, indent=2) + "\n")
     log(f"stage {stage}: {', '.join(f'{k}={v}' for k, v in written.items())}")
     policy_file = settings.get("iam_policy_file")
     if policy_file:
-        policy_path = chalice_dir / policy_file
-        policy = json.loads(policy_path.read_text())
-        managed = {INVOKE_SID, QUEUE_SID, INVOKE_ASYNC_SID}
-        kept = [statement for statement in policy["Statement"] if statement.get("Sid") not in managed]
-        policy["Statement"] = policy_statements(endpoint_name, kind, async_input) + kept
-        policy_path.write_text(json.dumps(policy, indent=2) + "\n")
+        write_policy(chalice_dir / policy_file, policy_statements(endpoint_name, kind, places))
         log(f"stage {stage}: {policy_file} grants what a {kind} endpoint needs")
     return written
+
+
+def write_policy(policy_path: Path, statements: list[dict]) -> None:
+    """The policy file with `statements` in the place of the ones this module manages; the rest kept."""
+    policy = json.loads(policy_path.read_text())
+    kept = [statement for statement in policy["Statement"] if statement.get("Sid") not in MANAGED_SIDS]
+    policy["Statement"] = statements + kept
+    policy_path.write_text(json.dumps(policy, indent=2) + "\n")

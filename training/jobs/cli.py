@@ -42,7 +42,13 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from training.jobs import batch_transform, chalice_stage, deploy, launch, pipeline, registry, storage
 from training.jobs.autoscaling import ScalingSpec
 from training.jobs.calls import Aws, AwsCall
-from training.jobs.hosting import AsyncSpec, CaptureSpec, RolloutSpec, ServerlessSpec
+from training.jobs.hosting import (
+    DEFAULT_CAPTURE_RETENTION_DAYS,
+    AsyncSpec,
+    CaptureSpec,
+    RolloutSpec,
+    ServerlessSpec,
+)
 from training.jobs.settings import AwsSettings, SettingsError, resolve_settings
 from training.jobs.source_bundle import PROJECT_DIR
 from training.jobs.training_job import BACKBONES, DISTRIBUTIONS, DistributionError, JobSpec, SearchSpace
@@ -267,9 +273,34 @@ def add_hosting_options(deploy: argparse.ArgumentParser) -> None:
         help="queued requests per instance that auto scaling aims for (default: %(default)s)",
     )
 
+    add_capture_and_rollout_arguments(deploy)
+
+    stage = deploy.add_argument_group("The API stage that calls the endpoint")
+    stage.add_argument(
+        "--chalice-stage",
+        metavar="STAGE",
+        help="write the model's resize size and the endpoint's kind into this stage of .chalice/config.json "
+        "(and the grants its kind needs into the stage's policy file)",
+    )
+    stage.add_argument(
+        "--async-input", metavar="S3_URI", help="async: where the stage's Lambda puts the photos it queues"
+    )
+    stage.add_argument(
+        "--chalice-dir", type=Path, default=CHALICE_DIR, help="the .chalice folder (default: this project's)"
+    )
+
+
+def add_capture_and_rollout_arguments(deploy: argparse.ArgumentParser) -> None:
     capture = deploy.add_argument_group("Data capture (a share of requests and answers, to S3)")
     capture.add_argument("--capture-percent", type=int, metavar="P", help="1..100")
     capture.add_argument("--capture-s3", metavar="S3_URI", help="where the captured data goes")
+    capture.add_argument(
+        "--capture-retention-days",
+        type=positive_int,
+        default=DEFAULT_CAPTURE_RETENTION_DAYS,
+        metavar="DAYS",
+        help="S3 deletes each captured object this long after it is written (default: %(default)s)",
+    )
 
     rollout = deploy.add_argument_group("Updates of an existing endpoint: blue/green with automatic rollback")
     rollout.add_argument(
@@ -289,14 +320,6 @@ def add_hosting_options(deploy: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=2000.0,
         help="p99 model latency that rolls an update back (default: %(default)s)",
-    )
-
-    stage = deploy.add_argument_group("The API stage that calls the endpoint")
-    stage.add_argument(
-        "--async-input", metavar="S3_URI", help="async: where the stage's Lambda puts the photos it queues"
-    )
-    stage.add_argument(
-        "--chalice-dir", type=Path, default=CHALICE_DIR, help="the .chalice folder (default: this project's)"
     )
 
 
@@ -386,7 +409,7 @@ def deploy_spec(args: argparse.Namespace, settings: AwsSettings) -> deploy.Endpo
     if (args.capture_percent is None) != (args.capture_s3 is None):
         raise SettingsError("data capture needs both --capture-percent and --capture-s3")
     if args.capture_percent is not None:
-        capture = CaptureSpec(args.capture_percent, args.capture_s3)
+        capture = CaptureSpec(args.capture_percent, args.capture_s3, args.capture_retention_days)
 
     default_min = 0 if async_inference is not None else 1
     min_instances = default_min if args.min_instances is None else args.min_instances
@@ -445,7 +468,10 @@ def run_deploy(args: argparse.Namespace, settings: AwsSettings, aws: Aws, log, p
             endpoint_name=spec.endpoint_name,
             kind=spec.kind,
             resize_size=resize_size,
-            async_input=args.async_input,
+            places=spec.async_inference
+            and chalice_stage.AsyncLocations(
+                args.async_input, spec.async_inference.output, spec.async_inference.failure_output
+            ),
             dry_run=aws.dry_run,
             log=log,
         )

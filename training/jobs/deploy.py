@@ -18,8 +18,7 @@ from dataclasses import asdict, dataclass
 from sagemaker.core import image_uris, shapes
 from sagemaker.core.utils.utils import serialize
 
-from classifier.identity import MODEL_PACKAGE_ENV, MODEL_VERSION_ENV
-from serving.contract import PRODUCTION_VARIANT
+from serving.contract import MODEL_PACKAGE_ENV, MODEL_VERSION_ENV, PRODUCTION_VARIANT
 from training.jobs.alarms import delete_alarms, put_rollback_alarms
 from training.jobs.autoscaling import ScalingSpec, apply_scaling, remove_scaling, restore_scaling
 from training.jobs.calls import Aws, AwsCall, as_api_params
@@ -32,7 +31,7 @@ from training.jobs.hosting import (
     refuse_instances_for_serverless,
 )
 from training.jobs.source_bundle import INFERENCE_ENTRY, digest, repack_model
-from training.jobs.storage import parse_s3_uri
+from training.jobs.storage import expire_prefix, parse_s3_uri
 from training.jobs.training_job import FRAMEWORK_VERSION, PY_VERSION
 
 MAX_NAME = 63
@@ -169,7 +168,8 @@ def config_facts(spec: EndpointSpec, model_name: str) -> tuple:
     facts: tuple = (model_name, spec.instance_type, spec.initial_instances)
     for option in (spec.serverless, spec.async_inference, spec.capture):
         if option is not None:
-            facts += (type(option).__name__, asdict(option))
+            held = option.config_facts() if isinstance(option, CaptureSpec) else asdict(option)
+            facts += (type(option).__name__, held)
     return facts
 
 
@@ -227,6 +227,41 @@ def ensure_model(aws: Aws, spec, name_base: str, key_prefix: str, log) -> tuple[
     return model_name, model_data_url
 
 
+def update_endpoint(
+    aws: Aws, spec: EndpointSpec, current: dict, config_name: str, alarm_names: list[str], log
+) -> str:
+    """Move the endpoint from its current config to `config_name`, blue/green, and wait for the outcome;
+    returns the config replaced. Raises EndpointStateError when it has failed or the update rolled back."""
+    if current["EndpointStatus"] == "Failed":
+        reason = current.get("FailureReason", "no reason given")
+        raise EndpointStateError(
+            f"endpoint {spec.endpoint_name} has failed ({reason}) and cannot be updated: "
+            "run teardown, then deploy again"
+        )
+    # UpdateEndpoint is refused while the endpoint is still creating or updating.
+    wait_in_service(aws, spec.endpoint_name)
+    # Application Auto Scaling refuses an update that changes a scaled variant: take the target off first,
+    # keeping what it was in case the update rolls back.
+    previous_scaling = remove_scaling(aws, spec.endpoint_name, log)
+    replaced = current["EndpointConfigName"]
+    aws.send(update_request(spec, config_name, alarm_names))
+    log(
+        f"updating endpoint {spec.endpoint_name} from {replaced} to {config_name}: blue/green, "
+        f"{spec.rollout.describe()}, rolled back if {', '.join(alarm_names)} fires"
+    )
+    wait_in_service(aws, spec.endpoint_name, extra_s=spec.rollout.longest_s)
+    after = aws.describe(describe("DescribeEndpoint", EndpointName=spec.endpoint_name))
+    if after is not None and after["EndpointConfigName"] != config_name:
+        # SageMaker moved the traffic back: the old config serves, so it stays, scaled as before.
+        restore_scaling(aws, previous_scaling, log)
+        reason = after.get("FailureReason", "no reason given")
+        raise EndpointStateError(
+            f"the update of {spec.endpoint_name} to {config_name} was rolled back ({reason}); "
+            f"{after['EndpointConfigName']} still serves"
+        )
+    return replaced
+
+
 def deploy(aws: Aws, spec: EndpointSpec, log) -> dict[str, str]:
     """Create or update the endpoint, its alarms and its auto scaling; returns the names in use.
 
@@ -240,6 +275,8 @@ def deploy(aws: Aws, spec: EndpointSpec, log) -> dict[str, str]:
     if aws.describe(describe("DescribeEndpointConfig", EndpointConfigName=config_name)) is None:
         aws.send(endpoint_config_request(spec, config_name, model_name))
         log(f"created endpoint config {config_name} ({spec.kind})")
+    if spec.capture is not None:
+        expire_prefix(aws, spec.capture.destination, spec.capture.retention_days, log)
     # Made on every deploy, so the next update finds them, and the endpoint's health can be watched meanwhile.
     alarm_names = put_rollback_alarms(aws, spec.endpoint_name, spec.rollout.latency_ms, log)
 
@@ -255,33 +292,7 @@ def deploy(aws: Aws, spec: EndpointSpec, log) -> dict[str, str]:
         )
         log(f"creating endpoint {spec.endpoint_name}")
     elif current["EndpointConfigName"] != config_name:
-        if current["EndpointStatus"] == "Failed":
-            reason = current.get("FailureReason", "no reason given")
-            raise EndpointStateError(
-                f"endpoint {spec.endpoint_name} has failed ({reason}) and cannot be updated: "
-                "run teardown, then deploy again"
-            )
-        # UpdateEndpoint is refused while the endpoint is still creating or updating.
-        wait_in_service(aws, spec.endpoint_name)
-        # Application Auto Scaling refuses an update that changes a scaled variant: take the target off first,
-        # keeping what it was in case the update rolls back.
-        previous_scaling = remove_scaling(aws, spec.endpoint_name, log)
-        replaced = current["EndpointConfigName"]
-        aws.send(update_request(spec, config_name, alarm_names))
-        log(
-            f"updating endpoint {spec.endpoint_name} from {replaced} to {config_name}: blue/green, "
-            f"{spec.rollout.describe()}, rolled back if {', '.join(alarm_names)} fires"
-        )
-        wait_in_service(aws, spec.endpoint_name, extra_s=spec.rollout.longest_s)
-        after = aws.describe(describe("DescribeEndpoint", EndpointName=spec.endpoint_name))
-        if after is not None and after["EndpointConfigName"] != config_name:
-            # SageMaker moved the traffic back: the old config serves, so it stays, scaled as before.
-            restore_scaling(aws, previous_scaling, log)
-            reason = after.get("FailureReason", "no reason given")
-            raise EndpointStateError(
-                f"the update of {spec.endpoint_name} to {config_name} was rolled back ({reason}); "
-                f"{after['EndpointConfigName']} still serves"
-            )
+        replaced = update_endpoint(aws, spec, current, config_name, alarm_names, log)
     else:
         log(f"endpoint {spec.endpoint_name} already runs {config_name}")
 

@@ -114,15 +114,31 @@ class AsyncSpec:
         )
 
 
+DEFAULT_CAPTURE_RETENTION_DAYS = 30
+MAX_CAPTURE_RETENTION_DAYS = 3650
+
+
 @dataclass(frozen=True)
 class CaptureSpec:
     percent: int
     destination: str  # s3:// prefix
+    # How long S3 keeps each captured object (a lifecycle rule on the prefix): the bucket's setting, not the
+    # endpoint config's, so changing it updates no endpoint.
+    retention_days: int = DEFAULT_CAPTURE_RETENTION_DAYS
 
     def __post_init__(self) -> None:
         if not 1 <= self.percent <= 100:
             raise HostingError(f"--capture-percent must be from 1 to 100, got {self.percent}")
+        if not 1 <= self.retention_days <= MAX_CAPTURE_RETENTION_DAYS:
+            raise HostingError(
+                f"--capture-retention-days must be from 1 to {MAX_CAPTURE_RETENTION_DAYS}, "
+                f"got {self.retention_days}"
+            )
         parse_s3_uri(self.destination)
+
+    def config_facts(self) -> dict:
+        """What the endpoint config holds of it (its name digests these)."""
+        return {"percent": self.percent, "destination": self.destination}
 
     def config(self) -> shapes.DataCaptureConfig:
         return shapes.DataCaptureConfig(

@@ -7,6 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
+from botocore.exceptions import ClientError
+
 from training.jobs.calls import Aws, AwsCall
 
 SPLITS = ("train", "valid", "test")
@@ -22,6 +24,48 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     if parsed.scheme != "s3" or not parsed.netloc or not parsed.path.strip("/"):
         raise ValueError(f"expected s3://BUCKET/KEY, got {uri!r}")
     return parsed.netloc, parsed.path.lstrip("/")
+
+
+def expiry_rule_id(prefix: str) -> str:
+    # S3 caps a rule's ID at 255 characters; a prefix names at most one expiry rule of ours.
+    return f"dogbreeds-expire {prefix}"[:255]
+
+
+def expire_prefix(aws: Aws, uri: str, days: int, log) -> None:
+    """A lifecycle rule deleting each object under `uri` `days` after it was written (and a versioned
+    bucket's old versions a day after they are replaced). The bucket's other rules are kept: a bucket has
+    one lifecycle configuration, which PutBucketLifecycleConfiguration replaces whole."""
+    bucket, key = parse_s3_uri(uri)
+    prefix = key.strip("/") + "/"
+    rule = {
+        "ID": expiry_rule_id(prefix),
+        "Filter": {"Prefix": prefix},
+        "Status": "Enabled",
+        "Expiration": {"Days": days},
+        "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
+    }
+    rules = [] if aws.dry_run else _lifecycle_rules(aws, bucket)
+    kept = [existing for existing in rules if existing.get("ID") != rule["ID"]]
+    if rule in rules:
+        log(f"s3://{bucket}/{prefix} already expires after {days} days")
+        return
+    aws.send(
+        AwsCall(
+            "s3",
+            "PutBucketLifecycleConfiguration",
+            {"Bucket": bucket, "LifecycleConfiguration": {"Rules": [*kept, rule]}},
+        )
+    )
+    log(f"s3://{bucket}/{prefix}: each object expires {days} days after it is written")
+
+
+def _lifecycle_rules(aws: Aws, bucket: str) -> list[dict]:
+    try:
+        return aws.client("s3").get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") == "NoSuchLifecycleConfiguration":
+            return []
+        raise
 
 
 def image_files(root: Path) -> Iterator[tuple[str, Path]]:

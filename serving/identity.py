@@ -1,9 +1,9 @@
 """Which model an answer comes from: the artifact's name, and its version, or the version of the Model
 Registry package it was promoted from.
 
-`python -m training.jobs promote` sets the two variables below on the SageMaker Model it deploys; without
-them (locally, or after a plain `deploy`) the version is the artifact's own config.json version. Plain
-constants and a function of a mapping: the jobs CLI imports this without torch.
+`python -m training.jobs promote` sets the two variables of serving/contract.py on the SageMaker Model it
+deploys; without them (locally, or after a plain `deploy`) the version is the artifact's own config.json
+version.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-MODEL_PACKAGE_ENV = "DOGBREEDS_MODEL_PACKAGE_ARN"
-MODEL_VERSION_ENV = "DOGBREEDS_MODEL_PACKAGE_VERSION"
+from serving.contract import MODEL_PACKAGE_ENV, MODEL_VERSION_ENV
 
 
 def model_identity(config: Mapping, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
