@@ -1,21 +1,26 @@
 """Overload benchmark: what the local endpoint delivers in time when more clients call it than it can serve.
 
     .venv/bin/python -m bench.overload [--model-dir models/default] [--clients 64] [--seconds 30]
+        [--retry-at-once]
 
 It starts `python -m serving.server` on a free loopback port twice, with shedding off (`--max-wait 0`: the
 unbounded queue it had before) and with its default shedding, and puts the same load on each: `--clients`
 threads, each calling InvokeEndpoint one call after another for `--seconds` (after a 503, once its
-Retry-After has passed, as the API tells its callers), every thread with its own boto3 client configured as
-the API's (chalicelib/invoke.py: 2 s connect, 7 s read timeout, botocore's standard retry mode, 2 attempts
-in all), as concurrent Lambda containers would call it. The body is the sample photo as the Lambda sends it
-(shrunk and re-encoded by chalicelib).
+Retry-After has passed, as the API tells its callers; at once with `--retry-at-once`), every thread with its
+own boto3 client configured as the API's (chalicelib/invoke.py: 2 s connect, 7 s read timeout, botocore's
+standard retry mode, 2 attempts in all), as concurrent Lambda containers would call it. The body is the
+sample photo as the Lambda sends it (shrunk and re-encoded by chalicelib).
 
 Figures per mode:
 - goodput: calls answered (200) per second of the run; an answer always came within its attempt's 7 s;
 - p50/p99 of the answered calls, retries included;
 - shed: attempts answered 503 (botocore retries one at once; the API passes the second on with Retry-After);
 - wasted model work: attempts that timed out after 7 s, which the endpoint still runs the model for, as a
-  share of all the attempts it ran the model for (answered + timed out).
+  share of all the attempts it ran the model for (answered + timed out);
+- the endpoint's CPU seconds over the run (its process's user + system time from /proc, read once it is
+  ready and again once its queue has drained), per attempt it ran the model for, and per refused attempt.
+  The last is estimated: the shedding run's CPU, less its model runs at the no-shedding run's CPU per model
+  run, over its 503s.
 Then the ratios with shedding over without. The clients share the CPUs with the endpoint, as they would not in
 production: the absolute figures are this machine's; the ratios are what to compare.
 """
@@ -57,6 +62,26 @@ PROJECT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = PROJECT / "models" / "default"
 # After the run, calls still in flight may take two attempts of the read timeout plus botocore's backoff.
 DRAIN_S = 2 * (ENDPOINT_CONNECT_TIMEOUT_S + ENDPOINT_READ_TIMEOUT_S) + 6
+# Requests whose clients gave up stay queued at the endpoint (without shedding): it may take this long more.
+QUEUE_DRAIN_S = 120
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (Linux /proc)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def queue_images(url: str) -> int:
+    with urllib.request.urlopen(f"{url}/ping", timeout=10) as response:  # noqa: S310 - our own http URL
+        return json.loads(response.read())["queue"]["images"]
+
+
+def wait_for_empty_queue(url: str) -> None:
+    deadline = time.monotonic() + QUEUE_DRAIN_S
+    while queue_images(url) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def api_client(url: str):
@@ -89,7 +114,9 @@ class Tally:
             self.attempts[outcome] += count
 
 
-def run_load(url: str, body: bytes, clients: int, seconds: float) -> tuple[Tally, float]:
+def run_load(
+    url: str, body: bytes, clients: int, seconds: float, retry_at_once: bool = False
+) -> tuple[Tally, float]:
     """`clients` threads calling for `seconds`; the merged tally and the run's length in seconds."""
     tallies = [Tally() for _ in range(clients)]
     ready = threading.Barrier(clients + 1)
@@ -118,6 +145,8 @@ def run_load(url: str, body: bytes, clients: int, seconds: float) -> tuple[Tally
                 json.loads(response["Body"].read())
             except ClientError as error:
                 tally.failed_calls += 1
+                if retry_at_once:
+                    continue
                 # The API answers its caller 503 with the endpoint's Retry-After; its caller waits that long.
                 retry_after = error.response["ResponseMetadata"]["HTTPHeaders"].get("retry-after", "0")
                 time.sleep(max(0.0, min(float(retry_after), stop_at[0] - time.perf_counter())))
@@ -153,18 +182,25 @@ def ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else float("nan")
 
 
-def measure(model_dir: Path, extra: list[str], body: bytes, clients: int, seconds: float) -> dict:
+def measure(
+    model_dir: Path, extra: list[str], body: bytes, clients: int, seconds: float, retry_at_once: bool
+) -> dict:
     process, url = start_endpoint(model_dir, extra)
     try:
         with urllib.request.urlopen(f"{url}/ping", timeout=10) as response:  # noqa: S310 - our own http URL
             limit = json.loads(response.read())["queue"]["limit"]
         runtime = ping_body(url)
-        tally, elapsed = run_load(url, body, clients, seconds)
+        cpu_before = cpu_seconds(process.pid)
+        tally, elapsed = run_load(url, body, clients, seconds, retry_at_once)
+        wait_for_empty_queue(url)
+        cpu = cpu_seconds(process.pid) - cpu_before
     finally:
         stop_endpoint(process)
     model_runs = tally.attempts["200"] + tally.attempts["timeout"]
     return {
         "endpoint_runtime": runtime,
+        "cpu": cpu,
+        "model_runs": model_runs,
         "limit": limit,
         "goodput": len(tally.answered) / elapsed,
         "p50": percentile(tally.answered, 0.50),
@@ -186,6 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--max-wait", type=float, help="the shedding run's --max-wait (default: the server's)"
     )
+    parser.add_argument(
+        "--retry-at-once", action="store_true", help="clients call again at once after a 503 (no Retry-After)"
+    )
     results.add_argument(parser)
     args = parser.parse_args(argv)
     if not 1 <= args.clients <= 256 or not 1 <= args.seconds <= 600:
@@ -203,12 +242,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"CPUs: {len(os.sched_getaffinity(0))}; load average at start: {os.getloadavg()[0]:.2f}")
     print(
         f"model: {args.model_dir} ({config['backbone']}); {args.clients} clients, {args.seconds:g} s a run; "
-        f"API timeouts: {ENDPOINT_READ_TIMEOUT_S:g} s read, {ENDPOINT_MAX_ATTEMPTS} attempts"
+        f"API timeouts: {ENDPOINT_READ_TIMEOUT_S:g} s read, {ENDPOINT_MAX_ATTEMPTS} attempts; "
+        f"after a 503 clients {'call again at once' if args.retry_at_once else 'wait its Retry-After'}"
     )
     shedding = [] if args.max_wait is None else ["--max-wait", str(args.max_wait)]
+    load = (body, args.clients, args.seconds, args.retry_at_once)
     results_by_mode = {
-        "no shedding": measure(args.model_dir, ["--max-wait", "0"], body, args.clients, args.seconds),
-        "shedding": measure(args.model_dir, shedding, body, args.clients, args.seconds),
+        "no shedding": measure(args.model_dir, ["--max-wait", "0"], *load),
+        "shedding": measure(args.model_dir, shedding, *load),
     }
     table, ratios = report(results_by_mode, args.clients, args.seconds)
     figures = {
@@ -254,12 +295,25 @@ def report(results_by_mode: dict[str, dict], clients: int, seconds: float) -> tu
         if result["other"]:
             print(f"  ({result['other']} attempts failed otherwise)")
     before, after = results_by_mode["no shedding"], results_by_mode["shedding"]
+    per_model_run = ratio(before["cpu"], before["model_runs"])
+    for mode, result in results_by_mode.items():
+        print(
+            f"{mode}: endpoint CPU {result['cpu']:.1f} s for {result['model_runs']} model runs "
+            f"and {result['shed']} refusals"
+        )
+    refusal_cpu_ms = 1000 * ratio(after["cpu"] - after["model_runs"] * per_model_run, after["shed"])
+    print(
+        f"endpoint CPU per model run {1000 * per_model_run:.1f} ms (no shedding); "
+        f"per refused attempt {refusal_cpu_ms:.2f} ms (estimated)"
+    )
     ratios = {
         "goodput": ratio(after["goodput"], before["goodput"]),
         "p99": ratio(after["p99"], before["p99"]),
+        "cpu_ms_per_refusal": refusal_cpu_ms,
     }
     summary = (
         f"goodput {ratios['goodput']:.2f}x, p99 {ratios['p99']:.2f}x, "
+        f"endpoint CPU per refusal {refusal_cpu_ms:.2f} ms, "
         f"wasted model work {before['wasted']:.0%} -> {after['wasted']:.0%}"
     )
     print(f"shedding / no shedding: {summary}")

@@ -257,7 +257,7 @@ def _result(errors_of_result: dict[str, Any]) -> dict[str, Any]:
 
 def _batch_answer_schema() -> dict[str, Any]:
     result = {
-        "anyOf": [_ref("Answer"), _ref("Error")],
+        "anyOf": [_ref("BatchItemAnswer"), _ref("Error")],
         "description": "The item's answer, or its error (with its HTTP status as `error.status`).",
     }
     return {
@@ -367,6 +367,7 @@ def _document(routes_key: tuple[tuple[str, str, str, tuple[str, ...], bool], ...
         "components": {
             "schemas": {
                 "Answer": _schema_component(schema.API_ANSWER_SCHEMA),
+                "BatchItemAnswer": _schema_component(schema.BATCH_ITEM_ANSWER_SCHEMA),
                 "QueuedAnswer": _schema_component(schema.QUEUED_ANSWER_SCHEMA),
                 "Breeds": _schema_component(schema.BREEDS_SCHEMA),
                 "QueuedResult": _schema_component(schema.RESULT_SCHEMA),

@@ -3,6 +3,8 @@
 - ANSWER_SCHEMA: what the model endpoint answers for one image (serving/inference.py `describe`).
 - API_ANSWER_SCHEMA: the API's answer, the endpoint's plus what was sent (`image`) and how long it took
   (`timings_ms`).
+- BATCH_ITEM_ANSWER_SCHEMA: one photo's answer within a batch: the API's answer without `timings_ms`, which
+  the batch gives once for all its photos.
 - QUEUED_ANSWER_SCHEMA: the API's 202 for a stage whose endpoint is asynchronous: where the answer will be.
 - BREEDS_SCHEMA: the model's breeds and the model, as the endpoint answers them (serving/contract.py's
   BREEDS_ACCEPT) and the API passes them on (GET /breeds).
@@ -111,6 +113,14 @@ API_ANSWER_SCHEMA["properties"].update(
         },
     }
 )
+
+BATCH_ITEM_ANSWER_SCHEMA: dict[str, Any] = {
+    **copy.deepcopy(API_ANSWER_SCHEMA),
+    "title": "BatchItemAnswer",
+    "description": "One photo's answer within a batch: the model's answer plus the picture that was sent.",
+    "required": [name for name in API_ANSWER_SCHEMA["required"] if name != "timings_ms"],
+}
+del BATCH_ITEM_ANSWER_SCHEMA["properties"]["timings_ms"]
 
 QUEUED_ANSWER_SCHEMA: dict[str, Any] = {
     "$schema": DIALECT,

@@ -59,6 +59,9 @@ log = logging.getLogger("dogbreeds.serve")
 # connection; past it the connection is closed.
 MAX_DISCARD_BYTES = 64 * 1024 * 1024
 DEFAULT_ENDPOINT_NAME = "dogbreeds-local"
+# A body the server does not want (a shed request's) is drained up to this size, which uvicorn buffers before
+# it pauses reading the socket; past it the answer goes at once and closes the connection.
+UNREAD_DRAIN_BYTES = 64 * 1024
 # SageMaker names the account in its errors; this is the account botocore's stubs and moto use.
 LOCAL_ACCOUNT = "123456789012"
 # Each worker loads its own model and /ping may be answered by one that is ready, after which requests can
@@ -100,7 +103,8 @@ class Admission:
     It counts the images admitted and not yet answered, and sheds a new request when the queue is full: past
     `max_queue` images when that is set, else when the images ahead of it would take the model more than
     `max_wait_s` at its measured speed (seconds per image, from the warm-up and then every model call).
-    Shed requests cost a header parse, not a decode or a model run, so the answers given stay fast.
+    Shed requests cost a header parse, not a body read, a decode or a model run, so the answers given stay
+    fast.
     """
 
     def __init__(self, seconds_per_image: float, max_wait_s: float, max_queue: int | None, min_queue: int):
@@ -124,12 +128,27 @@ class Admission:
     def admit(self) -> Ticket | None:
         """A ticket for one more request (one image until it says otherwise), or None to shed it."""
         with self._lock:
-            limit = self.limit
-            if limit is not None and self.images + 1 > limit:
+            if self._full():
                 self.shed += 1
                 return None
             self.images += 1
             return Ticket(self)
+
+    def sheds_now(self) -> bool:
+        """Whether a request arriving now is shed (and counted so), asked before its body is read.
+
+        It takes no ticket: a client still sending its body holds no place in the queue, and `admit` decides
+        again once the body is in.
+        """
+        with self._lock:
+            if self._full():
+                self.shed += 1
+                return True
+            return False
+
+    def _full(self) -> bool:
+        limit = self.limit
+        return limit is not None and self.images + 1 > limit
 
     def expected_wait_s(self) -> float:
         return self.images * self.seconds_per_image
@@ -351,14 +370,19 @@ async def _discard(request: Request, already_read: int) -> None:
 
 async def container_answer(request: Request) -> ContainerAnswer:
     state: ModelState = request.app.state.model
+    if state.predictor is None:
+        await run_in_threadpool(state.settled.wait, LOADING_WAIT_S)
+    if state.predictor is None:
+        loading = ContainerAnswer(
+            503, (state.error or "model is loading").encode(), "text/plain; charset=utf-8"
+        )
+        return await unread(request, loading)
+    if state.admission.sheds_now():
+        return await unread(request, overloaded(state.admission))
     try:
         body = await read_body(request)
     except BodyTooLargeError:
         return ContainerAnswer(413, f"body over {MAX_BODY_BYTES} bytes".encode(), "text/plain; charset=utf-8")
-    if state.predictor is None:
-        await run_in_threadpool(state.settled.wait, LOADING_WAIT_S)
-    if state.predictor is None:
-        return ContainerAnswer(503, (state.error or "model is loading").encode(), "text/plain; charset=utf-8")
     ticket = state.admission.admit()
     if ticket is None:
         return overloaded(state.admission)
@@ -369,6 +393,19 @@ async def container_answer(request: Request) -> ContainerAnswer:
         )
     finally:
         ticket.release()
+
+
+async def unread(request: Request, answer: ContainerAnswer) -> ContainerAnswer:
+    """`answer` to a request whose body is not wanted: a body small enough to have come with its headers is
+    drained (never decoded) so the connection can serve the client's next request; a larger or undeclared one
+    is left unread, and the answer closes the connection."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) <= UNREAD_DRAIN_BYTES:
+        await _discard(request, 0)
+        return answer
+    return ContainerAnswer(
+        answer.status, answer.body, answer.content_type, {**answer.headers, "Connection": "close"}
+    )
 
 
 def overloaded(admission: Admission) -> ContainerAnswer:
@@ -430,7 +467,7 @@ async def endpoint_invocations(request: Request) -> Response:
         return aws_error(413, None, f"HTTP content length exceeded {MAX_BODY_BYTES} bytes.")
     if answer.status == 503 and state.predictor is None:
         message = state.error or "The endpoint's model is still loading; retry shortly."
-        return aws_error(503, "ServiceUnavailable", message)
+        return aws_error(503, "ServiceUnavailable", message, headers=answer.headers)
     if answer.status == 503:
         # Shed: botocore's standard and legacy retry modes both retry a 503 (ServiceUnavailable), at once.
         return aws_error(503, "ServiceUnavailable", answer.body.decode(), headers=answer.headers)

@@ -4,6 +4,7 @@ job launchers."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -64,17 +65,29 @@ def wait_for_ping(url: str, process: subprocess.Popen, timeout: float = 120.0) -
 
 
 class EndpointProcess:
-    """`python -m serving.server` running as a real process on a free loopback port."""
+    """`python -m serving.server` running as a real process on a free loopback port; its output goes to `log`
+    when given (one line per request: see serving.server.RequestLog)."""
 
-    def __init__(self, model_dir: Path, *extra_args: str):
+    def __init__(self, model_dir: Path, *extra_args: str, log: Path | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "serving.server", "--model-dir", str(model_dir), "--port", str(self.port)]
-            + list(extra_args),
-            cwd=PROJECT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        with log.open("wb") if log is not None else contextlib.nullcontext() as output:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "serving.server",
+                    "--model-dir",
+                    str(model_dir),
+                    "--port",
+                    str(self.port),
+                ]
+                + list(extra_args),
+                cwd=PROJECT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                stdout=output,
+                stderr=subprocess.STDOUT if output is not None else None,
+            )
 
     def wait_ready(self) -> EndpointProcess:
         wait_for_ping(self.url, self.process)

@@ -20,7 +20,7 @@ from classifier.model import (
     load_model,
     read_config,
 )
-from serving import inference
+from serving import contract, inference
 from training import dog_head, fit_dog, pets, pets_report
 from training.features import SplitFeatures
 
@@ -173,7 +173,7 @@ def predictor(request) -> inference.BreedPredictor:
 def test_a_cat_once_a_confident_schipperke_is_neither_a_dog_nor_confident(predictor):
     body = (PETS / "cats" / CONFIDENT_SCHIPPERKE_CAT).read_bytes()
     answer = json.loads(
-        inference.output_fn(inference.predict_fn(inference.input_fn(body, inference.JPEG), predictor), None)
+        inference.output_fn(inference.predict_fn(inference.input_fn(body, contract.JPEG), predictor), None)
     )
     assert answer["is_dog"] is False and answer["confident"] is False
     assert answer["dog_probability"] < predictor.thresholds.dog
@@ -191,7 +191,7 @@ def test_real_dog_snapshots_are_dogs(predictor):
     assert recovered
     for name in recovered[:2]:
         body = (PETS / "dogs" / name).read_bytes()
-        answer = inference.predict_fn(inference.input_fn(body, inference.JPEG), predictor)
+        answer = inference.predict_fn(inference.input_fn(body, contract.JPEG), predictor)
         assert answer["is_dog"] is True, name
 
 

@@ -5,18 +5,22 @@ fuzzes the stack from it."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import json
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import boto3
 import jsonschema
 import pytest
 import referencing
 from api_calls import client_for
+from conftest import SampleFiles, file_server
 from local_servers import free_port
 from openapi_spec_validator import validate
 from pictures import encoded
@@ -26,7 +30,12 @@ from referencing.jsonschema import DRAFT202012
 import app as api
 from chalicelib import errors, health, openapi
 from chalicelib.gateway_responses import GATEWAY_RESPONSES
-from chalicelib.settings import MAX_PIXELS_BY_FORMAT, MAX_UPLOAD_BYTES, UPLOAD_CONTENT_TYPES
+from chalicelib.settings import (
+    BATCH_PREPARE_TIMEOUT_S,
+    MAX_PIXELS_BY_FORMAT,
+    MAX_UPLOAD_BYTES,
+    UPLOAD_CONTENT_TYPES,
+)
 
 # Examples per operation and phase; the whole fuzz run stays within seconds.
 FUZZ_EXAMPLES = 10
@@ -213,9 +222,76 @@ def test_every_route_answers_as_described(document, api_stack, sample_files, lab
         assert_matches(document, described_path.split("?")[0], method, status, answered_type, answer)
 
 
+# Less than a fetch's read timeout, and more than half the batch's prepare limit: two URLs fetched one after
+# the other would already overrun it.
+GATE_S = BATCH_PREPARE_TIMEOUT_S / 2 + 0.5
+
+
+class GatedFiles(SampleFiles):
+    """The sample photos, each answered only once `expected` requests are in flight together (or, failing
+    that, after GATE_S): fetching one at a time costs GATE_S per URL. Records the most in flight at once."""
+
+    expected = 0
+    gate: threading.Barrier
+    lock: threading.Lock
+    in_flight = 0
+    most_in_flight = 0
+
+    def do_GET(self):
+        cls = type(self)
+        with cls.lock:
+            cls.in_flight += 1
+            cls.most_in_flight = max(cls.most_in_flight, cls.in_flight)
+        try:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                cls.gate.wait(GATE_S)
+            super().do_GET()
+        finally:
+            with cls.lock:
+                cls.in_flight -= 1
+
+
+def test_a_batch_of_urls_is_fetched_at_once_and_every_item_answers_as_described(document, api_stack, samples):
+    names = [
+        "Labrador_retriever_06455.jpg",
+        "American_water_spaniel_00648.jpg",
+        "people_with_dog.jpg",
+        "no.jpg",
+    ]
+    files = type(
+        "Files",
+        (GatedFiles,),
+        {
+            "gate": threading.Barrier(len(names)),
+            "lock": threading.Lock(),
+            "in_flight": 0,
+            "most_in_flight": 0,
+        },
+    )
+    with file_server(samples, files) as url:
+        body = json.dumps({"urls": [f"{url}/{name}" for name in names], "top_k": 2}).encode()
+        status, answered_type, answer, _ = call(
+            api_stack.url + "/predict/batch", "POST", body, "application/json"
+        )
+
+    # Every URL was being fetched at the same time: the batch took one fetch's time, not the sum of them.
+    assert files.most_in_flight == len(names)
+    assert status == 200, answer[:300]
+    assert_matches(document, "/predict/batch", "POST", status, answered_type, answer)
+    items = json.loads(answer)["urls"]
+    assert [item.get("error", {}).get("code") for item in items] == [None, None, None, "url_fetch_failed"]
+    assert items[0]["predictions"][0]["label"] == "Labrador_retriever"
+    for item in items:
+        schema = "Error" if "error" in item else "BatchItemAnswer"
+        assert_valid(document, {"$ref": f"#/components/schemas/{schema}"}, json.dumps(item).encode())
+
+
 @pytest.fixture
-def stopped_endpoint_client(tmp_path, new_container):
+def stopped_endpoint_client(tmp_path, monkeypatch, new_container):
     """The local stage in-process, with its endpoint address pointing at a port nothing listens on."""
+    # A fresh container has a fresh boto3 session too: one made by an earlier test, with that test's
+    # environment, would not see the region the stage's environment sets.
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     health.clear_cache()
     yield client_for(tmp_path, f"http://127.0.0.1:{free_port()}")
     health.clear_cache()

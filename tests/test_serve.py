@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import http.client
 import io
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -21,14 +23,14 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from botocore.parsers import create_parser
-from conftest import DEFAULT_MODEL, PROJECT, EndpointProcess, free_port
-from local_servers import stop_process
+from conftest import DEFAULT_MODEL, PROJECT, EndpointProcess
 from PIL import Image
 
 from classifier import graph
 from serving import contract
 from serving.server import (
     DEFAULT_ENDPOINT_NAME,
+    DEFAULT_MAX_WAIT_S,
     MAX_BODY_BYTES,
     PRODUCTION_VARIANT,
     ContainerAnswer,
@@ -215,34 +217,14 @@ def test_concurrent_requests_each_get_their_own_answer(runtime, labrador, spanie
 def test_ping_is_503_while_loading_then_200_and_sigterm_stops_cleanly(tmp_path, monkeypatch, labrador):
     # A fresh ONNX cache makes every worker wait for an export, so loading takes seconds, not milliseconds.
     monkeypatch.setenv(graph.CACHE_ENV, str(tmp_path / "cache"))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     log_file = tmp_path / "serve.log"
-    with open(log_file, "wb") as log:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "serving.server",
-                "--model-dir",
-                str(DEFAULT_MODEL),
-                "--port",
-                str(port),
-                "--workers",
-                "2",
-                "--endpoint-name",
-                "two-workers",
-            ],
-            cwd=PROJECT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    server = EndpointProcess(DEFAULT_MODEL, "--workers", "2", "--endpoint-name", "two-workers", log=log_file)
     try:
         statuses = []
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and statuses[-1:] != [200] and server.poll() is None:
+        while time.monotonic() < deadline and statuses[-1:] != [200] and server.process.poll() is None:
             try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                with urllib.request.urlopen(f"{server.url}/ping", timeout=2) as response:
                     statuses.append(response.status)
             except urllib.error.HTTPError as error:
                 statuses.append(error.code)
@@ -255,7 +237,7 @@ def test_ping_is_503_while_loading_then_200_and_sigterm_stops_cleanly(tmp_path, 
 
         client = boto3.client(
             "sagemaker-runtime",
-            endpoint_url=url,
+            endpoint_url=server.url,
             region_name="us-east-1",
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
@@ -268,8 +250,8 @@ def test_ping_is_503_while_loading_then_200_and_sigterm_stops_cleanly(tmp_path, 
             )
             assert json.loads(response["Body"].read())["predictions"][0]["label"] == "Labrador_retriever"
     finally:
-        server.terminate()
-        returncode = server.wait(timeout=60)
+        server.process.terminate()
+        returncode = server.process.wait(timeout=60)
     assert returncode == 0
     log = log_file.read_text()
     request_lines = re.findall(
@@ -302,30 +284,14 @@ def test_a_model_that_cannot_load_stops_the_server_with_the_reason(tmp_path, wor
     shutil.copytree(DEFAULT_MODEL, model_dir)
     labels = json.loads((model_dir / "labels.json").read_text())
     (model_dir / "labels.json").write_text(json.dumps(labels[:-1]))  # one label short of the model's outputs
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "serving.server",
-            "--model-dir",
-            str(model_dir),
-            "--port",
-            str(port),
-            "--workers",
-            workers,
-        ],
-        cwd=PROJECT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = tmp_path / "server.log"
+    server = EndpointProcess(model_dir, "--workers", workers, log=log)
     try:
-        _, stderr = server.communicate(timeout=180)
+        server.process.wait(timeout=180)
     finally:
-        stop_process(server, timeout=10)
-    assert server.returncode != 0
-    last_line = stderr.splitlines()[-1]
+        server.stop()
+    assert server.process.returncode != 0
+    last_line = log.read_text().splitlines()[-1]
     assert last_line.startswith(f"serving.server: model failed to load from {model_dir}")
     assert "labels" in last_line
 
@@ -448,3 +414,112 @@ def test_overload_benchmark_runs_and_prints_its_figures(tmp_path):
     assert re.search(r"^no shedding +none +[\d.]+", result.stdout, re.MULTILINE)
     assert re.search(r"^shedding +\d+ +[\d.]+", result.stdout, re.MULTILINE)
     assert re.search(r"shedding / no shedding: goodput [\d.]+x, p99 [\d.]+x, wasted", result.stdout)
+
+
+# A flood of this many clients per image the endpoint queues: past what it may admit, so most are shed.
+FLOOD_PER_QUEUED_IMAGE = 4
+# How long each flooding client waits for its answer before it gives up and closes its connection. The
+# endpoint admits about DEFAULT_MAX_WAIT_S of model work; without shedding the flood queues twice this.
+FLOOD_PATIENCE_S = 2.5 * DEFAULT_MAX_WAIT_S
+
+
+async def _call_once(port: int, body: bytes) -> tuple[int | str, dict[str, str], bytes]:
+    """One POST /invocations on its own connection: (status, headers, body), or "gave up" when no answer came
+    within FLOOD_PATIENCE_S, after which the connection is closed."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST /invocations HTTP/1.1\r\nHost: endpoint\r\nContent-Type: image/jpeg\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        try:
+            async with asyncio.timeout(FLOOD_PATIENCE_S):
+                head = await reader.readuntil(b"\r\n\r\n")
+                status_line, *lines = head.decode("latin-1").split("\r\n")
+                headers = dict(line.lower().split(": ", 1) for line in lines if line)
+                answer = await reader.readexactly(int(headers["content-length"]))
+        except TimeoutError:
+            return "gave up", {}, b""
+        return int(status_line.split()[1]), headers, answer
+    finally:
+        writer.close()
+
+
+def logged_invocations(log) -> list[str]:
+    return re.findall(r"POST /invocations (\d{3}) in=", log.read_text())
+
+
+def test_a_flood_with_the_default_max_wait_is_shed_and_nothing_is_answered_after_its_client_gave_up(
+    labrador, tmp_path
+):
+    # The endpoint as `make run` and the container start it: its own default --max-wait.
+    log = tmp_path / "serve.log"
+    server = EndpointProcess(FAST_MODEL, log=log).wait_ready()
+    try:
+        with urllib.request.urlopen(f"{server.url}/ping", timeout=10) as response:
+            limit = json.loads(response.read())["queue"]["limit"]
+        flood = FLOOD_PER_QUEUED_IMAGE * limit
+
+        async def flood_once():
+            return await asyncio.gather(*(_call_once(server.port, labrador) for _ in range(flood)))
+
+        answers = asyncio.run(flood_once())
+        # Every request reaches the log once the endpoint is done with it, answered in time or not.
+        deadline = time.monotonic() + 120
+        while len(logged_invocations(log)) < flood and time.monotonic() < deadline:
+            time.sleep(0.2)
+        logged = logged_invocations(log)
+    finally:
+        server.stop()
+
+    statuses = [status for status, _, _ in answers]
+    assert statuses.count("gave up") == 0, f"{statuses.count('gave up')} of {flood} clients gave up"
+    assert set(statuses) == {200, 503}
+    for status, headers, body in answers:
+        if status == 503:
+            assert int(headers["retry-after"]) >= 1
+            assert b"overloaded" in body
+        else:
+            assert json.loads(body)["predictions"][0]["label"] == "Labrador_retriever"
+    # What the endpoint answered is what its clients read: no answer went to a client that had given up.
+    assert len(logged) == flood
+    assert logged.count("200") == statuses.count(200)
+    assert logged.count("503") == statuses.count(503)
+
+
+def test_a_shed_request_is_refused_before_its_body_is_read(labrador, tmp_path):
+    # One image queued at a time: while a batch of pictures is in the model's queue, any other is shed.
+    log = tmp_path / "serve.log"
+    server = EndpointProcess(FAST_MODEL, "--max-queue", "1", log=log).wait_ready()
+    batch = json.dumps(
+        {"instances": [{"b64": base64.b64encode(labrador).decode()}] * contract.MAX_INSTANCES}
+    ).encode()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            busy = pool.submit(post, f"{server.url}/invocations", batch, {"Content-Type": contract.JSON})
+            while not busy.done():
+                with urllib.request.urlopen(f"{server.url}/ping", timeout=10) as response:
+                    if json.loads(response.read())["queue"]["images"]:
+                        break
+                time.sleep(0.01)
+            # Headers that announce the largest body the endpoint takes, and then not one byte of it: only an
+            # answer decided before reading the body can come back.
+            with socket.create_connection(("127.0.0.1", server.port), timeout=30) as probe:
+                probe.sendall(
+                    b"POST /invocations HTTP/1.1\r\nHost: endpoint\r\nContent-Type: image/jpeg\r\n"
+                    + f"Content-Length: {MAX_BODY_BYTES}\r\n\r\n".encode()
+                )
+                response = http.client.HTTPResponse(probe)
+                response.begin()
+                refusal = response.status, response.getheader("Retry-After"), response.getheader("Connection")
+                refusal_body = response.read()
+                assert probe.recv(1) == b"", "the endpoint closes the connection whose body it did not read"
+            assert busy.result()[0] == 200
+    finally:
+        server.stop()
+    assert refusal[0] == 503
+    assert int(refusal[1]) >= 1
+    assert refusal[2] == "close"
+    assert b"overloaded" in refusal_body
+    assert re.search(r"POST /invocations 503 in=0B", log.read_text())

@@ -22,7 +22,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from classifier.graph import cache_dir
@@ -118,41 +117,10 @@ def run(args: argparse.Namespace) -> dict:
     non_dogs = non_dog_probabilities(model, preprocessing, calibrated=False)
     names = list(non_dogs)
     others = torch.tensor([non_dogs[name] for name in names])
-    if model.dog_head is None:
-        # The dog probability: train dogs against the non-dog pictures, weighted equally.
-        with torch.no_grad():
-            dogs = model.heads(features.features)[1]
-        scale, shift = cal.fit_platt(
-            torch.cat([dogs, others]), torch.cat([torch.ones(len(dogs)), torch.zeros(len(others))]).bool()
-        )
-        settings.update(dog_scale=scale, dog_shift=shift)
-        calibrated_dogs = calibrate_dog_probability(dogs, settings)
-        settings["dog_threshold"] = cal.dog_threshold_for_recall(calibrated_dogs, args.dog_recall)
-        settings["dog_recall"] = args.dog_recall
-    else:
-        # A dog head's settings were fitted with it, on real photos (training.fit_dog): they stay.
-        settings.update({key: value for key, value in model.calibration.items() if key in DOG_SETTINGS})
+    settings.update(dog_settings(model, features, others, args.dog_recall))
     calibrated_others = calibrate_dog_probability(others, settings)
-
+    report = calibration_report(folds, settings, dict(zip(names, calibrated_others.tolist(), strict=True)))
     temperature = settings["breed_temperature"]
-    report = {"folds": folds.summary()}
-    for name, logits in (("uncalibrated", folds.logits), ("calibrated", folds.logits / temperature)):
-        confidence, correct = cal.top1(logits.softmax(1), folds.targets)
-        report[f"out_of_fold_ece_{name}"] = cal.expected_calibration_error(confidence, correct)
-    confidence, correct = cal.top1((folds.logits / temperature).softmax(1), folds.targets)
-    report["out_of_fold_confident"] = cal.coverage_and_precision(
-        confidence, correct, settings["confidence_threshold"]
-    )
-    report["non_dogs"] = {
-        "images": len(names),
-        "false_dogs": [
-            name
-            for name, p in zip(names, calibrated_others.tolist(), strict=True)
-            if p >= settings["dog_threshold"]
-        ],
-        "dog_probability": dict(zip(names, np.round(calibrated_others.numpy(), 4).tolist(), strict=True)),
-    }
-    report["settings"] = settings
 
     config["calibration"] = settings
     (args.model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
@@ -167,6 +135,44 @@ def run(args: argparse.Namespace) -> dict:
         f"{report['out_of_fold_confident']['precision']:.4f}; dog threshold {settings['dog_threshold']:.4f}, "
         f"false dogs {len(report['non_dogs']['false_dogs'])}/{len(names)}"
     )
+    return report
+
+
+def dog_settings(model, features, others: torch.Tensor, dog_recall: float) -> dict:
+    """The dog probability's calibration: fitted here on train dogs against the non-dog pictures (weighted
+    equally), or a dog head's own, which training.fit_dog fitted with it on real photos and which stay."""
+    if model.dog_head is not None:
+        return {key: value for key, value in model.calibration.items() if key in DOG_SETTINGS}
+    with torch.no_grad():
+        dogs = model.heads(features.features)[1]
+    scale, shift = cal.fit_platt(
+        torch.cat([dogs, others]), torch.cat([torch.ones(len(dogs)), torch.zeros(len(others))]).bool()
+    )
+    settings = {"dog_scale": scale, "dog_shift": shift}
+    calibrated_dogs = calibrate_dog_probability(dogs, settings)
+    settings["dog_threshold"] = cal.dog_threshold_for_recall(calibrated_dogs, dog_recall)
+    settings["dog_recall"] = dog_recall
+    return settings
+
+
+def calibration_report(folds, settings: dict, non_dogs: dict[str, float]) -> dict:
+    """metrics.json's `calibration`: the folds, out-of-fold ECE before and after, the confident answers, and
+    the non-dog pictures' calibrated dog probabilities."""
+    temperature = settings["breed_temperature"]
+    report = {"folds": folds.summary()}
+    for name, logits in (("uncalibrated", folds.logits), ("calibrated", folds.logits / temperature)):
+        confidence, correct = cal.top1(logits.softmax(1), folds.targets)
+        report[f"out_of_fold_ece_{name}"] = cal.expected_calibration_error(confidence, correct)
+    confidence, correct = cal.top1((folds.logits / temperature).softmax(1), folds.targets)
+    report["out_of_fold_confident"] = cal.coverage_and_precision(
+        confidence, correct, settings["confidence_threshold"]
+    )
+    report["non_dogs"] = {
+        "images": len(non_dogs),
+        "false_dogs": [name for name, p in non_dogs.items() if p >= settings["dog_threshold"]],
+        "dog_probability": {name: round(p, 4) for name, p in non_dogs.items()},
+    }
+    report["settings"] = settings
     return report
 
 

@@ -37,7 +37,7 @@ from classifier.model import (
     load_model,
 )
 from training import calibration_stats as cal
-from training.data import read_image_folder
+from training.data import ImageFolder, read_image_folder
 from training.features import SplitFeatures, split_features
 
 log = logging.getLogger("training.evaluate")
@@ -189,18 +189,7 @@ def run(args: argparse.Namespace) -> dict:
     """Evaluate; raises ValueError when the data holds a class the model does not know."""
     torch.set_num_threads(args.threads)
     model, config, labels, preprocessing = load_model(args.model_dir)
-    found = sorted(
-        entry.name for entry in args.data.iterdir() if entry.is_dir() and not entry.name.startswith(".")
-    )
-    by_label = {label: index for index, label in enumerate(labels)}
-    unknown = [folder for folder in found if label_from_folder(folder) not in by_label]
-    if unknown:
-        raise ValueError(f"{args.data}: classes the model does not know: {unknown[:5]}")
-    # Index folders in the model's output order, whatever their prefixes.
-    folders = tuple(sorted(found, key=lambda folder: by_label[label_from_folder(folder)]))
-    split = read_image_folder(args.data, folders)
-    targets = torch.tensor([by_label[label_from_folder(folders[target])] for target in split.targets])
-
+    split, targets = labelled_split(args.data, labels)
     with tempfile.TemporaryDirectory() as scratch:
         cache_dir = args.cache_dir or Path(scratch)
         features = split_features(
@@ -239,23 +228,48 @@ def run(args: argparse.Namespace) -> dict:
         test_time_flip=model.test_time_flip,
     )
     name = args.data.resolve().name
-    # The output dir last: the lines below name its files.
+    # The output dir last: the summary names its files.
     for folder in ([args.model_dir] if args.write_model_dir else []) + [args.output_dir]:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"evaluation-{name}.json").write_text(json.dumps(metrics, indent=1) + "\n")
-        chart = folder / f"per_class_accuracy-{name}.png"
-        plot_per_class(metrics, chart)
-        diagram = folder / f"reliability-{name}.png"
-        plot_reliability(tables, calibration, f"{config['backbone']} on {name}", diagram)
+        plot_per_class(metrics, folder / f"per_class_accuracy-{name}.png")
+        plot_reliability(
+            tables, calibration, f"{config['backbone']} on {name}", folder / f"reliability-{name}.png"
+        )
+    print_summary(args.data, metrics, model, args.output_dir)
+    return metrics
+
+
+def labelled_split(data: Path, labels: list[str]) -> tuple[ImageFolder, torch.Tensor]:
+    """The images of `data` and their targets in the model's output order, whatever the folders' prefixes.
+    Raises ValueError when `data` holds a class the model does not know."""
+    found = sorted(
+        entry.name for entry in data.iterdir() if entry.is_dir() and not entry.name.startswith(".")
+    )
+    by_label = {label: index for index, label in enumerate(labels)}
+    unknown = [folder for folder in found if label_from_folder(folder) not in by_label]
+    if unknown:
+        raise ValueError(f"{data}: classes the model does not know: {unknown[:5]}")
+    folders = tuple(sorted(found, key=lambda folder: by_label[label_from_folder(folder)]))
+    split = read_image_folder(data, folders)
+    targets = torch.tensor([by_label[label_from_folder(folders[target])] for target in split.targets])
+    return split, targets
+
+
+def print_summary(data: Path, metrics: dict, model: BreedClassifier, output_dir: Path) -> None:
+    calibration = metrics["calibration"]
+    name = data.resolve().name
     print(
-        f"{args.data}: {metrics['images']} images, top1={metrics['top1']:.4f} top5={metrics['top5']:.4f} "
+        f"{data}: {metrics['images']} images, top1={metrics['top1']:.4f} top5={metrics['top5']:.4f} "
         f"(test-time flip {'on' if model.test_time_flip else 'off'}; top1 single view "
-        f"{metrics['top1_single_view']:.4f}, with flip {metrics['top1_flip_tta']:.4f}); chart: {chart}"
+        f"{metrics['top1_single_view']:.4f}, with flip {metrics['top1_flip_tta']:.4f}); "
+        f"chart: {output_dir / f'per_class_accuracy-{name}.png'}"
     )
     print(
         f"ece_uncalibrated={calibration['uncalibrated']['ece']:.4f} "
         f"ece_calibrated={calibration['calibrated']['ece']:.4f} "
-        f"(temperature {model.calibration.get('breed_temperature', 1.0):.3f}); diagram: {diagram}"
+        f"(temperature {model.calibration.get('breed_temperature', 1.0):.3f}); "
+        f"diagram: {output_dir / f'reliability-{name}.png'}"
     )
     if "confident" in calibration:
         print(
@@ -271,7 +285,6 @@ def run(args: argparse.Namespace) -> dict:
             f"missed_dogs={calibration['missed_dogs']:.4f} "
             f"(dog threshold {model.calibration['dog_threshold']:.3f})"
         )
-    return metrics
 
 
 def _pyplot():

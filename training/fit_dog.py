@@ -155,6 +155,20 @@ def confident_dog_threshold(
     return max(dog_threshold, float(np.nextafter(np.float32(risky.max()), np.float32(1))))
 
 
+@dataclasses.dataclass
+class FitData:
+    """What the dog head is fitted on: Stanford train dogs, the fit part's pet dogs and cats, the non-dog
+    pictures; `source` says which (0 Stanford dogs, 1 pet dogs, 2 not dogs), `weights` balance them."""
+
+    data: SplitFeatures
+    positive: torch.Tensor
+    source: torch.Tensor
+    weights: torch.Tensor
+    train_dogs: int
+    fit_pets: SplitFeatures
+    picture_names: list[str]
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     model, config, labels, preprocessing = load_model(args.model_dir)
@@ -175,61 +189,22 @@ def run(args: argparse.Namespace) -> dict:
 
     photos = pets.read_pets(args.pets)
     photo_features = features_of(photos, "pets")
-    names = [path.name for path in photos.paths]
-    fit = pets.part_mask(photos, pets.FIT)
     heldout = pets.part_mask(photos, pets.HELDOUT)
-    heldout_names = [name for name, kept in zip(names, heldout.tolist(), strict=True) if kept]
+    heldout_names = [path.name for path, kept in zip(photos.paths, heldout.tolist(), strict=True) if kept]
     heldout_features = subset(photo_features, heldout)
-    before_thresholds = Thresholds.of(model.calibration)
-    if model.dog_head is None:
-        # Until now `confident` looked at the breed alone.
-        before_thresholds = dataclasses.replace(before_thresholds, confident_dog=0.0)
     before = {
         "dog_answer": "imagenet" if model.dog_head is None else "dog head",
-        **measure(model, heldout_features, heldout_names, before_thresholds),
+        **measure(model, heldout_features, heldout_names, thresholds_before(model)),
     }
 
     train = sample(read_image_folder(args.train), args.train_sample)
-    train_features = features_of(train, "train dogs")
-    picture_names, pictures = picture_features(model, preprocessing)
-    fit_pets = subset(photo_features, fit)
-    dogs = torch.ones(len(train), dtype=torch.long)
-    data = concatenate(
-        SplitFeatures(train_features.features, train_features.flipped, dogs), fit_pets, pictures
+    fit = fit_data(
+        model,
+        preprocessing,
+        features_of(train, "train dogs"),
+        subset(photo_features, pets.part_mask(photos, pets.FIT)),
     )
-    positive = data.targets == 1
-    # Sources: 0 Stanford dogs, 1 pet dogs, 2 not dogs (cats and pictures).
-    cats_and_dogs = torch.where(fit_pets.targets == 1, 1, 2)
-    source = torch.cat([dogs * 0, cats_and_dogs, torch.full((len(picture_names),), 2)])
-    weights = dog_head.balanced_weights(positive, source)
-    floor = imagenet_floor(model.calibration, args.imagenet_floor)
-    out_of_fold = dog_head.out_of_fold(
-        data,
-        imagenet_masses(model, data),
-        positive,
-        weights,
-        floor,
-        model.test_time_flip,
-        args.folds,
-        args.l2,
-    )
-    confident_breed = top_breed_probability(model, data) >= model.calibration.get(
-        "confidence_threshold", Thresholds().confidence
-    )
-    confident_dog = confident_dog_threshold(out_of_fold, ~positive, confident_breed, args.dog_threshold)
-
-    weight, bias = dog_head.fit_logistic(*dog_head.training_samples(data, positive, weights), l2=args.l2)
-    calibration = {key: value for key, value in model.calibration.items() if key not in DOG_SETTINGS}
-    calibration.update(
-        dog_imagenet_floor=floor,
-        dog_threshold=args.dog_threshold,
-        confident_dog_threshold=confident_dog,
-        dog_fitted_on=(
-            f"{len(train)} {args.train.name} dogs, {int(fit_pets.targets.sum())} pet dogs and "
-            f"{int((fit_pets.targets == 0).sum())} cats of the fit part, {len(picture_names)} non-dog "
-            f"pictures; confident-dog threshold from {args.folds}-fold out-of-fold answers"
-        ),
-    )
+    calibration, weight, bias, out_of_fold = fit_head(model, fit, args)
     model.dog_head = torch.nn.Linear(model.feature_dim, 1)
     with torch.no_grad():
         model.dog_head.weight.copy_(weight)
@@ -239,33 +214,7 @@ def run(args: argparse.Namespace) -> dict:
         "dog_answer": "dog head",
         **measure(model.eval(), heldout_features, heldout_names, Thresholds.of(calibration)),
     }
-
-    def share(chosen: torch.Tensor) -> float:
-        return float(chosen.double().mean())
-
-    report = {
-        "images": {
-            "train_dogs": len(train),
-            "fit_pet_dogs": int((source == 1).sum()),
-            "fit_cats": int((fit_pets.targets == 0).sum()),
-            "pictures": len(picture_names),
-        },
-        "l2": args.l2,
-        "out_of_fold": {
-            "train_dogs_not_a_dog": share(out_of_fold[source == 0] < args.dog_threshold),
-            "pet_dogs_not_a_dog": share(out_of_fold[source == 1] < args.dog_threshold),
-            "cats_called_dogs": share(
-                out_of_fold[len(train) : len(train) + len(fit_pets.targets)][fit_pets.targets == 0]
-                >= args.dog_threshold
-            ),
-            "pictures_called_dogs": sorted(
-                name
-                for name, p in zip(picture_names, out_of_fold[-len(picture_names) :].tolist(), strict=True)
-                if p >= args.dog_threshold
-            ),
-        },
-        "settings": {key: calibration[key] for key in DOG_SETTINGS if key in calibration},
-    }
+    report = fit_report(fit, out_of_fold, calibration, args)
     result = {
         "model": {"name": config["name"], "version": str(config["version"]), "backbone": config["backbone"]},
         "pets": str(args.pets),
@@ -278,6 +227,99 @@ def run(args: argparse.Namespace) -> dict:
     (args.model_dir / RESULT_FILE).write_text(json.dumps(result, indent=1) + "\n")
     print(pets.render_table([result]))
     return result
+
+
+def thresholds_before(model: BreedClassifier) -> Thresholds:
+    """The thresholds the model answered with before this fit; without a dog head `confident` looked at the
+    breed alone."""
+    thresholds = Thresholds.of(model.calibration)
+    if model.dog_head is None:
+        thresholds = dataclasses.replace(thresholds, confident_dog=0.0)
+    return thresholds
+
+
+def fit_data(
+    model: BreedClassifier, preprocessing, train_features: SplitFeatures, fit_pets: SplitFeatures
+) -> FitData:
+    picture_names, pictures = picture_features(model, preprocessing)
+    dogs = torch.ones(len(train_features.targets), dtype=torch.long)
+    data = concatenate(
+        SplitFeatures(train_features.features, train_features.flipped, dogs), fit_pets, pictures
+    )
+    positive = data.targets == 1
+    cats_and_dogs = torch.where(fit_pets.targets == 1, 1, 2)
+    source = torch.cat([dogs * 0, cats_and_dogs, torch.full((len(picture_names),), 2)])
+    weights = dog_head.balanced_weights(positive, source)
+    return FitData(data, positive, source, weights, len(dogs), fit_pets, picture_names)
+
+
+def fit_head(
+    model: BreedClassifier, fit: FitData, args: argparse.Namespace
+) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the calibration with the dog head's settings, its weight and bias, the out-of-fold dog answers)."""
+    floor = imagenet_floor(model.calibration, args.imagenet_floor)
+    out_of_fold = dog_head.out_of_fold(
+        fit.data,
+        imagenet_masses(model, fit.data),
+        fit.positive,
+        fit.weights,
+        floor,
+        model.test_time_flip,
+        args.folds,
+        args.l2,
+    )
+    confident_breed = top_breed_probability(model, fit.data) >= model.calibration.get(
+        "confidence_threshold", Thresholds().confidence
+    )
+    confident_dog = confident_dog_threshold(out_of_fold, ~fit.positive, confident_breed, args.dog_threshold)
+    weight, bias = dog_head.fit_logistic(
+        *dog_head.training_samples(fit.data, fit.positive, fit.weights), l2=args.l2
+    )
+    calibration = {key: value for key, value in model.calibration.items() if key not in DOG_SETTINGS}
+    calibration.update(
+        dog_imagenet_floor=floor,
+        dog_threshold=args.dog_threshold,
+        confident_dog_threshold=confident_dog,
+        dog_fitted_on=(
+            f"{fit.train_dogs} {args.train.name} dogs, {int(fit.fit_pets.targets.sum())} pet dogs and "
+            f"{int((fit.fit_pets.targets == 0).sum())} cats of the fit part, {len(fit.picture_names)} "
+            f"non-dog pictures; confident-dog threshold from {args.folds}-fold out-of-fold answers"
+        ),
+    )
+    return calibration, weight, bias, out_of_fold
+
+
+def fit_report(fit: FitData, out_of_fold: torch.Tensor, calibration: dict, args: argparse.Namespace) -> dict:
+    """metrics.json's `dog_head`: what it was fitted on, and its out-of-fold misses on each source."""
+
+    def share(chosen: torch.Tensor) -> float:
+        return float(chosen.double().mean())
+
+    pets_from, pets_to = fit.train_dogs, fit.train_dogs + len(fit.fit_pets.targets)
+    return {
+        "images": {
+            "train_dogs": fit.train_dogs,
+            "fit_pet_dogs": int((fit.source == 1).sum()),
+            "fit_cats": int((fit.fit_pets.targets == 0).sum()),
+            "pictures": len(fit.picture_names),
+        },
+        "l2": args.l2,
+        "out_of_fold": {
+            "train_dogs_not_a_dog": share(out_of_fold[fit.source == 0] < args.dog_threshold),
+            "pet_dogs_not_a_dog": share(out_of_fold[fit.source == 1] < args.dog_threshold),
+            "cats_called_dogs": share(
+                out_of_fold[pets_from:pets_to][fit.fit_pets.targets == 0] >= args.dog_threshold
+            ),
+            "pictures_called_dogs": sorted(
+                name
+                for name, p in zip(
+                    fit.picture_names, out_of_fold[-len(fit.picture_names) :].tolist(), strict=True
+                )
+                if p >= args.dog_threshold
+            ),
+        },
+        "settings": {key: calibration[key] for key in DOG_SETTINGS if key in calibration},
+    }
 
 
 def save(
