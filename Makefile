@@ -11,8 +11,8 @@ BENCH_MODELS ?= models/default models/fast
 # against PyTorch, so the local endpoint starts without exporting.
 GRAPHS := $(addsuffix /model.onnx,$(BENCH_MODELS))
 
-.PHONY: setup browser run test test-all lint bench bench-batch bench-startup bench-train bench-overload \
-	bench-memory bench-cold-import bench-gpu bench-all bench-docs evaluate int8 package deploy clean
+.PHONY: setup browser run test test-container test-all lint bench bench-batch bench-startup bench-train \
+	bench-overload bench-memory bench-cold-import bench-gpu bench-all bench-docs evaluate int8 package deploy clean
 
 setup: $(INSTALLED) $(GRAPHS)
 
@@ -48,7 +48,12 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 test: lint browser
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow and not container"
+
+# The repacked model.tar.gz served through SageMaker's inference toolkit in an emulation of its PyTorch image
+# (tests/sagemaker_container.py): its own virtual environment, built once per set of requirements and reused.
+test-container: setup
+	$(BIN)/pytest -m container
 
 # Everything, including full-data training and benchmark-sized tests.
 test-all: lint browser

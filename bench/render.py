@@ -43,7 +43,7 @@ def source_line(name: str, result: dict) -> str:
         commit += " with uncommitted changes"
     models = ", ".join(f"{model['path']} (digest {model['source_digest']})" for model in run["models"])
     machine = run["cpu"]
-    features = ", ".join(flag for flag, present in machine["flags"].items() if present) or "none of"
+    features = ", ".join(flag for flag, present in machine["flags"].items() if present) or "none"
     runtime = " on ".join(part for part in (run.get("runtime"), run.get("device")) if part)
     load = f"{run['load_before'][0]:.2f} before, {run['load_after'][0]:.2f} after"
     return (

@@ -28,13 +28,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from classifier.cpu import INT8_FEATURES, this_cpu
+
 PROJECT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = PROJECT / "bench" / "results"
 # Written by the benches and by bench.render: a tree that differs from its commit only there is not "dirty".
 OWN_OUTPUTS = ("bench/results", "docs/benchmarks.md")
 # The x86 features that decide int8 speed and accuracy in ONNX Runtime: without VNNI its U8S8 kernels can
 # saturate; AVX-512 and AMX change which kernels run.
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def add_argument(parser: argparse.ArgumentParser) -> None:
@@ -66,20 +67,13 @@ def git_state() -> dict:
 
 
 def cpu() -> dict:
-    """The CPU's model name, the int8-relevant features it has (from /proc/cpuinfo) and the cores."""
-    fields: dict[str, str] = {}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())  # the first processor's
-    model = fields.get("model name") or platform.processor() or platform.machine()
-    flags = set(fields.get("flags", "").split())
+    """The CPU's model name, the int8-relevant features it has and its class (classifier/cpu.py, which the
+    endpoint's choice of int8 reads too), and the cores."""
+    machine = this_cpu()
     return {
-        "model": model,
-        "flags": {flag: flag in flags for flag in CPU_FLAGS},
+        "model": machine["model"],
+        "flags": {feature: feature in machine["features"] for feature in INT8_FEATURES},
+        "class": machine["class"],
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)),
     }

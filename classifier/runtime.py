@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from classifier.cpu import this_cpu
 from classifier.graph import INPUT_NAME, OUTPUT_NAMES, graph_is_current, onnx_graph_for, source_digest
 from classifier.model import ONNX_FILE, ONNX_INT8_FILE, QUANTIZATION_FILE, BreedClassifier, load_model
 
@@ -150,14 +151,32 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def int8_is_default(model_dir: str | Path) -> bool:
-    """Whether the model's int8 graph met the bar on the valid split (training.quantize wrote the figures),
-    measured for this very config and these weights: a recalibrated or retrained model is measured again."""
+def int8_refusal(model_dir: str | Path, cpu_class: str | None = None) -> str | None:
+    """Why the model's int8 graph is not its default runtime, or None when it is.
+
+    Its figures on the valid split (training.quantize's record) must qualify, for this very config and these
+    weights (a recalibrated or retrained model is measured again), and, given `cpu_class` (classifier.cpu),
+    hold for that class of CPU: ONNX Runtime's int8 kernels compute differently on x86 CPUs without VNNI.
+    """
     path = Path(model_dir) / QUANTIZATION_FILE
     if not path.is_file():
-        return False
-    figures = json.loads(path.read_text())
-    return figures.get("default") is True and figures.get("source_digest") == source_digest(model_dir)
+        return f"no {QUANTIZATION_FILE}"
+    record = json.loads(path.read_text())
+    if record.get("source_digest") != source_digest(model_dir):
+        return f"{QUANTIZATION_FILE} was measured for other weights"
+    if record.get("default") is not True:
+        return f"int8 did not qualify on the valid split ({QUANTIZATION_FILE})"
+    held = record.get("holds_on") or []
+    if cpu_class is not None and cpu_class not in held:
+        return (
+            f"its figures hold on {', '.join(held) or 'no recorded CPU class'}, and this CPU is {cpu_class}"
+        )
+    return None
+
+
+def int8_is_default(model_dir: str | Path, cpu_class: str | None = None) -> bool:
+    """Whether the int8 graph is the model's default runtime (on a CPU of `cpu_class`; None: on some CPU)."""
+    return int8_refusal(model_dir, cpu_class) is None
 
 
 def load_runner(
@@ -175,12 +194,19 @@ def load_runner(
     if runtime == "pytorch" or (runtime == "auto" and not device.onnx):
         return TorchRunner(load_model(model_dir)[0], device.name)
     int8 = model_dir / ONNX_INT8_FILE
-    if runtime == "onnx-int8" or (runtime == "auto" and device.name == "cpu" and int8_is_default(model_dir)):
+    if runtime == "onnx-int8":
         if graph_is_current(int8, model_dir):
             return OnnxRunner(int8, threads, device.onnx_providers, name="onnxruntime-int8")
-        if runtime == "onnx-int8":
-            raise ValueError(f"{int8} is missing or built for other weights: run python -m training.quantize")
-        log.warning("%s is missing or stale; serving the fp32 graph", int8)
+        raise ValueError(f"{int8} is missing or built for other weights: run python -m training.quantize")
+    if runtime == "auto" and device.name == "cpu":
+        cpu = this_cpu()["class"]
+        refusal = int8_refusal(model_dir, cpu)
+        if refusal is None and graph_is_current(int8, model_dir):
+            return OnnxRunner(int8, threads, device.onnx_providers, name="onnxruntime-int8")
+        if refusal is None:
+            log.warning("%s is missing or stale; serving the fp32 graph", int8)
+        elif int8.exists() or (model_dir / QUANTIZATION_FILE).exists():
+            log.info("not serving %s: %s; serving the fp32 graph", int8.name, refusal)
     try:
         shipped = model_dir / ONNX_FILE
         if graph_is_current(shipped, model_dir):

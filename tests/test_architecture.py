@@ -141,6 +141,7 @@ ENDPOINT_ARCHIVE = {
     "serving/identity.py",
     "serving/inference.py",
     "classifier/__init__.py",
+    "classifier/cpu.py",
     "classifier/graph.py",
     "classifier/model.py",
     "classifier/preprocessing.py",
@@ -151,7 +152,7 @@ TRAINING_ARCHIVE = {
     "requirements.txt",
     *(f"training/{name}.py" for name in ("__init__", "calibration_stats", "crossval", "data", "evaluate")),
     *(f"training/{name}.py" for name in ("features", "head", "nondogs", "options", "session", "train")),
-    *(f"classifier/{name}.py" for name in ("__init__", "checked_graph", "graph", "logs", "model")),
+    *(f"classifier/{name}.py" for name in ("__init__", "checked_graph", "cpu", "graph", "logs", "model")),
     *(f"classifier/{name}.py" for name in ("preprocessing", "runtime")),
 }
 

@@ -12,6 +12,8 @@ import sys
 import tarfile
 import uuid
 from dataclasses import replace
+from importlib import metadata
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,7 @@ from jobs_on_moto import (
     tar_members,
 )
 from moto_server import EndpointUpdates
+from sagemaker_container import image_packages
 
 from clients import batch, batch_results
 from serving.contract import RECORD_JSON, X_IMAGE
@@ -376,27 +379,56 @@ def test_deploy_of_a_new_model_updates_the_endpoint(aws, trained_model, capsys):
     deploy.teardown(Aws(REGION), name, print)
 
 
-def test_repacked_model_serves_a_photo_with_the_packaged_code(aws, trained_model, samples, capsys, tmp_path):
-    """What the inference container does: put code/ on sys.path, import inference, run the handler chain."""
-    deployed = report(
-        run_jobs(capsys, "deploy", "--model-data", trained_model, "--endpoint-name", "serve-check")
+def absent_from_the_container(code_requirements: str) -> list[str]:
+    """Top-level modules of what requirements-dev.txt installs here that the inference image lacks and the
+    archive's code/requirements.txt does not install there (onnxruntime, were it dropped from it)."""
+    there = {
+        re.split(r"[=<>\[ ]", line.strip())[0].lower()
+        for line in (*image_packages(), *code_requirements.splitlines())
+        if line.strip()
+    }
+    here = {
+        re.split(r"[=<>\[ ]", line.strip())[0].lower()
+        for path in (PROJECT / "requirements.txt", PROJECT / "requirements-dev.txt")
+        for line in path.read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
+    modules = packages_distributions()
+    return sorted(
+        module
+        for module, distributions in modules.items()
+        if {name.lower() for name in distributions} & (here - there)
+        and not {name.lower() for name in distributions} & there
     )
-    model_dir = tmp_path / "opt-ml-model"
-    with tarfile.open(fileobj=io.BytesIO(s3_object(aws, deployed["model_data"])), mode="r:gz") as tar:
-        tar.extractall(model_dir, filter="data")
-    script = (
-        "import sys, inference, classifier\n"
-        "from pathlib import Path\n"
-        "packaged = Path(classifier.__file__).resolve()\n"
-        "assert packaged.is_relative_to(Path.cwd().resolve()), packaged\n"
-        "model = inference.model_fn(sys.argv[1])\n"
-        "data = inference.input_fn(Path(sys.argv[2]).read_bytes(), 'image/jpeg')\n"
-        "answer = inference.output_fn(inference.predict_fn(data, model), 'application/json')\n"
-        "sys.stdout.write(answer.decode())\n"
-    )
+
+
+# The handlers' chain as the inference container runs it: code/ on sys.path, `import inference`, model_fn on
+# the unpacked model, then a photo through input_fn, predict_fn and output_fn. Modules the container would not
+# have (argv[3]) cannot be imported.
+CONTAINER_SCRIPT = """
+import importlib.abc, json, sys
+from pathlib import Path
+absent = set(json.loads(sys.argv[3]))
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in absent:
+            raise ModuleNotFoundError(f"No module named {name!r} in the container", name=name)
+sys.meta_path.insert(0, Absent())
+import inference, serving
+assert Path(serving.__file__).resolve().is_relative_to(Path.cwd().resolve()), serving.__file__
+model = inference.model_fn(sys.argv[1])
+data = inference.input_fn(Path(sys.argv[2]).read_bytes(), "image/jpeg")
+answer = inference.output_fn(inference.predict_fn(data, model), "application/json")
+print(json.dumps({"runtime": model.runtime, "answer": json.loads(answer)}))
+"""
+
+
+def serve_unpacked(model_dir: Path, photo: Path) -> dict:
+    """CONTAINER_SCRIPT on an unpacked model.tar.gz: {"runtime": what model_fn chose, "answer": ...}."""
+    absent = absent_from_the_container((model_dir / "code" / "requirements.txt").read_text())
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     served = subprocess.run(
-        [sys.executable, "-c", script, str(model_dir), str(samples / "Labrador_retriever_06455.jpg")],
+        [sys.executable, "-c", CONTAINER_SCRIPT, str(model_dir), str(photo), json.dumps(absent)],
         cwd=model_dir / "code",
         env=env,
         capture_output=True,
@@ -405,7 +437,28 @@ def test_repacked_model_serves_a_photo_with_the_packaged_code(aws, trained_model
         check=False,
     )
     assert served.returncode == 0, served.stderr
-    assert json.loads(served.stdout)["predictions"][0]["label"] == "Labrador_retriever"
+    return json.loads(served.stdout.splitlines()[-1])
+
+
+def test_repacked_model_serves_a_photo_with_the_packaged_code_and_onnx_runtime(
+    aws, trained_model, samples, capsys, tmp_path
+):
+    """What the inference container does with the archive deploy uploads. Without onnxruntime in
+    code/requirements.txt the handlers would fall back to PyTorch, which this catches without the slow
+    emulation of the image (tests/test_container.py)."""
+    deployed = report(
+        run_jobs(capsys, "deploy", "--model-data", trained_model, "--endpoint-name", "serve-check")
+    )
+    model_dir = tmp_path / "opt-ml-model"
+    with tarfile.open(fileobj=io.BytesIO(s3_object(aws, deployed["model_data"])), mode="r:gz") as tar:
+        tar.extractall(model_dir, filter="data")
+    requirements = (model_dir / "code" / "requirements.txt").read_text().splitlines()
+    assert f"onnxruntime=={metadata.version('onnxruntime')}" in requirements
+    assert "onnxruntime" in absent_from_the_container("")
+
+    served = serve_unpacked(model_dir, samples / "Labrador_retriever_06455.jpg")
+    assert served["runtime"] == "onnxruntime"
+    assert served["answer"]["predictions"][0]["label"] == "Labrador_retriever"
     run_jobs(capsys, "teardown", "--endpoint-name", "serve-check")
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import DOGS, PROJECT
 
-from classifier import graph, runtime
+from classifier import cpu, graph, runtime
 from classifier.checked_graph import checked_graph_for
 from classifier.model import ONNX_FILE, ONNX_INT8_FILE, QUANTIZATION_FILE, WEIGHTS_FILE
 from classifier.runtime import CPU_PROVIDER, CUDA_PROVIDER, Device, choose_device
@@ -42,9 +42,14 @@ def test_the_available_device_is_what_torch_sees():
     assert runtime.available_device().name == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def qualified(model_dir: Path) -> None:
-    """Figures saying its int8 graph met the bar, for this model version, as training.quantize writes."""
-    figures = {"default": True, "source_digest": graph.source_digest(model_dir)}
+def qualified(model_dir: Path, holds_on: tuple[str, ...] | None = None) -> None:
+    """Figures saying its int8 graph met the bar, for this model version, as training.quantize writes, and
+    hold on `holds_on` (default: on this machine's class of CPU)."""
+    figures = {
+        "default": True,
+        "source_digest": graph.source_digest(model_dir),
+        "holds_on": list(holds_on or (cpu.this_cpu()["class"],)),
+    }
     (model_dir / QUANTIZATION_FILE).write_text(json.dumps(figures))
 
 
@@ -91,6 +96,67 @@ def test_int8_without_its_graph_is_refused_and_auto_keeps_fp32(fast_model, tmp_p
     assert "serving the fp32 graph" in caplog.text
 
 
+def test_int8_is_not_served_on_a_cpu_its_figures_do_not_hold_for(fast_model, tmp_path, caplog):
+    model_dir = tmp_path / "model"
+    shutil.copytree(fast_model, model_dir)
+    here = cpu.this_cpu()["class"]
+    elsewhere = next(name for name in cpu.CPU_CLASSES if name != here)
+    qualified(model_dir, holds_on=(elsewhere,))
+    assert runtime.int8_is_default(model_dir) and not runtime.int8_is_default(model_dir, here)
+    with caplog.at_level(logging.INFO):
+        predictor = inference.load_predictor(model_dir, runtime="auto", threads=1)
+    assert predictor.runtime == "onnxruntime"
+    assert f"its figures hold on {elsewhere}, and this CPU is {here}; serving the fp32 graph" in caplog.text
+
+
+LINUX_FLAGS = "fpu vme sse sse2 ssse3 sse4_1 sse4_2 avx fma"
+
+
+@pytest.mark.parametrize(
+    ("flags", "machine", "features", "expected"),
+    [
+        # Sapphire Rapids: VNNI twice over and AMX.
+        (
+            f"{LINUX_FLAGS} avx2 avx512f avx512_vnni avx_vnni amx_tile amx_int8",
+            "x86_64",
+            ["avx2", "avx512_vnni", "avx_vnni", "amx_int8"],
+            cpu.X86_VNNI,
+        ),
+        # Skylake-SP: AVX-512 without VNNI, whose int8 pairs still add up in 16 bits.
+        (f"{LINUX_FLAGS} avx2 avx512f avx512bw", "x86_64", ["avx2"], cpu.X86_NO_VNNI),
+        # AMD EPYC (Zen 2/3): AVX2 only.
+        (f"{LINUX_FLAGS} avx2", "x86_64", ["avx2"], cpu.X86_NO_VNNI),
+        ("fp asimd asimddp", "aarch64", [], cpu.OTHER),
+    ],
+)
+def test_the_cpu_class_follows_the_int8_features(flags, machine, features, expected):
+    cpuinfo = f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n"
+    assert cpu.cpu_features(cpuinfo) == features
+    assert cpu.cpu_class(features, machine) == expected
+
+
+def test_this_cpu_reads_the_machine_flags():
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            break
+    here = cpu.this_cpu()
+    assert here["features"] == [feature for feature in cpu.INT8_FEATURES if feature in flags]
+    vnni = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    assert here["class"] == (cpu.X86_VNNI if vnni else cpu.X86_NO_VNNI)
+
+
+def test_only_a_graph_that_cannot_saturate_holds_on_both_x86_classes():
+    assert cpu.holds_on(cpu.X86_VNNI, saturation_free=False) == [cpu.X86_VNNI]
+    assert cpu.holds_on(cpu.X86_NO_VNNI, saturation_free=False) == [cpu.X86_NO_VNNI]
+    assert cpu.holds_on(cpu.X86_VNNI, saturation_free=True) == [cpu.X86_VNNI, cpu.X86_NO_VNNI]
+    assert cpu.holds_on(cpu.OTHER, saturation_free=True) == [cpu.OTHER]
+    assert quantize.VARIANTS["qdq-float-stem-heads-reduce-range"].saturation_free
+    assert quantize.VARIANTS["qdq-float-stem-heads-u8u8"].saturation_free
+    assert not quantize.VARIANTS["qdq-per-channel-float-stem-heads"].saturation_free
+
+
 @pytest.mark.slow  # calibrates and quantizes a real graph: a minute or more on 2 shared cores
 def test_int8_graph_serves_when_its_figures_qualify(fast_model, tmp_path, labrador):
     model_dir = tmp_path / "model"
@@ -106,6 +172,9 @@ def test_int8_graph_serves_when_its_figures_qualify(fast_model, tmp_path, labrad
     (model_dir / QUANTIZATION_FILE).write_text(
         json.dumps({"default": True, "source_digest": "0123456789abcdef"})
     )
+    assert inference.load_predictor(model_dir, runtime="auto", threads=1).runtime == "onnxruntime"
+    here = cpu.this_cpu()["class"]
+    qualified(model_dir, holds_on=tuple(name for name in cpu.CPU_CLASSES if name != here))
     assert inference.load_predictor(model_dir, runtime="auto", threads=1).runtime == "onnxruntime"
     qualified(model_dir)
     predictor = inference.load_predictor(model_dir, runtime="auto", threads=1)

@@ -6,7 +6,8 @@ Calibration uses a few hundred TRAINING images (a fixed sample, a few per breed)
 figures come from. Every variant asked for is built and measured on the whole valid split beside the fp32
 graph (top-1, top-5, and dog photos whose dog probability falls below the model's own dog threshold); the
 first variant listed is written as DIR/model-int8.onnx and the figures of all of them as
-DIR/quantization-valid.json.
+DIR/quantization-valid.json, with the CPU they were measured on and the CPU classes each holds for
+(classifier/cpu.py: int8 kernels differ on x86 CPUs without VNNI).
 The int8 graph becomes the model's default runtime only when it passes `qualifies` (see
 classifier/runtime.py's choice of runtime): otherwise it stays an option (`--runtime onnx-int8`).
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from classifier.cpu import holds_on, this_cpu
 from classifier.graph import DIGEST_KEY, INPUT_NAME, OUTPUT_NAMES, source_digest, stamp_graph
 from classifier.logs import configure_cli_logging
 from classifier.model import (
@@ -59,7 +61,14 @@ class Variant:
     keep_stem: bool = False  # the convolutions reading the input image stay float
     # everything after the pooled features: breed head, ImageNet head, dog probability
     keep_heads: bool = False
+    reduce_range: bool = False  # 7-bit weights
+    uint8_weights: bool = False  # U8U8 rather than U8S8
     extra: dict = field(default_factory=dict)
+
+    @property
+    def saturation_free(self) -> bool:
+        """Whether ONNX Runtime's x86 kernels without VNNI compute it exactly (see classifier/cpu.py)."""
+        return self.reduce_range or self.uint8_weights
 
 
 VARIANTS = {
@@ -71,6 +80,8 @@ VARIANTS = {
         Variant("qdq-per-channel-float-stem-heads", keep_stem=True, keep_heads=True),
         Variant("qdq-float-stem-heads-percentile", keep_stem=True, keep_heads=True, method="percentile"),
         Variant("qdq-float-stem-heads-entropy", keep_stem=True, keep_heads=True, method="entropy"),
+        Variant("qdq-float-stem-heads-reduce-range", keep_stem=True, keep_heads=True, reduce_range=True),
+        Variant("qdq-float-stem-heads-u8u8", keep_stem=True, keep_heads=True, uint8_weights=True),
     )
 }
 DEFAULT_VARIANT = "qdq-per-channel-float-stem-heads"
@@ -180,8 +191,9 @@ def quantize(fp32_path: Path, out_path: Path, calibration: SplitPixels, variant:
             _Calibration(calibration),
             quant_format=QuantFormat.QDQ if variant.qdq else QuantFormat.QOperator,
             per_channel=variant.per_channel,
+            reduce_range=variant.reduce_range,
             activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType.QUInt8 if variant.uint8_weights else QuantType.QInt8,
             calibrate_method=methods[variant.method],
             nodes_to_exclude=float_nodes(prepared, variant),
             # Ranges are folded in every few batches: holding every activation of hundreds of images of
@@ -284,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     # The dog probabilities are the calibrated ones the endpoint answers: so is the threshold they meet.
     dog_threshold = config.get("calibration", {}).get("dog_threshold", DOG_THRESHOLD)
 
+    cpu = this_cpu()
     started = time.perf_counter()
     calibration = SplitPixels(calibration_paths(args.data / "train", args.calibration_images), preprocessing)
     paths, targets = valid_split(args.model_dir, args.data / "valid")
@@ -308,6 +321,9 @@ def main(argv: list[str] | None = None) -> None:
             "dog_photos_below_threshold": int((fp32.dog_probabilities < dog_threshold).sum()),
             "seconds": round(fp32.seconds, 1),
         },
+        # The figures hold for this CPU's int8 kernels (classifier/cpu.py), and for others only as each
+        # variant's holds_on says.
+        "cpu": cpu,
         "int8": {},
     }
     digest = source_digest(args.model_dir)
@@ -319,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
         built = time.perf_counter() - began
         figures = compare(fp32, score(cpu_session(out, args.threads), valid, targets), dog_threshold)
         figures["build_seconds"] = round(built, 1)
+        figures["holds_on"] = holds_on(cpu["class"], variant.saturation_free)
         report["int8"][variant.name] = figures
         log.info("%s: %s", variant.name, figures)
         if index:
@@ -327,6 +344,8 @@ def main(argv: list[str] | None = None) -> None:
     # Only figures on the whole valid split can make int8 the default.
     report["default"] = report["int8"][variants[0].name]["qualifies"] and args.valid_every == 1
     report["source_digest"] = digest
+    # The CPU classes where the default's figures hold; the endpoint serves fp32 on any other.
+    report["holds_on"] = report["int8"][variants[0].name]["holds_on"]
     (args.model_dir / QUANTIZATION_FILE).write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
 

@@ -275,13 +275,8 @@ def add_hosting_options(deploy: argparse.ArgumentParser) -> None:
 
     add_capture_and_rollout_arguments(deploy)
 
+    # deploy names the stage with --chalice-stage, promote and rollback with --stage.
     stage = deploy.add_argument_group("The API stage that calls the endpoint")
-    stage.add_argument(
-        "--chalice-stage",
-        metavar="STAGE",
-        help="write the model's resize size and the endpoint's kind into this stage of .chalice/config.json "
-        "(and the grants its kind needs into the stage's policy file)",
-    )
     stage.add_argument(
         "--async-input", metavar="S3_URI", help="async: where the stage's Lambda puts the photos it queues"
     )

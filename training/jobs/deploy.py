@@ -215,7 +215,7 @@ def ensure_model(aws: Aws, spec, name_base: str, key_prefix: str, log) -> tuple[
         repacked: bytes | str = f"<{spec.model_data} repacked with code/ (training/ package, inference.py)>"
     else:
         original = aws.send(AwsCall("s3", "GetObject", {"Bucket": source_bucket, "Key": source_key}))
-        repacked = repack_model(original["Body"].read())
+        repacked = repack_model(original["Body"].read(), log)
         archive_digest = digest(repacked)
     model_key = f"{key_prefix}/{archive_digest}/model.tar.gz"
     model_data_url = f"s3://{spec.bucket}/{model_key}"

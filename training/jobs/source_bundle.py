@@ -3,8 +3,9 @@
     sourcedir.tar.gz (training job)        model.tar.gz (endpoint, after `repack_model`)
       sagemaker_train.py                     config.json, labels.json, weights.pt, ...  (the trained model)
       requirements.txt                       model.onnx (the graph the endpoint runs, checked and stamped)
-      training/train.py and what it          code/inference.py
-        imports (training/, classifier/)     code/requirements.txt
+      training/train.py and what it          model-int8.onnx (only where its quantization record qualifies)
+        imports (training/, classifier/)     code/inference.py
+                                             code/requirements.txt
                                              code/serving/inference.py and what it imports
     evaluation.tar.gz (the pipeline's evaluation processing job)
       sagemaker_evaluate.py, requirements.txt (the above, plus what the evaluation draws and measures with)
@@ -34,6 +35,7 @@ import io
 import re
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import training
@@ -185,13 +187,15 @@ def evaluation_archive() -> bytes:
     return tar_gz(evaluation_files())
 
 
-def repack_model(model_archive: bytes) -> bytes:
-    """model.tar.gz for an endpoint: the trained model's files and its checked ONNX graph at the top, this
-    code under `code/`.
+def repack_model(model_archive: bytes, log: Callable[[str], None] | None = None) -> bytes:
+    """model.tar.gz for an endpoint: the trained model's files and its checked ONNX graph at the top, its
+    int8 graph where that qualifies (int8_graph; `log` is told whether and why), this code under `code/`.
 
     Raises tarfile.ReadError when `model_archive` is not a (gzipped) tar, ValueError when its model cannot
     be loaded or its graph disagrees with it.
     """
+    from classifier.model import ONNX_INT8_FILE
+
     files: dict[str, bytes] = {}
     with tarfile.open(fileobj=io.BytesIO(model_archive), mode="r:*") as archive:
         for member in archive.getmembers():
@@ -200,9 +204,38 @@ def repack_model(model_archive: bytes) -> bytes:
             if member.isfile() and not name.startswith("code/"):
                 files[name] = archive.extractfile(member).read()
     files.update(checked_graph(files))
+    int8, why = int8_graph(files)
+    files.pop(ONNX_INT8_FILE, None)
+    files.update(int8)
+    if log is not None:
+        log(f"int8 graph {'shipped' if int8 else 'not shipped'}: {why}")
     for name, content in inference_files().items():
         files[f"code/{name}"] = content
     return tar_gz(files)
+
+
+def int8_graph(model_files: dict[str, bytes]) -> tuple[dict[str, bytes], str]:
+    """({model-int8.onnx: its graph} when it may ship, else {}; why). It ships only when the model's
+    quantization record qualifies for these very weights and the graph is stamped for them: what was
+    measured is what is deployed. Where it ships, the endpoint still serves it only on a CPU its figures
+    hold for (classifier.runtime)."""
+    from classifier.graph import graph_is_current
+    from classifier.model import CONFIG_FILE, ONNX_INT8_FILE, QUANTIZATION_FILE, WEIGHTS_FILE
+    from classifier.runtime import int8_refusal
+
+    if ONNX_INT8_FILE not in model_files:
+        return {}, f"the model carries no {ONNX_INT8_FILE}"
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir = Path(scratch)
+        for name in (CONFIG_FILE, WEIGHTS_FILE, QUANTIZATION_FILE, ONNX_INT8_FILE):
+            if name in model_files:
+                (model_dir / name).write_bytes(model_files[name])
+        refusal = int8_refusal(model_dir)
+        if refusal is None and not graph_is_current(model_dir / ONNX_INT8_FILE, model_dir):
+            refusal = f"its {ONNX_INT8_FILE} was built for other weights"
+    if refusal is not None:
+        return {}, refusal
+    return {ONNX_INT8_FILE: model_files[ONNX_INT8_FILE]}, f"its int8 figures qualify ({QUANTIZATION_FILE})"
 
 
 def checked_graph(model_files: dict[str, bytes]) -> dict[str, bytes]:
