@@ -4,26 +4,30 @@ endpoint process serving the committed model, and `scripts/smoke.sh` against a r
 from __future__ import annotations
 
 import base64
-import http.server
-import io
 import json
 import os
 import shutil
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
-from functools import partial
-from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from api_calls import assert_error, client_for, post_image, post_json
 from chalice.test import Client
-from conftest import DEFAULT_MODEL, EndpointProcess, free_port
-from local_servers import serving_in_thread
+from conftest import (
+    DEFAULT_MODEL,
+    LABRADOR,
+    PROJECT,
+    SPANIEL,
+    EndpointProcess,
+    file_server,
+    write_stage_project,
+)
+from gateway import Gateway, serving_gateway
+from local_servers import free_port
+from pictures import as_a_phone_stores_it, claiming_size, encoded, in_format, zero_png
 from PIL import Image
-from test_image import as_a_phone_stores_it, claiming_size, in_format, zero_png
-from test_webpage import Gateway, GatewayHandler
+from scripted_runtime import scripted
 
 import app as api
 from chalicelib import invoke
@@ -35,111 +39,15 @@ from chalicelib.settings import (
     MAX_UPLOAD_BYTES,
     RETRY_AFTER_S,
     UPLOAD_CONTENT_TYPES,
-    get_settings,
 )
 
-PROJECT = Path(__file__).resolve().parents[1]
-LABRADOR = "Labrador_retriever_06455.jpg"
-CHALICE = str(Path(sys.executable).parent / "chalice")
-
-
-# --- what a stage looks like to the test client ---
-
-
-def write_stage_project(directory: Path, **local_env: str) -> Path:
-    """A project dir whose .chalice/config.json is the real one with the `local` stage's environment
-    overridden (chalice reads the stage environment from the config and lets it win over the process's)."""
-    config = json.loads((PROJECT / ".chalice" / "config.json").read_text())
-    config["stages"]["local"]["environment_variables"].update(local_env)
-    (directory / ".chalice").mkdir(parents=True, exist_ok=True)
-    (directory / ".chalice" / "config.json").write_text(json.dumps(config, indent=2))
-    return directory
-
-
-@pytest.fixture(autouse=True)
-def new_container():
-    """Each test is a fresh Lambda container: settings and the boto3 client are made again on first use."""
-    get_settings.cache_clear()
-    runtime_client.cache_clear()
-    yield
-    get_settings.cache_clear()
-    runtime_client.cache_clear()
-
-
-@pytest.fixture(scope="module")
-def local_project(endpoint, tmp_path_factory) -> Path:
-    return write_stage_project(
-        tmp_path_factory.mktemp("local"), AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=endpoint.url
-    )
-
-
-@pytest.fixture
-def client(runtime_env, local_project) -> Client:
-    """The `local` stage, talking to the session's real endpoint process."""
-    return Client(api.app, stage_name="local", project_dir=str(local_project))
+pytestmark = pytest.mark.usefixtures("new_container")
 
 
 @pytest.fixture
 def dev_client(runtime_env) -> Client:
     """The `dev` stage exactly as configured: loopback fetches are refused there."""
     return Client(api.app, stage_name="dev", project_dir=str(PROJECT))
-
-
-# --- a file server for URL requests ---
-
-
-class SampleFiles(http.server.SimpleHTTPRequestHandler):
-    """The sample photos, plus /redirect?to=URL."""
-
-    def do_GET(self):
-        parts = urlsplit(self.path)
-        if parts.path == "/redirect":
-            self.send_response(302)
-            self.send_header("Location", parse_qs(parts.query)["to"][0])
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        super().do_GET()
-
-    def log_message(self, *args):
-        pass
-
-
-def file_server(directory: Path):
-    handler = partial(SampleFiles, directory=str(directory))
-    return serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler))
-
-
-@pytest.fixture(scope="module")
-def files(samples) -> Iterator[str]:
-    with file_server(samples) as url:
-        yield url
-
-
-# --- helpers ---
-
-
-def post_json(client: Client, body, path: str = "/predict"):
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return client.http.post(path, headers={"Content-Type": "application/json"}, body=raw)
-
-
-def post_image(client: Client, data: bytes, content_type: str = "image/jpeg", query: str = ""):
-    return client.http.post(f"/predict/image{query}", headers={"Content-Type": content_type}, body=data)
-
-
-def encoded(image: Image.Image, format: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=format, **options)
-    return buffer.getvalue()
-
-
-def assert_error(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.body
-    body = json.loads(response.body)
-    assert set(body) == {"error"} and body["error"]["code"] == code and body["error"]["message"]
-    assert "Traceback" not in response.body.decode()
-    return body["error"]
 
 
 def top_label(answer: dict) -> str:
@@ -207,8 +115,8 @@ def test_base64_data_url_as_browsers_send_it(client, samples):
     assert top_label(response.json_body) == "Labrador_retriever"
 
 
-def test_image_url_is_fetched_and_classified(client, files, samples):
-    response = post_json(client, {"url": f"{files}/{LABRADOR}"})
+def test_image_url_is_fetched_and_classified(client, sample_files, samples):
+    response = post_json(client, {"url": f"{sample_files}/{LABRADOR}"})
     assert response.status_code == 200, response.body
     answer = response.json_body
     assert top_label(answer) == "Labrador_retriever"
@@ -217,7 +125,7 @@ def test_image_url_is_fetched_and_classified(client, files, samples):
 
 
 def test_a_dog_outside_the_breed_list_is_still_a_dog(client, samples):
-    response = post_image(client, (samples / "American_water_spaniel_00648.jpg").read_bytes())
+    response = post_image(client, (samples / SPANIEL).read_bytes())
     assert response.status_code == 200, response.body
     assert response.json_body["is_dog"] is True
 
@@ -228,10 +136,10 @@ def test_people_with_a_dog(client, samples):
     assert response.json_body["image"]["width"] == 340
 
 
-def test_lambda_function_gives_the_rest_answer(client, files, samples):
+def test_lambda_function_gives_the_rest_answer(client, sample_files, samples):
     data = (samples / LABRADOR).read_bytes()
     rest = post_image(client, data).json_body
-    by_url = client.lambda_.invoke("classify", {"url": f"{files}/{LABRADOR}"}).payload
+    by_url = client.lambda_.invoke("classify", {"url": f"{sample_files}/{LABRADOR}"}).payload
     by_bytes = client.lambda_.invoke("classify", {"image": base64.b64encode(data).decode()}).payload
     for answer in (by_url, by_bytes):
         assert answer["predictions"] == rest["predictions"]
@@ -533,8 +441,8 @@ def test_wrong_method_keeps_the_error_shape(client):
         "ftp://example.com/dog.jpg",
     ],
 )
-def test_unsafe_urls_are_refused_outside_the_local_stage(dev_client, files, url):
-    port = files.rsplit(":", 1)[1]
+def test_unsafe_urls_are_refused_outside_the_local_stage(dev_client, sample_files, url):
+    port = sample_files.rsplit(":", 1)[1]
     response = post_json(dev_client, {"url": url.format(port=port)})
     assert_error(response, 400, "url_not_allowed")
 
@@ -542,13 +450,15 @@ def test_unsafe_urls_are_refused_outside_the_local_stage(dev_client, files, url)
 @pytest.mark.parametrize(
     "target", ["http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/", "file:///etc/passwd"]
 )
-def test_a_redirect_to_a_private_address_is_refused(client, files, target):
-    response = post_json(client, {"url": f"{files}/redirect?to={target}"})
+def test_a_redirect_to_a_private_address_is_refused(client, sample_files, target):
+    response = post_json(client, {"url": f"{sample_files}/redirect?to={target}"})
     assert_error(response, 400, "url_not_allowed")
 
 
-def test_a_missing_url_is_a_fetch_failure(client, files):
-    error = assert_error(post_json(client, {"url": f"{files}/no-such-dog.jpg"}), 400, "url_fetch_failed")
+def test_a_missing_url_is_a_fetch_failure(client, sample_files):
+    error = assert_error(
+        post_json(client, {"url": f"{sample_files}/no-such-dog.jpg"}), 400, "url_fetch_failed"
+    )
     assert "404" in error["message"]
 
 
@@ -567,11 +477,6 @@ def broken_endpoint(tmp_path_factory) -> Iterator[EndpointProcess]:
     running = EndpointProcess(model_dir).wait_ready()
     yield running
     running.stop()
-
-
-def client_for(directory: Path, endpoint_url: str) -> Client:
-    project = write_stage_project(directory, AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=endpoint_url)
-    return Client(api.app, stage_name="local", project_dir=str(project))
 
 
 def test_model_error_is_502_then_a_stopped_endpoint_is_503(runtime_env, broken_endpoint, samples, tmp_path):
@@ -597,32 +502,17 @@ def test_an_unknown_endpoint_name_is_503(runtime_env, endpoint, samples, tmp_pat
     assert "dogbreeds-missing" in error["message"]
 
 
-class Throttling(http.server.BaseHTTPRequestHandler):
-    """What the SageMaker runtime answers when an endpoint is over its invocation rate."""
-
-    requests = 0
-
-    def do_POST(self):
-        type(self).requests += 1
-        self.rfile.read(int(self.headers["Content-Length"]))
-        body = b'{"message": "Rate exceeded"}'
-        self.send_response(400)
-        self.send_header("x-amzn-ErrorType", "ThrottlingException")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_throttling_is_retried_then_503(runtime_env, samples, tmp_path):
-    with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Throttling)) as url:
+    # What the SageMaker runtime answers when an endpoint is over its invocation rate.
+    throttling, server = scripted(
+        400, {"message": "Rate exceeded"}, {"x-amzn-ErrorType": "ThrottlingException"}
+    )
+    with server as url:
         client = client_for(tmp_path, url)
         response = post_image(client, (samples / LABRADOR).read_bytes())
     assert_error(response, 503, "endpoint_unavailable")
     assert response.headers["Retry-After"] == str(RETRY_AFTER_S)
-    assert Throttling.requests == invoke.ENDPOINT_MAX_ATTEMPTS
+    assert throttling.requests == invoke.ENDPOINT_MAX_ATTEMPTS
 
 
 def test_an_endpoint_that_does_not_answer_is_504(runtime_env, samples, tmp_path, monkeypatch):
@@ -649,8 +539,8 @@ def test_a_stage_without_an_endpoint_name_is_a_clean_500(runtime_env, samples, t
 # --- scripts/smoke.sh against a real `chalice local` ---
 
 
-def test_smoke_script_against_chalice_local(api_stack, files):
-    result = smoke(api_stack.url, files)
+def test_smoke_script_against_chalice_local(api_stack, sample_files):
+    result = smoke(api_stack.url, sample_files)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "POST /predict (url) -> HTTP 200" in result.stdout and "Labrador_retriever" in result.stdout
     assert "no API key" not in result.stdout
@@ -669,14 +559,13 @@ def smoke(api_url: str, *images_url: str, api_key: str | None = None) -> subproc
     )
 
 
-def test_smoke_script_checks_a_stage_that_needs_a_key(api_stack, files):
+def test_smoke_script_checks_a_stage_that_needs_a_key(api_stack):
     """As against a deployed prod: API Gateway (a loopback stand-in) refuses the routes without the key,
     and the stage cannot fetch from this machine, so only an IMAGES_URL given would be fetched."""
     gateway = Gateway(
         api_url=api_stack.url, required_key="the-key", forbidden_body=b'{"message": "Forbidden"}'
     )
-    handler = type("Handler", (GatewayHandler,), {"gateway": gateway})
-    with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)) as url:
+    with serving_gateway(gateway) as url:
         keyed = smoke(url + "/", api_key="the-key")
         wrong = smoke(url, api_key="not-the-key")
         without = smoke(url)
@@ -689,9 +578,9 @@ def test_smoke_script_checks_a_stage_that_needs_a_key(api_stack, files):
     assert without.returncode != 0 and "expected HTTP 200" in without.stderr
 
 
-def test_smoke_script_fails_when_the_api_is_down(files):
+def test_smoke_script_fails_when_the_api_is_down(sample_files):
     result = subprocess.run(
-        ["bash", str(PROJECT / "scripts" / "smoke.sh"), f"http://127.0.0.1:{free_port()}", files],
+        ["bash", str(PROJECT / "scripts" / "smoke.sh"), f"http://127.0.0.1:{free_port()}", sample_files],
         capture_output=True,
         text=True,
         timeout=60,
@@ -706,10 +595,10 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def test_batch_answers_each_item_in_order_with_one_endpoint_call(client, files, samples):
+def test_batch_answers_each_item_in_order_with_one_endpoint_call(client, sample_files, samples):
     labrador, spaniel = (
         (samples / LABRADOR).read_bytes(),
-        (samples / "American_water_spaniel_00648.jpg").read_bytes(),
+        (samples / SPANIEL).read_bytes(),
     )
     single = post_image(client, labrador, query="?top_k=3").json_body
     single_spaniel = post_image(client, spaniel).json_body
@@ -722,7 +611,11 @@ def test_batch_answers_each_item_in_order_with_one_endpoint_call(client, files, 
         client,
         {
             "images": [b64(labrador), b64(b"not a photo"), "***", b64(spaniel)],
-            "urls": [f"{files}/{LABRADOR}", f"{files}/missing.jpg", "http://169.254.169.254/latest/"],
+            "urls": [
+                f"{sample_files}/{LABRADOR}",
+                f"{sample_files}/missing.jpg",
+                "http://169.254.169.254/latest/",
+            ],
             "top_k": 3,
         },
         "/predict/batch",
@@ -762,8 +655,10 @@ def test_batch_answers_each_item_in_order_with_one_endpoint_call(client, files, 
     assert len(json.loads(calls[0]["body"])["instances"]) == 3
 
 
-def test_lambda_function_takes_a_batch(client, files):
-    payload = client.lambda_.invoke("classify", {"urls": [f"{files}/{LABRADOR}", "ftp://example.com/x.jpg"]})
+def test_lambda_function_takes_a_batch(client, sample_files):
+    payload = client.lambda_.invoke(
+        "classify", {"urls": [f"{sample_files}/{LABRADOR}", "ftp://example.com/x.jpg"]}
+    )
     results = payload.payload["urls"]
     assert top_label(results[0]) == "Labrador_retriever"
     assert results[1]["error"]["code"] == "url_not_allowed" and payload.payload["images"] == []

@@ -9,8 +9,8 @@ import ast
 from pathlib import Path
 
 import pytest
+from conftest import PROJECT
 
-PROJECT = Path(__file__).resolve().parents[1]
 PACKAGES = ("app", "chalicelib", "classifier", "serving", "training", "clients", "bench", "scripts", "tests")
 # Floor -> the modules (or packages) its modules may import besides its own. bench/ and scripts/ are the top
 # floor and may use anything; tests are not listed: they test every floor.
@@ -167,3 +167,58 @@ def test_the_training_archive_ships_training_and_the_model_package_only():
     from training.jobs.source_bundle import training_files
 
     assert set(training_files()) == TRAINING_ARCHIVE
+
+
+TESTS = PROJECT / "tests"
+TEST_MODULES = {path.stem for path in TESTS.glob("test_*.py")}
+
+
+def imported_test_modules(source: str) -> set[str]:
+    """The test modules (tests/test_*.py) that `source` imports, however it names them."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            names = [module] + [f"{module}.{alias.name}".lstrip(".") for alias in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.removeprefix("tests.").split(".")
+            if parts[0] in TEST_MODULES:
+                found.add(parts[0])
+    return found
+
+
+def test_no_module_of_the_tests_imports_a_test_module():
+    """Shared fixtures live in conftest.py, shared helpers in the helper modules beside it (local_servers.py,
+    api_calls.py, ...). A test module imported by another brings its autouse fixtures along and makes a
+    second place to look for a fixture."""
+    strays = {
+        f"{path.name} -> {imported}"
+        for path in sorted(TESTS.glob("*.py"))
+        for imported in imported_test_modules(path.read_text())
+    }
+    assert not strays
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from test_api import client",
+        "import test_image",
+        "import test_image as pictures",
+        "from tests.test_jobs import aws",
+        "from tests import test_jobs",
+        "from . import test_jobs",
+        "def f():\n    from test_api import post_image",
+    ],
+    ids=["from", "import", "import-as", "from-package-module", "from-package", "relative", "in-a-function"],
+)
+def test_the_test_import_check_sees_every_way_of_naming_a_test_module(source):
+    assert imported_test_modules(source)
+
+
+def test_the_test_import_check_lets_conftest_and_the_helpers_be_imported():
+    assert not imported_test_modules("from conftest import PROJECT\nimport local_servers\nimport testing")

@@ -16,40 +16,30 @@ import uuid
 
 import boto3
 import pytest
+from api_calls import assert_error, post_image, post_json
 from chalice.test import Client
-from moto_server import AsyncOutputs, MotoServer
+from conftest import LABRADOR, write_stage_project
+from moto_server import AsyncOutputs
 from PIL import Image
-from test_api import LABRADOR, assert_error, post_image, post_json, write_stage_project
 
 import app as api
-from chalicelib.invoke import runtime_client
-from chalicelib.queued import s3_client
 from chalicelib.schema import validate_pending, validate_queued_answer, validate_result
-from chalicelib.settings import MAX_RESULT_BYTES, RETRY_AFTER_S, get_settings
+from chalicelib.settings import MAX_RESULT_BYTES, RETRY_AFTER_S
 
 REGION = "us-east-1"
 RESIZE = 224  # not the default model's 260: the stage's setting is what the Lambda uses
 
 
-@pytest.fixture(scope="module")
-def moto():
-    server = MotoServer().wait_ready()
-    yield server
-    server.stop()
+pytestmark = pytest.mark.usefixtures("new_container")
 
 
 @pytest.fixture(autouse=True)
-def new_container(monkeypatch):
-    """A fresh Lambda container per test, with fake credentials only, and a boto3 default session of its own:
-    one made while chalice.test patches the environment would keep this test's settings for later tests."""
+def fake_credentials_and_own_session(monkeypatch):
+    """Each Lambda container has fake credentials only, and a boto3 default session of its own: one made while
+    chalice.test patches the environment would keep this test's settings for later tests."""
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    for cached in (get_settings, runtime_client, s3_client):
-        cached.cache_clear()
-    yield
-    for cached in (get_settings, runtime_client, s3_client):
-        cached.cache_clear()
 
 
 @pytest.fixture

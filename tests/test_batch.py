@@ -14,20 +14,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from functools import partial
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT, ChaliceLocal, QuietFiles
+from conftest import LABRADOR, PROJECT, SPANIEL, ChaliceLocal, SampleFiles, file_server
 from local_servers import serving_in_thread
+from pictures import as_a_phone_stores_it
 from PIL import Image
-from test_image import as_a_phone_stores_it
 
 from clients import batch, batch_results
 from serving import contract
-
-LABRADOR = "Labrador_retriever_06455.jpg"
-SPANIEL = "American_water_spaniel_00648.jpg"
 
 
 @pytest.fixture
@@ -149,7 +145,7 @@ def test_a_url_list_through_the_endpoint(endpoint, sample_files, tmp_path, capsy
     assert code == batch.EXIT_FAILED and "2 images: 1 classified, 1 failed" in err
 
 
-class SlowFiles(QuietFiles):
+class SlowFiles(SampleFiles):
     """Files that take a while to start answering; counts how many requests it serves at once."""
 
     lock = threading.Lock()
@@ -172,9 +168,7 @@ class SlowFiles(QuietFiles):
 def test_the_urls_of_a_group_are_fetched_together(endpoint, samples, tmp_path, capsys):
     served = type("Served", (SlowFiles,), {"lock": threading.Lock(), "in_flight": 0, "most_in_flight": 0})
     names = [LABRADOR, SPANIEL, "people_with_dog.jpg", "missing.jpg"]
-    with serving_in_thread(
-        http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(served, directory=str(samples)))
-    ) as files:
+    with file_server(samples, served) as files:
         listing = tmp_path / "urls.txt"
         listing.write_text("".join(f"{files}/{name}\n" for name in names))
         results = tmp_path / "results.csv"

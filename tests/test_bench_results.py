@@ -6,15 +6,14 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import PROJECT
 
 from bench import render, results
 from classifier.cpu import INT8_FEATURES
 from classifier.graph import source_digest
 
-PROJECT = Path(__file__).resolve().parents[1]
 COMMITTED = results.all_results()
 
 

@@ -7,23 +7,18 @@ from __future__ import annotations
 import json
 
 import pytest
+from api_calls import assert_error, client_for
 from chalice.test import Client
-from conftest import DEFAULT_MODEL
-from test_api import (  # noqa: F401 - fixtures: client, local_project, new_container
-    assert_error,
-    client,
-    client_for,
-    local_project,
-    new_container,
-    write_stage_project,
-)
-from test_endpoint_answers import scripted
+from conftest import DEFAULT_MODEL, write_stage_project
+from scripted_runtime import scripted
 
 import app as api
 from chalicelib import breeds, settings
 from chalicelib.schema import validate_breeds
 from classifier.model import breed_name
 from serving import contract
+
+pytestmark = pytest.mark.usefixtures("new_container")
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +28,7 @@ def no_cached_breeds():
     breeds.clear_cache()
 
 
-def test_breeds_are_the_served_models_labels_with_their_display_names(client):  # noqa: F811
+def test_breeds_are_the_served_models_labels_with_their_display_names(client):
     response = client.http.get("/breeds")
     assert response.status_code == 200, response.body
     answer = validate_breeds(json.loads(response.body))

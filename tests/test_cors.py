@@ -13,15 +13,13 @@ import subprocess
 import sys
 
 import pytest
-from conftest import PROJECT, ChaliceLocal
+from conftest import LABRADOR, PROJECT, ChaliceLocal
 from local_servers import serving_in_thread
-from test_webpage import browser  # noqa: F401 - fixture: one headless Chromium for the module
 
 from chalicelib.settings import ConfigurationError, parse_cors_origin
 from scripts import merge_template
 
 CONFIG = json.loads((PROJECT / ".chalice" / "config.json").read_text())
-LABRADOR = "Labrador_retriever_06455.jpg"
 # What the page runs: the API's answer (status, body, the headers a page may read), or why it got none.
 PAGE = b"""<!doctype html>
 <html><head><title>another origin</title><script>
@@ -193,7 +191,7 @@ def call_from(driver, page_url: str, url: str, method: str = "GET", body: str | 
     )
 
 
-def test_a_page_of_the_allowed_origin_gets_the_answer(browser, pages, api_allowing, sample_files):  # noqa: F811
+def test_a_page_of_the_allowed_origin_gets_the_answer(browser, pages, api_allowing, sample_files):
     allowed, _ = pages
     body = json.dumps({"url": f"{sample_files}/{LABRADOR}", "top_k": 3})
     result = call_from(browser, allowed, api_allowing.url + "/predict", "POST", body)
@@ -206,7 +204,7 @@ def test_a_page_of_the_allowed_origin_gets_the_answer(browser, pages, api_allowi
     assert result.get("status") == 200 and json.loads(result["body"])["breeds"], result
 
 
-def test_the_browser_blocks_a_page_of_another_origin(browser, pages, api_allowing, sample_files):  # noqa: F811
+def test_the_browser_blocks_a_page_of_another_origin(browser, pages, api_allowing, sample_files):
     _, other = pages
     body = json.dumps({"url": f"{sample_files}/{LABRADOR}"})
     result = call_from(browser, other, api_allowing.url + "/predict", "POST", body)
@@ -215,7 +213,7 @@ def test_the_browser_blocks_a_page_of_another_origin(browser, pages, api_allowin
     assert "status" not in result, result
 
 
-def test_the_local_stage_answers_a_page_of_any_origin(browser, pages, api_stack, sample_files):  # noqa: F811
+def test_the_local_stage_answers_a_page_of_any_origin(browser, pages, api_stack, sample_files):
     _, other = pages
     body = json.dumps({"url": f"{sample_files}/{LABRADOR}", "top_k": 1})
     result = call_from(browser, other, api_stack.url + "/predict", "POST", body)

@@ -4,7 +4,6 @@ answers what a faulty or overloaded endpoint would (AWS itself is the only thing
 
 from __future__ import annotations
 
-import http.server
 import json
 import socket
 import struct
@@ -13,66 +12,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from api_calls import assert_error, client_for, post_image
 from botocore.retries.standard import ExponentialBackoff
-from local_servers import serving_in_thread
-from test_api import (  # noqa: F401 - fixtures: client, local_project, new_container
-    LABRADOR,
-    PROJECT,
-    assert_error,
-    client,
-    client_for,
-    local_project,
-    new_container,
-    post_image,
-)
+from conftest import LABRADOR, PROJECT, SPANIEL
+from scripted_runtime import VALID_ANSWER, scripted
 
 from chalicelib import settings
 from chalicelib.schema import validate_answer, validate_api_answer, validate_error
 from chalicelib.settings import ENDPOINT_MAX_ATTEMPTS, RETRY_AFTER_S
 
-VALID = {
-    "predictions": [{"label": "Labrador_retriever", "breed": "Labrador retriever", "probability": 0.9}],
-    "is_dog": True,
-    "dog_probability": 0.99,
-    "model": {"name": "dogbreeds", "version": "2"},
-}
-
-
-class Runtime(http.server.BaseHTTPRequestHandler):
-    """InvokeEndpoint answered as scripted by the class attributes; counts the requests it gets."""
-
-    answer_status = 200
-    answer_headers: dict[str, str] = {}
-    answer_body = b""
-    # Declare a longer body than is sent, then close: an answer cut off on the wire.
-    cut_off = False
-    requests = 0
-
-    def do_POST(self):
-        type(self).requests += 1
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self.send_response(self.answer_status)
-        for name, value in self.answer_headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(self.answer_body) + (100 if self.cut_off else 0)))
-        self.end_headers()
-        self.wfile.write(self.answer_body)
-        self.close_connection = self.cut_off
-
-    def log_message(self, *args):
-        pass
-
-
-def scripted(status: int = 200, body=b"", headers: dict[str, str] | None = None, cut_off: bool = False):
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    attributes = {
-        "answer_status": status,
-        "answer_body": raw,
-        "answer_headers": headers or {},
-        "cut_off": cut_off,
-    }
-    handler = type("Scripted", (Runtime,), attributes)
-    return handler, serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler))
+pytestmark = pytest.mark.usefixtures("new_container")
 
 
 def ask(tmp_path, samples, handler_and_server):
@@ -82,8 +31,8 @@ def ask(tmp_path, samples, handler_and_server):
     return handler, response
 
 
-def test_real_answers_of_the_local_endpoint_match_the_schema(client, samples):  # noqa: F811
-    for name in ("Labrador_retriever_06455.jpg", "American_water_spaniel_00648.jpg"):
+def test_real_answers_of_the_local_endpoint_match_the_schema(client, samples):
+    for name in (LABRADOR, SPANIEL):
         response = post_image(client, (samples / name).read_bytes(), query="?top_k=20")
         assert response.status_code == 200
         answer = response.json_body
@@ -94,7 +43,9 @@ def test_real_answers_of_the_local_endpoint_match_the_schema(client, samples):  
 
 
 def test_a_valid_answer_is_passed_on_with_its_extra_fields(runtime_env, tmp_path, samples):
-    _, response = ask(tmp_path, samples, scripted(body={**VALID, "confident": True, "newer_field": [1, 2]}))
+    _, response = ask(
+        tmp_path, samples, scripted(body={**VALID_ANSWER, "confident": True, "newer_field": [1, 2]})
+    )
     assert response.status_code == 200, response.body
     assert response.json_body["confident"] is True and response.json_body["newer_field"] == [1, 2]
     validate_api_answer(response.json_body)
@@ -105,12 +56,12 @@ def test_a_valid_answer_is_passed_on_with_its_extra_fields(runtime_env, tmp_path
     [
         [],
         {},
-        {key: value for key, value in VALID.items() if key != "predictions"},
-        {**VALID, "is_dog": "yes"},
-        {**VALID, "dog_probability": 1.5},
-        {**VALID, "predictions": [{"label": "x", "breed": "x"}]},
+        {key: value for key, value in VALID_ANSWER.items() if key != "predictions"},
+        {**VALID_ANSWER, "is_dog": "yes"},
+        {**VALID_ANSWER, "dog_probability": 1.5},
+        {**VALID_ANSWER, "predictions": [{"label": "x", "breed": "x"}]},
         b'{"predictions": [{"label": "x", "breed": "x", "probability": NaN}], "is_dog": true}',
-        json.dumps(VALID).encode()[:40],
+        json.dumps(VALID_ANSWER).encode()[:40],
         b"[" * 100_000 + b"]" * 100_000,
         b"\xff\xfe not json",
         b"",
@@ -137,7 +88,7 @@ def test_anything_but_an_answer_is_a_clear_502(runtime_env, tmp_path, samples, b
 
 
 def test_an_answer_cut_off_on_the_wire_is_a_clear_502(runtime_env, tmp_path, samples):
-    _, response = ask(tmp_path, samples, scripted(body=json.dumps(VALID).encode()[:60], cut_off=True))
+    _, response = ask(tmp_path, samples, scripted(body=json.dumps(VALID_ANSWER).encode()[:60], cut_off=True))
     assert_error(response, 502, "bad_model_answer")
 
 

@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import PROJECT
 from PIL import Image
 
 from classifier.graph import source_digest
 from classifier.model import BreedClassifier, init_breed_head_from_imagenet, save_model
 from training.evaluate import parse_args
 
-PROJECT = Path(__file__).resolve().parents[1]
 # ImageNet-1k rows of the three breeds: a head that is exactly the backbone's own knowledge of them.
 BREEDS = {"Beagle": 162, "Labrador_retriever": 208, "Pomeranian": 259}
 

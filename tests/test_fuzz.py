@@ -9,10 +9,11 @@ import os
 import random
 
 import pytest
+from conftest import DEFAULT_MODEL_RESIZE_SIZE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_image import RESIZE as DEFAULT_MODEL_RESIZE_SIZE
+from scripted_runtime import VALID_ANSWER
 
 from chalicelib import batch_request, image_request
 from chalicelib.errors import ApiError, BadModelAnswer
@@ -183,14 +184,6 @@ def test_images(data):
         max_pixels=MAX_PIXELS,
         quality=JPEG_QUALITY,
     )
-
-
-VALID_ANSWER = {
-    "predictions": [{"label": "Labrador_retriever", "breed": "Labrador retriever", "probability": 0.9}],
-    "is_dog": True,
-    "dog_probability": 0.99,
-    "model": {"name": "dogbreeds", "version": "2"},
-}
 
 
 @FUZZ

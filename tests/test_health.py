@@ -6,22 +6,18 @@ from __future__ import annotations
 import json
 
 import pytest
+from api_calls import client_for
 from botocore.stub import Stubber
 from chalice.test import Client
+from conftest import PROJECT
 from local_servers import free_port
-from test_api import (  # noqa: F401 - fixtures: client, local_project, new_container
-    PROJECT,
-    assert_error,
-    client,
-    client_for,
-    local_project,
-    new_container,
-)
 
 import app as api
 from chalicelib import health
 from chalicelib.schema import validate_error
 from chalicelib.settings import RETRY_AFTER_S
+
+pytestmark = pytest.mark.usefixtures("new_container")
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +29,7 @@ def fresh_health_cache():
     health.control_client.cache_clear()
 
 
-def test_ok_while_the_local_endpoint_is_up(client):  # noqa: F811
+def test_ok_while_the_local_endpoint_is_up(client):
     response = client.http.get("/health")
     assert response.status_code == 200, response.body
     body = response.json_body

@@ -4,9 +4,6 @@ updates with rollback alarms, and what `deploy --chalice-stage` writes for the A
 moto lacks UpdateEndpoint: moto_server.EndpointUpdates answers it (after botocore has validated the request).
 """
 
-# The fixtures of test_jobs (moto_server, a bucket, the trained model) are imported, then named as arguments.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import json
@@ -18,22 +15,18 @@ from pathlib import Path
 import botocore.session
 import pytest
 from botocore.validate import validate_parameters
-from moto_server import EndpointUpdates
-from test_jobs import (  # noqa: F401 - fixtures
+from conftest import PROJECT
+from jobs_on_moto import (
     INFERENCE_IMAGE_CPU,
-    PROJECT,
     REGION,
     ROLE,
-    aws,
-    connections,
     isolate_aws_env,
-    moto,
     report,
     run_jobs,
     scaling_state,
-    trained_model,
     uploaded_model,
 )
+from moto_server import EndpointUpdates
 
 from chalicelib.settings import ASYNC_TICKETS_FOLDER
 from training.jobs import deploy
@@ -47,6 +40,9 @@ from training.jobs.chalice_stage import (
     policy_statements,
 )
 from training.jobs.hosting import RolloutSpec
+
+# Every test here is guarded against connecting anywhere but loopback.
+pytestmark = pytest.mark.usefixtures("connections")
 
 SNS = "arn:aws:sns:eu-west-1:123456789012:dogbreeds-results"
 SNS_ERRORS = "arn:aws:sns:eu-west-1:123456789012:dogbreeds-failures"

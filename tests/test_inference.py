@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import DEFAULT_MODEL, PROJECT
+from pictures import claiming_size, in_format
 from PIL import Image
-from test_image import claiming_size, in_format
 
 from classifier import graph
 from classifier.model import ONNX_FILE, load_model, read_config

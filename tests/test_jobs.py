@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import io
-import ipaddress
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -17,11 +15,22 @@ from dataclasses import replace
 from importlib import metadata
 from importlib.metadata import packages_distributions
 from pathlib import Path
-from types import SimpleNamespace
 
-import boto3
 import pytest
-from moto_server import EndpointUpdates, MotoServer
+from conftest import PROJECT
+from jobs_on_moto import (
+    INFERENCE_IMAGE_CPU,
+    REGION,
+    ROLE,
+    is_loopback,
+    isolate_aws_env,
+    report,
+    run_jobs,
+    s3_object,
+    scaling_state,
+    tar_members,
+)
+from moto_server import EndpointUpdates
 from sagemaker_container import image_packages
 
 from clients import batch, batch_results
@@ -29,129 +38,14 @@ from serving.contract import RECORD_JSON, X_IMAGE
 from training.jobs import deploy
 from training.jobs.autoscaling import ScalingSpec
 from training.jobs.calls import Aws
-from training.jobs.cli import main
 from training.jobs.training_job import BACKBONES, METRIC_DEFINITIONS
 from training.options import DEFAULT_BACKBONE
 
-PROJECT = Path(__file__).resolve().parents[1]
-REGION = "eu-west-1"
-ROLE = "arn:aws:iam::123456789012:role/dogbreeds-sagemaker"
 TRAINING_IMAGE_CPU = "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:2.6.0-cpu-py312"
 TRAINING_IMAGE_GPU = "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:2.6.0-gpu-py312"
-INFERENCE_IMAGE_CPU = "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-inference:2.6.0-cpu-py312"
-AWS_ENV = ("AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL")
 
-
-@pytest.fixture(scope="module")
-def moto():
-    server = MotoServer().wait_ready()
-    yield server
-    server.stop()
-
-
-def isolate_aws_env(monkeypatch, tmp_path: Path) -> None:
-    """No region, role, bucket or profile from the machine; only fake credentials."""
-    for name in (*AWS_ENV, "SAGEMAKER_ROLE_ARN", "SAGEMAKER_BUCKET"):
-        monkeypatch.delenv(name, raising=False)
-    for name in [name for name in os.environ if name.startswith("AWS_ENDPOINT_URL_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-
-
-@pytest.fixture
-def aws(moto, monkeypatch, tmp_path):
-    """Environment pointing boto3 at moto_server, a fresh bucket, and boto3 clients to check results with."""
-    isolate_aws_env(monkeypatch, tmp_path)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto.url)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("SAGEMAKER_ROLE_ARN", ROLE)
-    bucket = f"dogbreeds-{uuid.uuid4().hex[:12]}"
-    monkeypatch.setenv("SAGEMAKER_BUCKET", bucket)
-    s3 = boto3.client("s3", region_name=REGION)
-    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
-    return SimpleNamespace(
-        bucket=bucket,
-        s3=s3,
-        sagemaker=boto3.client("sagemaker", region_name=REGION),
-        autoscaling=boto3.client("application-autoscaling", region_name=REGION),
-    )
-
-
-def is_loopback(host) -> bool:
-    if host in ("localhost", None):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a name other than localhost
-        return False
-
-
-@pytest.fixture(autouse=True)
-def connections(monkeypatch):
-    """Every socket connection made in this process (guarding every test here). One to (or a lookup of)
-    anything but loopback is refused and fails the test, even where botocore turns the refusal into an error
-    the command reports."""
-    made: list[tuple] = []
-    outside: list[str] = []
-    real_connect, real_connect_ex, real_getaddrinfo = (
-        socket.socket.connect,
-        socket.socket.connect_ex,
-        socket.getaddrinfo,
-    )
-
-    def refuse(what: str) -> None:
-        outside.append(what)
-        raise ConnectionRefusedError(f"test forbids leaving loopback: {what}")
-
-    def check(sock: socket.socket, address) -> None:
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            if not is_loopback(address[0]):
-                refuse(f"connect {address}")
-            made.append(address[:2])
-
-    def connect(sock, address):
-        check(sock, address)
-        return real_connect(sock, address)
-
-    def connect_ex(sock, address):
-        check(sock, address)
-        return real_connect_ex(sock, address)
-
-    def getaddrinfo(host, *args, **kwargs):
-        # Resolving a public name would already leak the request (DNS).
-        if not is_loopback(host):
-            refuse(f"lookup {host}")
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    yield made
-    assert outside == [], f"attempted to leave loopback: {outside}"
-
-
-def run_jobs(capsys, *argv: str) -> SimpleNamespace:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return SimpleNamespace(code=code, out=captured.out, err=captured.err)
-
-
-def report(result: SimpleNamespace) -> dict:
-    assert result.code == 0, result.err
-    return json.loads(result.out)
-
-
-def tar_members(archive: bytes) -> dict[str, bytes]:
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-        return {member.name: tar.extractfile(member).read() for member in tar.getmembers() if member.isfile()}
-
-
-def s3_object(aws, uri: str) -> bytes:
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    return aws.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+# Every test here is guarded against connecting anywhere but loopback.
+pytestmark = pytest.mark.usefixtures("connections")
 
 
 @pytest.fixture
@@ -164,23 +58,6 @@ def image_tree(dogs, tmp_path) -> Path:
             for image in sorted(folder.glob("*.jpg"))[:count]:
                 shutil.copy(image, root / split / folder.name / image.name)
     return root
-
-
-def uploaded_model(aws, model_dir: Path, job_name: str) -> str:
-    """`model_dir` as training job `job_name`'s model.tar.gz in the bucket; returns its S3 URI."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for path in sorted(model_dir.iterdir()):
-            tar.add(path, arcname=path.name)
-    key = f"dogbreeds/output/{job_name}/output/model.tar.gz"
-    aws.s3.put_object(Bucket=aws.bucket, Key=key, Body=buffer.getvalue())
-    return f"s3://{aws.bucket}/{key}"
-
-
-@pytest.fixture
-def trained_model(aws) -> str:
-    """A training job's model.tar.gz (the committed default model) in the bucket; returns its S3 URI."""
-    return uploaded_model(aws, PROJECT / "models" / "default", "dogbreeds-train-1")
 
 
 def test_upload_data_puts_the_image_folder_tree_and_skips_what_is_there(aws, image_tree, capsys, connections):
@@ -379,15 +256,6 @@ def test_tune_searches_the_four_hyperparameters_for_valid_accuracy(aws, capsys):
 def test_tune_refuses_to_fix_a_searched_hyperparameter(aws, capsys):
     result = run_jobs(capsys, "tune", "--hyperparameters", "lr=0.01")
     assert result.code == 2 and "tune searches lr" in result.err
-
-
-def scaling_state(aws, name: str) -> tuple[list, list]:
-    resource_id = f"endpoint/{name}/variant/AllTraffic"
-    targets = aws.autoscaling.describe_scalable_targets(
-        ServiceNamespace="sagemaker", ResourceIds=[resource_id]
-    )
-    policies = aws.autoscaling.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=resource_id)
-    return targets["ScalableTargets"], policies["ScalingPolicies"]
 
 
 def test_deploy_twice_then_teardown(aws, trained_model, capsys, connections):

@@ -11,16 +11,10 @@ import json
 import random
 
 import pytest
-import test_image
+from api_calls import assert_error, post_image
+from conftest import DEFAULT_MODEL_RESIZE_SIZE, PROJECT
+from pictures import zero_png
 from PIL import Image
-from test_api import (  # noqa: F401 - fixtures: client, local_project, new_container
-    PROJECT,
-    assert_error,
-    client,
-    local_project,
-    new_container,
-    post_image,
-)
 
 from chalicelib import settings
 from chalicelib.image import prepare_image
@@ -33,8 +27,8 @@ from chalicelib.settings import (
 )
 from serving import contract
 
-# What a stage serving the committed default model resizes to (its MODEL_RESIZE_SIZE, from that model).
-DEFAULT_MODEL_RESIZE_SIZE = test_image.RESIZE
+pytestmark = pytest.mark.usefixtures("new_container")
+
 # SageMaker's InvokeEndpoint payload limit (6 MB).
 SAGEMAKER_MAX_BODY_BYTES = 6_291_456
 
@@ -93,21 +87,17 @@ def _model_resized(size: tuple[int, int], resize_size: int) -> tuple[int, int]:
     return round(size[0] * scale), round(size[1] * scale)
 
 
-def test_the_widest_picture_the_api_sends_is_answered_by_the_real_endpoint(client):  # noqa: F811
+def test_the_widest_picture_the_api_sends_is_answered_by_the_real_endpoint(client):
     size = (MAX_ASPECT_RATIO * DEFAULT_MODEL_RESIZE_SIZE, DEFAULT_MODEL_RESIZE_SIZE)
     response = post_image(client, worst_case(size), content_type="image/png")
     assert response.status_code == 200, response.body
     assert response.json_body["image"]["bytes_sent"] <= MAX_ENDPOINT_BODY_BYTES
 
 
-def test_the_most_elongated_tiny_picture_is_answered_by_the_real_endpoint(client):  # noqa: F811
+def test_the_most_elongated_tiny_picture_is_answered_by_the_real_endpoint(client):
     # 20 x 1 goes as it is; the endpoint scales it up to 20 times the model's resize size on its long side.
     response = post_image(client, worst_case((MAX_ASPECT_RATIO, 1)), content_type="image/png")
     assert response.status_code == 200, response.body
-
-
-def zero_png(width: int, height: int) -> bytes:
-    return test_image.zero_png(width, height)
 
 
 @pytest.mark.parametrize(
@@ -122,7 +112,7 @@ def zero_png(width: int, height: int) -> bytes:
     ],
     ids=["json-100000-deep", "unclosed-ipv6-url", "top_k-superscript-two", "8000x2", "40000x260", "65000x1"],
 )
-def test_what_the_outside_probe_found_is_a_clear_4xx(client, path, content_type, body, status, code):  # noqa: F811
+def test_what_the_outside_probe_found_is_a_clear_4xx(client, path, content_type, body, status, code):
     if body is None or isinstance(body, tuple):
         body = zero_png(*(body or (300, 200)))
     response = client.http.post(path, headers={"Content-Type": content_type}, body=body)

@@ -15,12 +15,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from conftest import SAMPLES
+from conftest import CHALICE, PROJECT, SAMPLES
 from local_servers import free_port, stop_process
-
-PROJECT = Path(__file__).resolve().parents[1]
-CHALICE = str(Path(sys.executable).parent / "chalice")
-
 
 RUN_LOCAL = PROJECT / "scripts" / "run_local.sh"
 

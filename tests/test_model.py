@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import DEFAULT_MODEL
+from conftest import DEFAULT_MODEL, LABRADOR
 
 from classifier.model import (
     CONFIG_FILE,
@@ -24,7 +24,6 @@ from classifier.model import (
 )
 from classifier.preprocessing import Preprocessing, open_image
 
-LABRADOR = "Labrador_retriever_06455.jpg"
 IMAGENET_LABRADOR = 208  # ImageNet-1k class "Labrador retriever"
 
 

@@ -9,22 +9,17 @@ import io
 import json
 import subprocess
 import sys
-from pathlib import Path
 
+import pytest
 from chalice.test import Client
+from conftest import LABRADOR, PROJECT
 from PIL import Image
-from test_api import (  # noqa: F401 - fixtures: client, local_project, new_container
-    client,
-    file_server,
-    local_project,
-    new_container,
-)
 
 import app as api
 from chalicelib import observability
 
-PROJECT = Path(__file__).resolve().parents[1]
-LABRADOR = "Labrador_retriever_06455.jpg"
+pytestmark = pytest.mark.usefixtures("new_container")
+
 PHASE_METRICS = {"FetchLatency", "ResizeLatency", "InvokeLatency", "TotalLatency"}
 
 
@@ -55,7 +50,7 @@ def metric_values(blobs: list[dict]) -> dict[str, list]:
     return values
 
 
-def test_a_classification_leaves_one_line_with_its_facts_and_metrics(client, capsys, labrador):  # noqa: F811
+def test_a_classification_leaves_one_line_with_its_facts_and_metrics(client, capsys, labrador):
     capsys.readouterr()
     response = client.http.post(
         "/predict/image?top_k=3", headers={"Content-Type": "image/jpeg"}, body=labrador
@@ -87,20 +82,19 @@ def test_a_classification_leaves_one_line_with_its_facts_and_metrics(client, cap
     assert "Errors" not in metrics
 
 
-def test_a_url_leaves_its_host_and_never_its_path_or_query(client, capsys, samples):  # noqa: F811
+def test_a_url_leaves_its_host_and_never_its_path_or_query(client, capsys, sample_files):
     capsys.readouterr()
-    with file_server(samples) as files:
-        url = f"{files}/{LABRADOR}?token=s3cr3t-t0ken&sig=abc"
-        response = client.http.post(
-            "/predict", headers={"Content-Type": "application/json"}, body=json.dumps({"url": url})
-        )
+    url = f"{sample_files}/{LABRADOR}?token=s3cr3t-t0ken&sig=abc"
+    response = client.http.post(
+        "/predict", headers={"Content-Type": "application/json"}, body=json.dumps({"url": url})
+    )
     assert response.status_code == 200, response.body
     (log,), _, out = printed(capsys)
     assert log["url_hosts"] == ["127.0.0.1"]
     assert "s3cr3t-t0ken" not in out and LABRADOR not in out and "sig=" not in out
 
 
-def test_an_error_leaves_its_code_and_an_errors_metric_by_code(client, capsys):  # noqa: F811
+def test_an_error_leaves_its_code_and_an_errors_metric_by_code(client, capsys):
     capsys.readouterr()
     response = client.http.post(
         "/predict",
@@ -118,7 +112,7 @@ def test_an_error_leaves_its_code_and_an_errors_metric_by_code(client, capsys): 
     assert metric_values(blobs)["Requests"] == [1.0]
 
 
-def test_chalice_own_errors_and_malformed_urls_are_logged_too(client, capsys):  # noqa: F811
+def test_chalice_own_errors_and_malformed_urls_are_logged_too(client, capsys):
     capsys.readouterr()
     assert client.http.put("/predict", body=b"{}").status_code == 405
     response = client.http.post(
@@ -129,7 +123,7 @@ def test_chalice_own_errors_and_malformed_urls_are_logged_too(client, capsys):  
     assert second["url_hosts"] == ["(unparsable)"] and second["status"] == response.status_code
 
 
-def test_a_picture_without_a_dog_is_counted(client, capsys):  # noqa: F811
+def test_a_picture_without_a_dog_is_counted(client, capsys):
     # A flat grey picture: the model's ImageNet classifiers see no dog in it.
     buffer = io.BytesIO()
     Image.new("RGB", (320, 240), (128, 128, 128)).save(buffer, format="PNG")
@@ -144,7 +138,7 @@ def test_a_picture_without_a_dog_is_counted(client, capsys):  # noqa: F811
     assert metric_values(blobs)["NotADog"] == [1.0]
 
 
-def test_a_direct_invocation_leaves_the_same_line(client, capsys, labrador):  # noqa: F811
+def test_a_direct_invocation_leaves_the_same_line(client, capsys, labrador):
     event = {"image": base64.b64encode(labrador).decode(), "top_k": 2}
     capsys.readouterr()
     answer = client.lambda_.invoke("classify", event).payload
@@ -202,7 +196,7 @@ def test_a_failure_to_log_never_changes_the_answer(capsys, monkeypatch):
 
     monkeypatch.setattr(observability, "stage_name", broken_stage_name)
     capsys.readouterr()
-    with Client(api.app, stage_name="dev", project_dir=str(PROJECT)) as client:  # noqa: F811
+    with Client(api.app, stage_name="dev", project_dir=str(PROJECT)) as client:
         response = client.http.post(
             "/predict", headers={"Content-Type": "application/json"}, body=b"{not json"
         )

@@ -7,9 +7,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
-import functools
-import http.server
-import io
 import json
 import subprocess
 import sys
@@ -22,23 +19,22 @@ import boto3
 import jsonschema
 import pytest
 import referencing
-from chalice.test import Client
-from conftest import ChaliceLocal, QuietFiles
-from local_servers import serving_in_thread
+from api_calls import client_for
+from conftest import SampleFiles, file_server
+from local_servers import free_port
 from openapi_spec_validator import validate
+from pictures import encoded
 from PIL import Image
 from referencing.jsonschema import DRAFT202012
 
 import app as api
 from chalicelib import errors, health, openapi
 from chalicelib.gateway_responses import GATEWAY_RESPONSES
-from chalicelib.invoke import runtime_client
 from chalicelib.settings import (
     BATCH_PREPARE_TIMEOUT_S,
     MAX_PIXELS_BY_FORMAT,
     MAX_UPLOAD_BYTES,
     UPLOAD_CONTENT_TYPES,
-    get_settings,
 )
 
 # Examples per operation and phase; the whole fuzz run stays within seconds.
@@ -96,18 +92,6 @@ def _rebased(schema):
     if isinstance(schema, list):
         return [_rebased(item) for item in schema]
     return schema
-
-
-def jpeg(size: tuple[int, int]) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, (120, 90, 60)).save(buffer, "JPEG")
-    return buffer.getvalue()
-
-
-def png(size: tuple[int, int]) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", size).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 # --- the document ---
@@ -223,8 +207,8 @@ def test_every_route_answers_as_described(document, api_stack, sample_files, lab
         (image, "POST", b"", "image/png", 400),
         (image, "POST", labrador, "image/jpg", 415),
         (image, "POST", b"\0" * (MAX_UPLOAD_BYTES + 1), "application/octet-stream", 413),
-        (image, "POST", png((9000, 9000)), "image/png", 422),
-        (image, "POST", jpeg((4000, 20)), "image/jpeg", 422),
+        (image, "POST", encoded(Image.new("L", (9000, 9000)), "PNG"), "image/png", 422),
+        (image, "POST", encoded(Image.new("RGB", (4000, 20), (120, 90, 60)), "JPEG"), "image/jpeg", 422),
         ("/health", "POST", b"{}", "json", 405),
         # The local stage's endpoint answers at once: nothing is queued, so no result is known.
         (f"/predict/results/{'0' * 32}", "GET", None, None, 404),
@@ -243,7 +227,7 @@ def test_every_route_answers_as_described(document, api_stack, sample_files, lab
 GATE_S = BATCH_PREPARE_TIMEOUT_S / 2 + 0.5
 
 
-class GatedFiles(QuietFiles):
+class GatedFiles(SampleFiles):
     """The sample photos, each answered only once `expected` requests are in flight together (or, failing
     that, after GATE_S): fetching one at a time costs GATE_S per URL. Records the most in flight at once."""
 
@@ -284,8 +268,7 @@ def test_a_batch_of_urls_is_fetched_at_once_and_every_item_answers_as_described(
             "most_in_flight": 0,
         },
     )
-    handler = functools.partial(files, directory=str(samples))
-    with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)) as url:
+    with file_server(samples, files) as url:
         body = json.dumps({"urls": [f"{url}/{name}" for name in names], "top_k": 2}).encode()
         status, answered_type, answer, _ = call(
             api_stack.url + "/predict/batch", "POST", body, "application/json"
@@ -304,23 +287,13 @@ def test_a_batch_of_urls_is_fetched_at_once_and_every_item_answers_as_described(
 
 
 @pytest.fixture
-def stopped_endpoint_client(tmp_path, monkeypatch):
+def stopped_endpoint_client(tmp_path, monkeypatch, new_container):
     """The local stage in-process, with its endpoint address pointing at a port nothing listens on."""
-    from local_servers import free_port
-
-    project = tmp_path / "project"
-    ChaliceLocal.write_config(project, f"http://127.0.0.1:{free_port()}")
     # A fresh container has a fresh boto3 session too: one made by an earlier test, with that test's
     # environment, would not see the region the stage's environment sets.
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
-    fresh_container()
-    yield Client(api.app, stage_name="local", project_dir=str(project))
-    fresh_container()
-
-
-def fresh_container():
-    get_settings.cache_clear()
-    runtime_client.cache_clear()
+    health.clear_cache()
+    yield client_for(tmp_path, f"http://127.0.0.1:{free_port()}")
     health.clear_cache()
 
 

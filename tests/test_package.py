@@ -12,8 +12,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import PROJECT
 
-PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CONFIG = json.loads((PROJECT / ".chalice" / "config.json").read_text())
 DEPLOYED_STAGES = ["dev", "prod"]

@@ -7,9 +7,6 @@ ListPipelineExecutionSteps and UpdateEndpoint: botocore hooks answer them (pipel
 moto_server.EndpointUpdates), after botocore has validated the request.
 """
 
-# The fixtures of test_jobs (moto_server, a bucket) are imported, then named as arguments.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import io
@@ -24,28 +21,19 @@ from types import SimpleNamespace
 import botocore.session
 import pytest
 from botocore.validate import validate_parameters
-from conftest import EndpointProcess
+from conftest import PROJECT, EndpointProcess
+from jobs_on_moto import REGION, ROLE, isolate_aws_env, report, run_jobs, s3_object
 from moto_server import EndpointUpdates
 from pipeline_player import ExecutionAnswers, PipelinePlayer, validate
-from test_jobs import (  # noqa: F401 - fixtures
-    PROJECT,
-    REGION,
-    ROLE,
-    aws,
-    connections,
-    isolate_aws_env,
-    moto,
-    report,
-    run_jobs,
-    s3_object,
-    tar_members,
-)
 
 from serving.contract import MODEL_PACKAGE_ENV, MODEL_VERSION_ENV
 from serving.identity import model_identity
 from training.jobs import cli
 from training.jobs.calls import Aws
 from training.jobs.source_bundle import repack_model
+
+# Every test here is guarded against connecting anywhere but loopback.
+pytestmark = pytest.mark.usefixtures("connections")
 
 # Three breeds the ImageNet backbone knows well, a few photos each; test/ is photos valid/ does not hold.
 FOLDERS = ("007.Shih-Tzu", "012.Beagle", "044.Labrador_retriever")

@@ -10,19 +10,11 @@ import uuid
 
 import boto3
 import pytest
-from moto_server import MotoServer
 
 from scripts import merge_template, protect_stage
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
-
-
-@pytest.fixture(scope="module")
-def moto():
-    server = MotoServer().wait_ready()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

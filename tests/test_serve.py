@@ -23,8 +23,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from botocore.parsers import create_parser
-from conftest import DEFAULT_MODEL, PROJECT, EndpointProcess, free_port
-from local_servers import stop_process
+from conftest import DEFAULT_MODEL, PROJECT, EndpointProcess
 from PIL import Image
 
 from classifier import graph
@@ -218,34 +217,14 @@ def test_concurrent_requests_each_get_their_own_answer(runtime, labrador, spanie
 def test_ping_is_503_while_loading_then_200_and_sigterm_stops_cleanly(tmp_path, monkeypatch, labrador):
     # A fresh ONNX cache makes every worker wait for an export, so loading takes seconds, not milliseconds.
     monkeypatch.setenv(graph.CACHE_ENV, str(tmp_path / "cache"))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     log_file = tmp_path / "serve.log"
-    with open(log_file, "wb") as log:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "serving.server",
-                "--model-dir",
-                str(DEFAULT_MODEL),
-                "--port",
-                str(port),
-                "--workers",
-                "2",
-                "--endpoint-name",
-                "two-workers",
-            ],
-            cwd=PROJECT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    server = EndpointProcess(DEFAULT_MODEL, "--workers", "2", "--endpoint-name", "two-workers", log=log_file)
     try:
         statuses = []
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and statuses[-1:] != [200] and server.poll() is None:
+        while time.monotonic() < deadline and statuses[-1:] != [200] and server.process.poll() is None:
             try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                with urllib.request.urlopen(f"{server.url}/ping", timeout=2) as response:
                     statuses.append(response.status)
             except urllib.error.HTTPError as error:
                 statuses.append(error.code)
@@ -258,7 +237,7 @@ def test_ping_is_503_while_loading_then_200_and_sigterm_stops_cleanly(tmp_path, 
 
         client = boto3.client(
             "sagemaker-runtime",
-            endpoint_url=url,
+            endpoint_url=server.url,
             region_name="us-east-1",
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
@@ -271,8 +250,8 @@ def test_ping_is_503_while_loading_then_200_and_sigterm_stops_cleanly(tmp_path, 
             )
             assert json.loads(response["Body"].read())["predictions"][0]["label"] == "Labrador_retriever"
     finally:
-        server.terminate()
-        returncode = server.wait(timeout=60)
+        server.process.terminate()
+        returncode = server.process.wait(timeout=60)
     assert returncode == 0
     log = log_file.read_text()
     request_lines = re.findall(
@@ -305,30 +284,14 @@ def test_a_model_that_cannot_load_stops_the_server_with_the_reason(tmp_path, wor
     shutil.copytree(DEFAULT_MODEL, model_dir)
     labels = json.loads((model_dir / "labels.json").read_text())
     (model_dir / "labels.json").write_text(json.dumps(labels[:-1]))  # one label short of the model's outputs
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "serving.server",
-            "--model-dir",
-            str(model_dir),
-            "--port",
-            str(port),
-            "--workers",
-            workers,
-        ],
-        cwd=PROJECT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = tmp_path / "server.log"
+    server = EndpointProcess(model_dir, "--workers", workers, log=log)
     try:
-        _, stderr = server.communicate(timeout=180)
+        server.process.wait(timeout=180)
     finally:
-        stop_process(server, timeout=10)
-    assert server.returncode != 0
-    last_line = stderr.splitlines()[-1]
+        server.stop()
+    assert server.process.returncode != 0
+    last_line = log.read_text().splitlines()[-1]
     assert last_line.startswith(f"serving.server: model failed to load from {model_dir}")
     assert "labels" in last_line
 

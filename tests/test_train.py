@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import free_port
+from conftest import PROJECT, free_port
 
 from classifier.graph import graph_is_current
 from classifier.model import CONFIG_FILE, LABELS_FILE, METRICS_FILE, ONNX_FILE, WEIGHTS_FILE, load_model
@@ -24,7 +24,6 @@ from training.data import PreprocessedImages, load_image, read_image_folder
 from training.jobs.source_bundle import TRAIN_ENTRY, source_archive
 from training.options import parse_args
 
-PROJECT = Path(__file__).resolve().parents[1]
 # Deliberately not in alphabetical order of breed name: the label order must follow the folder names.
 FOLDERS = ("007.Shih-Tzu", "012.Beagle", "044.Labrador_retriever")
 TRAIN_PER_CLASS, VALID_PER_CLASS = 6, 3

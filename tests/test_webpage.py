@@ -5,31 +5,22 @@ the browser sends and can require an API key as the prod stage does."""
 from __future__ import annotations
 
 import base64
-import http.server
 import io
 import json
-import shutil
-import threading
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import DEFAULT_MODEL, PROJECT, ChaliceLocal
-from local_servers import free_port, serving_in_thread
+from conftest import DEFAULT_MODEL, PROJECT, ChaliceLocal, browser_paths
+from gateway import Gateway, serving_gateway
+from local_servers import free_port
+from pictures import as_a_phone_stores_it
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
-from test_image import as_a_phone_stores_it
 
 from chalicelib.settings import MAX_UPLOAD_BYTES, RETRY_AFTER_S
 
-CHROMIUM = "chromium"
-CHROMEDRIVER = "chromedriver"
-INSTALL_HINT = "run `make test` as root (it installs them), or `apt-get install chromium chromium-driver`"
-# Statuses the gateway stand-in passes on, and the headers of an answer a browser sees.
-FORWARDED_REQUEST_HEADERS = ("Content-Type", "x-api-key")
-DROPPED_RESPONSE_HEADERS = {"transfer-encoding", "connection", "server", "date", "content-length"}
 # Wait this long for the page to answer; the model itself takes well under a second here.
 ANSWER_TIMEOUT_S = 60
 # README's picture of the page, written by the test of a chosen photo; the PNG text entry that says which
@@ -39,104 +30,15 @@ PAGE_PICTURE_KEY = "dogbreeds-answer"
 TIMING_FACTS = ("Server:", "In all:")
 
 
-# --- a stand-in for API Gateway in front of chalice local ---
-
-
-@dataclass
-class Gateway:
-    """What reached the gateway, and the API key it requires (None: open, as the dev and local stages are)."""
-
-    api_url: str
-    url: str = ""
-    required_key: str | None = None
-    forbidden_body: bytes = b""
-    received: list[tuple[str, str, str, int]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def uploads(self) -> list[tuple[str, str, str, int]]:
-        """(method, path, content type, body bytes) of every POST so far."""
-        with self.lock:
-            return [request for request in self.received if request[0] == "POST"]
-
-
-class GatewayHandler(http.server.BaseHTTPRequestHandler):
-    gateway: Gateway
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        self.forward(None)
-
-    def do_POST(self):
-        self.forward(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-
-    def forward(self, body: bytes | None):
-        gateway = self.gateway
-        with gateway.lock:
-            gateway.received.append(
-                (self.command, self.path, self.headers.get("Content-Type", ""), len(body or b""))
-            )
-        # The page and its description stay open in every stage; the routes that classify may need a key.
-        keyed = self.command == "POST" and gateway.required_key is not None
-        if keyed and self.headers.get("x-api-key") != gateway.required_key:
-            # API Gateway's answer when a method requires a key and the request has none or a wrong one.
-            return self.answer(403, {"Content-Type": "application/json"}, gateway.forbidden_body)
-        headers = {name: self.headers[name] for name in FORWARDED_REQUEST_HEADERS if name in self.headers}
-        request = urllib.request.Request(gateway.api_url + self.path, data=body, headers=headers)
-        request.method = self.command
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                self.answer(response.status, response.headers, response.read())
-        except urllib.error.HTTPError as error:
-            self.answer(error.code, error.headers, error.read())
-
-    def answer(self, status: int, headers, body: bytes):
-        self.send_response(status)
-        for name, value in headers.items():
-            if name.lower() not in DROPPED_RESPONSE_HEADERS:
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
 @pytest.fixture(scope="module")
 def gateway(api_stack):
+    """The stand-in for API Gateway in front of the session's `chalice local`."""
     state = Gateway(api_url=api_stack.url)
-    handler = type("Handler", (GatewayHandler,), {"gateway": state})
-    with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)) as url:
-        state.url = url
+    with serving_gateway(state):
         yield state
 
 
 # --- the browser ---
-
-
-def browser_paths() -> tuple[str, str]:
-    """Where chromium and chromedriver are; fails the test, saying how to install them, when they are not."""
-    found = {name: shutil.which(name) for name in (CHROMIUM, CHROMEDRIVER)}
-    missing = [name for name, path in found.items() if path is None]
-    if missing:
-        pytest.fail(f"the browser tests need {' and '.join(missing)}: {INSTALL_HINT}")
-    return found[CHROMIUM], found[CHROMEDRIVER]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """One headless Chromium for the module, driven through Debian's chromedriver."""
-    chromium, chromedriver = browser_paths()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,900"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
-    yield driver
-    driver.quit()
 
 
 @pytest.fixture
