@@ -100,6 +100,9 @@ def run(args: argparse.Namespace) -> dict:
                 cache_dir=None,
                 onnx=True,
                 non_dogs=True,
+                # Its own charts stay in the scratch folder; the job keeps evaluation.json below.
+                output_dir=model_dir / "evaluation",
+                write_model_dir=False,
             )
         )
     figures = gate_metrics(report)
