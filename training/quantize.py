@@ -273,9 +273,7 @@ def valid_split(model_dir: Path, valid_root: Path) -> tuple[list[Path], np.ndarr
     return list(split.paths), targets
 
 
-def main(argv: list[str] | None = None) -> None:
-    from classifier.runtime import cpu_session
-
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", required=True, type=Path)
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/dogs")
@@ -286,11 +284,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args(argv)
+    if not (args.model_dir / ONNX_FILE).exists():
+        parser.error(
+            f"{args.model_dir / ONNX_FILE} is missing: "
+            f"run python -m training.export --model-dir {args.model_dir}"
+        )
+    return args
+
+
+def fp32_report(fp32, valid, calibration, valid_every: int, dog_threshold: float) -> dict:
+    """The record's figures of the fp32 graph it is measured against. The int8 figures that follow hold for
+    this CPU's int8 kernels (classifier/cpu.py), and for others only as each variant's holds_on says."""
+    return {
+        "valid_images": len(valid),
+        "valid_every": valid_every,
+        "calibration_images": len(calibration),
+        "dog_threshold": round(dog_threshold, 4),
+        "fp32": {
+            "top1": round(fp32.top1, 4),
+            "top5": round(fp32.top5, 4),
+            "dog_photos_below_threshold": int((fp32.dog_probabilities < dog_threshold).sum()),
+            "seconds": round(fp32.seconds, 1),
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    from classifier.runtime import cpu_session
+
+    args = parse_args(argv)
     configure_cli_logging()
     variants = [VARIANTS[name] for name in args.variant or [DEFAULT_VARIANT]]
     fp32_path = args.model_dir / ONNX_FILE
-    if not fp32_path.exists():
-        parser.error(f"{fp32_path} is missing: run python -m training.export --model-dir {args.model_dir}")
     config = json.loads((args.model_dir / CONFIG_FILE).read_text())
     preprocessing = Preprocessing.from_dict(config["preprocessing"])
     # The dog probabilities are the calibrated ones the endpoint answers: so is the threshold they meet.
@@ -311,18 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     fp32 = score(cpu_session(fp32_path, args.threads), valid, targets)
     log.info("fp32: top1 %.4f top5 %.4f (%.0fs)", fp32.top1, fp32.top5, fp32.seconds)
     report = {
-        "valid_images": len(valid),
-        "valid_every": args.valid_every,
-        "calibration_images": len(calibration),
-        "dog_threshold": round(dog_threshold, 4),
-        "fp32": {
-            "top1": round(fp32.top1, 4),
-            "top5": round(fp32.top5, 4),
-            "dog_photos_below_threshold": int((fp32.dog_probabilities < dog_threshold).sum()),
-            "seconds": round(fp32.seconds, 1),
-        },
-        # The figures hold for this CPU's int8 kernels (classifier/cpu.py), and for others only as each
-        # variant's holds_on says.
+        **fp32_report(fp32, valid, calibration, args.valid_every, dog_threshold),
         "cpu": cpu,
         "int8": {},
     }
