@@ -75,6 +75,7 @@ def extract(split, positions, session, names, out_file: Path, mirrored: bool, sa
         stored = {
             "positions": torch.tensor(positions[:done]),
             "targets": torch.tensor([split.targets[p] for p in positions[:done]]),
+            "split_size": len(split),
             "features": {n: torch.from_numpy(np.concatenate(chunks[n])) for n in names},
         }
         if mirrored:
