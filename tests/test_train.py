@@ -264,7 +264,7 @@ def test_an_ensemble_at_its_members_own_sizes_trains_into_one_input_graph(data, 
     model_dir = tmp_path / "model"
     backbones = "efficientnet-lite0,efficientnet-lite1"
     arguments = ("--no-cache", "--backbone", backbones, "--native-sizes", "true", "--epochs", "1")
-    finish(run_training(data, model_dir, *arguments))
+    finish(run_training(data, model_dir, *arguments, graph=True))
 
     model, config, labels, preprocessing = load_model(model_dir)
     assert config["member_image_sizes"] == [224, 240] and preprocessing.image_size == 240
