@@ -22,10 +22,12 @@ import io
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from classifier.preprocessing import BACKBONE_IMAGE_SIZES, Preprocessing
@@ -116,7 +118,8 @@ class BreedClassifier(nn.Module):
     their pooled features are concatenated and one linear head reads them all, so training, the artifact
     and the exported graph stay those of a single model; the dog probability is the members' mean. Each
     member sees the same input at the largest member's resolution (on the dogs data lite0 and lite1 were
-    as good at 260 px as at their own 224 and 240).
+    as good at 260 px as at their own 224 and 240). With `member_sizes` each member instead sees the input
+    resized inside the network to its own size: still one input, and a smaller member costs less.
 
     With `test_time_flip`, forward also runs the mirrored images and answers their combined breed logits
     (the mean of both views' log-probabilities) and mean dog probability: twice the compute for the
@@ -135,6 +138,7 @@ class BreedClassifier(nn.Module):
         test_time_flip: bool = False,
         calibration: dict | None = None,
         dog_head: bool = False,
+        member_sizes: Sequence[int] | None = None,
     ):
         super().__init__()
         self.calibration = dict(calibration or {})
@@ -143,14 +147,21 @@ class BreedClassifier(nn.Module):
             load_backbone(name, pretrained=pretrained) for name in backbone_names(backbone)
         )
         self.feature_dim = FEATURE_DIM * len(self.backbones)
+        self.member_sizes = tuple(int(size) for size in member_sizes) if member_sizes else None
+        if self.member_sizes is not None and len(self.member_sizes) != len(self.backbones):
+            raise ValueError(f"{len(self.member_sizes)} member sizes for {len(self.backbones)} backbones")
         self.breed_head = nn.Linear(self.feature_dim, num_classes)
         self.dog_head = nn.Linear(self.feature_dim, 1) if dog_head else None
         self.test_time_flip = test_time_flip
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled features of normalised NCHW images: 1280 per backbone, concatenated."""
+        sizes = self.member_sizes or (None,) * len(self.backbones)
         return torch.cat(
-            [member._avg_pooling(member.extract_features(images)).flatten(1) for member in self.backbones],
+            [
+                member._avg_pooling(member.extract_features(resize_inside(images, size))).flatten(1)
+                for member, size in zip(self.backbones, sizes, strict=True)
+            ],
             dim=1,
         )
 
@@ -229,6 +240,13 @@ class Thresholds:
         return (top_probability >= self.confidence) & (dog_probability >= self.confident_dog)
 
 
+def resize_inside(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Normalised NCHW images at `size` px (bilinear), for a member whose own size is below the input's."""
+    if size is None or images.shape[-1] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+
+
 def dog_head_probability(
     head_logit: torch.Tensor, imagenet_dog_probability: torch.Tensor, calibration: dict
 ) -> torch.Tensor:
@@ -304,6 +322,8 @@ def save_model(
             preprocessing or Preprocessing.for_backbones(backbone_names(model.backbone_name))
         ).to_dict(),
     }
+    if model.member_sizes is not None:
+        config["member_image_sizes"] = list(model.member_sizes)
     if model.calibration:
         config["calibration"] = model.calibration
     (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
@@ -328,6 +348,7 @@ def load_model(model_dir: str | Path) -> tuple[BreedClassifier, dict, list[str],
         test_time_flip=config.get("test_time_flip", False),
         calibration=config.get("calibration"),
         dog_head=config.get("dog_head", False),
+        member_sizes=config.get("member_image_sizes"),
     )
     trained = torch.load(Path(model_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     expected = model.state_dict()

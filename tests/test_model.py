@@ -20,6 +20,7 @@ from classifier.model import (
     label_from_folder,
     load_model,
     read_config,
+    resize_inside,
     save_model,
 )
 from classifier.preprocessing import Preprocessing, open_image
@@ -155,3 +156,24 @@ def test_default_model_knows_the_sample_labrador(samples):
     assert probabilities.max().item() > 0.5
     assert dog_probability.item() > 0.5
     assert len(labels) == config["num_classes"] == 120
+
+
+def test_members_at_their_own_sizes_see_the_one_input_resized_inside(ensemble, labrador, tmp_path):
+    native = BreedClassifier(
+        "efficientnet-lite0,efficientnet-lite1", num_classes=3, member_sizes=[224, 240]
+    ).eval()
+    image = resize_inside(labrador, 240)
+    with torch.inference_mode():
+        features = native.features(image)
+        smaller = torch.nn.functional.interpolate(image, size=(224, 224), mode="bilinear")
+        lite0_alone = ensemble.backbones[0]._avg_pooling(ensemble.backbones[0].extract_features(smaller))
+        shared = ensemble.features(image)
+    torch.testing.assert_close(features[:, :1280], lite0_alone.flatten(1))
+    torch.testing.assert_close(features[:, 1280:], shared[:, 1280:])  # lite1's own size is the input's
+    assert not torch.allclose(features[:, :1280], shared[:, :1280])
+
+    save_model(native, tmp_path, ["a", "b", "c"])
+    loaded, config, _, _ = load_model(tmp_path)
+    assert config["member_image_sizes"] == [224, 240] and loaded.member_sizes == (224, 240)
+    with pytest.raises(ValueError, match="1 member sizes for 2 backbones"):
+        BreedClassifier("efficientnet-lite0,efficientnet-lite1", num_classes=3, member_sizes=[224])

@@ -17,9 +17,10 @@ import pytest
 import torch
 from conftest import PROJECT, free_port
 
-from classifier.graph import graph_is_current
+from classifier.graph import INPUT_NAME, graph_is_current
 from classifier.model import CONFIG_FILE, LABELS_FILE, METRICS_FILE, ONNX_FILE, WEIGHTS_FILE, load_model
 from classifier.preprocessing import Preprocessing
+from classifier.runtime import cpu_session
 from training.data import PreprocessedImages, load_image, read_image_folder
 from training.jobs.source_bundle import TRAIN_ENTRY, source_archive
 from training.options import parse_args
@@ -256,3 +257,21 @@ def test_boolean_hyperparameters_take_a_value_as_sagemaker_passes_them(capsys):
     with pytest.raises(SystemExit):
         parse_args([*common, "--test-time-flip", "maybe"])
     assert "expected true or false, got 'maybe'" in capsys.readouterr().err
+
+
+def test_an_ensemble_at_its_members_own_sizes_trains_into_one_input_graph(data, samples, tmp_path):
+    model_dir = tmp_path / "model"
+    backbones = "efficientnet-lite0,efficientnet-lite1"
+    arguments = ("--no-cache", "--backbone", backbones, "--native-sizes", "true", "--epochs", "1")
+    finish(run_training(data, model_dir, *arguments, graph=True))
+
+    model, config, labels, preprocessing = load_model(model_dir)
+    assert config["member_image_sizes"] == [224, 240] and preprocessing.image_size == 240
+    image = torch.from_numpy(preprocessing(load_image(samples / "Labrador_retriever_06455.jpg")))[None]
+    with torch.inference_mode():
+        logits, _ = model(image)
+    assert labels[logits.argmax().item()] == "Labrador_retriever"
+    # The graph the endpoint runs takes the one 240 px input and answers as the model does.
+    session = cpu_session(model_dir / ONNX_FILE, threads=1)
+    graph_logits = session.run(None, {INPUT_NAME: image.numpy()})[0]
+    np.testing.assert_allclose(graph_logits, logits.numpy(), rtol=1e-3, atol=1e-3)

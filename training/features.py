@@ -65,7 +65,8 @@ class FeatureExtractor:
                 self.session = cpu_session(self._export(onnx_dir), threads)
 
     def _export(self, onnx_dir: Path) -> Path:
-        path = onnx_dir / f"{self.model.backbone_name}-{self.image_size}px-features.onnx"
+        sizes = "" if self.model.member_sizes is None else "-" + "-".join(map(str, self.model.member_sizes))
+        path = onnx_dir / f"{self.model.backbone_name}{sizes}-{self.image_size}px-features.onnx"
         if not path.exists():
             export_onnx(_PooledFeatures(self.model), path, self.image_size, output_names=(FEATURES_OUTPUT,))
         return path
@@ -86,9 +87,20 @@ class _PooledFeatures(torch.nn.Module):
         return self.model.features(images)
 
 
-def cache_key(split: ImageFolder, backbone: str, preprocessing: Preprocessing, flipped: bool) -> str:
-    """Changes whenever the images, the class folders, the backbone or the preprocessing change."""
-    digest = hashlib.sha256(json.dumps([backbone, preprocessing.to_dict(), split.folders, flipped]).encode())
+def cache_key(
+    split: ImageFolder,
+    backbone: str,
+    preprocessing: Preprocessing,
+    flipped: bool,
+    member_sizes: tuple[int, ...] | None = None,
+) -> str:
+    """Changes whenever the images, the class folders, the backbone, its members' sizes or the preprocessing
+    change."""
+    described = [backbone, preprocessing.to_dict(), split.folders, flipped]
+    # Only when set, so that the keys of features cached before member sizes existed stay the same.
+    if member_sizes is not None:
+        described.append(list(member_sizes))
+    digest = hashlib.sha256(json.dumps(described).encode())
     for path, target in zip(split.paths, split.targets, strict=True):
         digest.update(f"{path.relative_to(split.root)}\0{path.stat().st_size}\0{target}\n".encode())
     return digest.hexdigest()[:20]
@@ -113,7 +125,7 @@ def split_features(
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     cache_file = None
     if cache_dir is not None:
-        key = cache_key(split, model.backbone_name, preprocessing, flipped)
+        key = cache_key(split, model.backbone_name, preprocessing, flipped, model.member_sizes)
         cache_file = cache_dir / f"{model.backbone_name}-{key}.pt"
     cached = cache_file is not None and cache_file.exists()
     if distributed:

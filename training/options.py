@@ -56,6 +56,13 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         "cost; +0.2 point top-1 for the default ensemble, +0.9 for lite0 alone)",
     )
     parser.add_argument(
+        "--native-sizes",
+        type=parse_bool,
+        default=False,
+        help="true/false: each backbone of an ensemble sees the input resized inside the model to its own "
+        "size (lite0 224, lite1 240) instead of all at the largest member's (see bench.levers)",
+    )
+    parser.add_argument(
         "--crop-fraction",
         type=float,
         default=1.0,

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from classifier.model import BreedClassifier, backbone_names
-from classifier.preprocessing import Preprocessing
+from classifier.preprocessing import BACKBONE_IMAGE_SIZES, Preprocessing
 from training.data import read_image_folder
 from training.features import SplitFeatures, split_features
 
@@ -80,8 +80,14 @@ def setup(args: argparse.Namespace) -> Run:
     train_split = read_image_folder(args.train)
     valid_split = read_image_folder(args.valid, train_split.folders)
     labels = train_split.labels
-    model = BreedClassifier(args.backbone, len(labels), test_time_flip=args.test_time_flip)
-    preprocessing = Preprocessing.for_backbones(backbone_names(args.backbone), args.crop_fraction)
+    names = backbone_names(args.backbone)
+    model = BreedClassifier(
+        args.backbone,
+        len(labels),
+        test_time_flip=args.test_time_flip,
+        member_sizes=[BACKBONE_IMAGE_SIZES[name] for name in names] if args.native_sizes else None,
+    )
+    preprocessing = Preprocessing.for_backbones(names, args.crop_fraction)
     log.info(
         "rank %d/%d, %d threads, %s: %d classes, %d train / %d valid images",
         rank, world_size, threads, args.backbone, len(labels), len(train_split), len(valid_split),
