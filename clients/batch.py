@@ -12,10 +12,11 @@ request. Results are rows of CSV or JSON lines:
 
 (`key` is the path under the folder or the URL; `confident` whether the model stands by its top breed;
 `error` is a code such as `unreadable_image`, the same whether the images went to the endpoint or the API).
-HEIC and AVIF photos go through the API, which converts them; the endpoint answers them
-`unsupported_media_type`. A re-run with the same output skips what it already classified and tries the
-failures again, their new rows replacing the old ones once the run is over. At the end it prints
-a summary (images, per-breed counts, not-a-dog count, failures by reason) and exits 1 if any image failed.
+HEIC and AVIF photos, which the endpoint does not decode, are converted to JPEG by the API, or by this
+command itself when it sends to the endpoint (with the API's own checks and bounds). A re-run with the same
+output skips what it already classified and tries the failures again, their new rows replacing the old ones
+once the run is over. At the end it prints a summary (images, per-breed counts, not-a-dog count, failures
+by reason) and exits 1 if any image failed.
 
 With `--transform-output DIR` it plays SageMaker Batch Transform on the folder: each file `key` is sent as
 a transform job sends an S3 object (its bytes, the job's ContentType and Accept) and the answer is written
@@ -40,7 +41,9 @@ from typing import TextIO
 
 import urllib3
 
-from chalicelib.settings import MAX_BATCH_ITEMS, MAX_UPLOAD_BYTES
+from chalicelib.errors import ApiError
+from chalicelib.image import prepare_image
+from chalicelib.settings import JPEG_QUALITY, MAX_BATCH_ITEMS, MAX_PIXELS, MAX_UPLOAD_BYTES
 from clients.batch_results import (
     FORMATS,
     OUT_SUFFIX,
@@ -58,6 +61,10 @@ from clients.batch_results import (
 from serving.contract import JSON, MAX_BODY_BYTES, MAX_INSTANCES, MODEL_BATCH, RECORD_JSON, X_IMAGE
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
+# HEIF and AVIF files begin with this box after its length. Converted for the endpoint, the shorter side is
+# at most this: more than any model's input, which the endpoint's own preprocessing shrinks to.
+ISO_MEDIA_BOX = b"ftyp"
+CONVERTED_SHORTER_SIDE = 1024
 # Images per request to the endpoint: its model thread's batch (serving.contract.MODEL_BATCH), so each
 # request is one model call, and the HTTP and JSON work per image is a quarter of one image per request.
 DEFAULT_ENDPOINT_BATCH = MODEL_BATCH
@@ -109,6 +116,25 @@ def url_items(listing: Path) -> list[Item]:
 
 
 # --- where to send them ---
+
+
+def for_the_endpoint(data: bytes) -> bytes:
+    """`data` as the endpoint takes it: a HEIC/HEIF or AVIF file (an ISO media file), which the endpoint does
+    not decode, converted to JPEG the way the API converts it, with its checks (pixels, aspect, coded size)
+    and upright; anything else as it is. Raises Failure with the API's error code."""
+    if data[4:8] != ISO_MEDIA_BOX:
+        return data
+    try:
+        prepared = prepare_image(
+            data,
+            resize_size=CONVERTED_SHORTER_SIDE,
+            max_pixels=MAX_PIXELS,
+            quality=JPEG_QUALITY,
+            max_bytes=MAX_BODY_BYTES,
+        )
+    except ApiError as error:
+        raise Failure(error.code, error.message) from error
+    return prepared.jpeg
 
 
 class Failure(Exception):
@@ -231,12 +257,13 @@ class Client:
                 size = item.path.stat().st_size
                 if size > MAX_BODY_BYTES:
                     raise Failure("too_large", f"{size} bytes; at most {MAX_BODY_BYTES}")
-                return Loaded(item, item.path.read_bytes())
+                data = item.path.read_bytes()
             except OSError as error:
                 raise Failure("unreadable_file", str(error)) from error
+            return Loaded(item, data if self.api else for_the_endpoint(data))
         if self.api:
             return Loaded(item, None)
-        return Loaded(item, self._fetch(item.url))
+        return Loaded(item, for_the_endpoint(self._fetch(item.url)))
 
     def _fetch(self, url: str) -> bytes:
         try:

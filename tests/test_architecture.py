@@ -23,8 +23,9 @@ ALLOWED = {
     # The SageMaker launchers deploy the endpoint and read Batch Transform's answers: they speak the
     # endpoint's wire contract and the batch command's results format, but never import the endpoint itself.
     "training.jobs": {"classifier", "training", "serving.contract", "clients.batch_results"},
-    # The batch command speaks the wire contracts of the endpoint and the API, nothing else of theirs.
-    "clients": {"serving.contract", "chalicelib.settings"},
+    # The batch command speaks the wire contracts of the endpoint and the API; for the endpoint it converts
+    # what only the API decodes (HEIC, AVIF) with the API's own preparation and its errors.
+    "clients": {"serving.contract", "chalicelib.settings", "chalicelib.image", "chalicelib.errors"},
 }
 
 

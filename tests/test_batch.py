@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import LABRADOR, PROJECT, SPANIEL, ChaliceLocal, SampleFiles, file_server
 from local_servers import serving_in_thread
-from pictures import as_a_phone_stores_it
+from pictures import as_a_phone_stores_it, claiming_size, in_format
 from PIL import Image
 
 from clients import batch, batch_results
@@ -244,12 +244,32 @@ def test_phone_photos_in_heic_and_avif_through_the_api_and_what_the_endpoint_say
         "IMG_0002.avif": "Labrador_retriever",
     }
     assert code == 0, err
-    # The endpoint decodes neither (their headers do not bound the decoding): each row says where they go.
+    # The endpoint decodes neither (their headers do not bound the decoding): the command converts them for
+    # it, upright, as the API does.
     code, err = run_batch(capsys, str(root), "-o", str(tmp_path / "endpoint.csv"), "--endpoint", endpoint.url)
     rows = csv_rows(tmp_path / "endpoint.csv")
-    assert {row["error"] for row in rows.values()} == {"unsupported_media_type"}
-    assert all("through the API" in row["message"] for row in rows.values())
-    assert code == batch.EXIT_FAILED and "2 images: 0 classified, 2 failed" in err
+    assert {key: row["label"] for key, row in rows.items()} == {
+        "IMG_0001.HEIC": "Labrador_retriever",
+        "IMG_0002.avif": "Labrador_retriever",
+    }
+    assert code == 0, err
+
+
+def test_heic_the_api_would_refuse_is_refused_before_it_reaches_the_endpoint(endpoint, tmp_path, capsys):
+    root = tmp_path / "refused"
+    root.mkdir()
+    small = in_format(Image.new("RGB", (64, 64), (90, 60, 30)), "HEIF")
+    (root / "claims-too-many-pixels.heic").write_bytes(claiming_size(small, 20_000, 20_000))
+    # A thumbnail's header in front of a larger coded picture, which libheif would decode whole.
+    hiding = in_format(Image.new("RGB", (640, 448), (90, 60, 30)), "HEIF")
+    (root / "hides-a-larger-picture.heic").write_bytes(claiming_size(hiding, 64, 64))
+    code, err = run_batch(capsys, str(root), "-o", str(tmp_path / "endpoint.csv"), "--endpoint", endpoint.url)
+    assert code == batch.EXIT_FAILED
+    rows = csv_rows(tmp_path / "endpoint.csv")
+    assert {key: row["error"] for key, row in rows.items()} == {
+        "claims-too-many-pixels.heic": "too_many_pixels",
+        "hides-a-larger-picture.heic": "too_many_pixels",
+    }
 
 
 def test_bad_files_fail_with_the_same_codes_through_the_endpoint_and_the_api(
