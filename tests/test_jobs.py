@@ -519,7 +519,7 @@ def test_transform_runs_a_batch_transform_job_and_summarises_its_output(
     assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
     archive = tar_members(s3_object(aws, model["PrimaryContainer"]["ModelDataUrl"]))
     assert {"config.json", "weights.pt", "code/inference.py", "code/serving/inference.py"} <= set(archive)
-    assert not any(name.startswith(("code/serving/batch", "code/training/jobs")) for name in archive)
+    assert not any(name.startswith(("code/clients/", "code/training/")) for name in archive)
 
     # One results file from the .out objects, the inputs without one named.
     assert finished.code == 1, finished.err
