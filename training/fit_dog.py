@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from classifier.logs import configure_cli_logging
 from classifier.model import (
     CONFIG_FILE,
     DOG_HEAD_PREFIX,
@@ -343,7 +344,7 @@ def save(
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_cli_logging()
     try:
         run(parse_args(argv))
     except (ValueError, FileNotFoundError) as error:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import logging
 import math
 import os
 import sys
@@ -28,6 +27,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from classifier.logs import configure_cli_logging
 from training import evaluate
 from training.jobs.source_bundle import repack_model
 
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_cli_logging()
     try:
         run(parse_args(argv))
     except (ValueError, FileNotFoundError, tarfile.ReadError) as error:
