@@ -230,6 +230,44 @@ class SampleFiles(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def async_stage(project_dir: Path) -> Iterator[SimpleNamespace]:
+    """A real `chalice local` as an asynchronous stage whose S3 and SageMaker runtime are a real moto_server,
+    with moto_server.AsyncOutputs answering SageMaker's result locations: yields (api, outputs, s3), where
+    photos are queued under s3://queued-photos/in/."""
+    from moto_server import AsyncOutputs
+
+    moto = MotoServer().wait_ready()
+    outputs = AsyncOutputs(moto.url, "s3://queued-photos/out", "s3://queued-photos/out-failures")
+    api = None
+    try:
+        # A session of its own: boto3's default one would carry these settings into later tests.
+        s3 = boto3.session.Session(
+            region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+        ).client("s3", endpoint_url=moto.url)
+        s3.create_bucket(Bucket="queued-photos")
+        api = ChaliceLocal(
+            project_dir,
+            outputs.url,
+            ENDPOINT_NAME="dogbreeds-async",
+            ENDPOINT_KIND="async",
+            ASYNC_INPUT_S3="s3://queued-photos/in/",
+            ASYNC_OUTPUT_S3=outputs.output,
+            ASYNC_FAILURE_S3=outputs.failure,
+            AWS_ENDPOINT_URL=moto.url,
+            UNSIGNED_ENDPOINT_REQUESTS="false",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+        ).wait_ready()
+        yield SimpleNamespace(api=api, outputs=outputs, s3=s3)
+    finally:
+        if api is not None:
+            api.stop()
+        outputs.stop()
+        moto.stop()
+
+
 def file_server(directory: Path, handler: type[SampleFiles] = SampleFiles) -> AbstractContextManager[str]:
     """`directory` served by `handler` on a loopback port, for requests by URL; yields its base URL."""
     bound = partial(handler, directory=str(directory))

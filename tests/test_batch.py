@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import LABRADOR, PROJECT, SPANIEL, ChaliceLocal, SampleFiles, file_server
+from conftest import LABRADOR, PROJECT, SPANIEL, SampleFiles, async_stage, file_server
 from local_servers import serving_in_thread
 from pictures import as_a_phone_stores_it, claiming_size, in_format
 from PIL import Image
@@ -344,42 +344,12 @@ def test_a_results_file_without_the_confident_column_is_resumed_and_rewritten(
 def test_an_asynchronous_stage_queues_each_image_and_the_rows_say_where(photos, tmp_path, capsys):
     """A real `chalice local` as an async stage whose S3 and SageMaker runtime are a real moto_server: the
     batch route is refused, so each image goes alone and is queued; its row says where the answer will be."""
-    import boto3.session
-    from moto_server import AsyncOutputs, MotoServer
-
-    moto = MotoServer().wait_ready()
-    outputs = AsyncOutputs(moto.url, "s3://queued-photos/out", "s3://queued-photos/out-failures")
-    api = None
-    try:
-        # A session of its own: boto3's default one would carry this test's settings into later tests.
-        s3 = boto3.session.Session(
-            region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
-        ).client("s3", endpoint_url=moto.url)
-        s3.create_bucket(Bucket="queued-photos")
-        api = ChaliceLocal(
-            tmp_path / "project",
-            outputs.url,
-            ENDPOINT_NAME="dogbreeds-async",
-            ENDPOINT_KIND="async",
-            ASYNC_INPUT_S3="s3://queued-photos/in/",
-            ASYNC_OUTPUT_S3=outputs.output,
-            ASYNC_FAILURE_S3=outputs.failure,
-            AWS_ENDPOINT_URL=moto.url,
-            UNSIGNED_ENDPOINT_REQUESTS="false",
-            AWS_DEFAULT_REGION="us-east-1",
-            AWS_ACCESS_KEY_ID="testing",
-            AWS_SECRET_ACCESS_KEY="testing",
-        ).wait_ready()
+    with async_stage(tmp_path / "project") as stage:
         results = tmp_path / "results.csv"
-        proxy = RecordingProxy.to(api.url)
+        proxy = RecordingProxy.to(stage.api.url)
         with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), proxy)) as url:
             code, err = run_batch(capsys, str(photos), "-o", str(results), "--api", url)
-        queued_photos = s3.list_objects_v2(Bucket="queued-photos", Prefix="in/").get("KeyCount", 0)
-    finally:
-        if api is not None:
-            api.stop()
-        outputs.stop()
-        moto.stop()
+        queued_photos = stage.s3.list_objects_v2(Bucket="queued-photos", Prefix="in/").get("KeyCount", 0)
     assert [path for path, _ in proxy.requests] == ["/predict/batch"] + ["/predict/image"] * 3
     rows = csv_rows(results)
     queued = rows[f"labs/{LABRADOR}"]

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import DEFAULT_MODEL, PROJECT, ChaliceLocal, browser_paths
+from conftest import DEFAULT_MODEL, PROJECT, ChaliceLocal, async_stage, browser_paths
 from gateway import Gateway, serving_gateway
 from local_servers import free_port
 from pictures import as_a_phone_stores_it
@@ -343,46 +343,21 @@ def test_an_async_stage_queues_the_photo_and_the_page_shows_its_answer(browser, 
     """`chalice local` as an async stage whose S3 and SageMaker runtime are a real moto_server (with
     moto_server.AsyncOutputs answering SageMaker's output locations): the page gets a 202 and polls the result
     route; the test plays the endpoint (the real local one) once the photo is queued; the page shows it."""
-    import boto3.session
-    from moto_server import AsyncOutputs, MotoServer
+    from moto_server import AsyncOutputs
     from selenium.webdriver.support.ui import WebDriverWait
 
-    moto = MotoServer().wait_ready()
-    outputs = AsyncOutputs(moto.url, "s3://queued-photos/out", "s3://queued-photos/out-failures")
-    api = None
-    try:
-        s3 = boto3.session.Session(
-            region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
-        ).client("s3", endpoint_url=moto.url)
-        s3.create_bucket(Bucket="queued-photos")
-        api = ChaliceLocal(
-            tmp_path / "project",
-            outputs.url,
-            ENDPOINT_NAME="dogbreeds-async",
-            ENDPOINT_KIND="async",
-            ASYNC_INPUT_S3="s3://queued-photos/in",
-            ASYNC_OUTPUT_S3=outputs.output,
-            ASYNC_FAILURE_S3=outputs.failure,
-            AWS_ENDPOINT_URL=moto.url,
-            UNSIGNED_ENDPOINT_REQUESTS="false",
-            AWS_ACCESS_KEY_ID="testing",
-            AWS_SECRET_ACCESS_KEY="testing",
-        ).wait_ready()
-        browser.get(api.url + "/")
+    with async_stage(tmp_path / "project") as stage:
+        outputs = stage.outputs
+        browser.get(stage.api.url + "/")
         browser.get_log("browser")
         choose_file(browser, samples / "Labrador_retriever_06455.jpg")
         WebDriverWait(browser, ANSWER_TIMEOUT_S).until(lambda _: outputs.queued())
         WebDriverWait(browser, ANSWER_TIMEOUT_S).until(lambda d: "Queued" in text(d, "status"))
         assert state(browser) == "working"
         (queued,) = outputs.queued()
-        AsyncOutputs.answer(queued, endpoint.url, s3)
+        AsyncOutputs.answer(queued, endpoint.url, stage.s3)
         assert wait_for_outcome(browser) == "answered", text(browser, "error")
         screenshot(browser, tmp_path / "async.png")
-    finally:
-        if api is not None:
-            api.stop()
-        outputs.stop()
-        moto.stop()
     assert bars(browser)[0][0] == "Labrador_retriever" and len(bars(browser)) == 5
     assert "answered from the queue" in text(browser, "facts")
     assert console_errors(browser) == []
