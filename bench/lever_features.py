@@ -1,7 +1,8 @@
 """Pooled features for the cost levers of the default model (issue 21), every variant from one decode.
 
 Each photo is decoded once at the default's input (260 px, whole image) and every backbone sees it both at
-260 px and at its own native size, resized inside the graph as the model would do it from one input. The
+260 px and at its own native size, resized inside the graph as the model would do it from one input; and so
+does its mirror image (test-time flip on valid; a second view of each photo to train heads on, on train). The
 train split goes in a seeded order stratified by breed and is saved as it goes, so that a run cut short still
 leaves a random, breed-balanced subset on which every lever is compared on the same images (paired).
 
@@ -129,7 +130,7 @@ def main() -> None:
     targets = torch.tensor(train.targets)
     rank = fold_of_each(targets, len(targets), seed=1)  # position within its breed's shuffled order
     order = sorted(range(len(targets)), key=lambda p: (int(rank[p]), int(targets[p])))
-    extract(train, order, session, names, args.out / "train.pt", False, 1024)
+    extract(train, order, session, names, args.out / "train.pt", True, 1024)
 
 
 if __name__ == "__main__":
