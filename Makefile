@@ -60,33 +60,36 @@ test-all: lint browser
 	$(BIN)/pytest
 
 # Every bench writes its figures and what they hold for (commit, model digests, CPU, load) to
-# bench/results/NAME.json (bench/results.py); `make bench-docs` renders docs/benchmarks.md from them.
+# bench/results/NAME.json (bench/results.py), or under RESULTS_DIR; `make bench-docs` renders
+# docs/benchmarks.md from them.
+RESULTS_DIR ?= bench/results
+RESULTS = --results-dir $(RESULTS_DIR)
 bench: setup
-	for model in $(BENCH_MODELS); do $(BIN)/python -m bench.endpoint_speed --model-dir $$model || exit 1; done
+	for model in $(BENCH_MODELS); do $(BIN)/python -m bench.endpoint_speed --model-dir $$model $(RESULTS) || exit 1; done
 
 # Process start to the first /ping 200 of a fresh local endpoint, with and without the graph.
 bench-startup: setup
-	$(BIN)/python -m bench.startup $(BENCH_MODELS)
+	$(BIN)/python -m bench.startup $(RESULTS) $(BENCH_MODELS)
 
 # The 2,061 valid images through `python -m clients.batch` and the local endpoint, for each committed model.
 bench-batch: setup
-	$(BIN)/python -m bench.batch_speed --model-dir $(BENCH_MODELS)
+	$(BIN)/python -m bench.batch_speed $(RESULTS) --model-dir $(BENCH_MODELS)
 
 bench-train: setup
-	$(BIN)/python -m bench.train
+	$(BIN)/python -m bench.train $(RESULTS)
 
 # 64 clients for 30 s on each model's endpoint, with and without shedding.
 bench-overload: setup
-	for model in $(BENCH_MODELS); do $(BIN)/python -m bench.overload --model-dir $$model || exit 1; done
+	for model in $(BENCH_MODELS); do $(BIN)/python -m bench.overload --model-dir $$model $(RESULTS) || exit 1; done
 
 # Peak memory of preparing the worst pictures: in the Lambda (every format) and on the endpoint (every shape).
 bench-memory: setup
-	$(BIN)/python -m bench.decode_memory
-	$(BIN)/python -m bench.image_memory --model-dir models/default
+	$(BIN)/python -m bench.decode_memory $(RESULTS)
+	$(BIN)/python -m bench.image_memory --model-dir models/default $(RESULTS)
 
 # What observability adds to the API's cold start.
 bench-cold-import: setup
-	$(BIN)/python -m bench.cold_import
+	$(BIN)/python -m bench.cold_import $(RESULTS)
 
 # On a machine with a CUDA build of torch (see bench/gpu_check.py): the handlers on the GPU against the CPU.
 bench-gpu: setup
@@ -95,9 +98,12 @@ bench-gpu: setup
 bench-docs:
 	$(BIN)/python -m bench.render
 
-# Every CPU bench at its full settings, one after another, then the docs' tables: on an idle machine.
+# Every CPU bench at its full settings, one after another, twice (the second run into bench/results/repeat,
+# which the docs show beside the first where they differ), then the docs' tables: on an idle machine.
+BENCH_ALL = bench bench-startup bench-batch bench-train bench-overload bench-memory bench-cold-import
 bench-all:
-	$(MAKE) bench bench-startup bench-batch bench-train bench-overload bench-memory bench-cold-import
+	$(MAKE) $(BENCH_ALL) RESULTS_DIR=bench/results
+	$(MAKE) $(BENCH_ALL) RESULTS_DIR=bench/results/repeat
 	$(MAKE) bench-docs
 
 # The committed models on the valid split, into runs/evaluation/<model>/; EVALUATE_FLAGS=--write-model-dir

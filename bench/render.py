@@ -4,7 +4,9 @@
 
 Each result's tables go between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` in the doc (NAME: the result
 file's name without .json), with a line saying which run they come from: the command, commit, models, CPU,
-date and load. Text outside the markers is left as it is; a result with no markers yet is added at the end.
+date and load. Where the same bench was run again into `bench/results/repeat/` (`make bench-all` runs every
+bench twice), a cell whose two runs differ shows both, first run / second run, and both runs are named.
+Text outside the markers is left as it is; a result with no markers yet is added at the end.
 `--check` changes nothing and exits 1 when the doc is not what the results render to.
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 from bench import results
 
 DOC = results.PROJECT / "docs" / "benchmarks.md"
+REPEAT_DIR = "repeat"  # under the results folder: the second run of each bench
 BLOCK = re.compile(r"<!-- bench:(?P<name>[\w.-]+) -->\n.*?<!-- /bench:(?P=name) -->", re.DOTALL)
 
 
@@ -35,7 +38,7 @@ def markdown_table(table: dict) -> list[str]:
     return lines
 
 
-def source_line(name: str, result: dict) -> str:
+def source_line(name: str, result: dict, results_dir: str = "bench/results") -> str:
     """Which run the figures come from."""
     run = result["provenance"]
     commit = (run["commit"] or "unknown")[:10]
@@ -47,7 +50,7 @@ def source_line(name: str, result: dict) -> str:
     runtime = " on ".join(part for part in (run.get("runtime"), run.get("device")) if part)
     load = f"{run['load_before'][0]:.2f} before, {run['load_after'][0]:.2f} after"
     return (
-        f"From `bench/results/{name}.json`: `{run['command']}` at commit {commit}"
+        f"From `{results_dir}/{name}.json`: `{run['command']}` at commit {commit}"
         + (f"; {models}" if models else "")
         + (f"; {runtime}" if runtime else "")
         + f"; {machine['model']}, {machine['cores_usable']} of {machine['cores']} cores ({features});"
@@ -55,24 +58,54 @@ def source_line(name: str, result: dict) -> str:
     )
 
 
-def block(name: str, result: dict) -> str:
+def same_shape(first: dict, second: dict) -> bool:
+    return first["columns"] == second["columns"] and [row[0] for row in first["rows"]] == [
+        row[0] for row in second["rows"]
+    ]
+
+
+def both_runs(first: dict, second: dict) -> dict:
+    """`first` with each cell that `second` gives otherwise as "first / second"."""
+    rows = [
+        [a if a == b else f"{a} / {b}" for a, b in zip(row, again, strict=True)]
+        for row, again in zip(first["rows"], second["rows"], strict=True)
+    ]
+    return {**first, "title": f"{first['title']} (where two runs differ: first / second)", "rows": rows}
+
+
+def block(name: str, result: dict, repeat: dict | None = None) -> str:
     lines = [f"<!-- bench:{name} -->"]
-    for table in result["tables"]:
+    tables = result["tables"]
+    if repeat is not None and len(repeat["tables"]) == len(tables):
+        tables = [
+            both_runs(table, again) if same_shape(table, again) else table
+            for table, again in zip(tables, repeat["tables"], strict=True)
+        ]
+    for table in tables:
         lines += [*markdown_table(table), ""]
-    lines += [source_line(name, result), f"<!-- /bench:{name} -->"]
+    lines.append(source_line(name, result))
+    if repeat is not None:
+        lines += ["", "Second run: " + source_line(name, repeat, f"bench/results/{REPEAT_DIR}")]
+    lines.append(f"<!-- /bench:{name} -->")
     return "\n".join(lines)
 
 
-def render(doc: str, found: dict[str, dict]) -> str:
-    """`doc` with every marked block rendered from `found` (name -> result), and the results it lacks added.
-    Raises KeyError for a block whose result is missing."""
+def render(doc: str, found: dict[str, dict], repeats: dict[str, dict] | None = None) -> str:
+    """`doc` with every marked block rendered from `found` (name -> result) and, where there is one, its
+    second run in `repeats`; the results it lacks are added. Raises KeyError for a block whose result is
+    missing."""
+    repeats = repeats or {}
     missing = [match["name"] for match in BLOCK.finditer(doc) if match["name"] not in found]
     if missing:
         raise KeyError(f"no result for the block(s): {', '.join(missing)}")
     placed = {match["name"] for match in BLOCK.finditer(doc)}
-    text = BLOCK.sub(lambda match: block(match["name"], found[match["name"]]), doc)
+
+    def rendered(name: str) -> str:
+        return block(name, found[name], repeats.get(name))
+
+    text = BLOCK.sub(lambda match: rendered(match["name"]), doc)
     for name in sorted(set(found) - placed):
-        text = text.rstrip("\n") + f"\n\n## {name}\n\n{block(name, found[name])}\n"
+        text = text.rstrip("\n") + f"\n\n## {name}\n\n{rendered(name)}\n"
     return text
 
 
@@ -84,7 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     before = args.doc.read_text() if args.doc.exists() else ""
     try:
-        after = render(before, results.all_results(args.results_dir))
+        after = render(
+            before,
+            results.all_results(args.results_dir),
+            results.all_results(args.results_dir / REPEAT_DIR),
+        )
     except KeyError as error:
         sys.exit(f"error: {args.doc}: {error.args[0]}")
     if args.check:
