@@ -8,10 +8,14 @@ default's head recipe on them:
   difference to today's default is paired fold by fold); single-view answers, as the default's own folds;
 - valid: a head trained on all the cached train images answers `valid`, with the row's mirror policy: never,
   always (test-time flip), or only for answers below the out-of-fold confidence threshold;
+- heads on two views: the same recipe trained on each train photo and its mirror image (`Recipe.flip`);
+- cascades: a cheaper first pass whose answers below its confidence threshold are answered again by today's
+  default (its other members, and the mirror image), out of fold and on valid alike;
 - calibration: the out-of-fold temperature and confidence threshold (as training.train fits them), the
   calibrated ECE on valid and the out-of-fold coverage of the confident answers;
 - cost: each backbone variant's graph (one 260 px input, resized inside where the backbone's own size is
-  smaller) timed on this machine in this run, rounds interleaved; a row costs its members' sum per view.
+  smaller) timed on this machine in this run, rounds interleaved; a row costs its members' sum per view,
+  and the second views or passes for the share of valid photos that needed them.
 
     python -m bench.levers --features runs/levers
 """
@@ -22,7 +26,7 @@ import argparse
 import logging
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +41,7 @@ from classifier.preprocessing import BACKBONE_IMAGE_SIZES
 from classifier.runtime import cpu_session
 from training import calibration_stats as cal
 from training.calibration_stats import CONFIDENT_PRECISION
-from training.crossval import Folds, cross_validate
+from training.crossval import Folds, cross_validate, fold_of_each
 from training.features import SplitFeatures
 from training.head import Recipe, fit_head
 
@@ -57,22 +61,31 @@ class Lever:
     name: str
     members: tuple[tuple[str, int], ...]  # (backbone, size)
     mirror: str  # "always", "never" or "unsure" (only answers below the confidence threshold)
+    views: int = 1  # training views of each photo: 1 (the photo) or 2 (and its mirror image)
+    # A cascade: answers below the confidence threshold are answered again by today's default (its members,
+    # the mirror image), whose features of the members both share are computed once.
+    escalate: bool = False
 
 
 def members(backbones: tuple[str, ...], sizes: dict[str, int]) -> tuple[tuple[str, int], ...]:
     return tuple((backbone, sizes[backbone]) for backbone in backbones)
 
 
+PAIR = members(LITE[1:], NATIVE)
 BASELINE = Lever("today's default: lite0+1+2 at 260, mirror", members(LITE, SHARED), "always")
 LEVERS = [
     BASELINE,
     Lever("lite0+1+2 at 260, no mirror", members(LITE, SHARED), "never"),
     Lever("lite0+1+2 at 260, mirror when unsure", members(LITE, SHARED), "unsure"),
+    Lever("lite0+1+2 at 260, mirror, heads on two views", members(LITE, SHARED), "always", views=2),
     Lever("lite0+1+2 native sizes, mirror", members(LITE, NATIVE), "always"),
     Lever("lite0+1+2 native sizes, no mirror", members(LITE, NATIVE), "never"),
     Lever("lite0+1+2 native sizes, mirror when unsure", members(LITE, NATIVE), "unsure"),
-    Lever("lite1+2 native sizes, no mirror", members(LITE[1:], NATIVE), "never"),
-    Lever("lite1+2 native sizes, mirror when unsure", members(LITE[1:], NATIVE), "unsure"),
+    Lever("lite1+2 native sizes, no mirror", PAIR, "never"),
+    Lever("lite1+2 native sizes, mirror when unsure", PAIR, "unsure"),
+    Lever("lite1+2 native sizes, no mirror, heads on two views", PAIR, "never", views=2),
+    Lever("lite1+2 native sizes, mirror when unsure, heads on two views", PAIR, "unsure", views=2),
+    Lever("lite1+2 native sizes, today's default when unsure", PAIR, "never", escalate=True),
     Lever("lite0+2 native sizes, no mirror", members(LITE[::2], NATIVE), "never"),
     Lever("lite0+2 native sizes, mirror when unsure", members(LITE[::2], NATIVE), "unsure"),
     Lever("lite0+1 native sizes, mirror", members(LITE[:2], NATIVE), "always"),
@@ -80,6 +93,8 @@ LEVERS = [
     Lever("lite2 alone, mirror", members(LITE[2:], NATIVE), "always"),
     Lever("lite2 alone, no mirror", members(LITE[2:], NATIVE), "never"),
     Lever("lite2 alone, mirror when unsure", members(LITE[2:], NATIVE), "unsure"),
+    Lever("lite2 alone, no mirror, heads on two views", members(LITE[2:], NATIVE), "never", views=2),
+    Lever("lite2 alone, today's default when unsure", members(LITE[2:], NATIVE), "never", escalate=True),
 ]
 
 
@@ -139,6 +154,9 @@ class Heads:
 
 
 def fit_members(lever: Lever, train: dict, valid: dict, recipe: Recipe) -> Heads:
+    if lever.views == 2 and "flipped" not in train:
+        raise ValueError("heads on two views need the train photos' mirror views: extract them again")
+    recipe = replace(recipe, flip=lever.views == 2)
     backbone = ",".join(backbone for backbone, _ in lever.members)
     model = BreedClassifier(backbone, int(train["targets"].max()) + 1)
     train_features, valid_features = split_features(train, lever), split_features(valid, lever)
@@ -149,29 +167,93 @@ def fit_members(lever: Lever, train: dict, valid: dict, recipe: Recipe) -> Heads
     return Heads(folds, folds.calibration(), single, mirrored, valid_features.targets)
 
 
-def evaluate(lever: Lever, heads: Heads) -> dict:
-    folds, calibration = heads.folds, heads.calibration
-    temperature, threshold = calibration["breed_temperature"], calibration["confidence_threshold"]
-    confidence, correct = cal.top1((folds.logits / temperature).softmax(1), folds.targets)
-    single, mirrored = heads.single, heads.mirrored
-    unsure = (single / temperature).softmax(1).max(1).values < threshold
-    answers = {"never": single, "always": combine_flips(single, mirrored)}
-    answers["unsure"] = torch.where(unsure[:, None], answers["always"], single.log_softmax(1))
-    logits = answers[lever.mirror]
-    valid_confidence, valid_correct = cal.top1((logits / temperature).softmax(1), heads.targets)
-    views = {"never": 1.0, "always": 2.0, "unsure": 1.0 + float(unsure.double().mean())}[lever.mirror]
+@dataclass
+class Answers:
+    """A lever's calibrated answers, out of fold (single view, as the folds are) and on valid, each with
+    whether it is confident, and the share of valid photos that needed more than the first pass."""
+
+    targets: torch.Tensor  # of the out-of-fold answers
+    out_of_fold: torch.Tensor
+    out_of_fold_confident: torch.Tensor
+    valid: torch.Tensor
+    valid_confident: torch.Tensor
+    unsure_share: float = 0.0
+
+
+def answers(heads: Heads, mirror: str) -> Answers:
+    temperature = heads.calibration["breed_temperature"]
+    threshold = heads.calibration["confidence_threshold"]
+    out_of_fold = (heads.folds.logits / temperature).softmax(1)
+    single = (heads.single / temperature).softmax(1)
+    both = (combine_flips(heads.single, heads.mirrored) / temperature).softmax(1)
+    unsure = single.max(1).values < threshold
+    valid = {"never": single, "always": both, "unsure": torch.where(unsure[:, None], both, single)}[mirror]
+    return Answers(
+        heads.folds.targets,
+        out_of_fold,
+        out_of_fold.max(1).values >= threshold,
+        valid,
+        valid.max(1).values >= threshold,
+        float(unsure.double().mean()) if mirror == "unsure" else 0.0,
+    )
+
+
+def escalated(first: Answers, second: Answers) -> Answers:
+    """The first pass's answers where they are confident, the second's where they are not.
+
+    The second pass's own threshold was fitted on every photo; on the hard ones the first pass leaves it, its
+    confident answers are right less often, so its threshold is fitted again on those out of fold."""
+    oof_unsure, valid_unsure = ~first.out_of_fold_confident, ~first.valid_confident
+    confidence, correct = cal.top1(second.out_of_fold[oof_unsure], first.targets[oof_unsure])
+    threshold = cal.confidence_threshold(confidence, correct, CONFIDENT_PRECISION)
+    return Answers(
+        first.targets,
+        torch.where(oof_unsure[:, None], second.out_of_fold, first.out_of_fold),
+        torch.where(oof_unsure, second.out_of_fold.max(1).values >= threshold, first.out_of_fold_confident),
+        torch.where(valid_unsure[:, None], second.valid, first.valid),
+        torch.where(valid_unsure, second.valid.max(1).values >= threshold, first.valid_confident),
+        float(valid_unsure.double().mean()),
+    )
+
+
+def ms_per_image(lever: Lever, share: float, costs: dict[str, float]) -> float:
+    """The members' graphs per photo: the mirror image, or the cascade's second pass, for `share` of them."""
+    own = [variant_name(*member) for member in lever.members]
+    if lever.escalate:
+        baseline = [variant_name(*member) for member in BASELINE.members]
+        again = [name for name in baseline if name not in own] + baseline  # and the mirror image of all
+        return sum(costs[name] for name in own) + share * sum(costs[name] for name in again)
+    views = {"never": 1.0, "always": 2.0, "unsure": 1.0 + share}[lever.mirror]
+    return sum(costs[name] for name in own) * views
+
+
+def evaluate(lever: Lever, fitted: dict, targets: torch.Tensor, valid_targets: torch.Tensor) -> dict:
+    heads = fitted[lever.members, lever.views]
+    given = answers(heads, lever.mirror)
+    if lever.escalate:
+        given = escalated(given, answers(fitted[BASELINE.members, BASELINE.views], BASELINE.mirror))
+    correct = given.out_of_fold.argmax(1) == targets
+    assignment = fold_of_each(targets, FOLDS, Recipe().seed)  # the folds training.crossval used
+    fold_top1 = [float(correct[assignment == fold].double().mean()) for fold in range(FOLDS)]
+    valid_confidence, valid_correct = cal.top1(given.valid, valid_targets)
+    confident = given.out_of_fold_confident
     return {
         "name": lever.name,
         "members": [variant_name(*member) for member in lever.members],
         "mirror": lever.mirror,
-        "views_per_image": views,
-        "fold_top1": folds.fold_top1,
-        "folds_top1_mean": statistics.mean(folds.fold_top1),
-        "folds_top1_std": statistics.stdev(folds.fold_top1),
+        "training_views": lever.views,
+        "escalates_to_default": lever.escalate,
+        "second_pass_share": given.unsure_share,
+        "fold_top1": fold_top1,
+        "folds_top1_mean": statistics.mean(fold_top1),
+        "folds_top1_std": statistics.stdev(fold_top1),
         "valid_top1": float(valid_correct.double().mean()),
         "valid_ece": cal.expected_calibration_error(valid_confidence, valid_correct),
-        "out_of_fold_confident": cal.coverage_and_precision(confidence, correct, threshold),
-        "calibration": calibration,
+        "out_of_fold_confident": {
+            "coverage": float(confident.double().mean()),
+            "precision": float(correct[confident].double().mean()),
+        },
+        "calibration": heads.calibration,
     }
 
 
@@ -213,19 +295,18 @@ def main(argv: list[str] | None = None) -> None:
     log.info("%d train images cached, %d valid", len(train["targets"]), len(valid["targets"]))
     recipe = Recipe()  # the default's head recipe (training.train's defaults)
     fitted: dict[tuple, Heads] = {}
-    for lever in LEVERS:  # the levers that differ only by the mirror share their heads
-        if lever.members not in fitted:
-            fitted[lever.members] = fit_members(lever, train, valid, recipe)
-            log.info("%s: folds %s", lever.members, fitted[lever.members].folds.fold_top1)
-    rows = [evaluate(lever, fitted[lever.members]) for lever in LEVERS]
+    for lever in LEVERS:  # the levers that differ only by how they answer share their heads
+        if (lever.members, lever.views) not in fitted:
+            fitted[lever.members, lever.views] = heads = fit_members(lever, train, valid, recipe)
+            log.info("%s, %d view(s): folds %s", lever.members, lever.views, heads.folds.fold_top1)
+    rows = [evaluate(lever, fitted, train["targets"], valid["targets"]) for lever in LEVERS]
     variants = {member for lever in LEVERS for member in lever.members}
     costs = member_costs(variants, args.features, args.threads, args.rounds, args.baseline_model)
     baseline = rows[0]
+    lever_named = {lever.name: lever for lever in LEVERS}
     for row in rows:
-        row["ms_per_image"] = sum(costs[name] for name in row["members"]) * row["views_per_image"]
-        row["cost_vs_default"] = row["ms_per_image"] / (
-            sum(costs[name] for name in baseline["members"]) * baseline["views_per_image"]
-        )
+        row["ms_per_image"] = ms_per_image(lever_named[row["name"]], row["second_pass_share"], costs)
+        row["cost_vs_default"] = row["ms_per_image"] / ms_per_image(BASELINE, 0.0, costs)
         differences = [a - b for a, b in zip(row["fold_top1"], baseline["fold_top1"], strict=True)]
         row["paired_difference_mean"] = statistics.mean(differences)
         row["paired_difference_std"] = statistics.stdev(differences)
