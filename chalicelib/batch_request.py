@@ -24,7 +24,6 @@ from chalicelib.image import PreparedImage, prepare_image
 from chalicelib.image_request import decode_base64, parse_min_confidence, parse_top_k
 from chalicelib.invoke import invoke_model_batch
 from chalicelib.settings import (
-    BATCH_PREPARE_TIMEOUT_S,
     BATCH_RESIZE_CONCURRENCY,
     DEFAULT_TOP_K,
     JPEG_QUALITY,
@@ -149,7 +148,8 @@ def classify_batch(request: BatchRequest) -> dict[str, Any]:
             "this stage's endpoint is asynchronous: send the photos one at a time to /predict"
         )
     started = time.perf_counter()
-    prepared, results = _prepare_all(request.items, settings, deadline=started + BATCH_PREPARE_TIMEOUT_S)
+    deadline = started + settings.batch_prepare_timeout_s
+    prepared, results = _prepare_all(request.items, settings, deadline=deadline)
     _drop_what_does_not_fit(prepared, results)
     ready = time.perf_counter()
 
@@ -204,7 +204,9 @@ def _prepare_all(
         try:
             prepared[index] = future.result(timeout=max(0.0, deadline - time.perf_counter()))
         except FuturesTimeout:
-            timeout = BatchTimeout(f"fetching and shrinking took longer than {BATCH_PREPARE_TIMEOUT_S:g} s")
+            timeout = BatchTimeout(
+                f"fetching and shrinking took longer than {settings.batch_prepare_timeout_s:g} s"
+            )
             results[index] = lambda_error(timeout)
         except Exception as error:  # noqa: BLE001 - every item's failure is its own answer
             results[index] = lambda_error(error)
