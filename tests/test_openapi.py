@@ -19,8 +19,9 @@ import boto3
 import jsonschema
 import pytest
 import referencing
-from api_calls import client_for
-from conftest import LABRADOR, ChaliceLocal, SampleFiles, file_server
+from api_calls import client_for, post_json
+from chalice.test import Client
+from conftest import LABRADOR, ChaliceLocal, SampleFiles, file_server, write_stage_project
 from local_servers import free_port
 from openapi_spec_validator import validate
 from pictures import encoded
@@ -28,7 +29,7 @@ from PIL import Image
 from referencing.jsonschema import DRAFT202012
 
 import app as api
-from chalicelib import errors, health, openapi
+from chalicelib import batch_request, errors, health, openapi
 from chalicelib.batch_request import BatchTimeout
 from chalicelib.gateway_responses import GATEWAY_RESPONSES
 from chalicelib.settings import (
@@ -328,6 +329,44 @@ def test_a_url_held_past_the_prepare_limit_times_out_alone(document, endpoint, s
     assert BatchTimeout.code in documented_codes(batch_responses[str(BatchTimeout.status)])
     assert_valid(document, {"$ref": "#/components/schemas/BatchItemAnswer"}, json.dumps(fast).encode())
     assert_valid(document, {"$ref": "#/components/schemas/Error"}, json.dumps(held).encode())
+
+
+def test_an_item_fetched_after_the_limit_is_never_decoded(
+    runtime_env, new_container, labrador, samples, tmp_path, monkeypatch
+):
+    """Its timeout is already answered: decoding it afterwards would only take memory and time from the
+    requests after it (in a Lambda, the next one runs while it does)."""
+    decoded = []
+    real_prepare_image = batch_request.prepare_image
+
+    def counted(data, **options):
+        decoded.append(len(data))
+        return real_prepare_image(data, **options)
+
+    monkeypatch.setattr(batch_request, "prepare_image", counted)
+    project = write_stage_project(
+        tmp_path,
+        AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=runtime_env.url,
+        BATCH_PREPARE_TIMEOUT_S=f"{SHORT_PREPARE_S:g}",
+    )
+    client = Client(api.app, stage_name="local", project_dir=str(project))
+    files = GatedFiles.new(1)
+    with file_server(samples, files) as url:
+        before = set(threading.enumerate())
+        body = {"images": [base64.b64encode(labrador).decode()], "urls": [f"{url}/held/{LABRADOR}"]}
+        try:
+            response = post_json(client, body, "/predict/batch")
+        finally:
+            files.released.set()
+        # The held photo now comes: wait for the batch's threads that were left to fetch it.
+        left = set(threading.enumerate()) - before
+        for thread in left:
+            thread.join(HOLD_S)
+    assert not any(thread.is_alive() for thread in left)
+    answer = response.json_body
+    assert answer["images"][0]["predictions"][0]["label"] == "Labrador_retriever"
+    assert answer["urls"][0]["error"]["code"] == BatchTimeout.code
+    assert decoded == [len(labrador)]
 
 
 @pytest.fixture
