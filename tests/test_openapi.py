@@ -336,14 +336,20 @@ def test_an_item_fetched_after_the_limit_is_never_decoded(
 ):
     """Its timeout is already answered: decoding it afterwards would only take memory and time from the
     requests after it (in a Lambda, the next one runs while it does)."""
-    decoded = []
-    real_prepare_image = batch_request.prepare_image
+    fetched, decoded = [], []
+    real_fetch_image, real_prepare_image = batch_request.fetch_image, batch_request.prepare_image
 
-    def counted(data, **options):
+    def counted_fetch(url, **options):
+        data = real_fetch_image(url, **options)
+        fetched.append(len(data))
+        return data
+
+    def counted_prepare(data, **options):
         decoded.append(len(data))
         return real_prepare_image(data, **options)
 
-    monkeypatch.setattr(batch_request, "prepare_image", counted)
+    monkeypatch.setattr(batch_request, "fetch_image", counted_fetch)
+    monkeypatch.setattr(batch_request, "prepare_image", counted_prepare)
     project = write_stage_project(
         tmp_path,
         AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=runtime_env.url,
@@ -366,7 +372,8 @@ def test_an_item_fetched_after_the_limit_is_never_decoded(
     answer = response.json_body
     assert answer["images"][0]["predictions"][0]["label"] == "Labrador_retriever"
     assert answer["urls"][0]["error"]["code"] == BatchTimeout.code
-    assert decoded == [len(labrador)]
+    # The held photo did come, after the answer; only the uploaded one was decoded.
+    assert fetched == [len(labrador)] and decoded == [len(labrador)]
 
 
 @pytest.fixture
