@@ -19,7 +19,7 @@ Limits follow from the platform:
   items whose base64 images together hold at most MAX_UPLOAD_BYTES (the same 6 MB event as one upload).
   URLs are fetched concurrently and every item is fetched and shrunk within BATCH_PREPARE_TIMEOUT_S (an item
   not ready by then answers a timeout of its own), then ONE endpoint call carries them all: 8 + 18 + 1 = 27 s
-  (BATCH_WORST_CASE_S). A fetch's own 7 s end a slow URL first, so at 8 s the limit catches shrinking
+  (BATCH_WORST_CASE_S). A fetch's own 7 s limit ends a slow URL first, so at 8 s the limit catches shrinking
   that waited behind the fetches; a stage may give its batches less time to prepare (its
   BATCH_PREPARE_TIMEOUT_S environment variable), never more. Shrinking decodes at most
   BATCH_RESIZE_CONCURRENCY photos at once, so the batch needs no more memory than two single requests. The

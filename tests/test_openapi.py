@@ -229,7 +229,7 @@ def test_every_route_answers_as_described(document, api_stack, sample_files, lab
 # Less than a fetch's read timeout, and more than half the batch's prepare limit: two URLs fetched one after
 # the other would already overrun it.
 GATE_S = BATCH_PREPARE_TIMEOUT_S / 2 + 0.5
-# Longer than a fetch's own limits: a held URL can only be cut short by the batch's prepare limit.
+# Longer than a fetch's own limits: only a timeout, the batch's or the fetch's, ends the wait for a held URL.
 HOLD_S = 2 * FETCH_TOTAL_TIMEOUT_S
 
 
