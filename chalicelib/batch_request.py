@@ -24,7 +24,6 @@ from chalicelib.image import PreparedImage, prepare_image
 from chalicelib.image_request import decode_base64, parse_min_confidence, parse_top_k
 from chalicelib.invoke import invoke_model_batch
 from chalicelib.settings import (
-    BATCH_PREPARE_TIMEOUT_S,
     BATCH_RESIZE_CONCURRENCY,
     DEFAULT_TOP_K,
     JPEG_QUALITY,
@@ -149,7 +148,8 @@ def classify_batch(request: BatchRequest) -> dict[str, Any]:
             "this stage's endpoint is asynchronous: send the photos one at a time to /predict"
         )
     started = time.perf_counter()
-    prepared, results = _prepare_all(request.items, settings, deadline=started + BATCH_PREPARE_TIMEOUT_S)
+    deadline = started + settings.batch_prepare_timeout_s
+    prepared, results = _prepare_all(request.items, settings, deadline=deadline)
     _drop_what_does_not_fit(prepared, results)
     ready = time.perf_counter()
 
@@ -182,6 +182,9 @@ def _prepare_all(
     """Fetch (URLs, all at once) and shrink (BATCH_RESIZE_CONCURRENCY at a time) every item by `deadline`:
     (index -> prepared photo, results with each failed item's error in its place)."""
     resizing = threading.BoundedSemaphore(BATCH_RESIZE_CONCURRENCY)
+    # Set once the answer is decided: an item fetched after that is never decoded, since no one will read it,
+    # and in a Lambda its decoding would go on beside the next request's.
+    answered = threading.Event()
 
     def prepare(item: BatchItem) -> PreparedImage:
         if item.error is not None:
@@ -192,6 +195,8 @@ def _prepare_all(
                 item.url, max_bytes=MAX_FETCH_BYTES, allow_loopback=settings.allow_loopback_fetch
             )
         with resizing:
+            if answered.is_set():
+                raise BatchTimeout("abandoned at the batch's deadline")
             return prepare_image(
                 data, resize_size=settings.model_resize_size, max_pixels=MAX_PIXELS, quality=JPEG_QUALITY
             )
@@ -204,11 +209,15 @@ def _prepare_all(
         try:
             prepared[index] = future.result(timeout=max(0.0, deadline - time.perf_counter()))
         except FuturesTimeout:
-            timeout = BatchTimeout(f"fetching and shrinking took longer than {BATCH_PREPARE_TIMEOUT_S:g} s")
+            timeout = BatchTimeout(
+                f"fetching and shrinking took longer than {settings.batch_prepare_timeout_s:g} s"
+            )
             results[index] = lambda_error(timeout)
         except Exception as error:  # noqa: BLE001 - every item's failure is its own answer
             results[index] = lambda_error(error)
-    # Whatever is still running is bounded by the fetch and pixel limits; the answer does not wait for it.
+    # The answer does not wait for what is still running: fetches end by their own deadline, and of the
+    # decodes only those already begun (at most BATCH_RESIZE_CONCURRENCY, each bounded by the pixel limits).
+    answered.set()
     pool.shutdown(wait=False, cancel_futures=True)
     return prepared, results
 

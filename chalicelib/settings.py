@@ -19,14 +19,18 @@ Limits follow from the platform:
   items whose base64 images together hold at most MAX_UPLOAD_BYTES (the same 6 MB event as one upload).
   URLs are fetched concurrently and every item is fetched and shrunk within BATCH_PREPARE_TIMEOUT_S (an item
   not ready by then answers a timeout of its own), then ONE endpoint call carries them all: 8 + 18 + 1 = 27 s
-  (BATCH_WORST_CASE_S). Shrinking decodes at most BATCH_RESIZE_CONCURRENCY photos at once, so the batch
-  needs no more memory than two single requests. The endpoint call's body stays under
-  MAX_ENDPOINT_BODY_BYTES: 10 shrunk photos (a few tens of KB each) fill a small part of it.
+  (BATCH_WORST_CASE_S). A fetch's own 7 s limit ends a slow URL first, so at 8 s the limit catches shrinking
+  that waited behind the fetches; a stage may give its batches less time to prepare (its
+  BATCH_PREPARE_TIMEOUT_S environment variable), never more. Shrinking decodes at most
+  BATCH_RESIZE_CONCURRENCY photos at once, so the batch needs no more memory than two single requests. The
+  endpoint call's body stays under MAX_ENDPOINT_BODY_BYTES: 10 shrunk photos (a few tens of KB each) fill a
+  small part of it.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -142,6 +146,9 @@ class Settings:
     # credentials at all can run the demo.
     unsigned_endpoint_requests: bool
     endpoint_kind: str = "real-time"
+    # How long a batch may take to fetch and shrink its items: BATCH_PREPARE_TIMEOUT_S unless the stage sets
+    # less. Under a fetch's own FETCH_TOTAL_TIMEOUT_S it is also what cuts a slow URL short.
+    batch_prepare_timeout_s: float = BATCH_PREPARE_TIMEOUT_S
     # For an async endpoint, each a bucket and a key prefix: where the Lambda puts the photos it queues, and
     # where SageMaker writes answers and failures (the endpoint config's S3OutputPath and S3FailurePath).
     async_input: tuple[str, str] | None = None
@@ -173,6 +180,7 @@ def get_settings() -> Settings:
         model_resize_size=_positive_int("MODEL_RESIZE_SIZE"),
         unsigned_endpoint_requests=_flag("UNSIGNED_ENDPOINT_REQUESTS"),
         endpoint_kind=kind,
+        batch_prepare_timeout_s=_batch_prepare_timeout(),
         **(_async_locations() if kind == "async" else {}),
     )
 
@@ -183,6 +191,24 @@ def _async_locations() -> dict[str, tuple[str, str]]:
         "async_output": _s3_prefix("ASYNC_OUTPUT_S3"),
         "async_failure": _s3_prefix("ASYNC_FAILURE_S3"),
     }
+
+
+def _batch_prepare_timeout() -> float:
+    """The stage's BATCH_PREPARE_TIMEOUT_S: seconds over 0 and at most the default, which the Lambda's time
+    budget counts (BATCH_WORST_CASE_S); the default when unset."""
+    value = os.environ.get("BATCH_PREPARE_TIMEOUT_S", "").strip()
+    if not value:
+        return BATCH_PREPARE_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= BATCH_PREPARE_TIMEOUT_S:
+        raise ConfigurationError(
+            "BATCH_PREPARE_TIMEOUT_S must be a number of seconds over 0 and at most "
+            f"{BATCH_PREPARE_TIMEOUT_S:g} (the Lambda's time budget counts that much), not {value!r}"
+        )
+    return seconds
 
 
 def _flag(name: str) -> bool:

@@ -34,6 +34,7 @@ from chalicelib import invoke
 from chalicelib.errors import answers_errors
 from chalicelib.invoke import runtime_client
 from chalicelib.settings import (
+    BATCH_PREPARE_TIMEOUT_S,
     BATCH_WORST_CASE_S,
     MAX_BATCH_ITEMS,
     MAX_UPLOAD_BYTES,
@@ -534,6 +535,17 @@ def test_a_stage_without_an_endpoint_name_is_a_clean_500(runtime_env, samples, t
     client = Client(api.app, stage_name="local", project_dir=str(project))
     error = assert_error(post_image(client, (samples / LABRADOR).read_bytes()), 500, "misconfigured")
     assert "ENDPOINT_NAME" in error["message"]
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1", f"{BATCH_PREPARE_TIMEOUT_S + 1:g}", "nan", "soon"])
+def test_a_batch_prepare_limit_over_the_time_budget_or_not_a_time_is_a_clean_500(
+    runtime_env, samples, tmp_path, seconds
+):
+    project = write_stage_project(tmp_path, BATCH_PREPARE_TIMEOUT_S=seconds)
+    client = Client(api.app, stage_name="local", project_dir=str(project))
+    body = {"images": [b64((samples / LABRADOR).read_bytes())]}
+    error = assert_error(post_json(client, body, "/predict/batch"), 500, "misconfigured")
+    assert "BATCH_PREPARE_TIMEOUT_S" in error["message"] and repr(seconds) in error["message"]
 
 
 # --- scripts/smoke.sh against a real `chalice local` ---

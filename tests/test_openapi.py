@@ -19,8 +19,9 @@ import boto3
 import jsonschema
 import pytest
 import referencing
-from api_calls import client_for
-from conftest import SampleFiles, file_server
+from api_calls import client_for, post_json
+from chalice.test import Client
+from conftest import LABRADOR, ChaliceLocal, SampleFiles, file_server, write_stage_project
 from local_servers import free_port
 from openapi_spec_validator import validate
 from pictures import encoded
@@ -28,10 +29,13 @@ from PIL import Image
 from referencing.jsonschema import DRAFT202012
 
 import app as api
-from chalicelib import errors, health, openapi
+from chalicelib import batch_request, errors, health, openapi
+from chalicelib.batch_request import BatchTimeout
 from chalicelib.gateway_responses import GATEWAY_RESPONSES
 from chalicelib.settings import (
     BATCH_PREPARE_TIMEOUT_S,
+    FETCH_READ_TIMEOUT_S,
+    FETCH_TOTAL_TIMEOUT_S,
     MAX_PIXELS_BY_FORMAT,
     MAX_UPLOAD_BYTES,
     UPLOAD_CONTENT_TYPES,
@@ -225,17 +229,26 @@ def test_every_route_answers_as_described(document, api_stack, sample_files, lab
 # Less than a fetch's read timeout, and more than half the batch's prepare limit: two URLs fetched one after
 # the other would already overrun it.
 GATE_S = BATCH_PREPARE_TIMEOUT_S / 2 + 0.5
+# Longer than a fetch's own limits: only a timeout, the batch's or the fetch's, ends the wait for a held URL.
+HOLD_S = 2 * FETCH_TOTAL_TIMEOUT_S
 
 
 class GatedFiles(SampleFiles):
-    """The sample photos, each answered only once `expected` requests are in flight together (or, failing
-    that, after GATE_S): fetching one at a time costs GATE_S per URL. Records the most in flight at once."""
+    """The sample photos, each answered only once `gate`'s parties are in flight together (or, failing that,
+    after GATE_S): fetching one at a time costs GATE_S per URL. A path under /held/ is the same photo answered
+    only once `released` is set (or after HOLD_S). Records the most requests in flight at once."""
 
-    expected = 0
     gate: threading.Barrier
+    released: threading.Event
     lock: threading.Lock
     in_flight = 0
     most_in_flight = 0
+
+    @classmethod
+    def new(cls, parties: int) -> type[GatedFiles]:
+        """A server class of its own, whose gate opens once `parties` requests are in flight."""
+        fields = {"gate": threading.Barrier(parties), "released": threading.Event(), "lock": threading.Lock()}
+        return type("Files", (cls,), {**fields, "in_flight": 0, "most_in_flight": 0})
 
     def do_GET(self):
         cls = type(self)
@@ -243,8 +256,12 @@ class GatedFiles(SampleFiles):
             cls.in_flight += 1
             cls.most_in_flight = max(cls.most_in_flight, cls.in_flight)
         try:
-            with contextlib.suppress(threading.BrokenBarrierError):
-                cls.gate.wait(GATE_S)
+            if self.path.startswith("/held/"):
+                cls.released.wait(HOLD_S)
+                self.path = self.path.removeprefix("/held")
+            else:
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    cls.gate.wait(GATE_S)
             super().do_GET()
         finally:
             with cls.lock:
@@ -258,16 +275,7 @@ def test_a_batch_of_urls_is_fetched_at_once_and_every_item_answers_as_described(
         "people_with_dog.jpg",
         "no.jpg",
     ]
-    files = type(
-        "Files",
-        (GatedFiles,),
-        {
-            "gate": threading.Barrier(len(names)),
-            "lock": threading.Lock(),
-            "in_flight": 0,
-            "most_in_flight": 0,
-        },
-    )
+    files = GatedFiles.new(len(names))
     with file_server(samples, files) as url:
         body = json.dumps({"urls": [f"{url}/{name}" for name in names], "top_k": 2}).encode()
         status, answered_type, answer, _ = call(
@@ -284,6 +292,88 @@ def test_a_batch_of_urls_is_fetched_at_once_and_every_item_answers_as_described(
     for item in items:
         schema = "Error" if "error" in item else "BatchItemAnswer"
         assert_valid(document, {"$ref": f"#/components/schemas/{schema}"}, json.dumps(item).encode())
+
+
+# A stage's shorter prepare limit, well under a fetch's read timeout: a URL that never answers is then cut
+# short by the batch's limit, where without it the fetch's own timeout would end it, as url_fetch_failed.
+SHORT_PREPARE_S = 3.0
+
+
+def test_a_url_held_past_the_prepare_limit_times_out_alone(document, endpoint, samples, tmp_path):
+    assert SHORT_PREPARE_S + 1 < FETCH_READ_TIMEOUT_S < HOLD_S
+    stage = ChaliceLocal(tmp_path, endpoint.url, BATCH_PREPARE_TIMEOUT_S=f"{SHORT_PREPARE_S:g}").wait_ready()
+    files = GatedFiles.new(1)
+    try:
+        with file_server(samples, files) as url:
+            try:
+                body = json.dumps({"urls": [f"{url}/{LABRADOR}", f"{url}/held/{LABRADOR}"]}).encode()
+                status, answered_type, answer, _ = call(
+                    stage.url + "/predict/batch", "POST", body, "application/json"
+                )
+                # The held URL was still being fetched when the batch answered.
+                held_at_answer = files.in_flight
+            finally:
+                files.released.set()
+    finally:
+        stage.stop()
+
+    assert held_at_answer == 1
+    assert status == 200, answer[:300]
+    assert_matches(document, "/predict/batch", "POST", status, answered_type, answer)
+    fast, held = json.loads(answer)["urls"]
+    assert fast["predictions"][0]["label"] == "Labrador_retriever"
+    assert held["error"]["code"] == BatchTimeout.code and held["error"]["status"] == BatchTimeout.status
+    assert f"longer than {SHORT_PREPARE_S:g} s" in held["error"]["message"]
+    # The code is one the document lists for the batch's own timeout.
+    batch_responses = document["paths"]["/predict/batch"]["post"]["responses"]
+    assert BatchTimeout.code in documented_codes(batch_responses[str(BatchTimeout.status)])
+    assert_valid(document, {"$ref": "#/components/schemas/BatchItemAnswer"}, json.dumps(fast).encode())
+    assert_valid(document, {"$ref": "#/components/schemas/Error"}, json.dumps(held).encode())
+
+
+def test_an_item_fetched_after_the_limit_is_never_decoded(
+    runtime_env, new_container, labrador, samples, tmp_path, monkeypatch
+):
+    """Its timeout is already answered: decoding it afterwards would only take memory and time from the
+    requests after it (in a Lambda, the next one runs while it does)."""
+    fetched, decoded = [], []
+    real_fetch_image, real_prepare_image = batch_request.fetch_image, batch_request.prepare_image
+
+    def counted_fetch(url, **options):
+        data = real_fetch_image(url, **options)
+        fetched.append(len(data))
+        return data
+
+    def counted_prepare(data, **options):
+        decoded.append(len(data))
+        return real_prepare_image(data, **options)
+
+    monkeypatch.setattr(batch_request, "fetch_image", counted_fetch)
+    monkeypatch.setattr(batch_request, "prepare_image", counted_prepare)
+    project = write_stage_project(
+        tmp_path,
+        AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=runtime_env.url,
+        BATCH_PREPARE_TIMEOUT_S=f"{SHORT_PREPARE_S:g}",
+    )
+    client = Client(api.app, stage_name="local", project_dir=str(project))
+    files = GatedFiles.new(1)
+    with file_server(samples, files) as url:
+        before = set(threading.enumerate())
+        body = {"images": [base64.b64encode(labrador).decode()], "urls": [f"{url}/held/{LABRADOR}"]}
+        try:
+            response = post_json(client, body, "/predict/batch")
+        finally:
+            files.released.set()
+        # The held photo now comes: wait for the batch's threads that were left to fetch it.
+        left = set(threading.enumerate()) - before
+        for thread in left:
+            thread.join(HOLD_S)
+    assert not any(thread.is_alive() for thread in left)
+    answer = response.json_body
+    assert answer["images"][0]["predictions"][0]["label"] == "Labrador_retriever"
+    assert answer["urls"][0]["error"]["code"] == BatchTimeout.code
+    # The held photo did come, after the answer; only the uploaded one was decoded.
+    assert fetched == [len(labrador)] and decoded == [len(labrador)]
 
 
 @pytest.fixture
