@@ -60,7 +60,8 @@ test-all: lint browser
 	$(BIN)/pytest
 
 # Every bench writes its figures and what they hold for (commit, model digests, CPU, load) to
-# bench/results/NAME.json (bench/results.py); `make bench-docs` renders docs/benchmarks.md from them.
+# bench/results/NAME.json (bench/results.py); `make bench-docs` renders docs/benchmarks.md from them, and
+# docs/models.md's tables from the records in the model folders (training/model_report.py).
 bench: setup
 	for model in $(BENCH_MODELS); do $(BIN)/python -m bench.endpoint_speed --model-dir $$model || exit 1; done
 
@@ -94,6 +95,7 @@ bench-gpu: setup
 
 bench-docs:
 	$(BIN)/python -m bench.render
+	$(BIN)/python -m training.model_report --docs docs/models.md $(BENCH_MODELS)
 
 # Every CPU bench at its full settings, one after another, then the docs' tables: on an idle machine.
 bench-all:
