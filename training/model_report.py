@@ -274,59 +274,51 @@ def photos(record: dict) -> str:
     return f"{record['valid_images']:,} valid photos" + (f" (every {every}th)" if every > 1 else " (all)")
 
 
+INT8_COLUMNS = [
+    "variant",
+    "holds on",
+    "top-1 (change)",
+    "top-5",
+    "answers changed",
+    "dog photos below threshold",
+    "largest dog-probability change",
+    "whole split (s)",
+    "qualifies",
+]
+
+
+def fp32_row(fp32: dict) -> list[str]:
+    below, seconds = str(fp32["dog_photos_below_threshold"]), f"{fp32['seconds']:.0f}"
+    return ["fp32", "", pct(fp32["top1"]), pct(fp32["top5"]), "", below, "", seconds, ""]
+
+
 def int8_block(model: Model) -> list[str]:
+    """One model's quantization record: said plainly to be stale when measured on other weights."""
     record = model.quantization
     if record is None:
         return [f"`{model.path}` has no {QUANTIZATION_FILE}: `make int8` measures it.", ""]
-    lines = []
     current = record.get("source_digest") == model.digest
-    if not current:
-        lines += [
+    lines = (
+        []
+        if current
+        else [
             f"**Stale: these figures are not the committed `{model.path}`'s.** They were measured on other "
             f"weights; `python -m training.quantize --model-dir {model.path}` measures them again.",
             "",
         ]
-    fp32 = record["fp32"]
-    columns = [
-        "variant",
-        "holds on",
-        "top-1 (change)",
-        "top-5",
-        "answers changed",
-        "dog photos below threshold",
-        "largest dog-probability change",
-        "whole split (s)",
-        "qualifies",
-    ]
-    rows = [int8_row(name, figures) for name, figures in record["int8"].items()]
-    rows.append(
-        [
-            "fp32",
-            "",
-            pct(fp32["top1"]),
-            pct(fp32["top5"]),
-            "",
-            str(fp32["dog_photos_below_threshold"]),
-            "",
-            f"{fp32['seconds']:.0f}",
-            "",
-        ]
     )
-    lines += [
-        f"`{model.path}`, {photos(record)}, int8 "
-        f"calibrated on {record['calibration_images']} train photos; "
+    rows = [int8_row(name, figures) for name, figures in record["int8"].items()] + [fp32_row(record["fp32"])]
+    notes = {model.path: f"{digest_note(record, model, QUANTIZATION_FILE)}; its CPU: {cpu_note(record)}"}
+    return [
+        *lines,
+        f"`{model.path}`, {photos(record)}, int8 calibrated on {record['calibration_images']} train photos; "
         f"`make int8` builds `{record['variant']}`; int8 is the model's default runtime: "
         f"**{yesno(record['default'] and current)}**.",
         "",
-        *table(columns, rows),
+        *table(INT8_COLUMNS, rows),
         "",
-        source_line(
-            [model],
-            [QUANTIZATION_FILE],
-            {model.path: f"{digest_note(record, model, QUANTIZATION_FILE)}; its CPU: {cpu_note(record)}"},
-        ),
+        source_line([model], [QUANTIZATION_FILE], notes),
     ]
-    return lines
 
 
 def pets_block(models: list[Model]) -> list[str]:
