@@ -61,7 +61,8 @@ test-all: lint browser
 
 # Every bench writes its figures and what they hold for (commit, model digests, CPU, load) to
 # bench/results/NAME.json (bench/results.py), or under RESULTS_DIR; `make bench-docs` renders
-# docs/benchmarks.md from them.
+# docs/benchmarks.md from them, and docs/models.md's tables from the records in the model folders
+# (training/model_report.py).
 RESULTS_DIR ?= bench/results
 RESULTS = --results-dir $(RESULTS_DIR)
 bench: setup
@@ -97,6 +98,7 @@ bench-gpu: setup
 
 bench-docs:
 	$(BIN)/python -m bench.render
+	$(BIN)/python -m training.model_report --docs docs/models.md $(BENCH_MODELS)
 
 # Every CPU bench at its full settings, one after another, twice (the second run into bench/results/repeat,
 # which the docs show beside the first where they differ), then the docs' tables: on an idle machine.

@@ -1,5 +1,5 @@
 """The dog/not-dog answer fitted on real photos: the pets split, the dog head's fitting on small data, the
-committed models' held-out figures and docs table, and real cat photos through the real models."""
+committed models' held-out figures, and real cat photos through the real models."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from classifier.model import (
     read_config,
 )
 from serving import contract, inference
-from training import dog_head, fit_dog, pets, pets_report
+from training import dog_head, fit_dog, pets
 from training.features import SplitFeatures
 
 PETS = SHARED / "data" / "pets"
@@ -153,15 +153,6 @@ def test_committed_models_meet_the_held_out_goals(model_dir):
     for name in after["cats_called_dogs_files"] + after["dogs_not_a_dog_files"]:
         assert pets.part_of(name) == pets.HELDOUT
     assert CONFIDENT_SCHIPPERKE_CAT in result["before"]["cats_confident_files"]
-
-
-def test_the_docs_table_is_the_committed_results():
-    page = (PROJECT / "docs" / "models.md").read_text()
-    table = pets_report.table_for(MODELS)
-    assert pets_report.replace_section(page, table) == page
-    assert table in page
-    with pytest.raises(ValueError, match="section"):
-        pets_report.replace_section("no markers here", table)
 
 
 @pytest.fixture(scope="module", params=MODELS, ids=lambda path: path.name)
