@@ -19,13 +19,12 @@ import argparse
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 import torch
 
 from classifier.graph import cache_dir
-from classifier.logs import configure_cli_logging
+from classifier.logs import run_command
 from classifier.model import (
     CONFIG_FILE,
     DOG_SETTINGS,
@@ -177,11 +176,7 @@ def calibration_report(folds, settings: dict, non_dogs: dict[str, float]) -> dic
 
 
 def main(argv: list[str] | None = None) -> None:
-    configure_cli_logging()
-    try:
-        run(parse_args(argv))
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+    run_command(run, parse_args, argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from classifier.graph import source_digest
-from classifier.logs import configure_cli_logging
+from classifier.logs import run_command
 from classifier.model import (
     DOG_THRESHOLD,
     BreedClassifier,
@@ -343,11 +342,7 @@ def plot_per_class(metrics: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    configure_cli_logging()
-    try:
-        run(parse_args(argv))
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+    run_command(run, parse_args, argv)
 
 
 if __name__ == "__main__":

@@ -29,13 +29,12 @@ import json
 import logging
 import math
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from classifier.logs import configure_cli_logging
+from classifier.logs import run_command
 from classifier.model import (
     CONFIG_FILE,
     DOG_HEAD_PREFIX,
@@ -344,11 +343,7 @@ def save(
 
 
 def main(argv: list[str] | None = None) -> None:
-    configure_cli_logging()
-    try:
-        run(parse_args(argv))
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+    run_command(run, parse_args, argv)
 
 
 if __name__ == "__main__":
