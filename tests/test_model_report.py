@@ -111,3 +111,13 @@ def test_a_missing_record_drops_its_rows(tmp_path):
     table = "\n".join(model_report.models_block([model]))
     assert "valid top-1" not in table and "no evaluation-valid.json" in table
     assert "has no quantization-valid.json" in model_report.int8_block(model)[0]
+
+
+@pytest.mark.parametrize("model", committed_models(), ids=lambda model: model.folder)
+def test_the_committed_evaluation_was_measured_on_the_committed_weights(model):
+    """The accuracy docs/models.md states is the served model's: evaluate again after any change."""
+    assert model.evaluation is not None
+    assert model.evaluation.get("source_digest") == model.digest, (
+        f"{model.path}/evaluation-valid.json was measured on other weights: make evaluate "
+        "EVALUATE_FLAGS=--write-model-dir"
+    )
