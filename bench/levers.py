@@ -65,6 +65,9 @@ class Lever:
     # A cascade: answers below the confidence threshold are answered again by today's default (its members,
     # the mirror image), whose features of the members both share are computed once.
     escalate: bool = False
+    # With a cascade: the share of photos (out of fold) sent to the second pass, by the first pass's least
+    # confident answers, instead of those below its confidence threshold.
+    escalate_share: float | None = None
 
 
 def members(backbones: tuple[str, ...], sizes: dict[str, int]) -> tuple[tuple[str, int], ...]:
@@ -95,6 +98,13 @@ LEVERS = [
     Lever("lite2 alone, mirror when unsure", members(LITE[2:], NATIVE), "unsure"),
     Lever("lite2 alone, no mirror, heads on two views", members(LITE[2:], NATIVE), "never", views=2),
     Lever("lite2 alone, today's default when unsure", members(LITE[2:], NATIVE), "never", escalate=True),
+    Lever(
+        "lite2 alone, today's default for its least sure sixth",
+        members(LITE[2:], NATIVE),
+        "never",
+        escalate=True,
+        escalate_share=1 / 6,
+    ),
 ]
 
 
@@ -198,12 +208,17 @@ def answers(heads: Heads, mirror: str) -> Answers:
     )
 
 
-def escalated(first: Answers, second: Answers) -> Answers:
-    """The first pass's answers where they are confident, the second's where they are not.
+def escalated(first: Answers, second: Answers, share: float | None = None) -> Answers:
+    """The first pass's answers where they are confident, the second's where they are not; with `share`, the
+    second's for the first pass's least confident `share` of photos out of fold (the same confidence cut on
+    valid).
 
     The second pass's own threshold was fitted on every photo; on the hard ones the first pass leaves it, its
     confident answers are right less often, so its threshold is fitted again on those out of fold."""
     oof_unsure, valid_unsure = ~first.out_of_fold_confident, ~first.valid_confident
+    if share is not None:
+        cut = torch.quantile(first.out_of_fold.max(1).values, share)
+        oof_unsure, valid_unsure = first.out_of_fold.max(1).values < cut, first.valid.max(1).values < cut
     confidence, correct = cal.top1(second.out_of_fold[oof_unsure], first.targets[oof_unsure])
     threshold = cal.confidence_threshold(confidence, correct, CONFIDENT_PRECISION)
     return Answers(
@@ -231,7 +246,8 @@ def evaluate(lever: Lever, fitted: dict, targets: torch.Tensor, valid_targets: t
     heads = fitted[lever.members, lever.views]
     given = answers(heads, lever.mirror)
     if lever.escalate:
-        given = escalated(given, answers(fitted[BASELINE.members, BASELINE.views], BASELINE.mirror))
+        second = answers(fitted[BASELINE.members, BASELINE.views], BASELINE.mirror)
+        given = escalated(given, second, lever.escalate_share)
     correct = given.out_of_fold.argmax(1) == targets
     assignment = fold_of_each(targets, FOLDS, Recipe().seed)  # the folds training.crossval used
     fold_top1 = [float(correct[assignment == fold].double().mean()) for fold in range(FOLDS)]
