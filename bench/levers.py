@@ -319,9 +319,8 @@ def main(argv: list[str] | None = None) -> None:
     variants = {member for lever in LEVERS for member in lever.members}
     costs = member_costs(variants, args.features, args.threads, args.rounds, args.baseline_model)
     baseline = rows[0]
-    lever_named = {lever.name: lever for lever in LEVERS}
-    for row in rows:
-        row["ms_per_image"] = ms_per_image(lever_named[row["name"]], row["second_pass_share"], costs)
+    for lever, row in zip(LEVERS, rows, strict=True):
+        row["ms_per_image"] = ms_per_image(lever, row["second_pass_share"], costs)
         row["cost_vs_default"] = row["ms_per_image"] / ms_per_image(BASELINE, 0.0, costs)
         differences = [a - b for a, b in zip(row["fold_top1"], baseline["fold_top1"], strict=True)]
         row["paired_difference_mean"] = statistics.mean(differences)

@@ -65,12 +65,16 @@ def same_shape(first: dict, second: dict) -> bool:
 
 
 def both_runs(first: dict, second: dict) -> dict:
-    """`first` with each cell that `second` gives otherwise as "first / second"."""
+    """`first` with each cell that `second` gives otherwise as "first / second", and the second's title too
+    where it differs (some titles hold figures)."""
     rows = [
         [a if a == b else f"{a} / {b}" for a, b in zip(row, again, strict=True)]
         for row, again in zip(first["rows"], second["rows"], strict=True)
     ]
-    return {**first, "title": f"{first['title']} (where two runs differ: first / second)", "rows": rows}
+    title = first["title"]
+    if second["title"] != title:
+        title += f" (second run: {second['title']})"
+    return {**first, "title": f"{title} (where two runs differ: first / second)", "rows": rows}
 
 
 def block(name: str, result: dict, repeat: dict | None = None) -> str:

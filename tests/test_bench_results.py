@@ -85,11 +85,13 @@ def test_a_second_run_shows_beside_the_first_where_they_differ():
     second = json.loads(json.dumps(first))
     second["tables"][0]["rows"][0][1] = "123456.7"
     second["provenance"]["started"] = "2030-01-01T00:00:00+00:00"
+    second["tables"][0]["title"] = "a title that holds a figure: 9.9x"
     text = render.render(
         "<!-- bench:cold_import -->\n<!-- /bench:cold_import -->\n", COMMITTED, {"cold_import": second}
     )
     cell = first["tables"][0]["rows"][0][1]
     assert f"| {cell} / 123456.7 |" in text and "where two runs differ: first / second" in text
+    assert f"**{first['tables'][0]['title']} (second run: a title that holds a figure: 9.9x)" in text
     unchanged = first["tables"][0]["rows"][-1][-1]
     assert f"{unchanged} / {unchanged}" not in text
     assert (
